@@ -1,0 +1,44 @@
+# sockbridge — every entry point a developer or operator needs.
+# `make run` and `make test` work on a fresh Debian 12 machine: they install
+# what they need first (scripts/deps.sh: apt packages, then npm ci).
+
+SHELL := /bin/bash
+ARGS ?=
+TS_SOURCES := $(shell find src test -name '*.ts' 2>/dev/null) tsconfig.json
+
+.PHONY: all deps build run demo test unit e2e deb bench clean
+
+all: build
+
+deps: node_modules/.deps-ok
+node_modules/.deps-ok: package.json package-lock.json scripts/deps.sh
+	bash scripts/deps.sh
+	touch $@
+
+build: dist/.build-ok
+dist/.build-ok: node_modules/.deps-ok $(TS_SOURCES)
+	node_modules/.bin/tsc -p tsconfig.json
+	touch $@
+
+# Run the bridge in the foreground with the defaults (override with ARGS="...").
+run: build
+	./bin/sockbridge $(ARGS)
+
+# The bridge in front of a tiny echo program on ./run/echo.sock.
+demo: build
+	bash scripts/demo.sh $(ARGS)
+
+# Every test: the unit/functional suite, then the systemd end-to-end test.
+test: unit e2e
+
+unit: build
+	node --test dist/test/*.test.js
+
+e2e: build
+	bash test/e2e/run.sh
+
+deb:
+	bash scripts/build-deb.sh
+
+clean:
+	rm -rf dist build run

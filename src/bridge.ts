@@ -1,0 +1,209 @@
+// The service: listeners → sessions → backend, plus what ties them to the
+// operator — STATUS=, reload on SIGHUP, drain on SIGTERM, exit when idle.
+
+import type net from 'node:net';
+import { Backend, BackendState } from './backend';
+import { Listener, openListeners, PassedSocket } from './listeners';
+import type { Logger } from './log';
+import type { Notifier } from './notify';
+import { Config, formatValue, OPTIONS } from './options';
+import { Session, SessionContext } from './session';
+import { Stats } from './stats';
+
+const STATUS_EVERY_MS = 1000;
+
+export class Bridge {
+  readonly stats = new Stats();
+  readonly backend: Backend;
+  private listeners: Listener[] = [];
+  private readonly sessions = new Set<Session>();
+  /** Clients accepted while max-conn sessions run: they wait, unread, in arrival order. */
+  private readonly queued: net.Socket[] = [];
+  private readonly ctx: SessionContext;
+  private statusTimer: NodeJS.Timeout | undefined;
+  private idleTimer: NodeJS.Timeout | undefined;
+  private stopping: Promise<void> | undefined;
+  private queueFullReported = false;
+
+  constructor(
+    private cfg: Config,
+    private readonly logger: Logger,
+    private readonly notifier: Notifier,
+  ) {
+    this.backend = new Backend(cfg, logger, { onStateChange: (state) => this.onBackendState(state) });
+    this.ctx = {
+      backend: this.backend,
+      logger,
+      stats: this.stats,
+      settings: cfg,
+      onClosed: (session) => this.onSessionClosed(session),
+    };
+  }
+
+  get config(): Config {
+    return this.cfg;
+  }
+
+  get addresses(): string[] {
+    return this.listeners.map((l) => l.label);
+  }
+
+  async start(passed: PassedSocket[]): Promise<void> {
+    this.backend.start();
+    this.listeners = await openListeners({ passed, listen: this.cfg.listen, backlog: this.cfg.backlog }, this.logger, (socket) => this.accept(socket));
+    this.logger.notice(`listening on ${this.addresses.join(', ')}, forwarding to ${this.cfg.target}`, { EVENT: 'listening', TARGET: this.cfg.target });
+    this.statusTimer = setInterval(() => this.publishStatus(), STATUS_EVERY_MS);
+    this.statusTimer.unref();
+    this.publishStatus();
+    this.notifier.ready();
+    const every = this.notifier.startWatchdog();
+    if (every > 0) this.logger.debug(`watchdog enabled: pinging every ${every} ms`);
+    this.armIdleTimer();
+  }
+
+  // ---- accepting -----------------------------------------------------------
+
+  private accept(socket: net.Socket): void {
+    if (this.stopping) {
+      socket.destroy();
+      return;
+    }
+    this.disarmIdleTimer();
+    if (this.sessions.size < this.cfg.maxConn) {
+      this.sessions.add(new Session(socket, this.ctx));
+      return;
+    }
+    // Over max-conn. Node cannot stop polling a listening socket, so the client
+    // waits here instead of in the kernel queue: accepted, unread, not reset,
+    // and started in order as sessions end. Bounded by the backlog, as the
+    // kernel queue would be.
+    if (this.queued.length >= this.cfg.backlog) {
+      if (!this.queueFullReported) {
+        this.logger.warning(`max-conn (${this.cfg.maxConn}) reached and ${this.queued.length} clients already queued: closing new ones; raise --max-conn`, { EVENT: 'queue-full' });
+        this.queueFullReported = true;
+      }
+      socket.destroy();
+      return;
+    }
+    socket.on('error', noop);
+    this.queued.push(socket);
+  }
+
+  private onSessionClosed(session: Session): void {
+    this.sessions.delete(session);
+    while (this.queued.length > 0 && this.sessions.size < this.cfg.maxConn && !this.stopping) {
+      const next = this.queued.shift()!;
+      if (next.destroyed) continue;
+      next.off('error', noop);
+      this.sessions.add(new Session(next, this.ctx));
+    }
+    if (this.queued.length === 0) this.queueFullReported = false;
+    if (this.sessions.size === 0) this.armIdleTimer();
+  }
+
+  // ---- backend state ---------------------------------------------------------
+
+  private onBackendState(state: BackendState): void {
+    this.publishStatus();
+    if (state === 'DOWN' && this.cfg.onMarkedDown === 'shutdown-sessions') {
+      let closed = 0;
+      for (const s of this.sessions) {
+        if (!s.connecting) {
+          s.abort('marked-down');
+          closed++;
+        }
+      }
+      if (closed > 0) this.logger.warning(`closed ${closed} sessions because the target was marked DOWN (on-marked-down shutdown-sessions)`, { EVENT: 'shutdown-sessions' });
+    }
+  }
+
+  statusLine(): string {
+    const s = this.stats;
+    const target = this.backend.state === 'INIT' ? 'checking' : this.backend.state;
+    return `target ${target}; ${s.active} active, ${this.backend.waiting + this.queued.length} waiting, ${s.total} served, ${s.failed} failed`;
+  }
+
+  private publishStatus(): void {
+    this.notifier.status(this.statusLine());
+  }
+
+  // ---- exit-idle-time ----------------------------------------------------------
+
+  private armIdleTimer(): void {
+    if (this.cfg.exitIdleTime === 0 || this.idleTimer || this.stopping) return;
+    this.idleTimer = setTimeout(() => {
+      this.idleTimer = undefined;
+      if (this.sessions.size > 0) return;
+      this.logger.notice(`no session for ${this.cfg.exitIdleTime} ms (exit-idle-time): exiting; systemd starts sockbridge again on the next connection`, { EVENT: 'idle-exit' });
+      process.exitCode = 0;
+      void this.stop();
+    }, this.cfg.exitIdleTime);
+  }
+
+  private disarmIdleTimer(): void {
+    if (this.idleTimer) clearTimeout(this.idleTimer);
+    this.idleTimer = undefined;
+  }
+
+  // ---- reload and stop -----------------------------------------------------------
+
+  /** SIGHUP: new settings for new sessions; open sessions keep running untouched. */
+  reload(next: Config): void {
+    this.notifier.reloading();
+    const changed = OPTIONS.filter((o) => formatValue(o, this.cfg) !== formatValue(o, next));
+    const restartOnly = changed.filter((o) => !o.reloadable).map((o) => o.name);
+    this.cfg = next;
+    this.ctx.settings = next;
+    this.backend.configure(next);
+    this.logger.setLevel(next.logLevel);
+    this.disarmIdleTimer();
+    if (this.sessions.size === 0) this.armIdleTimer();
+    const names = changed.map((o) => `${o.name}=${formatValue(o, next)}`);
+    this.logger.notice(`configuration reloaded: ${names.length ? names.join(', ') : 'no changes'}`, { EVENT: 'reloaded', CHANGED: names.join(' ') });
+    if (restartOnly.length > 0) {
+      this.logger.warning(`changes to ${restartOnly.join(', ')} take effect only after a restart`, { EVENT: 'reload-needs-restart' });
+    }
+    this.publishStatus();
+    this.notifier.ready();
+  }
+
+  /** SIGTERM: stop accepting, let sessions finish up to drain-timeout, then close them. */
+  stop(): Promise<void> {
+    this.stopping ??= this.drain();
+    return this.stopping;
+  }
+
+  private async drain(): Promise<void> {
+    this.notifier.stopping();
+    this.disarmIdleTimer();
+    for (const l of this.listeners) l.server.close();
+    for (const socket of this.queued.splice(0)) socket.destroy();
+    if (this.sessions.size > 0) {
+      this.logger.notice(`stopping: waiting up to ${this.cfg.drainTimeout} ms for ${this.sessions.size} sessions to finish`, { EVENT: 'draining' });
+      const finished = await this.waitForSessions(this.cfg.drainTimeout);
+      if (!finished) {
+        this.logger.warning(`drain-timeout reached: closing ${this.sessions.size} sessions`, { EVENT: 'drain-timeout' });
+        for (const s of [...this.sessions]) s.abort('shutdown');
+        await this.waitForSessions(1000);
+      }
+    }
+    this.backend.stop();
+    this.notifier.stopWatchdog();
+    if (this.statusTimer) clearInterval(this.statusTimer);
+    this.logger.notice(`stopped after ${this.stats.total} sessions`, { EVENT: 'stopped' });
+  }
+
+  private waitForSessions(timeoutMs: number): Promise<boolean> {
+    return new Promise((resolve) => {
+      const deadline = Date.now() + timeoutMs;
+      const poll = (): void => {
+        if (this.sessions.size === 0) return resolve(true);
+        if (Date.now() >= deadline) return resolve(false);
+        setTimeout(poll, 20);
+      };
+      poll();
+    });
+  }
+}
+
+function noop(): void {}

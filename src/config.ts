@@ -1,0 +1,167 @@
+// Command line and config file → one validated Config. Defaults come from the
+// option table, the config file overrides them, the command line wins.
+
+import { readFileSync, statSync } from 'node:fs';
+import minimist from 'minimist';
+import { ConfigError, UsageError } from './errors';
+import { BadValue, Config, OptionSpec, OPTIONS, defaults, findOption } from './options';
+
+export type Command = 'run' | 'check-config' | 'generate';
+const COMMANDS: readonly Command[] = ['run', 'check-config', 'generate'];
+
+export interface CommandLine {
+  command: Command;
+  /** Words after the command (e.g. `generate man`). */
+  args: string[];
+  help: boolean;
+  version: boolean;
+  configPath: string | undefined;
+  /** Raw option values from the command line, by option name. */
+  values: Map<string, string[]>;
+}
+
+/** Parse argv (without node and script). Throws UsageError naming the bad flag. */
+export function parseCommandLine(argv: string[]): CommandLine {
+  const unknown: string[] = [];
+  const parsed = minimist(argv, {
+    string: [...OPTIONS.map((o) => o.name), 'config'],
+    boolean: ['help', 'version'],
+    alias: { h: 'help', V: 'version' },
+    unknown: (arg) => {
+      if (arg.startsWith('-')) unknown.push(arg);
+      return !arg.startsWith('-');
+    },
+  });
+  if (unknown.length > 0) {
+    const flag = unknown[0]!.split('=')[0]!;
+    throw new UsageError('EUSAGE_UNKNOWN_OPTION', `unknown option ${flag}; run "sockbridge --help" for the list of options`);
+  }
+
+  const words = parsed._.map(String);
+  const first = words[0];
+  let command: Command = 'run';
+  if (first !== undefined) {
+    const found = COMMANDS.find((c) => c === first);
+    if (found === undefined) {
+      throw new UsageError('EUSAGE_UNKNOWN_COMMAND', `unknown command "${first}"; expected one of ${COMMANDS.join(', ')} (or none to run the bridge)`);
+    }
+    command = found;
+  }
+
+  const values = new Map<string, string[]>();
+  for (const o of OPTIONS) {
+    const v: unknown = parsed[o.name];
+    if (v === undefined) continue;
+    const list = (Array.isArray(v) ? v : [v]).map(String);
+    if (list.length > 1 && !o.combine) {
+      throw new UsageError('EUSAGE_REPEATED', `--${o.name} given ${list.length} times; give it once`);
+    }
+    values.set(o.name, list);
+  }
+  const config: unknown = parsed['config'];
+  if (Array.isArray(config)) throw new UsageError('EUSAGE_REPEATED', '--config given more than once; give it once');
+  if (config === '') throw new UsageError('EUSAGE_VALUE', '--config needs a value: the path of a config file');
+
+  return {
+    command,
+    args: words.slice(1),
+    help: parsed['help'] === true,
+    version: parsed['version'] === true,
+    configPath: typeof config === 'string' ? config : undefined,
+    values,
+  };
+}
+
+/** Read a config file into raw values by option name. Throws ConfigError with file:line. */
+interface FileValue {
+  value: string;
+  where: string;
+}
+
+export function readConfigFile(path: string): Map<string, FileValue[]> {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? 'error';
+    throw new ConfigError('ECONFIG_READ', `cannot read config file ${path} (${code}); check the path given to --config`);
+  }
+  const values = new Map<string, FileValue[]>();
+  text.split('\n').forEach((line, i) => {
+    const where = `${path}:${i + 1}`;
+    const stripped = line.replace(/(^|\s)#.*$/, '').trim();
+    if (stripped === '') return;
+    const m = /^([a-z][a-z0-9-]*)\s*=\s*(.*)$/.exec(stripped);
+    if (!m) throw new ConfigError('ECONFIG_SYNTAX', `${where}: expected "name = value", got "${stripped}"`);
+    const [, name, value] = m as unknown as [string, string, string];
+    const spec = findOption(name);
+    if (!spec) throw new ConfigError('ECONFIG_UNKNOWN_OPTION', `${where}: unknown option "${name}"; see "sockbridge --help" for the names`);
+    const list = values.get(name) ?? [];
+    if (list.length > 0 && !spec.combine) throw new ConfigError('ECONFIG_REPEATED', `${where}: "${name}" is set twice; keep one`);
+    list.push({ value, where });
+    values.set(name, list);
+  });
+  return values;
+}
+
+interface RawValue {
+  value: string;
+  /** How the option is named where the value came from: "--rise" or "/etc/x.conf:3: rise". */
+  label: string;
+  fail: (message: string) => never;
+}
+
+function setOption<K extends keyof Config>(cfg: Config, spec: OptionSpec<K>, raws: RawValue[]): void {
+  const parsed = raws.map(({ value, label, fail }) => {
+    try {
+      return spec.parse(value);
+    } catch (err) {
+      if (err instanceof BadValue) fail(`invalid value "${value}" for ${label}: ${err.message}`);
+      throw err;
+    }
+  });
+  // Repeatable options are arrays; the values of one source accumulate.
+  cfg[spec.key] = spec.combine ? spec.combine(parsed) : parsed[parsed.length - 1]!;
+}
+
+/** Defaults ← config file ← command line. Throws UsageError or ConfigError. */
+export function loadConfig(cli: CommandLine): Config {
+  const cfg = defaults();
+  const file = cli.configPath === undefined ? new Map<string, FileValue[]>() : readConfigFile(cli.configPath);
+  for (const spec of OPTIONS) {
+    const fromFile = file.get(spec.name);
+    if (fromFile) {
+      setOption(cfg, spec, fromFile.map(({ value, where }) => ({
+        value,
+        label: spec.name,
+        fail: (msg: string): never => { throw new ConfigError('ECONFIG_VALUE', `${where}: ${msg}`); },
+      })));
+    }
+    const fromCli = cli.values.get(spec.name);
+    if (fromCli) {
+      setOption(cfg, spec, fromCli.map((value) => ({
+        value,
+        label: `--${spec.name}`,
+        fail: (msg: string): never => { throw new UsageError('EUSAGE_VALUE', msg); },
+      })));
+    }
+  }
+  return cfg;
+}
+
+/**
+ * The target may be absent (clients wait for it) but if something is there it
+ * must be a socket: a regular file there is a typo an operator wants to hear about.
+ */
+export function checkTarget(cfg: Config): void {
+  let isSocket: boolean;
+  try {
+    isSocket = statSync(cfg.target).isSocket();
+  } catch {
+    return; // missing (or unreadable parent): reported at run time, waited for
+  }
+  if (!isSocket) {
+    throw new ConfigError('ECONFIG_TARGET_NOT_SOCKET', `target ${cfg.target} exists but is not a socket; point target at the UNIX socket the program listens on`);
+  }
+}
+

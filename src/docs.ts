@@ -1,0 +1,94 @@
+// Text generated from the option table: --help, the commented conffile, the
+// sockbridge(8) man page and the README's configuration table.
+
+import { CLI_FLAGS, defaults, formatValue, OPTIONS } from './options';
+
+const USAGE = `Usage: sockbridge [options]              run the bridge
+       sockbridge check-config [options]  validate and print the effective configuration
+       sockbridge generate config|man|markdown
+                                          print the commented config file, the man page, or the README table`;
+
+const SUMMARY = 'Expose a local UNIX stream socket on a TCP port. Clients are held, not dropped, while the socket is missing or being recreated.';
+
+function valueHint(type: string): string {
+  return type === '' ? '' : ` ${type.includes('|') ? type : type.toUpperCase().replace(/[^A-Z]/g, '_')}`;
+}
+
+function wrap(text: string, width: number, indent: string): string {
+  const out: string[] = [];
+  let line = '';
+  for (const word of text.split(' ')) {
+    if (line && line.length + word.length + 1 > width) {
+      out.push(indent + line);
+      line = word;
+    } else {
+      line = line ? `${line} ${word}` : word;
+    }
+  }
+  if (line) out.push(indent + line);
+  return out.join('\n');
+}
+
+export function renderHelp(): string {
+  const cfg = defaults();
+  const rows: [string, string][] = [
+    ...OPTIONS.map((o): [string, string] => [`--${o.name}${valueHint(o.type)}`, `${o.help} [default: ${formatValue(o, cfg)}]`]),
+    ...CLI_FLAGS.map((f): [string, string] => [`--${f.name}${valueHint(f.type)}`, f.help]),
+  ];
+  const lines = rows.map(([flag, help]) => `  ${flag}\n${wrap(help, 72, '      ')}`);
+  return `${USAGE}\n\n${SUMMARY}\n\nOptions (also "name = value" lines in --config FILE; the command line wins):\n${lines.join('\n')}\n\n` +
+    'Durations: plain milliseconds (5000) or with a unit: 500ms, 5s, 2m, 1h.\n' +
+    'Exit codes: 0 ok, 64 bad command line, 78 bad configuration, 70 internal error.\n' +
+    'Signals: SIGHUP reloads the config file, SIGTERM/SIGINT drain and exit.\n';
+}
+
+/** The conffile: every option, commented out at its default, with its help. */
+export function renderConfigFile(): string {
+  const cfg = defaults();
+  const blocks = OPTIONS.map((o) => `# ${o.help}\n# (${o.type}${o.reloadable ? ', applied on reload' : ', needs a restart'})\n#${o.name} = ${formatValue(o, cfg)}`);
+  return '# sockbridge configuration: "name = value" lines; "#" starts a comment.\n' +
+    '# The names are the long command-line options; the command line wins.\n' +
+    '# Apply changes with: systemctl reload bridge.service\n\n' + blocks.join('\n\n') + '\n';
+}
+
+function roff(text: string): string {
+  return text.replace(/\\/g, '\\e').replace(/^([.'])/gm, '\\&$1').replace(/-/g, '\\-');
+}
+
+export function renderMan(version: string): string {
+  const cfg = defaults();
+  const opts = OPTIONS.map((o) => `.TP\n.B \\-\\-${roff(o.name)}${o.type ? ` \\fI${roff(o.type)}\\fR` : ''}\n${roff(o.help)} Default: ${roff(formatValue(o, cfg))}.`);
+  const flags = CLI_FLAGS.map((f) => `.TP\n.B \\-\\-${roff(f.name)}${f.type ? ` \\fI${roff(f.type)}\\fR` : ''}\n${roff(f.help)}`);
+  return [
+    `.TH SOCKBRIDGE 8 "" "sockbridge ${version}" "System Administration"`,
+    '.SH NAME',
+    'sockbridge \\- expose a local UNIX socket on a TCP port',
+    '.SH SYNOPSIS',
+    '.B sockbridge\n[\\fIoptions\\fR]',
+    '.br\n.B sockbridge check\\-config\n[\\fIoptions\\fR]',
+    '.SH DESCRIPTION',
+    roff(SUMMARY),
+    'Under systemd it takes its listening sockets from the socket unit (LISTEN_FDS), reports READY, STATUS, WATCHDOG and STOPPING, and logs structured entries to the journal; elsewhere it binds \\fB\\-\\-listen\\fR itself and logs to standard error.',
+    '.SH OPTIONS',
+    'Every option can also be given in the file named by \\fB\\-\\-config\\fR as a line \\fIname\\fR = \\fIvalue\\fR; the command line wins. Durations are milliseconds or carry a unit (500ms, 5s, 2m).',
+    ...opts,
+    ...flags,
+    '.SH SIGNALS',
+    '.TP\n.B SIGHUP\nReload the config file; open sessions are kept, new ones use the new settings.',
+    '.TP\n.B SIGTERM, SIGINT\nStop accepting, let sessions finish for up to \\fB\\-\\-drain\\-timeout\\fR, exit 0.',
+    '.SH EXIT STATUS',
+    '0 on success, 64 for a bad command line, 78 for a bad configuration, 70 for an internal error.',
+    '.SH FILES',
+    '.TP\n.I /etc/sockbridge/bridge.conf\nConfiguration of bridge.service.',
+    '.SH SEE ALSO',
+    '.BR systemd.socket (5),\n.BR systemd.service (5),\n.BR journalctl (1)',
+    '',
+  ].join('\n');
+}
+
+export function renderMarkdownTable(): string {
+  const cfg = defaults();
+  const esc = (s: string): string => s.replace(/\|/g, '\\|');
+  const rows = OPTIONS.map((o) => `| \`--${o.name}\` | ${esc(o.type)} | \`${esc(formatValue(o, cfg))}\` | ${o.reloadable ? 'yes' : 'restart'} | ${esc(o.help)} |`);
+  return ['| option | value | default | reload | meaning |', '| --- | --- | --- | --- | --- |', ...rows].join('\n') + '\n';
+}

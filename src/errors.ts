@@ -1,0 +1,54 @@
+// Errors that reach an operator. Each carries a stable code to grep for and a
+// message that says what to do; the exit code follows sysexits(3).
+
+export const EXIT_OK = 0;
+export const EXIT_USAGE = 64; // EX_USAGE: bad command line
+export const EXIT_SOFTWARE = 70; // EX_SOFTWARE: a bug; the message says so
+export const EXIT_CONFIG = 78; // EX_CONFIG: bad configuration file or value
+
+export abstract class SockbridgeError extends Error {
+  abstract readonly exitCode: number;
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = new.target.name;
+  }
+}
+
+/** The command line is wrong: unknown option, malformed value. */
+export class UsageError extends SockbridgeError {
+  readonly exitCode = EXIT_USAGE;
+}
+
+/** The configuration (file or effective values) is wrong or unusable. */
+export class ConfigError extends SockbridgeError {
+  readonly exitCode = EXIT_CONFIG;
+}
+
+/** Listening failed (port in use, bad address): a configuration problem. */
+export class ListenError extends SockbridgeError {
+  readonly exitCode = EXIT_CONFIG;
+}
+
+/** Error codes from connect(2) on the UNIX socket, grouped by what we do next. */
+export type BackendFailure =
+  | 'absent' // ENOENT, ECONNREFUSED, EAGAIN: missing, restarting or queue full — wait for it
+  | 'denied' // EACCES, EPERM: a permissions problem — retrying will not help
+  | 'other'; // anything else (ENOTSOCK, ENAMETOOLONG, …)
+
+export function classifyConnectError(err: NodeJS.ErrnoException): BackendFailure {
+  switch (err.code) {
+    case 'ENOENT':
+    case 'ECONNREFUSED':
+    case 'EAGAIN':
+    case 'EWOULDBLOCK':
+      return 'absent';
+    case 'EACCES':
+    case 'EPERM':
+      return 'denied';
+    default:
+      return 'other';
+  }
+}

@@ -1,0 +1,113 @@
+// Where clients come from: sockets passed by systemd (socket activation), or
+// the --listen addresses bound here when sockbridge runs on its own.
+
+import net from 'node:net';
+import { ListenError } from './errors';
+import type { Logger } from './log';
+import { parseListen } from './options';
+
+export interface PassedSocket {
+  fd: number;
+  name: string;
+}
+
+const SD_LISTEN_FDS_START = 3;
+
+/**
+ * sd_listen_fds(3): the sockets systemd passed us, if they are meant for this
+ * process. The LISTEN_* variables are removed so that no child inherits them.
+ */
+export function takeSystemdSockets(env: NodeJS.ProcessEnv, pid: number): PassedSocket[] {
+  const listenPid = Number(env['LISTEN_PID']);
+  const count = Number(env['LISTEN_FDS']);
+  const names = (env['LISTEN_FDNAMES'] ?? '').split(':');
+  delete env['LISTEN_PID'];
+  delete env['LISTEN_FDS'];
+  delete env['LISTEN_FDNAMES'];
+  if (listenPid !== pid || !Number.isInteger(count) || count < 1) return [];
+  return Array.from({ length: count }, (_, i) => ({
+    fd: SD_LISTEN_FDS_START + i,
+    name: names[i] || `fd${SD_LISTEN_FDS_START + i}`,
+  }));
+}
+
+export interface Listener {
+  server: net.Server;
+  /** For logs: "0.0.0.0:12345" or "systemd fd 3 (bridge.socket)". */
+  label: string;
+}
+
+const ACCEPT_ERROR_LOG_EVERY_MS = 1000;
+
+/**
+ * Start accepting. Clients arrive paused (pauseOnConnect) and half-open capable
+ * (allowHalfOpen), as the relay needs both. Rejects with ListenError when an
+ * address cannot be bound.
+ */
+export async function openListeners(
+  opts: { passed: PassedSocket[]; listen: string[]; backlog: number },
+  logger: Logger,
+  onConnection: (socket: net.Socket) => void,
+): Promise<Listener[]> {
+  const specs = opts.passed.length > 0
+    ? opts.passed.map((p) => ({ label: `systemd fd ${p.fd} (${p.name})`, target: { fd: p.fd } as const }))
+    : opts.listen.map((raw) => {
+        const { host, port } = parseListen(raw);
+        return { label: raw, target: host === undefined ? { port } : { port, host } };
+      });
+
+  const listeners: Listener[] = [];
+  try {
+    for (const spec of specs) {
+      const server = net.createServer({ pauseOnConnect: true, allowHalfOpen: true }, onConnection);
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        // The backlog goes positionally: with an fd, Node ignores {backlog} and
+        // would reset the queue systemd configured to 511.
+        server.listen(spec.target, opts.backlog, () => {
+          server.off('error', reject);
+          resolve();
+        });
+      }).catch((err: NodeJS.ErrnoException) => {
+        const hint = err.code === 'EADDRINUSE' ? 'another process holds this port: stop it or choose another --listen'
+          : err.code === 'EACCES' ? 'ports below 1024 need privileges: use socket activation or a higher port'
+          : err.code === 'EADDRNOTAVAIL' ? 'no local interface has this address' : 'check --listen';
+        throw new ListenError('ELISTEN', `cannot listen on ${spec.label}: ${err.code ?? err.message} — ${hint}`);
+      });
+      watchAcceptErrors(server, spec.label, logger);
+      const address = server.address();
+      const label = typeof address === 'object' && address !== null && !('fd' in spec.target)
+        ? `${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`
+        : spec.label;
+      listeners.push({ server, label });
+    }
+  } catch (err) {
+    for (const l of listeners) l.server.close();
+    throw err;
+  }
+  return listeners;
+}
+
+/**
+ * accept(2) failures (EMFILE, ENFILE, ENOBUFS) arrive as 'error' on a server
+ * that keeps listening; libuv retries on the next readiness. Log them, rate
+ * limited, and keep going: one exhausted resource must not stop the service.
+ */
+function watchAcceptErrors(server: net.Server, label: string, logger: Logger): void {
+  let lastLog = 0;
+  let suppressed = 0;
+  server.on('error', (err: NodeJS.ErrnoException) => {
+    const now = Date.now();
+    if (now - lastLog < ACCEPT_ERROR_LOG_EVERY_MS) {
+      suppressed++;
+      return;
+    }
+    lastLog = now;
+    const hint = err.code === 'EMFILE' || err.code === 'ENFILE'
+      ? 'out of file descriptors: raise LimitNOFILE= or lower --max-conn'
+      : 'the kernel refused a new connection';
+    logger.error(`accept failed on ${label}: ${err.code ?? err.message} — ${hint}${suppressed ? ` (${suppressed} more since the last report)` : ''}`,
+      { EVENT: 'accept-error', ERRNO: err.code ?? 'error' });
+    suppressed = 0;
+  });
+}

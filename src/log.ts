@@ -1,0 +1,90 @@
+// Logging: structured journal entries under systemd, readable lines on a terminal.
+// Callers check `logger.enabled(level)` before building fields on hot paths.
+
+import type { Config, LogLevel } from './options';
+
+export type Fields = Record<string, string | number>;
+
+const RANK: Record<LogLevel, number> = { debug: 7, info: 6, notice: 5, warning: 4, error: 3 };
+
+interface Sink {
+  write(level: LogLevel, message: string, fields: Fields): void;
+}
+
+/**
+ * "2026-01-01T00:00:00.000Z notice target /x is UP: …" on stderr. Messages are
+ * written to be complete on their own; the fields are for the journal.
+ */
+class StderrSink implements Sink {
+  write(level: LogLevel, message: string): void {
+    process.stderr.write(`${new Date().toISOString()} ${level} ${message}\n`);
+  }
+}
+
+type JournalFn = (message: string, fields?: Fields) => void;
+
+/** sd_journal_send() with our fields (CLIENT_ADDR=…), filterable with journalctl. */
+class JournalSink implements Sink {
+  private readonly fns: Record<LogLevel, JournalFn>;
+  constructor(journald: typeof import('systemd-journald')) {
+    this.fns = {
+      debug: journald.debug, info: journald.info, notice: journald.notice,
+      warning: journald.warning, error: journald.err,
+    };
+  }
+  write(level: LogLevel, message: string, fields: Fields): void {
+    this.fns[level](message, { SYSLOG_IDENTIFIER: 'sockbridge', ...fields });
+  }
+}
+
+/** True when systemd started us with the journal as our log destination. */
+export function underSystemd(env: NodeJS.ProcessEnv): boolean {
+  return env['JOURNAL_STREAM'] !== undefined || env['INVOCATION_ID'] !== undefined;
+}
+
+export class Logger {
+  private rank: number;
+  constructor(private readonly sink: Sink, level: LogLevel) {
+    this.rank = RANK[level];
+  }
+
+  setLevel(level: LogLevel): void {
+    this.rank = RANK[level];
+  }
+
+  enabled(level: LogLevel): boolean {
+    return RANK[level] <= this.rank;
+  }
+
+  log(level: LogLevel, message: string, fields: Fields = {}): void {
+    if (RANK[level] > this.rank) return;
+    try {
+      this.sink.write(level, message, fields);
+    } catch {
+      // A full or closed log destination must never take a session down.
+    }
+  }
+
+  debug(message: string, fields?: Fields): void { this.log('debug', message, fields); }
+  info(message: string, fields?: Fields): void { this.log('info', message, fields); }
+  notice(message: string, fields?: Fields): void { this.log('notice', message, fields); }
+  warning(message: string, fields?: Fields): void { this.log('warning', message, fields); }
+  error(message: string, fields?: Fields): void { this.log('error', message, fields); }
+}
+
+/** Pick the sink from --log-target; fall back to stderr when the journal addon cannot load. */
+export function createLogger(cfg: Pick<Config, 'logLevel' | 'logTarget'>, env: NodeJS.ProcessEnv = process.env): Logger {
+  const wantJournal = cfg.logTarget === 'journal' || (cfg.logTarget === 'auto' && underSystemd(env));
+  if (wantJournal) {
+    try {
+      // eslint-disable-next-line @typescript-eslint/no-var-requires
+      const journald = require('systemd-journald') as typeof import('systemd-journald');
+      return new Logger(new JournalSink(journald), cfg.logLevel);
+    } catch (err) {
+      const logger = new Logger(new StderrSink(), cfg.logLevel);
+      logger.warning(`journal logging unavailable (${(err as Error).message}); logging to stderr`);
+      return logger;
+    }
+  }
+  return new Logger(new StderrSink(), cfg.logLevel);
+}

@@ -1,0 +1,107 @@
+// Entry point: parse the command line, then run one command. Operator errors
+// end as one line on stderr and a sysexits code, never as a stack trace.
+
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Bridge } from './bridge';
+import { checkTarget, CommandLine, loadConfig, parseCommandLine } from './config';
+import { renderConfigFile, renderHelp, renderMan, renderMarkdownTable } from './docs';
+import { EXIT_OK, EXIT_SOFTWARE, SockbridgeError, UsageError } from './errors';
+import { takeSystemdSockets } from './listeners';
+import { createLogger, Logger } from './log';
+import { Notifier } from './notify';
+import { formatValue, OPTIONS } from './options';
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(join(__dirname, '..', '..', 'package.json'), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+function checkConfig(cli: CommandLine): void {
+  const cfg = loadConfig(cli);
+  checkTarget(cfg);
+  const width = Math.max(...OPTIONS.map((o) => o.name.length));
+  for (const o of OPTIONS) {
+    // One line per value, so the output is itself a valid config file.
+    const value = cfg[o.key];
+    const values = Array.isArray(value) ? value.map(String) : [formatValue(o, cfg)];
+    for (const v of values) process.stdout.write(`${o.name.padEnd(width)} = ${v}\n`);
+  }
+}
+
+function generate(what: string | undefined): void {
+  switch (what) {
+    case 'config': return void process.stdout.write(renderConfigFile());
+    case 'man': return void process.stdout.write(renderMan(version()));
+    case 'markdown': return void process.stdout.write(renderMarkdownTable());
+    default: throw new UsageError('EUSAGE_GENERATE', `generate needs one of: config, man, markdown (got ${what ?? 'nothing'})`);
+  }
+}
+
+async function run(cli: CommandLine): Promise<void> {
+  const cfg = loadConfig(cli);
+  checkTarget(cfg);
+  const logger = createLogger(cfg);
+  const notifier = Notifier.fromEnv(process.env, logger);
+  const passed = takeSystemdSockets(process.env, process.pid);
+  const bridge = new Bridge(cfg, logger, notifier);
+  installProcessHandlers(bridge, cli, logger);
+  await bridge.start(passed);
+}
+
+function installProcessHandlers(bridge: Bridge, cli: CommandLine, logger: Logger): void {
+  let stopRequests = 0;
+  const stop = (signal: string): void => {
+    if (++stopRequests > 1) {
+      logger.warning(`${signal} again while draining: exiting now`);
+      process.exit(EXIT_OK);
+    }
+    logger.notice(`${signal} received: draining`, { EVENT: 'signal', SIGNAL: signal });
+    void bridge.stop().then(() => process.exit(EXIT_OK));
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGHUP', () => {
+    if (cli.configPath === undefined) {
+      logger.notice('SIGHUP received but no --config file was given: nothing to reload');
+      return;
+    }
+    try {
+      const next = loadConfig(cli);
+      checkTarget(next);
+      bridge.reload(next);
+    } catch (err) {
+      if (!(err instanceof SockbridgeError)) throw err;
+      logger.error(`reload failed, keeping the running configuration: ${err.message}`, { EVENT: 'reload-failed', CODE: err.code });
+    }
+  });
+  process.on('uncaughtException', (err) => {
+    logger.error(`internal error, exiting: ${err.stack ?? err.message}`, { EVENT: 'crash' });
+    process.exit(EXIT_SOFTWARE);
+  });
+}
+
+function fail(err: unknown): never {
+  if (err instanceof SockbridgeError) {
+    process.stderr.write(`sockbridge: ${err.message} [${err.code}]\n`);
+    process.exit(err.exitCode);
+  }
+  process.stderr.write(`sockbridge: internal error (please report): ${err instanceof Error ? err.stack : String(err)}\n`);
+  process.exit(EXIT_SOFTWARE);
+}
+
+function main(argv: string[]): void {
+  let cli: CommandLine;
+  try {
+    cli = parseCommandLine(argv);
+    if (cli.help) return void process.stdout.write(renderHelp());
+    if (cli.version) return void process.stdout.write(`sockbridge ${version()}\n`);
+    if (cli.command === 'check-config') return checkConfig(cli);
+    if (cli.command === 'generate') return generate(cli.args[0]);
+  } catch (err) {
+    fail(err);
+  }
+  run(cli).catch(fail);
+}
+
+main(process.argv.slice(2));

@@ -1,0 +1,203 @@
+// The one table of options. The command-line parser, the config file, --help,
+// `check-config`, the generated conffile, man page and README table are all
+// derived from OPTIONS below: add an option here and nowhere else.
+
+export type LogLevel = 'debug' | 'info' | 'notice' | 'warning' | 'error';
+export const LOG_LEVELS: readonly LogLevel[] = ['debug', 'info', 'notice', 'warning', 'error'];
+
+/** The effective configuration. Durations are milliseconds; 0 means "off" where the help says so. */
+export interface Config {
+  listen: string[];
+  target: string;
+  connectTimeout: number;
+  clientTimeout: number;
+  serverTimeout: number;
+  maxConn: number;
+  backlog: number;
+  checkInterval: number;
+  rise: number;
+  fall: number;
+  onMarkedDown: 'none' | 'shutdown-sessions';
+  errorLimit: number;
+  drainTimeout: number;
+  exitIdleTime: number;
+  logLevel: LogLevel;
+  logTarget: 'auto' | 'journal' | 'stderr';
+}
+
+/** A value the operator wrote is wrong; the caller adds where it came from. */
+export class BadValue extends Error {}
+
+export interface OptionSpec<K extends keyof Config> {
+  /** Long option name, also the config-file key. */
+  readonly name: string;
+  readonly key: K;
+  /** What the value looks like, for help and errors: "duration", "count", "path", … */
+  readonly type: string;
+  readonly default: Config[K];
+  readonly help: string;
+  /** Only for options that may be given more than once: how the values of one source add up. */
+  combine?(values: Config[K][]): Config[K];
+  /** Applied on SIGHUP to new sessions; the others need a restart. */
+  readonly reloadable: boolean;
+  parse(raw: string): Config[K];
+  format(value: Config[K]): string;
+}
+
+export type AnyOption = { [K in keyof Config]: OptionSpec<K> }[keyof Config];
+
+// ---- value types ----------------------------------------------------------
+
+const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+/** "5000" (milliseconds, HAProxy style), "500ms", "5s", "2m", "1h"; "0" = off. */
+export function parseDuration(raw: string): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(raw.trim());
+  if (!m) throw new BadValue('expected a duration such as 5000 (ms), 500ms, 5s or 2m');
+  const ms = Math.round(Number(m[1]) * UNITS[m[2] ?? 'ms']!);
+  if (ms > 2_147_483_647) throw new BadValue('duration too long (at most 24 days)');
+  return ms;
+}
+
+export function formatDuration(ms: number): string {
+  if (ms === 0) return '0';
+  if (ms % 3_600_000 === 0) return `${ms / 3_600_000}h`;
+  if (ms % 60_000 === 0) return `${ms / 60_000}m`;
+  if (ms % 1000 === 0) return `${ms / 1000}s`;
+  return `${ms}ms`;
+}
+
+function parseCount(raw: string, min: number, max: number): number {
+  if (!/^\d+$/.test(raw.trim())) throw new BadValue(`expected a whole number from ${min} to ${max}`);
+  const n = Number(raw);
+  if (n < min || n > max) throw new BadValue(`expected a whole number from ${min} to ${max}`);
+  return n;
+}
+
+function oneOf<T extends string>(values: readonly T[], raw: string): T {
+  const found = values.find((v) => v === raw.trim());
+  if (found === undefined) throw new BadValue(`expected one of ${values.join(', ')}`);
+  return found;
+}
+
+/** "HOST:PORT", "[v6]:PORT", "*:PORT" or "PORT"; host "*" or none = all interfaces. */
+export function parseListen(raw: string): { host: string | undefined; port: number } {
+  const m = /^(?:(\[[0-9a-fA-F:.]+\]|[^:[\]]+):)?(\d+)$/.exec(raw.trim());
+  if (!m) throw new BadValue('expected HOST:PORT, [IPv6]:PORT, *:PORT or PORT');
+  const port = Number(m[2]);
+  if (port > 65535) throw new BadValue('port must be from 0 to 65535');
+  const host = m[1] === undefined || m[1] === '*' ? undefined : m[1].replace(/^\[|\]$/g, '');
+  return { host, port };
+}
+
+const durationOpt = { type: 'duration', parse: parseDuration, format: formatDuration } as const;
+const countOpt = (min: number, max: number) =>
+  ({ type: 'count', parse: (raw: string) => parseCount(raw, min, max), format: String }) as const;
+
+// ---- the table --------------------------------------------------------------
+
+export const OPTIONS: readonly AnyOption[] = [
+  {
+    name: 'listen', key: 'listen', type: 'host:port', default: ['*:12345'], reloadable: false,
+    help: 'Address to accept TCP clients on; repeat for several. Ignored when systemd passes sockets (LISTEN_FDS). "*" = all interfaces, IPv4 and IPv6.',
+    parse: (raw) => { parseListen(raw); return [raw.trim()]; },
+    format: (v) => v.join(', '),
+    combine: (values) => values.flat(),
+  },
+  {
+    name: 'target', key: 'target', type: 'path', default: '/var/program/program.cmd', reloadable: true,
+    help: 'The UNIX stream socket each client is connected to. It may be missing or recreated at any time: clients wait for it.',
+    parse: (raw) => {
+      const path = raw.trim();
+      if (path === '') throw new BadValue('expected the path of a UNIX socket');
+      // sun_path holds 108 bytes including the terminating NUL.
+      if (Buffer.byteLength(path) > 107) throw new BadValue('a UNIX socket path is at most 107 bytes; use a shorter path or a symlinked directory');
+      return path;
+    },
+    format: String,
+  },
+  {
+    name: 'connect-timeout', key: 'connectTimeout', ...durationOpt, default: 5000, reloadable: true,
+    help: 'How long a client is held while the target is missing or refusing (restarting) before it is closed.',
+  },
+  {
+    name: 'client-timeout', key: 'clientTimeout', ...durationOpt, default: 50_000, reloadable: true,
+    help: 'Close a session when the client side has been idle this long (0 = never).',
+  },
+  {
+    name: 'server-timeout', key: 'serverTimeout', ...durationOpt, default: 50_000, reloadable: true,
+    help: 'Close a session when the target side has been idle this long (0 = never).',
+  },
+  {
+    name: 'max-conn', key: 'maxConn', ...countOpt(1, 1_000_000), default: 4096, reloadable: true,
+    help: 'Most sessions at once. Beyond it new clients wait, connected but unread, and start in arrival order as sessions end; nobody is reset.',
+  },
+  {
+    name: 'backlog', key: 'backlog', ...countOpt(1, 65535), default: 4096, reloadable: false,
+    help: "Listen queue length, also applied to sockets passed by systemd (keep it equal to the socket unit's Backlog=). The kernel caps it at net.core.somaxconn.",
+  },
+  {
+    name: 'check-interval', key: 'checkInterval', ...durationOpt, default: 2000, reloadable: true,
+    help: 'Health check period: a probe connect to the target (0 = no checks; the target is assumed up).',
+  },
+  {
+    name: 'rise', key: 'rise', ...countOpt(1, 1000), default: 2, reloadable: true,
+    help: 'Consecutive successful checks that mark the target UP.',
+  },
+  {
+    name: 'fall', key: 'fall', ...countOpt(1, 1000), default: 3, reloadable: true,
+    help: 'Consecutive failed checks that mark the target DOWN.',
+  },
+  {
+    name: 'on-marked-down', key: 'onMarkedDown', type: 'none|shutdown-sessions', default: 'none', reloadable: true,
+    help: 'What happens to established sessions when the target is marked DOWN.',
+    parse: (raw) => oneOf(['none', 'shutdown-sessions'] as const, raw),
+    format: String,
+  },
+  {
+    name: 'error-limit', key: 'errorLimit', ...countOpt(0, 1_000_000), default: 0, reloadable: true,
+    help: 'Consecutive connect errors from live traffic that mark the target DOWN, like failed checks (0 = off).',
+  },
+  {
+    name: 'drain-timeout', key: 'drainTimeout', ...durationOpt, default: 10_000, reloadable: true,
+    help: 'On SIGTERM, how long active sessions may finish before they are closed.',
+  },
+  {
+    name: 'exit-idle-time', key: 'exitIdleTime', ...durationOpt, default: 0, reloadable: true,
+    help: 'Exit after this long without any session, for on-demand socket activation (0 = never).',
+  },
+  {
+    name: 'log-level', key: 'logLevel', type: LOG_LEVELS.join('|'), default: 'info', reloadable: true,
+    help: 'Least important messages logged. "info" logs one line per session; "notice" only state changes and errors.',
+    parse: (raw) => oneOf(LOG_LEVELS, raw),
+    format: String,
+  },
+  {
+    name: 'log-target', key: 'logTarget', type: 'auto|journal|stderr', default: 'auto', reloadable: false,
+    help: 'Where logs go. "auto": the journal (structured fields) under systemd, readable lines on stderr otherwise.',
+    parse: (raw) => oneOf(['auto', 'journal', 'stderr'] as const, raw),
+    format: String,
+  },
+];
+
+/** Flags that only make sense on the command line. */
+export const CLI_FLAGS: readonly { name: string; type: string; help: string }[] = [
+  { name: 'config', type: 'file', help: 'Read options from FILE ("name = value" lines, "#" comments); the command line wins.' },
+  { name: 'help', type: '', help: 'Show this help and exit.' },
+  { name: 'version', type: '', help: 'Show the version and exit.' },
+];
+
+export function defaults(): Config {
+  const cfg: Partial<Record<keyof Config, unknown>> = {};
+  for (const o of OPTIONS) cfg[o.key] = o.default;
+  return cfg as Config;
+}
+
+export function findOption(name: string): AnyOption | undefined {
+  return OPTIONS.find((o) => o.name === name);
+}
+
+/** Render one option's current value the way it would be written in the config file. */
+export function formatValue<K extends keyof Config>(spec: OptionSpec<K>, cfg: Config): string {
+  return spec.format(cfg[spec.key]);
+}
