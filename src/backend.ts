@@ -212,6 +212,7 @@ export class Backend {
   }
 
   private wakeAll(): void {
+    if (this.logger.enabled('debug')) this.logger.debug(`${this.settings.target} changed: retrying ${this.waiters.size} held clients now`);
     for (const p of [...this.waiters]) p.wake();
   }
 
@@ -246,7 +247,8 @@ export class Backend {
         { TARGET: target, ERRNO: code },
       );
     } else if (kind === 'absent') {
-      const why = code === 'ENOENT' ? 'does not exist' : code === 'ECONNREFUSED' ? 'refuses connections (no program listening)' : 'has a full accept queue';
+      const why = code === 'ENOENT' ? 'does not exist' : code === 'ECONNREFUSED' ? 'refuses connections (no program listening)'
+        : code === 'ECONNRESET' ? 'reset the connection (restarting)' : 'has a full accept queue';
       this.logger.warning(`target ${target} ${why} (${code}); clients are held up to connect-timeout while waiting for it`, { TARGET: target, ERRNO: code });
     } else {
       this.logger.error(`cannot connect to ${target} (${code}: ${err!.message}); check the target option`, { TARGET: target, ERRNO: String(code) });

@@ -32,6 +32,11 @@ export function parseCommandLine(argv: string[]): CommandLine {
       return !arg.startsWith('-');
     },
   });
+  // minimist leaves a string option empty when its value is missing or starts with "-".
+  const empty = [...OPTIONS.map((o) => o.name), 'config'].find((name) => parsed[name] === '' || (Array.isArray(parsed[name]) && (parsed[name] as string[]).includes('')));
+  if (empty !== undefined) {
+    throw new UsageError('EUSAGE_VALUE', `--${empty} needs a value (write --${empty}=VALUE when the value starts with "-")`);
+  }
   if (unknown.length > 0) {
     const flag = unknown[0]!.split('=')[0]!;
     throw new UsageError('EUSAGE_UNKNOWN_OPTION', `unknown option ${flag}; run "sockbridge --help" for the list of options`);
@@ -60,7 +65,6 @@ export function parseCommandLine(argv: string[]): CommandLine {
   }
   const config: unknown = parsed['config'];
   if (Array.isArray(config)) throw new UsageError('EUSAGE_REPEATED', '--config given more than once; give it once');
-  if (config === '') throw new UsageError('EUSAGE_VALUE', '--config needs a value: the path of a config file');
 
   return {
     command,

@@ -34,7 +34,7 @@ export class ListenError extends SockbridgeError {
 
 /** Error codes from connect(2) on the UNIX socket, grouped by what we do next. */
 export type BackendFailure =
-  | 'absent' // ENOENT, ECONNREFUSED, EAGAIN: missing, restarting or queue full — wait for it
+  | 'absent' // ENOENT, ECONNREFUSED, EAGAIN, ECONNRESET: missing, restarting or queue full — wait for it
   | 'denied' // EACCES, EPERM: a permissions problem — retrying will not help
   | 'other'; // anything else (ENOTSOCK, ENAMETOOLONG, …)
 
@@ -44,6 +44,7 @@ export function classifyConnectError(err: NodeJS.ErrnoException): BackendFailure
     case 'ECONNREFUSED':
     case 'EAGAIN':
     case 'EWOULDBLOCK':
+    case 'ECONNRESET': // queued on a socket that closed before the connect completed: a restart
       return 'absent';
     case 'EACCES':
     case 'EPERM':

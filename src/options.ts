@@ -10,6 +10,7 @@ export interface Config {
   listen: string[];
   target: string;
   connectTimeout: number;
+  retries: number;
   clientTimeout: number;
   serverTimeout: number;
   maxConn: number;
@@ -119,6 +120,10 @@ export const OPTIONS: readonly AnyOption[] = [
   {
     name: 'connect-timeout', key: 'connectTimeout', ...durationOpt, default: 5000, reloadable: true,
     help: 'How long a client is held while the target is missing or refusing (restarting) before it is closed.',
+  },
+  {
+    name: 'retries', key: 'retries', ...countOpt(0, 100), default: 3, reloadable: true,
+    help: "Times a request is sent again on a new connection when the target resets the connection before answering (a restart dropped it from the old socket's queue). Only while the client has sent at most 64 KiB; 0 = never.",
   },
   {
     name: 'client-timeout', key: 'clientTimeout', ...durationOpt, default: 50_000, reloadable: true,

@@ -19,7 +19,7 @@ import type { Fields, Logger } from './log';
 import type { Config } from './options';
 import type { Stats } from './stats';
 
-export type SessionSettings = Pick<Config, 'clientTimeout' | 'serverTimeout'>;
+export type SessionSettings = Pick<Config, 'clientTimeout' | 'serverTimeout' | 'retries'>;
 
 export type CloseReason =
   | 'done' // both directions finished
@@ -47,6 +47,8 @@ const enum Phase {
 }
 
 const SESSION = Symbol('session');
+/** Most client bytes kept for a retry; a longer request is not retried. */
+const REPLAY_LIMIT = 64 * 1024;
 interface BridgedSocket extends net.Socket {
   [SESSION]: Session;
 }
@@ -57,7 +59,17 @@ export class Session {
   private pending: PendingConnect | undefined;
   private reason: CloseReason | undefined;
   private error: string | undefined;
-  private openSockets = 1;
+  private clientClosed = false;
+  private relaying = false;
+  /**
+   * What the client sent, kept until the target's first byte so it can be sent
+   * again if a restarting target drops the connection unanswered (it was still
+   * in the old socket's accept queue). undefined once that is no longer safe.
+   */
+  private replay: Buffer[] | undefined = [];
+  private replayBytes = 0;
+  private clientEnded = false;
+  private retriesLeft: number;
   private readonly startedAt = Date.now();
   private readonly client: BridgedSocket;
   /** The client's address, kept because it is gone from the socket once closed. */
@@ -72,14 +84,14 @@ export class Session {
     this.client[SESSION] = this;
     this.clientAddr = client.remoteAddress ?? '?';
     this.clientPort = client.remotePort ?? 0;
+    this.retriesLeft = ctx.settings.retries;
     // The client arrives paused: nothing is read until the target is connected,
     // so a held client's request waits in the kernel, not in our memory.
     client.setNoDelay(true);
     client.setKeepAlive(true, 60_000);
     client.on('error', socketOnError);
     client.on('close', socketOnClose);
-    ctx.stats.held++;
-    this.pending = ctx.backend.connect((failure, server, err) => this.onConnect(failure, server, err));
+    this.dial();
   }
 
   /** Close now (drain timeout, target marked down). */
@@ -95,51 +107,123 @@ export class Session {
     return this.phase === Phase.Connecting;
   }
 
+  private dial(): void {
+    this.phase = Phase.Connecting;
+    this.ctx.stats.held++;
+    this.pending = this.ctx.backend.connect((failure, server, err) => this.onConnect(failure, server, err));
+  }
+
   private onConnect(failure: ConnectFailure | undefined, socket: net.Socket | undefined, err: NodeJS.ErrnoException | undefined): void {
     this.pending = undefined;
     this.ctx.stats.held--;
     if (failure !== undefined || socket === undefined) {
       this.reason ??= failure;
-      this.error = err?.code;
+      this.error ??= err?.code;
       this.client.destroy();
-      return;
-    }
-    if (this.client.destroyed) {
-      // The client left while it was held.
-      socket.destroy();
+      if (this.clientClosed) this.finish();
       return;
     }
     const server = socket as BridgedSocket;
     server[SESSION] = this;
+    server.on('data', serverOnData);
+    server.on('end', socketOnEnd);
+    server.on('drain', socketOnDrain);
+    server.on('timeout', socketOnTimeout);
+    server.on('error', socketOnError);
+    server.on('close', socketOnClose);
+    const { clientTimeout, serverTimeout } = this.ctx.settings;
+    if (serverTimeout > 0) server.setTimeout(serverTimeout);
     this.server = server;
-    this.openSockets = 2;
     this.phase = Phase.Open;
     this.ctx.stats.active++;
 
-    const { clientTimeout, serverTimeout } = this.ctx.settings;
-    const client = this.client;
-    for (const socket of [client, server]) {
-      socket.on('data', socketOnData);
-      socket.on('end', socketOnEnd);
-      socket.on('drain', socketOnDrain);
-      socket.on('timeout', socketOnTimeout);
+    if (!this.relaying) {
+      this.relaying = true;
+      const client = this.client;
+      client.on('data', clientOnData);
+      client.on('end', socketOnEnd);
+      client.on('drain', socketOnDrain);
+      client.on('timeout', socketOnTimeout);
+      if (clientTimeout > 0) client.setTimeout(clientTimeout);
+    } else {
+      // A retry: the new connection gets everything the lost one was sent.
+      for (const chunk of this.replay ?? []) server.write(chunk);
+      if (this.clientEnded) server.end();
     }
-    server.on('error', socketOnError);
-    server.on('close', socketOnClose);
-    if (clientTimeout > 0) client.setTimeout(clientTimeout);
-    if (serverTimeout > 0) server.setTimeout(serverTimeout);
-    client.resume();
+    if (!server.writableNeedDrain) this.client.resume();
+  }
+
+  /** Bytes from the client: forward them, and keep a copy while a retry is still possible. */
+  fromClient(chunk: Buffer): void {
+    if (!this.server) {
+      // Read just before a retry paused the client: the new connection sends it.
+      this.replay!.push(chunk);
+      return;
+    }
+    if (this.replay) {
+      this.replayBytes += chunk.length;
+      if (this.replayBytes <= REPLAY_LIMIT) this.replay.push(chunk);
+      else this.replay = undefined;
+    }
+    if (!this.server!.write(chunk)) this.client.pause();
+  }
+
+  /** Bytes from the target: it answered, so the request can no longer be retried. */
+  fromServer(chunk: Buffer): void {
+    this.replay = undefined;
+    if (!this.client.write(chunk)) this.server!.pause();
+  }
+
+  /** EOF from one side: shut down our write side towards the other, keep the other direction flowing. */
+  ended(socket: BridgedSocket): void {
+    if (socket === this.client) {
+      this.clientEnded = true;
+      this.server?.end(); // none while a retry is dialing: it sends the EOF itself
+    } else {
+      this.client.end();
+    }
+  }
+
+  /** The other end of the relay; only called once the session is open. */
+  peerOf(socket: BridgedSocket): BridgedSocket {
+    return socket === this.client ? this.server! : this.client;
   }
 
   /** First error wins the close reason; both sides go, since the session cannot continue. */
   failed(socket: BridgedSocket, err: NodeJS.ErrnoException): void {
     if (this.phase === Phase.Closed) return;
     const fromClient = socket === this.client;
+    if (!fromClient && this.mayRetry(err)) return this.retry(err);
     this.reason ??= fromClient ? 'client-error' : 'server-error';
     this.error ??= err.code ?? err.message;
     if (this.pending) this.pending.cancel();
     this.client.destroy();
     this.server?.destroy();
+  }
+
+  /**
+   * A reset before the target's first byte is what a restart does to the
+   * connections still queued on its old socket: nobody read them. Send the
+   * request again on a fresh connection, as a restart must cost clients nothing.
+   */
+  private mayRetry(err: NodeJS.ErrnoException): boolean {
+    return this.replay !== undefined && this.retriesLeft > 0 && !this.client.destroyed &&
+      (err.code === 'ECONNRESET' || err.code === 'EPIPE');
+  }
+
+  private retry(err: NodeJS.ErrnoException): void {
+    this.retriesLeft--;
+    const old = this.server!;
+    old.removeAllListeners();
+    old.on('error', noop);
+    old.destroy();
+    this.server = undefined;
+    this.ctx.stats.active--;
+    this.client.pause();
+    if (this.ctx.logger.enabled('debug')) {
+      this.ctx.logger.debug(`session ${this.clientAddr}:${this.clientPort}: target dropped the connection unanswered (${err.code}); sending the request again on a new one`);
+    }
+    this.dial();
   }
 
   timedOut(socket: BridgedSocket): void {
@@ -148,22 +232,23 @@ export class Session {
     this.server?.destroy();
   }
 
-  /** The other end of the relay; only called once the session is open. */
-  peerOf(socket: BridgedSocket): BridgedSocket {
-    return socket === this.client ? this.server! : this.client;
-  }
-
   /** A socket is fully closed: both directions done, or destroyed. */
   socketClosed(socket: BridgedSocket): void {
-    if (this.pending) {
-      // Only the client exists yet: it gave up while held, so stop waiting for it.
-      this.reason ??= 'client-error';
-      this.pending.cancel();
-    }
-    const other = socket === this.client ? this.server : this.client;
     const clean = socket.readableEnded && socket.writableFinished;
-    if (other && !other.destroyed && !clean) other.destroy();
-    if (--this.openSockets === 0) this.finish();
+    if (socket === this.client) {
+      this.clientClosed = true;
+      if (this.pending) {
+        // The client gave up while held: stop waiting for the target for it.
+        this.reason ??= 'client-error';
+        this.pending.cancel();
+        return; // onConnect (cancelled) finishes the session
+      }
+      if (this.server && !this.server.destroyed && !clean) this.server.destroy();
+      if (!this.server || this.server.closed) this.finish();
+    } else {
+      if (!this.client.destroyed && !clean) this.client.destroy();
+      if (this.clientClosed) this.finish();
+    }
   }
 
   private finish(): void {
@@ -199,10 +284,14 @@ export class Session {
   }
 }
 
-// ---- socket handlers (this = the socket; the same for both directions) ------
+// ---- socket handlers (this = the socket) ---------------------------------------
 
-function socketOnData(this: BridgedSocket, chunk: Buffer): void {
-  if (!this[SESSION].peerOf(this).write(chunk)) this.pause();
+function clientOnData(this: BridgedSocket, chunk: Buffer): void {
+  this[SESSION].fromClient(chunk);
+}
+
+function serverOnData(this: BridgedSocket, chunk: Buffer): void {
+  this[SESSION].fromServer(chunk);
 }
 
 /** This socket's write buffer drained: let its peer, the source, flow again. */
@@ -212,7 +301,7 @@ function socketOnDrain(this: BridgedSocket): void {
 
 /** EOF from one side: shut down our write side towards the other, keep the other direction flowing. */
 function socketOnEnd(this: BridgedSocket): void {
-  this[SESSION].peerOf(this).end();
+  this[SESSION].ended(this);
 }
 
 function socketOnTimeout(this: BridgedSocket): void {
@@ -227,3 +316,5 @@ function socketOnError(this: BridgedSocket, err: NodeJS.ErrnoException): void {
 function socketOnClose(this: BridgedSocket): void {
   this[SESSION].socketClosed(this);
 }
+
+function noop(): void {}

@@ -1,0 +1,200 @@
+// Test helpers: real UNIX-socket servers, a real sockbridge child process, and
+// waiting for conditions with a deadline (never a bare sleep).
+
+import { ChildProcess, spawn, SpawnOptions } from 'node:child_process';
+import { chmodSync, mkdtempSync, rmSync, unlinkSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+
+export const ROOT = resolve(__dirname, '..', '..');
+export const BIN = join(ROOT, 'bin', 'sockbridge');
+
+/** A fresh directory, readable by everyone (some tests run the bridge as nobody). */
+export function tempDir(t: { after(fn: () => void): void }): string {
+  const dir = mkdtempSync(join(tmpdir(), 'sockbridge-test-'));
+  chmodSync(dir, 0o755);
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** Poll `cond` until it holds; fail with `what` after `timeoutMs`. */
+export async function waitFor(cond: () => boolean | Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (await cond()) return;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await delay(10);
+  }
+}
+
+export function delay(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+// ---- UNIX socket servers --------------------------------------------------------
+
+export interface UnixServer {
+  server: net.Server;
+  path: string;
+  /** Sockets currently connected. */
+  sockets: Set<net.Socket>;
+  close(): Promise<void>;
+}
+
+/** Listen on `path` (removing a stale file first); `onConn` gets each connection. */
+export function unixServer(path: string, onConn: (s: net.Socket) => void): Promise<UnixServer> {
+  try { unlinkSync(path); } catch { /* not there */ }
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer({ allowHalfOpen: true }, (s) => {
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+    s.on('error', () => {});
+    onConn(s);
+  });
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(path, () => resolve({
+      server, path, sockets,
+      close: () => new Promise<void>((r) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => r());
+      }),
+    }));
+  });
+}
+
+/** Echo each byte back; echo the EOF too (half-close aware). */
+export function echoServer(path: string): Promise<UnixServer> {
+  return unixServer(path, (s) => s.pipe(s));
+}
+
+// ---- TCP clients ------------------------------------------------------------------
+
+export function connect(port: number, host = '127.0.0.1'): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect({ port, host, allowHalfOpen: true });
+    s.once('connect', () => { s.off('error', reject); resolve(s); });
+    s.once('error', reject);
+  });
+}
+
+/** Everything the peer sends until EOF. Rejects on error or after timeoutMs. */
+export function readAll(s: net.Socket, timeoutMs = 10_000): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    const timer = setTimeout(() => { s.destroy(); reject(new Error('readAll timed out')); }, timeoutMs);
+    s.on('data', (c: Buffer) => chunks.push(c));
+    s.once('end', () => { clearTimeout(timer); resolve(Buffer.concat(chunks)); });
+    s.once('error', (e) => { clearTimeout(timer); reject(e); });
+  });
+}
+
+/** Connect, send `data`, shut down the write side, return the whole reply. */
+export async function roundTrip(port: number, data: Buffer | string, timeoutMs = 10_000): Promise<Buffer> {
+  const s = await connect(port);
+  const reply = readAll(s, timeoutMs);
+  s.end(data);
+  const out = await reply;
+  s.destroy();
+  return out;
+}
+
+/** Resolves when the peer closes the connection; rejects if it stays open past timeoutMs. */
+export function closedWithin(s: net.Socket, timeoutMs: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (s.destroyed) return resolve();
+    const timer = setTimeout(() => reject(new Error(`connection still open after ${timeoutMs} ms`)), timeoutMs);
+    s.on('error', () => {});
+    s.resume();
+    s.once('close', () => { clearTimeout(timer); resolve(); });
+  });
+}
+
+// ---- the bridge as a child process ---------------------------------------------------
+
+export interface BridgeProcess {
+  child: ChildProcess;
+  /** The first TCP port it listens on (from its "listening on" line). */
+  port: number;
+  /** All stderr so far. */
+  log(): string;
+  waitForLog(pattern: RegExp, timeoutMs?: number): Promise<RegExpMatchArray>;
+  /** Send a signal and wait for the exit code (kills -9 after timeoutMs). */
+  stop(signal?: NodeJS.Signals, timeoutMs?: number): Promise<number | null>;
+  exited: Promise<number | null>;
+}
+
+export interface StartOptions {
+  env?: NodeJS.ProcessEnv;
+  /** Wait for the "listening on" line (default true). */
+  waitListening?: boolean;
+  spawn?: SpawnOptions;
+  /** Run through another command, e.g. ['systemd-socket-activate', '-l', '…']. */
+  wrapper?: string[];
+}
+
+/** Start `sockbridge ARGS` with logs on stderr; stopped by PID when the test ends. */
+export async function startBridge(t: { after(fn: () => Promise<void> | void): void }, args: string[], opts: StartOptions = {}): Promise<BridgeProcess> {
+  const env: NodeJS.ProcessEnv = { ...process.env, ...opts.env };
+  for (const k of ['JOURNAL_STREAM', 'INVOCATION_ID', 'NOTIFY_SOCKET', 'LISTEN_FDS', 'LISTEN_PID', 'WATCHDOG_USEC']) {
+    if (!opts.env || !(k in opts.env)) delete env[k];
+  }
+  const argv = [...(opts.wrapper ?? []), process.execPath, BIN, '--log-target', 'stderr', ...args];
+  const child = spawn(argv[0]!, argv.slice(1), { ...opts.spawn, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr!.setEncoding('utf8');
+  child.stderr!.on('data', (d: string) => { stderr += d; });
+  child.stdout!.resume();
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+
+  const waitForLog = async (pattern: RegExp, timeoutMs = 10_000): Promise<RegExpMatchArray> => {
+    let m: RegExpMatchArray | null = null;
+    let dead = false;
+    void exited.then(() => { dead = true; });
+    await waitFor(() => (m = pattern.exec(stderr)) !== null || dead, timeoutMs, `log line ${pattern} (log so far:\n${stderr})`);
+    if (!m) throw new Error(`sockbridge exited (code ${child.exitCode}) before logging ${pattern}; log:\n${stderr}`);
+    return m;
+  };
+  const stop = async (signal: NodeJS.Signals = 'SIGTERM', timeoutMs = 15_000): Promise<number | null> => {
+    if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
+    child.kill(signal);
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    const code = await exited;
+    clearTimeout(timer);
+    return code;
+  };
+  t.after(async () => { await stop('SIGKILL'); });
+
+  let port = 0;
+  if (opts.waitListening !== false) {
+    const m = await waitForLog(/listening on (?:\[[^\]]*\]|[^:\s,]+):(\d+)/);
+    port = Number(m[1]);
+  }
+  return { child, port, log: () => stderr, waitForLog, stop, exited };
+}
+
+/** Run sockbridge to completion (for bad-input cases): exit code, stdout, stderr. */
+export function runBridge(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => { stdout += d; });
+    child.stderr.on('data', (d) => { stderr += d; });
+    const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+    child.on('exit', (code) => { clearTimeout(timer); resolve({ code, stdout, stderr }); });
+  });
+}
+
+/** A free loopback port (bound then released: good enough for tests). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+    s.once('error', reject);
+  });
+}
