@@ -27,6 +27,7 @@ export interface ConnectCallback {
 
 const BACKOFF_FIRST_MS = 5;
 const BACKOFF_MAX_MS = 200;
+const REPORT_AGAIN_AFTER_MS = 10_000;
 
 /** One client's way to the target: attempt, wait, attempt again, until the deadline. */
 export class PendingConnect {
@@ -80,7 +81,7 @@ export class PendingConnect {
       this.backend.liveResult(kind, err);
       if (kind === 'denied') return this.finish('target-denied', err);
       if (kind === 'other') return this.finish('target-error', err);
-      this.retryLater();
+      this.retryLater(); // absent or exhausted: both pass
     });
   }
 
@@ -133,6 +134,7 @@ export class Backend {
   private liveErrors = 0;
   /** The last problem reported, so each problem is logged once per change, not per client. */
   private reported: string | undefined;
+  private readonly reportedAt = new Map<string, number>();
   private stopped = true;
 
   constructor(
@@ -237,8 +239,12 @@ export class Backend {
     const code = err?.code;
     if (code === this.reported) return;
     this.reported = code;
-    const target = this.settings.target;
     if (code === undefined) return;
+    // Problems can alternate (EMFILE, ECONNREFUSED, EMFILE…): each code at most once per interval.
+    const now = Date.now();
+    if (now - (this.reportedAt.get(code) ?? -Infinity) < REPORT_AGAIN_AFTER_MS) return;
+    this.reportedAt.set(code, now);
+    const target = this.settings.target;
     const kind = classifyConnectError(err!);
     if (kind === 'denied') {
       this.logger.error(
@@ -250,6 +256,8 @@ export class Backend {
       const why = code === 'ENOENT' ? 'does not exist' : code === 'ECONNREFUSED' ? 'refuses connections (no program listening)'
         : code === 'ECONNRESET' ? 'reset the connection (restarting)' : 'has a full accept queue';
       this.logger.warning(`target ${target} ${why} (${code}); clients are held up to connect-timeout while waiting for it`, { TARGET: target, ERRNO: code });
+    } else if (kind === 'exhausted') {
+      this.logger.error(`cannot connect to ${target}: out of file descriptors or memory (${code}); clients are held and retried — raise LimitNOFILE= or lower --max-conn`, { TARGET: target, ERRNO: code });
     } else {
       this.logger.error(`cannot connect to ${target} (${code}: ${err!.message}); check the target option`, { TARGET: target, ERRNO: String(code) });
     }

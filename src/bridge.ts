@@ -3,7 +3,7 @@
 
 import type net from 'node:net';
 import { Backend, BackendState } from './backend';
-import { Listener, openListeners, PassedSocket } from './listeners';
+import { checkDescriptorBudget, Listener, openListeners, PassedSocket } from './listeners';
 import type { Logger } from './log';
 import type { Notifier } from './notify';
 import { Config, formatValue, OPTIONS } from './options';
@@ -52,6 +52,7 @@ export class Bridge {
     this.backend.start();
     this.listeners = await openListeners({ passed, listen: this.cfg.listen, backlog: this.cfg.backlog }, this.logger, (socket) => this.accept(socket));
     this.logger.notice(`listening on ${this.addresses.join(', ')}, forwarding to ${this.cfg.target}`, { EVENT: 'listening', TARGET: this.cfg.target });
+    checkDescriptorBudget(this.cfg.maxConn, this.logger);
     this.statusTimer = setInterval(() => this.publishStatus(), STATUS_EVERY_MS);
     this.statusTimer.unref();
     this.publishStatus();

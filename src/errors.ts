@@ -36,6 +36,7 @@ export class ListenError extends SockbridgeError {
 export type BackendFailure =
   | 'absent' // ENOENT, ECONNREFUSED, EAGAIN, ECONNRESET: missing, restarting or queue full — wait for it
   | 'denied' // EACCES, EPERM: a permissions problem — retrying will not help
+  | 'exhausted' // EMFILE, ENFILE, ENOBUFS, ENOMEM: out of descriptors or memory here — retry
   | 'other'; // anything else (ENOTSOCK, ENAMETOOLONG, …)
 
 export function classifyConnectError(err: NodeJS.ErrnoException): BackendFailure {
@@ -46,6 +47,11 @@ export function classifyConnectError(err: NodeJS.ErrnoException): BackendFailure
     case 'EWOULDBLOCK':
     case 'ECONNRESET': // queued on a socket that closed before the connect completed: a restart
       return 'absent';
+    case 'EMFILE':
+    case 'ENFILE':
+    case 'ENOBUFS':
+    case 'ENOMEM':
+      return 'exhausted';
     case 'EACCES':
     case 'EPERM':
       return 'denied';

@@ -1,6 +1,7 @@
 // Where clients come from: sockets passed by systemd (socket activation), or
 // the --listen addresses bound here when sockbridge runs on its own.
 
+import { readdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import { ListenError } from './errors';
 import type { Logger } from './log';
@@ -110,4 +111,30 @@ function watchAcceptErrors(server: net.Server, label: string, logger: Logger): v
       { EVENT: 'accept-error', ERRNO: err.code ?? 'error' });
     suppressed = 0;
   });
+}
+
+/**
+ * Each session holds two descriptors. libuv handles EMFILE on accept by itself,
+ * accepting and closing the excess connections without telling us, so the only
+ * place to catch a too-low limit is here, before it bites.
+ */
+export function checkDescriptorBudget(maxConn: number, logger: Logger): void {
+  let limit: number;
+  let inUse: number;
+  try {
+    const m = /^Max open files\s+(\d+|unlimited)/m.exec(readFileSync('/proc/self/limits', 'utf8'));
+    if (!m || m[1] === 'unlimited') return;
+    limit = Number(m[1]);
+    inUse = readdirSync('/proc/self/fd').length;
+  } catch {
+    return; // not Linux, or /proc hidden: nothing to check
+  }
+  const needed = inUse + 2 * maxConn + 16;
+  if (needed <= limit) return;
+  const fits = Math.max(0, Math.floor((limit - inUse - 16) / 2));
+  logger.warning(
+    `max-conn ${maxConn} needs about ${needed} file descriptors but the limit is ${limit}: beyond about ${fits} sessions ` +
+    'new clients are closed as they arrive — raise LimitNOFILE= (or ulimit -n) or lower --max-conn',
+    { EVENT: 'fd-limit', FD_LIMIT: limit },
+  );
 }

@@ -60,6 +60,7 @@ export class Session {
   private reason: CloseReason | undefined;
   private error: string | undefined;
   private clientClosed = false;
+  private serverClosed = false;
   private relaying = false;
   /**
    * What the client sent, kept until the target's first byte so it can be sent
@@ -134,6 +135,7 @@ export class Session {
     const { clientTimeout, serverTimeout } = this.ctx.settings;
     if (serverTimeout > 0) server.setTimeout(serverTimeout);
     this.server = server;
+    this.serverClosed = false;
     this.phase = Phase.Open;
     this.ctx.stats.active++;
 
@@ -232,7 +234,10 @@ export class Session {
     this.server?.destroy();
   }
 
-  /** A socket is fully closed: both directions done, or destroyed. */
+  /**
+   * A socket is fully closed: both directions done, or destroyed. Our own flags,
+   * not socket.closed, decide: that is set on destroy(), before 'close' is emitted.
+   */
   socketClosed(socket: BridgedSocket): void {
     const clean = socket.readableEnded && socket.writableFinished;
     if (socket === this.client) {
@@ -244,14 +249,15 @@ export class Session {
         return; // onConnect (cancelled) finishes the session
       }
       if (this.server && !this.server.destroyed && !clean) this.server.destroy();
-      if (!this.server || this.server.closed) this.finish();
     } else {
+      this.serverClosed = true;
       if (!this.client.destroyed && !clean) this.client.destroy();
-      if (this.clientClosed) this.finish();
     }
+    if (this.clientClosed && (this.server === undefined || this.serverClosed)) this.finish();
   }
 
   private finish(): void {
+    if (this.phase === Phase.Closed) return;
     const wasOpen = this.phase === Phase.Open;
     this.phase = Phase.Closed;
     const { stats, logger } = this.ctx;

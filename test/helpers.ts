@@ -100,14 +100,16 @@ export async function roundTrip(port: number, data: Buffer | string, timeoutMs =
   return out;
 }
 
-/** Resolves when the peer closes the connection; rejects if it stays open past timeoutMs. */
+/** Resolves when the peer closes (or resets) the connection; rejects if it stays open past timeoutMs. */
 export function closedWithin(s: net.Socket, timeoutMs: number): Promise<void> {
   return new Promise((resolve, reject) => {
     if (s.destroyed) return resolve();
     const timer = setTimeout(() => reject(new Error(`connection still open after ${timeoutMs} ms`)), timeoutMs);
     s.on('error', () => {});
     s.resume();
-    s.once('close', () => { clearTimeout(timer); resolve(); });
+    const done = (): void => { clearTimeout(timer); resolve(); };
+    s.once('end', done); // the peer's FIN (our side may be half-open)
+    s.once('close', done);
   });
 }
 

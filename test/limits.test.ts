@@ -1,0 +1,101 @@
+// Limits: max-conn queues instead of resetting, idle timeouts close only the
+// idle session, and running out of file descriptors does not stop the service.
+
+import assert from 'node:assert/strict';
+import type net from 'node:net';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { closedWithin, connect, delay, echoServer, roundTrip, startBridge, tempDir, unixServer, waitFor } from './helpers';
+
+function firstData(s: net.Socket): Promise<string> {
+  return new Promise((resolve, reject) => {
+    s.once('data', (d: Buffer) => resolve(d.toString()));
+    s.once('error', reject);
+  });
+}
+
+test('max-conn: the next client waits (not reset) and is served when a session ends', async (t) => {
+  const dir = tempDir(t);
+  const srv = await echoServer(join(dir, 'app.sock'));
+  t.after(() => srv.close());
+  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', srv.path, '--max-conn', '2', '--check-interval', '0']);
+  const c1 = await connect(bridge.port);
+  const c2 = await connect(bridge.port);
+  c1.write('one');
+  c2.write('two');
+  assert.equal(await firstData(c1), 'one');
+  assert.equal(await firstData(c2), 'two');
+
+  const c3 = await connect(bridge.port);
+  let c3Data = '';
+  let c3Closed = false;
+  c3.on('data', (d: Buffer) => { c3Data += d.toString(); });
+  c3.on('close', () => { c3Closed = true; });
+  c3.on('error', () => {});
+  c3.write('three');
+  await delay(300); // a window in which c3 must get nothing: two sessions are running
+  assert.equal(c3Data, '', 'the third client was served beyond max-conn');
+  assert.equal(c3Closed, false, 'the third client was closed instead of waiting');
+  assert.equal(srv.sockets.size, 2, 'the program saw more than max-conn connections');
+
+  c1.end();
+  await waitFor(() => c3Data === 'three', 5000, 'the waiting client to be served');
+  c2.destroy();
+  c3.destroy();
+});
+
+test('client-timeout closes a session whose client went quiet', async (t) => {
+  const dir = tempDir(t);
+  const srv = await echoServer(join(dir, 'app.sock'));
+  t.after(() => srv.close());
+  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', srv.path, '--client-timeout', '300ms', '--server-timeout', '0']);
+  const quiet = await connect(bridge.port);
+  quiet.write('hi');
+  assert.equal(await firstData(quiet), 'hi');
+  await closedWithin(quiet, 5000);
+  await bridge.waitForLog(/closed \(client-timeout\)/);
+  // Others are unaffected.
+  assert.equal((await roundTrip(bridge.port, 'still served')).toString(), 'still served');
+});
+
+test('server-timeout closes a session whose program never answers', async (t) => {
+  const dir = tempDir(t);
+  const srv = await unixServer(join(dir, 'app.sock'), (s) => s.resume()); // reads, never writes
+  t.after(() => srv.close());
+  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', srv.path, '--client-timeout', '0', '--server-timeout', '300ms', '--check-interval', '0']);
+  const c = await connect(bridge.port);
+  c.write('are you there?');
+  await closedWithin(c, 5000);
+  await bridge.waitForLog(/closed \(server-timeout\)/);
+});
+
+test('out of file descriptors (EMFILE): the service keeps running and serves again once they are freed', async (t) => {
+  const dir = tempDir(t);
+  const srv = await echoServer(join(dir, 'app.sock'));
+  t.after(() => srv.close());
+  // A tiny descriptor limit for the bridge alone (soft and hard, so Node cannot raise it).
+  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', srv.path, '--check-interval', '0', '--connect-timeout', '500ms'], {
+    wrapper: ['bash', '-c', 'ulimit -n 48 && exec "$0" "$@"'],
+  });
+  const clients: net.Socket[] = [];
+  for (let i = 0; i < 60; i++) {
+    try {
+      const c = await connect(bridge.port);
+      c.on('error', () => {});
+      c.write('x');
+      clients.push(c);
+    } catch {
+      // the kernel queue may be full too: that is the point
+    }
+  }
+  await bridge.waitForLog(/max-conn 4096 needs about \d+ file descriptors but the limit is 48/);
+  for (const c of clients) c.destroy();
+  await waitFor(async () => {
+    try {
+      return (await roundTrip(bridge.port, 'back', 2000)).toString() === 'back';
+    } catch {
+      return false;
+    }
+  }, 10_000, 'the bridge to serve again after the descriptors were freed');
+  assert.equal(bridge.child.exitCode, null, 'the bridge exited');
+});
