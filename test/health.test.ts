@@ -1,0 +1,96 @@
+// Health checks as in HAProxy (check inter/rise/fall, on-marked-down,
+// error-limit), and a permissions problem reported once with its fix.
+
+import assert from 'node:assert/strict';
+import { chmodSync, unlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { closedWithin, connect, echoServer, startBridge, tempDir, UnixServer } from './helpers';
+
+/** The program stops accepting (its socket file gone); its open connections carry on. */
+function stopListening(srv: UnixServer): void {
+  unlinkSync(srv.path);
+  srv.server.close();
+}
+
+test('checks: fall failures mark the target DOWN, rise successes mark it UP again', async (t) => {
+  const dir = tempDir(t);
+  const path = join(dir, 'app.sock');
+  let srv = await echoServer(path);
+  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', path, '--check-interval', '100ms', '--rise', '3', '--fall', '2']);
+  await bridge.waitForLog(/notice target .* is UP: first check passed/);
+  stopListening(srv);
+  await bridge.waitForLog(/warning target .* is DOWN: 2 consecutive checks failed \(ENOENT\)/);
+  srv = await echoServer(path);
+  t.after(() => srv.close());
+  await bridge.waitForLog(/notice target .* is UP: 3 consecutive checks passed/);
+  // One DOWN and one UP transition: no flapping, no repeats.
+  assert.equal(bridge.log().match(/is DOWN/g)?.length, 1);
+  assert.equal(bridge.log().match(/is UP/g)?.length, 2);
+});
+
+test('on-marked-down shutdown-sessions closes established sessions when the target goes DOWN', async (t) => {
+  const dir = tempDir(t);
+  const path = join(dir, 'app.sock');
+  const srv = await echoServer(path);
+  t.after(() => srv.close());
+  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', path, '--check-interval', '100ms', '--fall', '2', '--on-marked-down', 'shutdown-sessions']);
+  const c = await connect(bridge.port);
+  c.write('hello');
+  await new Promise<void>((r) => c.once('data', () => r()));
+  stopListening(srv); // the program stops accepting; the session itself is still healthy
+  await closedWithin(c, 5000);
+  await bridge.waitForLog(/closed \(marked-down\)/);
+  assert.match(bridge.log(), /closed 1 sessions because the target was marked DOWN/);
+});
+
+test('without on-marked-down, established sessions survive the target going DOWN', async (t) => {
+  const dir = tempDir(t);
+  const path = join(dir, 'app.sock');
+  const srv = await echoServer(path);
+  t.after(() => srv.close());
+  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', path, '--check-interval', '100ms', '--fall', '2']);
+  const c = await connect(bridge.port);
+  c.write('a');
+  await new Promise<void>((r) => c.once('data', () => r()));
+  stopListening(srv);
+  await bridge.waitForLog(/is DOWN/);
+  c.write('b');
+  const echoed = await new Promise<string>((r) => c.once('data', (d: Buffer) => r(d.toString())));
+  assert.equal(echoed, 'b');
+  c.destroy();
+});
+
+test('error-limit: consecutive connect errors from client traffic mark the target DOWN', async (t) => {
+  const dir = tempDir(t);
+  const path = join(dir, 'app.sock');
+  const srv = await echoServer(path);
+  t.after(() => srv.close());
+  // Checks too rare to notice anything during the test: only live traffic can.
+  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', path, '--check-interval', '1h', '--error-limit', '3', '--connect-timeout', '300ms']);
+  await bridge.waitForLog(/is UP: first check passed/);
+  stopListening(srv);
+  const c = await connect(bridge.port);
+  c.write('x');
+  await bridge.waitForLog(/is DOWN: 3 consecutive connect errors from client traffic \(ENOENT\)/);
+  await closedWithin(c, 5000);
+});
+
+test('permission denied: one clear message naming the fix, the client is closed at once, no spinning', { skip: process.getuid?.() !== 0 && 'needs root to run the bridge as another user' }, async (t) => {
+  const dir = tempDir(t);
+  const path = join(dir, 'app.sock');
+  const srv = await echoServer(path);
+  t.after(() => srv.close());
+  chmodSync(path, 0o600); // root only
+  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', path, '--connect-timeout', '10s', '--check-interval', '100ms'], {
+    spawn: { uid: 65534, gid: 65534 },
+  });
+  for (let i = 0; i < 3; i++) {
+    const c = await connect(bridge.port);
+    c.write('let me in');
+    await closedWithin(c, 2000); // not held for the 10 s connect-timeout
+  }
+  await bridge.waitForLog(/closed \(target-denied EACCES\)/);
+  const messages = bridge.log().match(/EBACKEND_PERM: cannot connect to .*app\.sock: permission denied \(EACCES\) — give the service the socket's group \(SupplementaryGroups=/g) ?? [];
+  assert.equal(messages.length, 1, `expected the problem once:\n${bridge.log()}`);
+});
