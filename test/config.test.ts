@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { parseDuration } from '../src/options';
 import { OPTIONS } from '../src/options';
-import { runBridge, tempDir, unixServer } from './helpers';
+import { ROOT, runBridge, tempDir, unixServer } from './helpers';
 
 function assertOneCleanLine(stderr: string, ...mustContain: string[]): void {
   const lines = stderr.trim().split('\n');
@@ -132,4 +132,13 @@ test('--help, the conffile and the man page list every option of the table', asy
   }
   const version = await runBridge(['--version']);
   assert.match(version.stdout, /^sockbridge \d+\.\d+\.\d+\n$/);
+});
+
+test('README: the configuration table is the one generated from the option table', async () => {
+  const { readFileSync } = await import('node:fs');
+  const readme = readFileSync(join(ROOT, 'README.md'), 'utf8');
+  const m = /<!-- options:begin -->\n([\s\S]*?)<!-- options:end -->/.exec(readme);
+  assert.ok(m, 'README lacks the options markers');
+  const generated = await runBridge(['generate', 'markdown']);
+  assert.equal(m[1], generated.stdout, 'README table is stale: run "make docs"');
 });

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Install what building and testing sockbridge needs on Debian 12, then the
+# npm packages. Safe to run again: it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Build: the two native addons (sd-notify, systemd-journald) need libsystemd,
+# a C++ compiler and python3 for node-gyp. Tests: systemd-socket-activate
+# (package systemd), ss (iproute2), python3 (the sd_notify listener).
+need=(libsystemd-dev g++ make python3 pkg-config systemd iproute2)
+if ! command -v node >/dev/null; then
+  need+=(nodejs npm libnode-dev) # Debian's Node 18; node-gyp builds against libnode-dev's headers
+fi
+missing=()
+for p in "${need[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "deps: installing ${missing[*]}"
+  sudo=()
+  [ "$(id -u)" = 0 ] || sudo=(sudo)
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+npm ci --no-audit --no-fund
