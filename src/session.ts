@@ -83,7 +83,8 @@ export class Session {
   ) {
     this.client = client as BridgedSocket;
     this.client[SESSION] = this;
-    this.clientAddr = client.remoteAddress ?? '?';
+    // A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d; log them as a.b.c.d.
+    this.clientAddr = (client.remoteAddress ?? '?').replace(/^::ffff:(?=\d+\.)/, '');
     this.clientPort = client.remotePort ?? 0;
     this.retriesLeft = ctx.settings.retries;
     // The client arrives paused: nothing is read until the target is connected,
