@@ -1,5 +1,5 @@
-// The target UNIX socket: connecting clients to it (holding them while it is
-// missing or restarting), and health checks that mark it UP or DOWN.
+// Reaching the target UNIX socket for clients, holding them while it is
+// missing or restarting. (Health checks, which mark it UP or DOWN, are in health.ts.)
 //
 // Every client gets its own fresh connect(2), so a socket file that was deleted
 // and recreated is picked up by the very next attempt. While the file is gone
@@ -13,9 +13,7 @@ import { BackendFailure, classifyConnectError } from './errors';
 import type { Logger } from './log';
 import type { Config } from './options';
 
-export type BackendState = 'INIT' | 'UP' | 'DOWN';
-
-export type BackendSettings = Pick<Config, 'target' | 'connectTimeout' | 'checkInterval' | 'rise' | 'fall' | 'errorLimit'>;
+export type BackendSettings = Pick<Config, 'target' | 'connectTimeout' | 'errorLimit'>;
 
 /** Why a client never reached the target. */
 export type ConnectFailure = 'connect-timeout' | 'target-denied' | 'target-error' | 'cancelled';
@@ -77,7 +75,7 @@ export class PendingConnect {
       socket.destroy();
       this.socket = undefined;
       this.lastError = err;
-      const kind = classifyConnectError(err);
+      const kind = classifyConnectError(err.code);
       this.backend.liveResult(kind, err);
       if (kind === 'denied') return this.finish('target-denied', err);
       if (kind === 'other') return this.finish('target-error', err);
@@ -115,31 +113,20 @@ export class PendingConnect {
 }
 
 export interface BackendEvents {
-  /** The target was marked UP or DOWN (not called for repeated results in the same state). */
-  onStateChange(state: BackendState, reason: string): void;
+  /** --error-limit consecutive connect errors from client traffic: the target should be marked DOWN. */
+  onErrorLimit(reason: string): void;
 }
 
 export class Backend {
-  state: BackendState = 'INIT';
-  stateSince = Date.now();
-  lastCheck: { ok: boolean; detail: string; at: number } | undefined;
-
   private settings: BackendSettings;
   private readonly waiters = new Set<PendingConnect>();
   private watcher: FSWatcher | undefined;
-  private checkTimer: NodeJS.Timeout | undefined;
-  private checkSocket: net.Socket | undefined;
-  private okStreak = 0;
-  private failStreak = 0;
   private liveErrors = 0;
-  /** The last problem reported, so each problem is logged once per change, not per client. */
-  private reported: string | undefined;
-  private readonly reportedAt = new Map<string, number>();
-  private stopped = true;
 
   constructor(
     settings: BackendSettings,
     private readonly logger: Logger,
+    private readonly problems: Reporter,
     private readonly events: BackendEvents,
   ) {
     this.settings = settings;
@@ -154,28 +141,18 @@ export class Backend {
     return this.waiters.size;
   }
 
-  /** New settings (SIGHUP) apply to new connections and the next check. */
+  /** New settings (SIGHUP) apply to new connections. */
   configure(settings: BackendSettings): void {
     const moved = settings.target !== this.settings.target;
     this.settings = settings;
     if (moved) {
       this.closeWatcher();
-      this.reported = undefined;
+      this.problems.reset();
       if (this.waiters.size > 0) this.openWatcher();
     }
-    if (!this.stopped) this.scheduleCheck(0);
-  }
-
-  start(): void {
-    this.stopped = false;
-    this.scheduleCheck(0);
   }
 
   stop(): void {
-    this.stopped = true;
-    if (this.checkTimer) clearTimeout(this.checkTimer);
-    this.checkTimer = undefined;
-    this.checkSocket?.destroy();
     this.closeWatcher();
   }
 
@@ -218,115 +195,67 @@ export class Backend {
     for (const p of [...this.waiters]) p.wake();
   }
 
-  // ---- results and state ----------------------------------------------------
-
-  /** Outcome of a connect attempt made for a client (error-limit, problem reports). */
+  /** Outcome of a connect attempt made for a client: problem reports and --error-limit. */
   liveResult(kind: BackendFailure | undefined, err: NodeJS.ErrnoException | undefined): void {
     if (kind === undefined) {
       this.liveErrors = 0;
-      this.reportProblem(undefined);
+      this.problems.report(this.settings.target, undefined);
       return;
     }
-    this.reportProblem(err);
-    if (this.settings.errorLimit > 0 && ++this.liveErrors >= this.settings.errorLimit && this.state !== 'DOWN') {
+    this.problems.report(this.settings.target, err);
+    if (this.settings.errorLimit > 0 && ++this.liveErrors >= this.settings.errorLimit) {
       this.liveErrors = 0;
-      this.okStreak = 0;
-      this.setState('DOWN', `${this.settings.errorLimit} consecutive connect errors from client traffic (${err?.code ?? 'error'})`);
+      this.events.onErrorLimit(`${this.settings.errorLimit} consecutive connect errors from client traffic (${err?.code ?? 'error'})`);
     }
   }
+}
 
-  private reportProblem(err: NodeJS.ErrnoException | undefined): void {
+/** Where connect problems go: logged here, or (in a worker) sent to the primary. */
+export interface Reporter {
+  report(target: string, err: Pick<NodeJS.ErrnoException, 'code' | 'message'> | undefined): void;
+  reset(): void;
+}
+
+/**
+ * Connect problems are logged once per change (and each code at most once per
+ * interval, as they can alternate), never once per client or per retry.
+ */
+export class ProblemReporter implements Reporter {
+  private reported: string | undefined;
+  private readonly reportedAt = new Map<string, number>();
+
+  constructor(private readonly logger: Logger) {}
+
+  reset(): void {
+    this.reported = undefined;
+  }
+
+  report(target: string, err: Pick<NodeJS.ErrnoException, 'code' | 'message'> | undefined): void {
     const code = err?.code;
     if (code === this.reported) return;
     this.reported = code;
     if (code === undefined) return;
-    // Problems can alternate (EMFILE, ECONNREFUSED, EMFILE…): each code at most once per interval.
     const now = Date.now();
     if (now - (this.reportedAt.get(code) ?? -Infinity) < REPORT_AGAIN_AFTER_MS) return;
     this.reportedAt.set(code, now);
-    const target = this.settings.target;
-    const kind = classifyConnectError(err!);
-    if (kind === 'denied') {
-      this.logger.error(
-        `EBACKEND_PERM: cannot connect to ${target}: permission denied (${code}) — give the service the socket's group ` +
-        `(SupplementaryGroups= in bridge.service, or run sockbridge as a member of it) and make the socket group-writable`,
-        { TARGET: target, ERRNO: code },
-      );
-    } else if (kind === 'absent') {
-      const why = code === 'ENOENT' ? 'does not exist' : code === 'ECONNREFUSED' ? 'refuses connections (no program listening)'
-        : code === 'ECONNRESET' ? 'reset the connection (restarting)' : 'has a full accept queue';
-      this.logger.warning(`target ${target} ${why} (${code}); clients are held up to connect-timeout while waiting for it`, { TARGET: target, ERRNO: code });
-    } else if (kind === 'exhausted') {
-      this.logger.error(`cannot connect to ${target}: out of file descriptors or memory (${code}); clients are held and retried — raise LimitNOFILE= or lower --max-conn`, { TARGET: target, ERRNO: code });
-    } else {
-      this.logger.error(`cannot connect to ${target} (${code}: ${err!.message}); check the target option`, { TARGET: target, ERRNO: String(code) });
+    const fields = { TARGET: target, ERRNO: code };
+    switch (classifyConnectError(code)) {
+      case 'denied':
+        this.logger.error(
+          `EBACKEND_PERM: cannot connect to ${target}: permission denied (${code}) — give the service the socket's group ` +
+          `(SupplementaryGroups= in bridge.service, or run sockbridge as a member of it) and make the socket group-writable`, fields);
+        return;
+      case 'absent': {
+        const why = code === 'ENOENT' ? 'does not exist' : code === 'ECONNREFUSED' ? 'refuses connections (no program listening)'
+          : code === 'ECONNRESET' ? 'reset the connection (restarting)' : 'has a full accept queue';
+        this.logger.warning(`target ${target} ${why} (${code}); clients are held up to connect-timeout while waiting for it`, fields);
+        return;
+      }
+      case 'exhausted':
+        this.logger.error(`cannot connect to ${target}: out of file descriptors or memory (${code}); clients are held and retried — raise LimitNOFILE= or lower --max-conn`, fields);
+        return;
+      case 'other':
+        this.logger.error(`cannot connect to ${target} (${code}: ${err!.message}); check the target option`, fields);
     }
-  }
-
-  private scheduleCheck(delay: number): void {
-    if (this.checkTimer) clearTimeout(this.checkTimer);
-    this.checkTimer = undefined;
-    if (this.stopped) return;
-    if (this.settings.checkInterval === 0) {
-      if (this.state !== 'UP') this.setState('UP', 'health checks are off');
-      return;
-    }
-    this.checkTimer = setTimeout(() => this.runCheck(), delay);
-    this.checkTimer.unref();
-  }
-
-  /** One probe: connect and close. A UNIX connect answers at once; the timer is a safety net. */
-  private runCheck(): void {
-    this.checkTimer = undefined;
-    this.checkSocket?.destroy();
-    const socket = net.createConnection({ path: this.settings.target });
-    this.checkSocket = socket;
-    const timeout = setTimeout(() => socket.destroy(Object.assign(new Error('check timed out'), { code: 'ETIMEDOUT' })), Math.min(this.settings.connectTimeout || 1000, this.settings.checkInterval));
-    const settle = (err: NodeJS.ErrnoException | undefined): void => {
-      clearTimeout(timeout);
-      socket.removeAllListeners();
-      socket.on('error', noop);
-      socket.destroy();
-      if (this.checkSocket === socket) this.checkSocket = undefined;
-      this.checkResult(err);
-      this.scheduleCheck(this.settings.checkInterval);
-    };
-    socket.once('connect', () => settle(undefined));
-    socket.once('error', (err: NodeJS.ErrnoException) => settle(err));
-  }
-
-  private checkResult(err: NodeJS.ErrnoException | undefined): void {
-    const ok = err === undefined;
-    this.lastCheck = { ok, detail: ok ? 'connected' : (err.code ?? err.message), at: Date.now() };
-    if (ok) {
-      this.okStreak++;
-      this.failStreak = 0;
-      this.reportProblem(undefined);
-    } else {
-      this.failStreak++;
-      this.okStreak = 0;
-      this.reportProblem(err);
-    }
-    const { rise, fall } = this.settings;
-    if (this.state === 'INIT') {
-      // The first check decides the initial state, as HAProxy's does.
-      this.setState(ok ? 'UP' : 'DOWN', ok ? 'first check passed' : `first check failed (${this.lastCheck.detail})`);
-    } else if (this.state === 'DOWN' && this.okStreak >= rise) {
-      this.setState('UP', `${this.okStreak} consecutive checks passed`);
-    } else if (this.state === 'UP' && this.failStreak >= fall) {
-      this.setState('DOWN', `${this.failStreak} consecutive checks failed (${this.lastCheck.detail})`);
-    }
-  }
-
-  private setState(state: BackendState, reason: string): void {
-    if (state === this.state) return;
-    this.state = state;
-    this.stateSince = Date.now();
-    const fields = { TARGET: this.settings.target, BACKEND_STATE: state, EVENT: 'backend-state' };
-    if (state === 'UP') this.logger.notice(`target ${this.settings.target} is UP: ${reason}`, fields);
-    else this.logger.warning(`target ${this.settings.target} is DOWN: ${reason}`, fields);
-    this.events.onStateChange(state, reason);
   }
 }
-
-function noop(): void {}

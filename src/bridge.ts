@@ -1,8 +1,11 @@
-// The service: listeners → sessions → backend, plus what ties them to the
-// operator — STATUS=, reload on SIGHUP, drain on SIGTERM, exit when idle.
+// The accepting side of the service: listeners → sessions → backend, with
+// max-conn, STATUS=, reload, drain and exit-idle-time. One per process: the
+// only process, or each worker (see primary.ts). Health checks are owned by
+// the caller, which reports the target's state through onBackendState().
 
 import type net from 'node:net';
-import { Backend, BackendState } from './backend';
+import { Backend, Reporter } from './backend';
+import type { BackendState } from './health';
 import { checkDescriptorBudget, Listener, openListeners, PassedSocket } from './listeners';
 import type { Logger } from './log';
 import type { Notifier } from './notify';
@@ -24,13 +27,16 @@ export class Bridge {
   private idleTimer: NodeJS.Timeout | undefined;
   private stopping: Promise<void> | undefined;
   private queueFullReported = false;
+  private backendState: BackendState = 'INIT';
 
   constructor(
     private cfg: Config,
     private readonly logger: Logger,
     private readonly notifier: Notifier,
+    problems: Reporter,
+    onErrorLimit: (reason: string) => void,
   ) {
-    this.backend = new Backend(cfg, logger, { onStateChange: (state) => this.onBackendState(state) });
+    this.backend = new Backend(cfg, logger, problems, { onErrorLimit });
     this.ctx = {
       backend: this.backend,
       logger,
@@ -49,7 +55,6 @@ export class Bridge {
   }
 
   async start(passed: PassedSocket[]): Promise<void> {
-    this.backend.start();
     this.listeners = await openListeners({ passed, listen: this.cfg.listen, backlog: this.cfg.backlog }, this.logger, (socket) => this.accept(socket));
     this.logger.notice(`listening on ${this.addresses.join(', ')}, forwarding to ${this.cfg.target}`, { EVENT: 'listening', TARGET: this.cfg.target });
     checkDescriptorBudget(this.cfg.maxConn, this.logger);
@@ -104,7 +109,8 @@ export class Bridge {
 
   // ---- backend state ---------------------------------------------------------
 
-  private onBackendState(state: BackendState): void {
+  onBackendState(state: BackendState): void {
+    this.backendState = state;
     this.publishStatus();
     if (state === 'DOWN' && this.cfg.onMarkedDown === 'shutdown-sessions') {
       let closed = 0;
@@ -120,7 +126,7 @@ export class Bridge {
 
   statusLine(): string {
     const s = this.stats;
-    const target = this.backend.state === 'INIT' ? 'checking' : this.backend.state;
+    const target = this.backendState === 'INIT' ? 'checking' : this.backendState;
     return `target ${target}; ${s.active} active, ${this.backend.waiting + this.queued.length} waiting, ${s.total} served, ${s.failed} failed`;
   }
 

@@ -39,8 +39,8 @@ export type BackendFailure =
   | 'exhausted' // EMFILE, ENFILE, ENOBUFS, ENOMEM: out of descriptors or memory here — retry
   | 'other'; // anything else (ENOTSOCK, ENAMETOOLONG, …)
 
-export function classifyConnectError(err: NodeJS.ErrnoException): BackendFailure {
-  switch (err.code) {
+export function classifyConnectError(code: string | undefined): BackendFailure {
+  switch (code) {
     case 'ENOENT':
     case 'ECONNREFUSED':
     case 'EAGAIN':

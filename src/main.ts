@@ -3,10 +3,12 @@
 
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { ProblemReporter } from './backend';
 import { Bridge } from './bridge';
 import { checkTarget, CommandLine, loadConfig, parseCommandLine } from './config';
 import { renderConfigFile, renderHelp, renderMan, renderMarkdownTable } from './docs';
 import { EXIT_OK, EXIT_SOFTWARE, SockbridgeError, UsageError } from './errors';
+import { HealthCheck } from './health';
 import { takeSystemdSockets } from './listeners';
 import { createLogger, Logger } from './log';
 import { Notifier } from './notify';
@@ -44,12 +46,16 @@ async function run(cli: CommandLine): Promise<void> {
   const logger = createLogger(cfg);
   const notifier = Notifier.fromEnv(process.env, logger);
   const passed = takeSystemdSockets(process.env, process.pid);
-  const bridge = new Bridge(cfg, logger, notifier);
-  installProcessHandlers(bridge, cli, logger);
+  const problems = new ProblemReporter(logger);
+  let bridge: Bridge | undefined;
+  const health = new HealthCheck(cfg, logger, problems, (state) => bridge?.onBackendState(state));
+  bridge = new Bridge(cfg, logger, notifier, problems, (reason) => health.markDown(reason));
+  installProcessHandlers(bridge, health, cli, logger);
+  health.start();
   await bridge.start(passed);
 }
 
-function installProcessHandlers(bridge: Bridge, cli: CommandLine, logger: Logger): void {
+function installProcessHandlers(bridge: Bridge, health: HealthCheck, cli: CommandLine, logger: Logger): void {
   let stopRequests = 0;
   const stop = (signal: string): void => {
     if (++stopRequests > 1) {
@@ -57,7 +63,10 @@ function installProcessHandlers(bridge: Bridge, cli: CommandLine, logger: Logger
       process.exit(EXIT_OK);
     }
     logger.notice(`${signal} received: draining`, { EVENT: 'signal', SIGNAL: signal });
-    void bridge.stop().then(() => process.exit(EXIT_OK));
+    void bridge.stop().then(() => {
+      health.stop();
+      process.exit(EXIT_OK);
+    });
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
@@ -69,6 +78,7 @@ function installProcessHandlers(bridge: Bridge, cli: CommandLine, logger: Logger
     try {
       const next = loadConfig(cli);
       checkTarget(next);
+      health.configure(next);
       bridge.reload(next);
     } catch (err) {
       if (!(err instanceof SockbridgeError)) throw err;
