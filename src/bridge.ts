@@ -15,6 +15,25 @@ import { Stats } from './stats';
 
 const STATUS_EVERY_MS = 1000;
 
+export interface BridgeHooks {
+  /** Log listening and reloads (false in workers: the primary logs them once). */
+  announce?: boolean;
+  /** --error-limit reached: whoever runs the health checks marks the target DOWN. */
+  onErrorLimit(reason: string): void;
+  /** Sessions went from none to some, or back (workers tell the primary at once). */
+  onBusyChange?(busy: boolean): void;
+}
+
+/** The counters a worker reports to the primary. */
+export interface BridgeSnapshot {
+  active: number;
+  waiting: number;
+  total: number;
+  failed: number;
+  bytesIn: number;
+  bytesOut: number;
+}
+
 export class Bridge {
   readonly stats = new Stats();
   readonly backend: Backend;
@@ -34,9 +53,9 @@ export class Bridge {
     private readonly logger: Logger,
     private readonly notifier: Notifier,
     problems: Reporter,
-    onErrorLimit: (reason: string) => void,
+    private readonly hooks: BridgeHooks,
   ) {
-    this.backend = new Backend(cfg, logger, problems, { onErrorLimit });
+    this.backend = new Backend(cfg, logger, problems, { onErrorLimit: hooks.onErrorLimit });
     this.ctx = {
       backend: this.backend,
       logger,
@@ -54,16 +73,20 @@ export class Bridge {
     return this.listeners.map((l) => l.label);
   }
 
+  snapshot(): BridgeSnapshot {
+    const s = this.stats;
+    return { active: s.active, waiting: this.backend.waiting + this.queued.length, total: s.total, failed: s.failed, bytesIn: s.bytesIn, bytesOut: s.bytesOut };
+  }
+
+  /** Start accepting; the caller logs where (once per service, not per worker). */
   async start(passed: PassedSocket[]): Promise<void> {
     this.listeners = await openListeners({ passed, listen: this.cfg.listen, backlog: this.cfg.backlog }, this.logger, (socket) => this.accept(socket));
-    this.logger.notice(`listening on ${this.addresses.join(', ')}, forwarding to ${this.cfg.target}`, { EVENT: 'listening', TARGET: this.cfg.target });
     checkDescriptorBudget(this.cfg.maxConn, this.logger);
     this.statusTimer = setInterval(() => this.publishStatus(), STATUS_EVERY_MS);
     this.statusTimer.unref();
     this.publishStatus();
     this.notifier.ready();
-    const every = this.notifier.startWatchdog();
-    if (every > 0) this.logger.debug(`watchdog enabled: pinging every ${every} ms`);
+    this.notifier.startWatchdog(() => true);
     this.armIdleTimer();
   }
 
@@ -75,6 +98,7 @@ export class Bridge {
       return;
     }
     this.disarmIdleTimer();
+    if (this.sessions.size === 0 && this.queued.length === 0) this.hooks.onBusyChange?.(true);
     if (this.sessions.size < this.cfg.maxConn) {
       this.sessions.add(new Session(socket, this.ctx));
       return;
@@ -104,7 +128,10 @@ export class Bridge {
       this.sessions.add(new Session(next, this.ctx));
     }
     if (this.queued.length === 0) this.queueFullReported = false;
-    if (this.sessions.size === 0) this.armIdleTimer();
+    if (this.sessions.size === 0) {
+      this.armIdleTimer();
+      this.hooks.onBusyChange?.(false);
+    }
   }
 
   // ---- backend state ---------------------------------------------------------
@@ -125,9 +152,7 @@ export class Bridge {
   }
 
   statusLine(): string {
-    const s = this.stats;
-    const target = this.backendState === 'INIT' ? 'checking' : this.backendState;
-    return `target ${target}; ${s.active} active, ${this.backend.waiting + this.queued.length} waiting, ${s.total} served, ${s.failed} failed`;
+    return statusLine(this.backendState, this.snapshot());
   }
 
   private publishStatus(): void {
@@ -157,19 +182,13 @@ export class Bridge {
   /** SIGHUP: new settings for new sessions; open sessions keep running untouched. */
   reload(next: Config): void {
     this.notifier.reloading();
-    const changed = OPTIONS.filter((o) => formatValue(o, this.cfg) !== formatValue(o, next));
-    const restartOnly = changed.filter((o) => !o.reloadable).map((o) => o.name);
+    if (this.hooks.announce !== false) announceReload(this.logger, this.cfg, next);
     this.cfg = next;
     this.ctx.settings = next;
     this.backend.configure(next);
     this.logger.setLevel(next.logLevel);
     this.disarmIdleTimer();
     if (this.sessions.size === 0) this.armIdleTimer();
-    const names = changed.map((o) => `${o.name}=${formatValue(o, next)}`);
-    this.logger.notice(`configuration reloaded: ${names.length ? names.join(', ') : 'no changes'}`, { EVENT: 'reloaded', CHANGED: names.join(' ') });
-    if (restartOnly.length > 0) {
-      this.logger.warning(`changes to ${restartOnly.join(', ')} take effect only after a restart`, { EVENT: 'reload-needs-restart' });
-    }
     this.publishStatus();
     this.notifier.ready();
   }
@@ -197,7 +216,7 @@ export class Bridge {
     this.backend.stop();
     this.notifier.stopWatchdog();
     if (this.statusTimer) clearInterval(this.statusTimer);
-    this.logger.notice(`stopped after ${this.stats.total} sessions`, { EVENT: 'stopped' });
+    if (this.hooks.announce !== false) this.logger.notice(`stopped after ${this.stats.total} sessions`, { EVENT: 'stopped' });
   }
 
   private waitForSessions(timeoutMs: number): Promise<boolean> {
@@ -214,3 +233,26 @@ export class Bridge {
 }
 
 function noop(): void {}
+
+/** The STATUS= line, shared by a single process and the primary of several workers. */
+export function statusLine(state: BackendState, s: BridgeSnapshot, workers?: number): string {
+  const target = state === 'INIT' ? 'checking' : state;
+  const tail = workers === undefined ? '' : `; ${workers} workers`;
+  return `target ${target}; ${s.active} active, ${s.waiting} waiting, ${s.total} served, ${s.failed} failed${tail}`;
+}
+
+export function logListening(logger: Logger, addresses: string[], target: string, processes: number): void {
+  const how = processes > 1 ? ` (${processes} workers)` : '';
+  logger.notice(`listening on ${addresses.join(', ')}, forwarding to ${target}${how}`, { EVENT: 'listening', TARGET: target });
+}
+
+/** One notice naming what changed, and a warning for what needs a restart. */
+export function announceReload(logger: Logger, before: Config, next: Config): void {
+  const changed = OPTIONS.filter((o) => formatValue(o, before) !== formatValue(o, next));
+  const names = changed.map((o) => `${o.name}=${formatValue(o, next)}`);
+  logger.notice(`configuration reloaded: ${names.length ? names.join(', ') : 'no changes'}`, { EVENT: 'reloaded', CHANGED: names.join(' ') });
+  const restartOnly = changed.filter((o) => !o.reloadable).map((o) => o.name);
+  if (restartOnly.length > 0) {
+    logger.warning(`changes to ${restartOnly.join(', ')} take effect only after a restart`, { EVENT: 'reload-needs-restart' });
+  }
+}

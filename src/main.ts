@@ -3,16 +3,15 @@
 
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ProblemReporter } from './backend';
-import { Bridge } from './bridge';
 import { checkTarget, CommandLine, loadConfig, parseCommandLine } from './config';
 import { renderConfigFile, renderHelp, renderMan, renderMarkdownTable } from './docs';
 import { EXIT_OK, EXIT_SOFTWARE, SockbridgeError, UsageError } from './errors';
-import { HealthCheck } from './health';
 import { takeSystemdSockets } from './listeners';
 import { createLogger, Logger } from './log';
 import { Notifier } from './notify';
 import { formatValue, OPTIONS } from './options';
+import { Service, SingleProcess } from './service';
+import { isWorkerProcess, Primary, runWorker } from './workers';
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(join(__dirname, '..', '..', 'package.json'), 'utf8')) as { version: string };
@@ -41,21 +40,21 @@ function generate(what: string | undefined): void {
 }
 
 async function run(cli: CommandLine): Promise<void> {
+  if (isWorkerProcess(process.env)) return runWorker(process.env);
   const cfg = loadConfig(cli);
   checkTarget(cfg);
   const logger = createLogger(cfg);
   const notifier = Notifier.fromEnv(process.env, logger);
   const passed = takeSystemdSockets(process.env, process.pid);
-  const problems = new ProblemReporter(logger);
-  let bridge: Bridge | undefined;
-  const health = new HealthCheck(cfg, logger, problems, (state) => bridge?.onBackendState(state));
-  bridge = new Bridge(cfg, logger, notifier, problems, (reason) => health.markDown(reason));
-  installProcessHandlers(bridge, health, cli, logger);
-  health.start();
-  await bridge.start(passed);
+  const workers = Primary.count(cfg);
+  const service: Service = workers > 1
+    ? new Primary(cfg, workers, passed, logger, notifier)
+    : new SingleProcess(cfg, passed, logger, notifier);
+  installProcessHandlers(service, cli, logger);
+  await service.start();
 }
 
-function installProcessHandlers(bridge: Bridge, health: HealthCheck, cli: CommandLine, logger: Logger): void {
+function installProcessHandlers(service: Service, cli: CommandLine, logger: Logger): void {
   let stopRequests = 0;
   const stop = (signal: string): void => {
     if (++stopRequests > 1) {
@@ -63,10 +62,7 @@ function installProcessHandlers(bridge: Bridge, health: HealthCheck, cli: Comman
       process.exit(EXIT_OK);
     }
     logger.notice(`${signal} received: draining`, { EVENT: 'signal', SIGNAL: signal });
-    void bridge.stop().then(() => {
-      health.stop();
-      process.exit(EXIT_OK);
-    });
+    void service.stop().then(() => process.exit(EXIT_OK));
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
@@ -78,8 +74,7 @@ function installProcessHandlers(bridge: Bridge, health: HealthCheck, cli: Comman
     try {
       const next = loadConfig(cli);
       checkTarget(next);
-      health.configure(next);
-      bridge.reload(next);
+      service.reload(next);
     } catch (err) {
       if (!(err instanceof SockbridgeError)) throw err;
       logger.error(`reload failed, keeping the running configuration: ${err.message}`, { EVENT: 'reload-failed', CODE: err.code });

@@ -46,14 +46,17 @@ export class Notifier {
     this.sd?.sendState('STOPPING=1');
   }
 
-  /** Ping WATCHDOG=1 at half of WatchdogSec= when systemd set one for us. Returns the ping period. */
-  startWatchdog(): number {
+  /**
+   * Ping WATCHDOG=1 at half of WatchdogSec= when systemd set one for us, as
+   * long as `healthy()` holds (the primary withholds it while a worker hangs).
+   */
+  startWatchdog(healthy: () => boolean): number {
     const periodMs = this.sd?.watchdogInterval() ?? 0;
     if (periodMs <= 0 || this.watchdogTimer) return 0;
     const every = Math.max(1, Math.floor(periodMs / 2));
     const sd = this.sd!;
     sd.watchdog();
-    this.watchdogTimer = setInterval(() => sd.watchdog(), every);
+    this.watchdogTimer = setInterval(() => { if (healthy()) sd.watchdog(); }, every);
     this.watchdogTimer.unref(); // never the reason the process stays alive
     return every;
   }

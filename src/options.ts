@@ -24,6 +24,7 @@ export interface Config {
   exitIdleTime: number;
   logLevel: LogLevel;
   logTarget: 'auto' | 'journal' | 'stderr';
+  workers: number;
 }
 
 /** A value the operator wrote is wrong; the caller adds where it came from. */
@@ -182,6 +183,10 @@ export const OPTIONS: readonly AnyOption[] = [
     help: 'Where logs go. "auto": the journal (structured fields) under systemd, readable lines on stderr otherwise.',
     parse: (raw) => oneOf(['auto', 'journal', 'stderr'] as const, raw),
     format: String,
+  },
+  {
+    name: 'workers', key: 'workers', ...countOpt(0, 64), default: 0, reloadable: false,
+    help: 'Worker processes sharing the listening sockets (0 = one per CPU). max-conn is split among them; STATUS, reload and stop treat them as one service.',
   },
 ];
 

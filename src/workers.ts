@@ -1,0 +1,311 @@
+// Several worker processes sharing the listening sockets, so sockbridge uses
+// every core as HAProxy's threads do, while behaving as one service.
+//
+// The primary holds the sockets (from systemd or bound for --listen) without
+// accepting on them: Node's cluster module in SCHED_NONE mode hands each worker
+// a copy and the kernel spreads new connections over the workers. The primary
+// is the one voice of the service: it runs the health checks, speaks sd_notify
+// (NotifyAccess=main), sums the workers' counters for STATUS=, reloads and
+// stops them, replaces one that dies, and pings the watchdog only while every
+// worker is alive and reporting.
+
+import cluster, { Worker } from 'node:cluster';
+import os from 'node:os';
+import { Reporter, ProblemReporter } from './backend';
+import { announceReload, Bridge, BridgeSnapshot, logListening, statusLine } from './bridge';
+import { EXIT_SOFTWARE, SockbridgeError } from './errors';
+import { BackendState, HealthCheck } from './health';
+import type { PassedSocket } from './listeners';
+import { createLogger, Logger } from './log';
+import { Notifier } from './notify';
+import type { Config } from './options';
+
+const REPORT_EVERY_MS = 1000;
+/** A worker silent this long is considered hung: the watchdog stops being fed. */
+const WORKER_SILENT_MS = 5000;
+const RESPAWN_DELAY_MS = 1000;
+const MAX_CRASHES = 5;
+const CRASH_WINDOW_MS = 60_000;
+
+const ENV_CONFIG = 'SOCKBRIDGE_WORKER_CONFIG';
+const ENV_SOCKETS = 'SOCKBRIDGE_WORKER_SOCKETS';
+
+// ---- messages ---------------------------------------------------------------------
+
+type ToPrimary =
+  | { t: 'listening'; addresses: string[] }
+  | { t: 'fatal'; message: string; code: string; exitCode: number }
+  | { t: 'stats'; stats: BridgeSnapshot; busy: boolean }
+  | { t: 'error-limit'; reason: string }
+  | { t: 'problem'; target: string; code: string | undefined; message: string };
+
+type ToWorker =
+  | { t: 'state'; state: BackendState }
+  | { t: 'reload'; config: Config }
+  | { t: 'stop' };
+
+function availableParallelism(): number {
+  // os.availableParallelism() arrived in Node 18.14; Debian 12 has 18.19, but be kind to older ones.
+  return typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
+}
+
+function isMessage<T extends { t: string }>(msg: unknown): msg is T {
+  return typeof msg === 'object' && msg !== null && typeof (msg as { t?: unknown }).t === 'string';
+}
+
+export function isWorkerProcess(env: NodeJS.ProcessEnv): boolean {
+  return cluster.isWorker && env[ENV_CONFIG] !== undefined;
+}
+
+/** Each worker's share of --max-conn. */
+function perWorker(cfg: Config, workers: number): Config {
+  // exit-idle-time is the primary's decision, taken over all workers.
+  return { ...cfg, maxConn: Math.ceil(cfg.maxConn / workers), exitIdleTime: 0 };
+}
+
+// ---- the primary -------------------------------------------------------------------
+
+interface WorkerState {
+  worker: Worker;
+  stats: BridgeSnapshot;
+  busy: boolean;
+  lastSeen: number;
+  listening: boolean;
+}
+
+export class Primary {
+  private readonly workers = new Map<number, WorkerState>();
+  private readonly problems: ProblemReporter;
+  private readonly health: HealthCheck;
+  private addresses: string[] = [];
+  private stopping: Promise<void> | undefined;
+  private statusTimer: NodeJS.Timeout | undefined;
+  private idleSince = Date.now();
+  private crashes: number[] = [];
+  /** Counters of workers that have exited, so totals never go backwards. */
+  private retired: BridgeSnapshot = { active: 0, waiting: 0, total: 0, failed: 0, bytesIn: 0, bytesOut: 0 };
+
+  constructor(
+    private cfg: Config,
+    private readonly count: number,
+    private readonly passed: PassedSocket[],
+    private readonly logger: Logger,
+    private readonly notifier: Notifier,
+  ) {
+    this.problems = new ProblemReporter(logger);
+    this.health = new HealthCheck(cfg, logger, this.problems, (state) => {
+      this.broadcast({ t: 'state', state });
+      this.publishStatus();
+    });
+  }
+
+  async start(): Promise<void> {
+    // SCHED_NONE: workers accept on their own copy of the socket. The default
+    // round-robin would make the primary accept and pass every connection on.
+    cluster.schedulingPolicy = cluster.SCHED_NONE;
+    cluster.setupPrimary({ args: process.argv.slice(2) });
+    this.health.start();
+    await Promise.all(Array.from({ length: this.count }, () => this.fork()));
+    logListening(this.logger, this.addresses, this.cfg.target, this.count);
+    this.statusTimer = setInterval(() => this.tick(), REPORT_EVERY_MS);
+    this.publishStatus();
+    this.notifier.ready();
+    this.notifier.startWatchdog(() => this.allWorkersAlive());
+  }
+
+  /** Workers to start: --workers, or one per CPU. */
+  static count(cfg: Config): number {
+    return cfg.workers > 0 ? cfg.workers : Math.min(64, availableParallelism());
+  }
+
+  /** Start one worker; resolves once it listens, rejects with its fatal error. */
+  private fork(): Promise<void> {
+    const env: NodeJS.ProcessEnv = {
+      [ENV_CONFIG]: JSON.stringify(perWorker(this.cfg, this.count)),
+      [ENV_SOCKETS]: JSON.stringify(this.passed),
+      // Only the main process may talk to systemd (NotifyAccess=main).
+      NOTIFY_SOCKET: '',
+      WATCHDOG_USEC: '',
+    };
+    const worker = cluster.fork(env);
+    const state: WorkerState = { worker, stats: { active: 0, waiting: 0, total: 0, failed: 0, bytesIn: 0, bytesOut: 0 }, busy: false, lastSeen: Date.now(), listening: false };
+    this.workers.set(worker.id, state);
+    return new Promise((resolve, reject) => {
+      worker.on('message', (msg: unknown) => {
+        if (!isMessage<ToPrimary>(msg)) return;
+        state.lastSeen = Date.now();
+        switch (msg.t) {
+          case 'listening':
+            state.listening = true;
+            this.addresses = msg.addresses;
+            resolve();
+            break;
+          case 'fatal':
+            reject(new WorkerFatal(msg.code, msg.message, msg.exitCode));
+            break;
+          case 'stats':
+            state.stats = msg.stats;
+            state.busy = msg.busy;
+            this.updateIdle();
+            break;
+          case 'error-limit':
+            this.health.markDown(msg.reason);
+            break;
+          case 'problem':
+            this.problems.report(msg.target, msg.code === undefined ? undefined : { code: msg.code, message: msg.message });
+            break;
+        }
+      });
+      worker.on('exit', (code, signal) => this.onWorkerExit(state, code, signal));
+    });
+  }
+
+  private onWorkerExit(state: WorkerState, code: number | null, signal: string | null): void {
+    this.workers.delete(state.worker.id);
+    const s = state.stats;
+    this.retired = { active: 0, waiting: 0, total: this.retired.total + s.total, failed: this.retired.failed + s.failed, bytesIn: this.retired.bytesIn + s.bytesIn, bytesOut: this.retired.bytesOut + s.bytesOut };
+    if (this.stopping || !state.listening) return;
+    const now = Date.now();
+    this.crashes = this.crashes.filter((t) => now - t < CRASH_WINDOW_MS);
+    this.crashes.push(now);
+    this.logger.error(`worker ${state.worker.process.pid} exited (${signal ?? `code ${code}`}); starting a new one`, { EVENT: 'worker-exit' });
+    if (this.crashes.length >= MAX_CRASHES) {
+      this.logger.error(`${MAX_CRASHES} worker crashes within ${CRASH_WINDOW_MS / 1000} s: exiting so that systemd restarts the service`, { EVENT: 'crash-loop' });
+      void this.stop().then(() => process.exit(EXIT_SOFTWARE));
+      return;
+    }
+    setTimeout(() => {
+      if (!this.stopping) this.fork().catch((err: Error) => this.logger.error(`cannot start a worker: ${err.message}`));
+    }, RESPAWN_DELAY_MS);
+  }
+
+  /** exit-idle-time counts from the moment the last busy worker went idle. */
+  private updateIdle(): void {
+    const busy = [...this.workers.values()].some((w) => w.busy);
+    if (busy) this.idleSince = Number.POSITIVE_INFINITY;
+    else if (this.idleSince === Number.POSITIVE_INFINITY) this.idleSince = Date.now();
+  }
+
+  private allWorkersAlive(): boolean {
+    const now = Date.now();
+    for (const w of this.workers.values()) if (now - w.lastSeen > WORKER_SILENT_MS) return false;
+    return this.workers.size > 0;
+  }
+
+  private totals(): BridgeSnapshot {
+    const t = { ...this.retired };
+    for (const { stats: s } of this.workers.values()) {
+      t.active += s.active;
+      t.waiting += s.waiting;
+      t.total += s.total;
+      t.failed += s.failed;
+      t.bytesIn += s.bytesIn;
+      t.bytesOut += s.bytesOut;
+    }
+    return t;
+  }
+
+  private tick(): void {
+    this.publishStatus();
+    const idleFor = Date.now() - this.idleSince;
+    if (this.cfg.exitIdleTime > 0 && !this.stopping && idleFor >= this.cfg.exitIdleTime) {
+      this.logger.notice(`no session for ${this.cfg.exitIdleTime} ms (exit-idle-time): exiting; systemd starts sockbridge again on the next connection`, { EVENT: 'idle-exit' });
+      void this.stop().then(() => process.exit(0));
+    }
+  }
+
+  private publishStatus(): void {
+    this.notifier.status(statusLine(this.health.state, this.totals(), this.workers.size));
+  }
+
+  private broadcast(msg: ToWorker): void {
+    for (const { worker } of this.workers.values()) if (worker.isConnected()) worker.send(msg);
+  }
+
+  reload(next: Config): void {
+    this.notifier.reloading();
+    announceReload(this.logger, this.cfg, next);
+    this.cfg = next;
+    this.health.configure(next);
+    this.broadcast({ t: 'reload', config: perWorker(next, this.count) });
+    this.notifier.ready();
+  }
+
+  stop(): Promise<void> {
+    this.stopping ??= (async () => {
+      this.notifier.stopping();
+      if (this.statusTimer) clearInterval(this.statusTimer);
+      this.broadcast({ t: 'stop' });
+      // Each worker drains for up to drain-timeout; give them that and a margin.
+      const deadline = Date.now() + this.cfg.drainTimeout + 3000;
+      while (this.workers.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      for (const { worker } of this.workers.values()) worker.process.kill('SIGKILL');
+      this.health.stop();
+      this.notifier.stopWatchdog();
+      this.logger.notice(`stopped after ${this.totals().total} sessions`, { EVENT: 'stopped' });
+    })();
+    return this.stopping;
+  }
+}
+
+class WorkerFatal extends SockbridgeError {
+  constructor(code: string, message: string, readonly exitCode: number) {
+    super(code, message);
+  }
+}
+
+// ---- a worker ---------------------------------------------------------------------------
+
+function send(msg: ToPrimary): void {
+  if (process.connected) process.send?.(msg);
+}
+
+/** Connect problems go to the primary, which logs each once for the whole service. */
+class ForwardingReporter implements Reporter {
+  private last: string | undefined;
+  report(target: string, err: Pick<NodeJS.ErrnoException, 'code' | 'message'> | undefined): void {
+    if (err?.code === this.last) return;
+    this.last = err?.code;
+    send({ t: 'problem', target, code: err?.code, message: err?.message ?? '' });
+  }
+  reset(): void {
+    this.last = undefined;
+  }
+}
+
+/** The worker's side: a Bridge that accepts on the shared sockets and reports to the primary. */
+export async function runWorker(env: NodeJS.ProcessEnv): Promise<void> {
+  const cfg = JSON.parse(env[ENV_CONFIG]!) as Config;
+  const passed = JSON.parse(env[ENV_SOCKETS] ?? '[]') as PassedSocket[];
+  const logger = createLogger(cfg);
+  const notifier = Notifier.fromEnv({}, logger); // silent: the primary speaks for the service
+  let busy = false;
+  const report = (): void => { send({ t: 'stats', stats: bridge.snapshot(), busy }); };
+  const bridge = new Bridge(cfg, logger, notifier, new ForwardingReporter(), {
+    announce: false,
+    onErrorLimit: (reason) => send({ t: 'error-limit', reason }),
+    onBusyChange: (b) => { busy = b; report(); },
+  });
+  const stop = (): void => { void bridge.stop().then(() => process.exit(0)); };
+  process.on('message', (msg: unknown) => {
+    if (!isMessage<ToWorker>(msg)) return;
+    if (msg.t === 'state') bridge.onBackendState(msg.state);
+    else if (msg.t === 'reload') bridge.reload(msg.config);
+    else if (msg.t === 'stop') stop();
+  });
+  // systemd signals the whole cgroup, a terminal the whole process group: drain too.
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+  process.on('SIGHUP', () => {}); // the primary reloads and tells us
+  process.on('disconnect', stop); // the primary is gone
+  try {
+    await bridge.start(passed);
+  } catch (err) {
+    if (!(err instanceof SockbridgeError)) throw err;
+    // The primary reports it (once) and exits with its code.
+    process.send?.({ t: 'fatal', message: err.message, code: err.code, exitCode: err.exitCode } satisfies ToPrimary, () => process.exit(err.exitCode));
+    return;
+  }
+  send({ t: 'listening', addresses: bridge.addresses });
+  setInterval(report, REPORT_EVERY_MS).unref();
+}

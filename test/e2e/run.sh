@@ -1,0 +1,535 @@
+#!/usr/bin/env bash
+# sockbridge end-to-end test in a really booted systemd (Debian 12).
+#
+#   make e2e        (as root; part of `make test`)
+#
+# Builds the .deb (scripts/build-deb.sh), boots a throw-away Debian 12
+# container with systemd-nspawn (--private-network: only its own loopback),
+# installs the package there as an operator would, and checks socket
+# activation, the journal, backend and service restarts, the watchdog,
+# reload, a second instance, the sandbox score, upgrade and removal.
+# Prints one line per step and, last, "e2e: N passed, N failed".
+# Exits 0 with one "e2e: skipped: ..." line where it cannot run (not root,
+# no systemd-nspawn).
+#
+# The container root is the cached /var/cache/sockbridge/runtime-root
+# (debootstrap + nodejs + test tools, see scripts/rootfs.sh) mounted with a
+# tmpfs overlay (--volatile=overlay): the cache stays pristine and every
+# change vanishes when the container stops.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=scripts/rootfs.sh
+source "$repo/scripts/rootfs.sh"
+
+RUNTIME_PACKAGES=(nodejs python3 curl socat netcat-openbsd procps iproute2)
+WATCHDOG_SEC=10       # bridge.service's WatchdogSec=
+RESTART_SEC=1         # bridge.service's RestartSec=
+MAX_EXPOSURE=1.5      # systemd-analyze security, at most
+
+NSPAWN_PID=
+CPID=
+WORK=
+PASSED=0
+FAILED=0
+
+skip() { echo "e2e: skipped: $*"; exit 0; }
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1fs", b - a }'; }
+
+# --- the container ------------------------------------------------------------
+
+# Run a command inside the booted container (all its namespaces), with a
+# clean environment.
+c() {
+    nsenter -t "$CPID" -a -- /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+        LC_ALL=C.UTF-8 SYSTEMD_PAGER= SYSTEMD_COLORS=0 "$@"
+}
+
+# The same in the background: $! is the nsenter process.
+c_bg() {
+    (exec nsenter -t "$CPID" -a -- /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+        LC_ALL=C.UTF-8 "$@") &
+}
+
+# not CMD...: fails when CMD succeeds. (A plain "! CMD" never trips errexit.)
+not() {
+    if "$@" >/dev/null 2>&1; then
+        echo "unexpectedly true: $*" >&2
+        return 1
+    fi
+}
+
+# poll SECONDS CMD...: run CMD until it succeeds; fail after SECONDS.
+poll() {
+    local limit=$1; shift
+    local end=$((SECONDS + limit))
+    until "$@" >/dev/null 2>&1; do
+        if [ $SECONDS -ge "$end" ]; then
+            echo "timed out after ${limit}s waiting for: $*" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+}
+
+# Wait for a host PID to exit, at most SECONDS; fails when it is still there.
+wait_exit() {
+    local pid=$1 limit=$2
+    local end=$((SECONDS + limit))
+    while kill -0 "$pid" 2>/dev/null; do
+        [ $SECONDS -ge "$end" ] && return 1
+        sleep 0.1
+    done
+}
+
+boot_container() {
+    local root=$1
+    systemd-nspawn --quiet --register=no --keep-unit --console=passive \
+        --boot --private-network --volatile=overlay --link-journal=no \
+        --resolv-conf=off --timezone=off --machine=sockbridge-e2e \
+        --bind-ro="$repo/build:/mnt/build" --bind-ro="$repo/test/e2e:/mnt/e2e" \
+        --bind="$WORK/shared:/mnt/shared" \
+        -D "$root" >"$WORK/nspawn.log" 2>&1 &
+    NSPAWN_PID=$!
+    # The container's systemd is a child of the nspawn process.
+    local end=$((SECONDS + 30)) pid
+    while [ -z "$CPID" ]; do
+        for pid in $(pgrep -P "$NSPAWN_PID" || true); do
+            [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = systemd ] && CPID=$pid
+        done
+        [ -n "$CPID" ] && break
+        kill -0 "$NSPAWN_PID" 2>/dev/null || { cat "$WORK/nspawn.log" >&2; return 1; }
+        [ $SECONDS -ge $end ] && { echo "no systemd in the container" >&2; return 1; }
+        sleep 0.1
+    done
+    # Booted: every unit up (or failed: "degraded" is reported as a boot
+    # problem, but the test goes on and shows it).
+    local state end2=$((SECONDS + 90))
+    while :; do
+        state=$(c systemctl is-system-running 2>/dev/null || true)
+        case $state in running | degraded) break ;; esac
+        [ $SECONDS -ge $end2 ] && { echo "container not booted: $state" >&2; return 1; }
+        sleep 0.2
+    done
+    if [ "$state" = degraded ]; then
+        c systemctl --failed --no-legend >&2 || true
+    fi
+}
+
+stop_container() {
+    [ -n "$NSPAWN_PID" ] || return 0
+    if kill -0 "$NSPAWN_PID" 2>/dev/null; then
+        if [ -n "$CPID" ]; then
+            timeout 10 nsenter -t "$CPID" -a systemctl --no-block poweroff >/dev/null 2>&1 || true
+        fi
+        if ! wait_exit "$NSPAWN_PID" 30; then
+            # SIGTERM makes nspawn ask the container to halt; -9 last.
+            kill -TERM "$NSPAWN_PID" 2>/dev/null || true
+            wait_exit "$NSPAWN_PID" 15 || kill -KILL "$NSPAWN_PID" 2>/dev/null || true
+        fi
+    fi
+    wait "$NSPAWN_PID" 2>/dev/null || true
+    NSPAWN_PID=
+}
+
+cleanup() {
+    local rc=$?
+    # The journal of a failed run, for the report.
+    if [ "$FAILED" -gt 0 ] && [ -n "$CPID" ] && kill -0 "$NSPAWN_PID" 2>/dev/null; then
+        c journalctl -b --no-pager -o short-monotonic >"$repo/build/e2e-journal.log" 2>&1 || true
+        echo "container journal: build/e2e-journal.log" >&2
+    fi
+    stop_container
+    [ -n "$WORK" ] && rm -rf "$WORK"
+    exit "$rc"
+}
+
+# --- steps ------------------------------------------------------------------------
+
+# step NAME FUNCTION: run FUNCTION in a subshell with errexit (any failing
+# command fails the step), print one line with its time and, on failure,
+# its output. Once a step marked as required (REQUIRED=1) failed, the rest
+# are not run but counted as failed.
+BLOCKED=
+step() {
+    local name=$1 fn=$2 t0 rc
+    if [ -n "$BLOCKED" ]; then
+        FAILED=$((FAILED + 1))
+        printf 'e2e: FAIL %-58s not run: %s failed\n' "$name" "$BLOCKED"
+        return 0
+    fi
+    t0=$(now)
+    set +e
+    (set -e; "$fn") >"$WORK/step.log" 2>&1
+    rc=$?
+    set -e
+    if [ $rc -eq 0 ]; then
+        PASSED=$((PASSED + 1))
+        printf 'e2e: PASS %-58s %s\n' "$name" "$(elapsed "$t0")"
+        sed 's/^/      /' "$WORK/step.log" | { grep -v '^ *$' || true; } | tail -n 3
+    else
+        FAILED=$((FAILED + 1))
+        printf 'e2e: FAIL %-58s %s\n' "$name" "$(elapsed "$t0")"
+        sed 's/^/      /' "$WORK/step.log" | tail -n 25
+        [ -z "${REQUIRED:-}" ] || BLOCKED=$name
+    fi
+}
+
+H=/mnt/e2e/helper.py
+
+main_pid() { c systemctl show -P MainPID "$1"; }
+is_state() {
+    local state
+    state=$(c systemctl show -P ActiveState "$1")
+    [ "$state" = "$2" ] || { echo "$1 is $state, not $2" >&2; return 1; }
+}
+listening() { c ss -Hltn "sport = :$1" | grep -q LISTEN; }
+roundtrip() { c timeout 30 python3 "$H" roundtrip "$@"; }
+# journal_has CHECK ARG: helper.py's journal check on bridge.service's journal.
+journal_has() {
+    c sh -c "journalctl -u bridge.service -o json --no-pager | python3 $H $1 $2"
+}
+
+# A client loop in the background (inside the container); its files are in
+# $WORK/shared/$1 on the host.
+start_loop() {
+    local dir=$1 port=$2 name=$3
+    mkdir -p "$WORK/shared/$dir"
+    c_bg timeout 150 python3 "$H" loop 127.0.0.1 "$port" "$name" "/mnt/shared/$dir" 120 \
+        >"$WORK/shared/$dir/out" 2>&1
+    echo $! >"$WORK/shared/$dir/pid"
+}
+loop_count() { cat "$WORK/shared/$1/progress" 2>/dev/null || echo 0; }
+loop_reached() { [ "$(loop_count "$1")" -ge "$2" ]; }
+# wait_sessions DIR N: at least N more sessions done by the loop.
+wait_sessions() {
+    local dir=$1 target
+    target=$(($(loop_count "$dir") + $2))
+    poll 60 loop_reached "$dir" "$target"
+    echo "loop $dir: $(loop_count "$dir") sessions"
+}
+finish_loop() {
+    local dir=$1 pid
+    pid=$(cat "$WORK/shared/$dir/pid")
+    touch "$WORK/shared/$dir/stop"
+    wait_exit "$pid" 60 || { kill "$pid"; echo "client loop did not stop"; return 1; }
+    cat "$WORK/shared/$dir/out"
+    wait "$pid"
+}
+
+step_install() {
+    # The dependencies are in the root already: no network needed.
+    c apt-get install -y -q -o Dpkg::Use-Pty=0 /mnt/build/"$DEB_NAME"
+    # Installing enables and starts nothing.
+    [ "$(c systemctl is-enabled bridge.socket)" = disabled ]
+    is_state bridge.socket inactive
+    is_state bridge.service inactive
+    not listening 12345
+    c sockbridge check-config --config /etc/sockbridge/bridge.conf >/dev/null
+    c dpkg -s sockbridge | grep Version
+}
+
+setup_backend() {
+    # The operator's side, as the README describes it: a backend whose
+    # socket belongs to group "program" (mode 0660), and that group for the
+    # bridge (a drop-in, as `systemctl edit bridge.service` writes it).
+    c groupadd --system program
+    c sh -c 'cat >/etc/systemd/system/program.service' <<EOF
+[Unit]
+Description=test backend (echo) on /var/program/program.cmd
+[Service]
+ExecStart=/usr/bin/python3 $H backend /var/program/program.cmd program main
+EOF
+    # The same backend, but its socket file is root-only for its first
+    # 300 ms (bind, then chmod/chgrp, as socat's mode=/group= do).
+    c sh -c 'cat >/etc/systemd/system/program-slow.service' <<EOF
+[Unit]
+Description=test backend (echo), socket made group-accessible late
+Conflicts=program.service
+[Service]
+ExecStart=/usr/bin/python3 $H backend /var/program/program.cmd program main 300
+EOF
+    c sh -c 'cat >/etc/systemd/system/program2.service' <<EOF
+[Unit]
+Description=second test backend (echo) on /var/program/second.cmd
+[Service]
+ExecStart=/usr/bin/python3 $H backend /var/program/second.cmd program second
+EOF
+    c mkdir -p /etc/systemd/system/bridge.service.d /etc/systemd/system/bridge@.service.d
+    printf '[Service]\nSupplementaryGroups=program\n' |
+        c sh -c 'tee /etc/systemd/system/bridge.service.d/backend-group.conf >/etc/systemd/system/bridge@.service.d/backend-group.conf'
+    c systemctl daemon-reload
+    c systemctl start program.service program2.service
+    poll 20 c test -S /var/program/program.cmd
+    poll 20 c test -S /var/program/second.cmd
+    c stat -c '%A %U:%G %n' /var/program/program.cmd
+}
+
+step_socket_on_demand() {
+    c systemctl enable --now bridge.socket
+    poll 10 listening 12345
+    is_state bridge.socket active
+    # On demand: nothing has connected yet.
+    is_state bridge.service inactive
+    c ss -Hltn "sport = :12345"
+}
+
+step_first_connection() {
+    roundtrip 127.0.0.1 12345 main
+    poll 20 is_state bridge.service active
+    [ "$(c systemctl show -P SubState bridge.service)" = running ]
+    # BindIPv6Only=both: the same socket serves IPv6.
+    roundtrip ::1 12345 main
+    # STATUS= from the service.
+    poll 10 sh -c "nsenter -t $CPID -a systemctl status --no-pager bridge.service | grep -E '^ +Status: \"'"
+    c systemctl status --no-pager bridge.service | grep -E '^ +Status: '
+}
+
+step_journal() {
+    roundtrip 127.0.0.1 12345 main 4321
+    # The entry is written when the session ends, just after the client
+    # sees its last byte: poll.
+    poll 10 journal_has journal-session-end 4321
+    journal_has journal-session-end 4321
+}
+
+step_backend_restart() {
+    local inode1 inode2
+    start_loop backend 12345 main
+    wait_sessions backend 20
+    inode1=$(c stat -c %i /var/program/program.cmd)
+    c systemctl stop program.service
+    # The socket file is gone while the backend is down ...
+    not c test -e /var/program/program.cmd
+    # ... for a while (a deliberate outage, not a wait for readiness): the
+    # loop's clients meanwhile are held by the bridge.
+    sleep 1
+    c systemctl start program.service
+    poll 20 c test -S /var/program/program.cmd
+    inode2=$(c stat -c %i /var/program/program.cmd)
+    [ "$inode1" != "$inode2" ]
+    wait_sessions backend 20
+    finish_loop backend
+    # Proof that the loop overlapped the outage: a session was held ~1s.
+    grep -Eq 'max_ms=(9[0-9][0-9]|[0-9]{4,})' "$WORK/shared/backend/result"
+}
+
+step_backend_late_chmod() {
+    start_loop latechmod 12345 main
+    wait_sessions latechmod 20
+    # Replaces program.service (Conflicts=): its socket file disappears,
+    # then reappears root-only, and is group-accessible 300 ms later.
+    c systemctl start program-slow.service
+    not c systemctl is-active program.service
+    poll 20 c sh -c 'stat -c %A /var/program/program.cmd | grep -q "^srw-rw----"'
+    wait_sessions latechmod 20
+    c systemctl start program.service
+    not c systemctl is-active program-slow.service
+    poll 20 c test -S /var/program/program.cmd
+    wait_sessions latechmod 20
+    finish_loop latechmod
+}
+
+step_service_restart() {
+    local pid1 pid2
+    start_loop restart 12345 main
+    wait_sessions restart 20
+    pid1=$(main_pid bridge.service)
+    c systemctl restart bridge.service
+    wait_sessions restart 20
+    pid2=$(main_pid bridge.service)
+    echo "MainPID $pid1 -> $pid2"
+    [ "$pid1" != "$pid2" ]
+    [ "$pid2" != 0 ]
+    finish_loop restart
+}
+
+step_watchdog() {
+    local pid1 t0 pid2 client limit
+    roundtrip 127.0.0.1 12345 main
+    pid1=$(main_pid bridge.service)
+    c kill -STOP "$pid1"
+    t0=$SECONDS
+    # A client while the service is frozen: the kernel queues it, the
+    # restarted service serves it.
+    c_bg timeout 40 python3 "$H" roundtrip 127.0.0.1 12345 main >"$WORK/frozen-client.log" 2>&1
+    client=$!
+    limit=$((WATCHDOG_SEC + RESTART_SEC + 5))
+    poll "$limit" sh -c "p=\$(nsenter -t $CPID -a systemctl show -P MainPID bridge.service);
+        [ \"\$p\" != $pid1 ] && [ \"\$p\" != 0 ] &&
+        [ \"\$(nsenter -t $CPID -a systemctl show -P ActiveState bridge.service)\" = active ]"
+    pid2=$(main_pid bridge.service)
+    echo "watchdog restarted the frozen service (MainPID $pid1 -> $pid2) after $((SECONDS - t0))s, limit ${limit}s"
+    c journalctl -u bridge.service --no-pager -g 'Watchdog timeout' | tail -n 1 | grep -q 'Watchdog timeout'
+    wait_exit "$client" 45
+    wait "$client" || { cat "$WORK/frozen-client.log"; return 1; }
+    cat "$WORK/frozen-client.log"
+    listening 12345
+}
+
+step_reload() {
+    local pid1 hold
+    mkdir -p "$WORK/shared/hold"
+    c_bg timeout 60 python3 "$H" hold 127.0.0.1 12345 main /mnt/shared/hold 50 >"$WORK/hold.log" 2>&1
+    hold=$!
+    poll 20 test -e "$WORK/shared/hold/ready"
+    pid1=$(main_pid bridge.service)
+    c sh -c 'echo "client-timeout = 77s" >>/etc/sockbridge/bridge.conf'
+    c systemctl reload bridge.service
+    poll 15 journal_has journal-reloaded client-timeout=77s
+    journal_has journal-reloaded client-timeout=77s
+    [ "$(main_pid bridge.service)" = "$pid1" ]
+    is_state bridge.service active
+    touch "$WORK/shared/hold/go"
+    wait_exit "$hold" 30
+    wait "$hold" || { cat "$WORK/hold.log"; return 1; }
+    cat "$WORK/hold.log"
+}
+
+step_second_instance() {
+    c sh -c 'sed "s|^#\?target *=.*|target = /var/program/second.cmd|" /etc/sockbridge/bridge.conf >/etc/sockbridge/2345.conf'
+    c grep -q '^target = /var/program/second.cmd' /etc/sockbridge/2345.conf
+    c systemctl enable --now bridge@2345.socket
+    poll 10 listening 2345
+    roundtrip 127.0.0.1 2345 second
+    roundtrip 127.0.0.1 12345 main
+    is_state bridge@2345.service active
+    is_state bridge.service active
+    echo "bridge.service PID $(main_pid bridge.service), bridge@2345.service PID $(main_pid bridge@2345.service)"
+}
+
+exposure() {
+    c systemd-analyze security --no-pager "$1" |
+        sed -n "s/.*Overall exposure level for $1: \([0-9.]*\).*/\1/p"
+}
+step_security() {
+    local unit score
+    # No complaint about the units themselves either.
+    c systemd-analyze verify --man=no bridge.socket bridge.service \
+        bridge@2345.socket bridge@2345.service
+    for unit in bridge.service bridge@2345.service; do
+        score=$(exposure "$unit")
+        echo "systemd-analyze security $unit: $score (at most $MAX_EXPOSURE)"
+        [ -n "$score" ]
+        awk -v s="$score" -v m="$MAX_EXPOSURE" 'BEGIN { exit !(s <= m) }'
+    done
+}
+
+step_crash_loop() {
+    local client i end
+    # A configuration the service refuses: it exits at once, every time.
+    c cp /etc/sockbridge/bridge.conf /run/bridge.conf.good
+    # (The good configuration comes back even when this step fails.)
+    trap 'c cp /run/bridge.conf.good /etc/sockbridge/bridge.conf' EXIT
+    c sh -c 'echo "max-conn = banana" >>/etc/sockbridge/bridge.conf'
+    not c systemctl restart bridge.service
+    # A client that arrives during the crash loop and waits it out.
+    c_bg timeout 60 python3 "$H" roundtrip 127.0.0.1 12345 main >"$WORK/crash-client.log" 2>&1
+    client=$!
+    # Connections keep coming for longer than bridge.socket's trigger-limit
+    # window (TriggerLimitIntervalSec=10s) and more than its burst (50):
+    # the socket must stay up and listening throughout.
+    end=$((SECONDS + 12))
+    i=0
+    while [ $SECONDS -lt $end ]; do
+        c timeout 1 python3 -c 'import socket; socket.create_connection(("127.0.0.1", 12345), 1).close()'
+        is_state bridge.socket active
+        i=$((i + 1))
+    done
+    listening 12345
+    echo "$i connections during the crash loop; bridge.socket still active;" \
+        "bridge.service restarted $(c systemctl show -P NRestarts bridge.service) times"
+    # Fixed: the service comes back by itself and serves the waiting client.
+    c cp /run/bridge.conf.good /etc/sockbridge/bridge.conf
+    wait_exit "$client" 30
+    wait "$client" || { cat "$WORK/crash-client.log"; return 1; }
+    cat "$WORK/crash-client.log"
+    poll 10 is_state bridge.service active
+    roundtrip 127.0.0.1 12345 main
+}
+
+step_upgrade() {
+    local pid1 pid2
+    roundtrip 127.0.0.1 12345 main
+    pid1=$(main_pid bridge.service)
+    c dpkg -i /mnt/build/"$DEB_NAME"
+    [ "$(c systemctl is-enabled bridge.socket)" = enabled ]
+    [ "$(c systemctl is-enabled bridge@2345.socket)" = enabled ]
+    is_state bridge.socket active
+    # The operator's change to the conffile survives.
+    c grep -q '^client-timeout = 77s' /etc/sockbridge/bridge.conf
+    # The running service was restarted onto the new files.
+    poll 20 is_state bridge.service active
+    pid2=$(main_pid bridge.service)
+    echo "MainPID $pid1 -> $pid2"
+    [ "$pid1" != "$pid2" ]
+    roundtrip 127.0.0.1 12345 main
+}
+
+step_remove_purge() {
+    c apt-get remove -y -q -o Dpkg::Use-Pty=0 sockbridge
+    poll 20 sh -c "! nsenter -t $CPID -a pgrep -f /usr/bin/sockbridge"
+    not listening 12345
+    not listening 2345
+    c test -e /etc/sockbridge/bridge.conf
+    c apt-get purge -y -q -o Dpkg::Use-Pty=0 sockbridge
+    not c test -e /etc/sockbridge/bridge.conf
+    not c test -e /etc/systemd/system/sockets.target.wants/bridge.socket
+    not c dpkg -s sockbridge
+}
+
+main() {
+    [ "$(id -u)" -eq 0 ] || skip "needs root to boot a Debian 12 container with systemd-nspawn"
+    ensure_host_packages systemd-container debootstrap >/dev/null 2>&1 ||
+        skip "cannot install systemd-container and debootstrap with apt-get"
+    command -v systemd-nspawn >/dev/null || skip "systemd-nspawn is not available"
+    ensure_base_root
+    in_root "$BASE_ROOT" --volatile=overlay -- /bin/true >/dev/null 2>&1 ||
+        skip "systemd-nspawn cannot start a container on this machine"
+
+    local t0 root
+    t0=$(now)
+    root=$(ensure_derived_root runtime-root "${RUNTIME_PACKAGES[@]}")
+    echo "e2e: runtime root ready ($(elapsed "$t0"))"
+
+    t0=$(now)
+    bash "$repo/scripts/build-deb.sh" >"$repo/build/build-deb.log" 2>&1 ||
+        { tail -n 30 "$repo/build/build-deb.log"; echo "e2e: 0 passed, 1 failed"; exit 1; }
+    local debs=("$repo"/build/sockbridge_*.deb)
+    DEB_NAME=$(basename "${debs[0]}")
+    echo "e2e: built build/$DEB_NAME ($(elapsed "$t0"))"
+
+    WORK=$(mktemp -d /var/tmp/sockbridge-e2e.XXXXXX)
+    mkdir -p "$WORK/shared"
+    trap cleanup EXIT
+    trap 'exit 130' INT TERM
+
+    t0=$(now)
+    boot_container "$root" || { echo "e2e: 0 passed, 1 failed"; FAILED=1; exit 1; }
+    echo "e2e: container booted ($(elapsed "$t0"))"
+
+    REQUIRED=1 step "install: enables and starts nothing" step_install
+    REQUIRED=1 step "backend service with group-accessible socket" setup_backend
+    REQUIRED=1 step "1 socket listens, bridge.service inactive" step_socket_on_demand
+    step "2 first connection activates, READY, STATUS" step_first_connection
+    step "3 journal session-end entry with fields" step_journal
+    step "4 backend restart under load: no failed session" step_backend_restart
+    step "4b backend socket chmod'ed after bind: no failed session" step_backend_late_chmod
+    step "5 service restart under load: no refused connection" step_service_restart
+    step "6 watchdog kills frozen service, port accepts" step_watchdog
+    step "7 reload applies config, open session survives" step_reload
+    step "8 second instance bridge@2345 beside bridge" step_second_instance
+    step "9 systemd-analyze security <= $MAX_EXPOSURE, verify" step_security
+    step "12 crash loop (bad config) never wedges the socket" step_crash_loop
+    step "11 reinstall (upgrade) keeps socket enabled" step_upgrade
+    step "10 remove stops all, purge removes conffile" step_remove_purge
+
+    echo "e2e: $PASSED passed, $FAILED failed"
+    [ "$FAILED" -eq 0 ]
+}
+
+# Sourcing this file (for debugging one step by hand) runs nothing.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+    main "$@"
+fi
