@@ -22,7 +22,7 @@ import type { Config } from './options';
 
 const REPORT_EVERY_MS = 1000;
 /** A worker silent this long is considered hung: the watchdog stops being fed. */
-const WORKER_SILENT_MS = 5000;
+const WORKER_SILENT_MS = 3000;
 const RESPAWN_DELAY_MS = 1000;
 const MAX_CRASHES = 5;
 const CRASH_WINDOW_MS = 60_000;

@@ -6,6 +6,7 @@ import { chmodSync, mkdtempSync, rmSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { test, TestContext } from 'node:test';
 
 export const ROOT = resolve(__dirname, '..', '..');
 export const BIN = join(ROOT, 'bin', 'sockbridge');
@@ -199,4 +200,9 @@ export function freePort(): Promise<number> {
     });
     s.once('error', reject);
   });
+}
+
+/** Pin a behaviour down twice: with one process, and with a primary and two workers. */
+export function testBothModes(name: string, fn: (t: TestContext, mode: string[]) => Promise<void>): void {
+  for (const workers of ['1', '2']) test(`${name} [workers ${workers}]`, (t) => fn(t, ['--workers', workers]));
 }

@@ -3,10 +3,11 @@
 import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { execFileSync } from 'node:child_process';
 import { test } from 'node:test';
-import { closedWithin, connect, echoServer, readAll, roundTrip, startBridge, tempDir, unixServer, waitFor } from './helpers';
+import { closedWithin, connect, echoServer, readAll, roundTrip, startBridge, tempDir, testBothModes, unixServer, waitFor } from './helpers';
 
-test('SIGTERM drains: open sessions finish, new clients are refused, exit 0', async (t) => {
+testBothModes('SIGTERM drains: open sessions finish, new clients are refused, exit 0', async (t, mode) => {
   const dir = tempDir(t);
   // The program answers only after the client's EOF: a session in progress.
   let received = 0;
@@ -16,7 +17,7 @@ test('SIGTERM drains: open sessions finish, new clients are refused, exit 0', as
     s.on('end', () => s.end(Buffer.concat(chunks)));
   });
   t.after(() => srv.close());
-  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', srv.path, '--drain-timeout', '10s']);
+  const bridge = await startBridge(t, [...mode, '--listen', '127.0.0.1:0', '--target', srv.path, '--drain-timeout', '10s']);
   const c = await connect(bridge.port);
   const reply = readAll(c);
   c.write('in flight');
@@ -29,11 +30,11 @@ test('SIGTERM drains: open sessions finish, new clients are refused, exit 0', as
   assert.equal(await bridge.exited, 0);
 });
 
-test('SIGTERM with a session that never ends: closed at drain-timeout, exit 0', async (t) => {
+testBothModes('SIGTERM with a session that never ends: closed at drain-timeout, exit 0', async (t, mode) => {
   const dir = tempDir(t);
   const srv = await echoServer(join(dir, 'app.sock'));
   t.after(() => srv.close());
-  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', srv.path, '--drain-timeout', '300ms']);
+  const bridge = await startBridge(t, [...mode, '--listen', '127.0.0.1:0', '--target', srv.path, '--drain-timeout', '300ms']);
   const c = await connect(bridge.port);
   c.write('x');
   await new Promise<void>((r) => c.once('data', () => r()));
@@ -44,7 +45,7 @@ test('SIGTERM with a session that never ends: closed at drain-timeout, exit 0', 
   assert.match(bridge.log(), /closed \(shutdown\)/);
 });
 
-test('SIGHUP reloads the config file: new sessions use the new target, the open one is untouched', async (t) => {
+testBothModes('SIGHUP reloads the config file: new sessions use the new target, the open one is untouched', async (t, mode) => {
   const dir = tempDir(t);
   const a = await unixServer(join(dir, 'a.sock'), (s) => { s.write('A:'); s.pipe(s); });
   const b = await unixServer(join(dir, 'b.sock'), (s) => { s.write('B:'); s.pipe(s); });
@@ -52,7 +53,7 @@ test('SIGHUP reloads the config file: new sessions use the new target, the open 
   t.after(() => b.close());
   const conf = join(dir, 'bridge.conf');
   writeFileSync(conf, `target = ${a.path}\nlisten = 127.0.0.1:0\n`);
-  const bridge = await startBridge(t, ['--config', conf]);
+  const bridge = await startBridge(t, [...mode, '--config', conf]);
 
   const open = await connect(bridge.port);
   const openReply = readAll(open);
@@ -74,11 +75,11 @@ test('SIGHUP reloads the config file: new sessions use the new target, the open 
   assert.equal(bridge.child.exitCode, null, 'still running');
 });
 
-test('exit-idle-time: exits 0 after that long without a session, not while one runs', async (t) => {
+testBothModes('exit-idle-time: exits 0 after that long without a session, not while one runs', async (t, mode) => {
   const dir = tempDir(t);
   const srv = await echoServer(join(dir, 'app.sock'));
   t.after(() => srv.close());
-  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', srv.path, '--exit-idle-time', '600ms']);
+  const bridge = await startBridge(t, [...mode, '--listen', '127.0.0.1:0', '--target', srv.path, '--exit-idle-time', '600ms']);
   const c = await connect(bridge.port);
   c.write('keep me');
   await new Promise((r) => setTimeout(r, 1200)); // an active session spans the idle time
@@ -87,4 +88,17 @@ test('exit-idle-time: exits 0 after that long without a session, not while one r
   await closedWithin(c, 5000);
   await bridge.waitForLog(/no session for 600 ms \(exit-idle-time\): exiting/, 5000);
   assert.equal(await bridge.exited, 0);
+});
+
+test('a worker that dies is replaced; the service keeps serving', async (t) => {
+  const dir = tempDir(t);
+  const srv = await echoServer(join(dir, 'app.sock'));
+  t.after(() => srv.close());
+  const bridge = await startBridge(t, ['--workers', '2', '--listen', '127.0.0.1:0', '--target', srv.path]);
+  const workers = (): number[] => execFileSync('pgrep', ['-P', String(bridge.child.pid)], { encoding: 'utf8' }).trim().split('\n').map(Number);
+  const [victim] = workers();
+  process.kill(victim!, 'SIGKILL');
+  await bridge.waitForLog(new RegExp(`worker ${victim} exited \\(SIGKILL\\); starting a new one`));
+  await waitFor(() => { try { return workers().length === 2 && !workers().includes(victim!); } catch { return false; } }, 10_000, 'a replacement worker');
+  for (let i = 0; i < 10; i++) assert.equal((await roundTrip(bridge.port, `after ${i}`)).toString(), `after ${i}`);
 });

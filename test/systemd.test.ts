@@ -7,7 +7,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { takeSystemdSockets } from '../src/listeners';
-import { echoServer, freePort, roundTrip, startBridge, tempDir, waitFor } from './helpers';
+import { echoServer, freePort, roundTrip, startBridge, tempDir, testBothModes, waitFor } from './helpers';
 
 function have(cmd: string): boolean {
   try {
@@ -93,7 +93,7 @@ function notifyListener(t: { after(fn: () => void): void }, path: string): Promi
   return waitFor(() => messages.includes('ready'), 10_000, 'the notify listener').then(() => ({ messages, child }));
 }
 
-test('sd_notify: READY, STATUS, WATCHDOG at half the period, RELOADING then READY on SIGHUP, STOPPING on SIGTERM', async (t) => {
+testBothModes('sd_notify: READY, STATUS, WATCHDOG at half the period, RELOADING then READY on SIGHUP, STOPPING on SIGTERM', async (t, mode) => {
   const dir = tempDir(t);
   const srv = await echoServer(join(dir, 'app.sock'));
   t.after(() => srv.close());
@@ -101,7 +101,7 @@ test('sd_notify: READY, STATUS, WATCHDOG at half the period, RELOADING then READ
   const { messages } = await notifyListener(t, notifyPath);
   const conf = join(dir, 'bridge.conf');
   writeFileSync(conf, `target = ${srv.path}\nlisten = 127.0.0.1:0\n`);
-  const bridge = await startBridge(t, ['--config', conf], {
+  const bridge = await startBridge(t, [...mode, '--config', conf], {
     env: { NOTIFY_SOCKET: notifyPath, WATCHDOG_USEC: '400000' },
   });
   const count = (re: RegExp): number => messages.filter((m) => re.test(m)).length;
@@ -133,4 +133,30 @@ test('outside systemd nothing is sent and nothing breaks (no NOTIFY_SOCKET)', as
   const bridge = await startBridge(t, ['--target', srv.path, '--listen', '127.0.0.1:0'], { env: { WATCHDOG_USEC: '100000' } });
   assert.equal((await roundTrip(bridge.port, 'plain')).toString(), 'plain');
   assert.equal(await bridge.stop('SIGTERM'), 0);
+});
+
+test('watchdog: the primary stops feeding it while a worker hangs, and resumes when it recovers', async (t) => {
+  const dir = tempDir(t);
+  const srv = await echoServer(join(dir, 'app.sock'));
+  t.after(() => srv.close());
+  const notifyPath = join(dir, 'notify');
+  const { messages } = await notifyListener(t, notifyPath);
+  const bridge = await startBridge(t, ['--workers', '2', '--target', srv.path, '--listen', '127.0.0.1:0'], {
+    env: { NOTIFY_SOCKET: notifyPath, WATCHDOG_USEC: '400000' },
+  });
+  const pings = (): number => messages.filter((m) => m === 'WATCHDOG=1').length;
+  await waitFor(() => pings() >= 2, 5000, 'watchdog pings');
+  const [worker] = execFileSync('pgrep', ['-P', String(bridge.child.pid)], { encoding: 'utf8' }).trim().split('\n').map(Number);
+  process.kill(worker!, 'SIGSTOP');
+  t.after(() => { try { process.kill(worker!, 'SIGCONT'); } catch { /* gone */ } });
+  // Within a few report intervals the pings stop: systemd would restart the service.
+  let last = pings();
+  let lastChange = Date.now();
+  await waitFor(() => {
+    if (pings() !== last) { last = pings(); lastChange = Date.now(); }
+    return Date.now() - lastChange > 1000;
+  }, 10_000, 'the watchdog pings to stop while a worker is frozen');
+  process.kill(worker!, 'SIGCONT');
+  const stalled = pings();
+  await waitFor(() => pings() > stalled + 1, 5000, 'the watchdog pings to resume');
 });
