@@ -6,8 +6,8 @@ import minimist from 'minimist';
 import { ConfigError, UsageError } from './errors';
 import { BadValue, Config, OptionSpec, OPTIONS, defaults, findOption } from './options';
 
-export type Command = 'run' | 'check-config' | 'generate';
-const COMMANDS: readonly Command[] = ['run', 'check-config', 'generate'];
+export type Command = 'run' | 'check-config' | 'status' | 'generate';
+const COMMANDS: readonly Command[] = ['run', 'check-config', 'status', 'generate'];
 
 export interface CommandLine {
   command: Command;
@@ -15,6 +15,9 @@ export interface CommandLine {
   args: string[];
   help: boolean;
   version: boolean;
+  /** status: which instance, and whether to print JSON. */
+  instance: string | undefined;
+  json: boolean;
   configPath: string | undefined;
   /** Raw option values from the command line, by option name. */
   values: Map<string, string[]>;
@@ -24,8 +27,8 @@ export interface CommandLine {
 export function parseCommandLine(argv: string[]): CommandLine {
   const unknown: string[] = [];
   const parsed = minimist(argv, {
-    string: [...OPTIONS.map((o) => o.name), 'config'],
-    boolean: ['help', 'version'],
+    string: [...OPTIONS.map((o) => o.name), 'config', 'instance'],
+    boolean: ['help', 'version', 'json'],
     alias: { h: 'help', V: 'version' },
     unknown: (arg) => {
       if (arg.startsWith('-')) unknown.push(arg);
@@ -33,7 +36,7 @@ export function parseCommandLine(argv: string[]): CommandLine {
     },
   });
   // minimist leaves a string option empty when its value is missing or starts with "-".
-  const empty = [...OPTIONS.map((o) => o.name), 'config'].find((name) => parsed[name] === '' || (Array.isArray(parsed[name]) && (parsed[name] as string[]).includes('')));
+  const empty = [...OPTIONS.map((o) => o.name), 'config', 'instance'].find((name) => parsed[name] === '' || (Array.isArray(parsed[name]) && (parsed[name] as string[]).includes('')));
   if (empty !== undefined) {
     throw new UsageError('EUSAGE_VALUE', `--${empty} needs a value (write --${empty}=VALUE when the value starts with "-")`);
   }
@@ -71,6 +74,8 @@ export function parseCommandLine(argv: string[]): CommandLine {
     args: words.slice(1),
     help: parsed['help'] === true,
     version: parsed['version'] === true,
+    instance: typeof parsed['instance'] === 'string' ? parsed['instance'] : undefined,
+    json: parsed['json'] === true,
     configPath: typeof config === 'string' ? config : undefined,
     values,
   };

@@ -5,6 +5,8 @@ import { CLI_FLAGS, defaults, formatValue, OPTIONS } from './options';
 
 const USAGE = `Usage: sockbridge [options]              run the bridge
        sockbridge check-config [options]  validate and print the effective configuration
+       sockbridge status [--instance NAME] [--json]
+                                          ask a running service (its control socket) how it is
        sockbridge generate config|man|markdown
                                           print the commented config file, the man page, or the README table`;
 
@@ -38,7 +40,7 @@ export function renderHelp(): string {
   const lines = rows.map(([flag, help]) => `  ${flag}\n${wrap(help, 72, '      ')}`);
   return `${USAGE}\n\n${SUMMARY}\n\nOptions (also "name = value" lines in --config FILE; the command line wins):\n${lines.join('\n')}\n\n` +
     'Durations: plain milliseconds (5000) or with a unit: 500ms, 5s, 2m, 1h.\n' +
-    'Exit codes: 0 ok, 64 bad command line, 78 bad configuration, 70 internal error.\n' +
+    'Exit codes: 0 ok, 64 bad command line, 78 bad configuration, 69 service not reachable (status), 70 internal error.\n' +
     'Signals: SIGHUP reloads the config file, SIGTERM/SIGINT drain and exit.\n';
 }
 
@@ -66,6 +68,7 @@ export function renderMan(version: string): string {
     '.SH SYNOPSIS',
     '.B sockbridge\n[\\fIoptions\\fR]',
     '.br\n.B sockbridge check\\-config\n[\\fIoptions\\fR]',
+    '.br\n.B sockbridge status\n[\\fB\\-\\-instance\\fR \\fINAME\\fR] [\\fB\\-\\-json\\fR]',
     '.SH DESCRIPTION',
     roff(SUMMARY),
     'Under systemd it takes its listening sockets from the socket unit (LISTEN_FDS), reports READY, STATUS, WATCHDOG and STOPPING, and logs structured entries to the journal; elsewhere it binds \\fB\\-\\-listen\\fR itself and logs to standard error.',
@@ -77,7 +80,7 @@ export function renderMan(version: string): string {
     '.TP\n.B SIGHUP\nReload the config file; open sessions are kept, new ones use the new settings.',
     '.TP\n.B SIGTERM, SIGINT\nStop accepting, let sessions finish for up to \\fB\\-\\-drain\\-timeout\\fR, exit 0.',
     '.SH EXIT STATUS',
-    '0 on success, 64 for a bad command line, 78 for a bad configuration, 70 for an internal error.',
+    '0 on success, 64 for a bad command line, 78 for a bad configuration, 69 when status cannot reach the service, 70 for an internal error.',
     '.SH FILES',
     '.TP\n.I /etc/sockbridge/bridge.conf\nConfiguration of bridge.service.',
     '.SH SEE ALSO',

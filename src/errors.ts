@@ -3,6 +3,7 @@
 
 export const EXIT_OK = 0;
 export const EXIT_USAGE = 64; // EX_USAGE: bad command line
+export const EXIT_UNAVAILABLE = 69; // EX_UNAVAILABLE: the service asked is not there
 export const EXIT_SOFTWARE = 70; // EX_SOFTWARE: a bug; the message says so
 export const EXIT_CONFIG = 78; // EX_CONFIG: bad configuration file or value
 
@@ -25,6 +26,11 @@ export class UsageError extends SockbridgeError {
 /** The configuration (file or effective values) is wrong or unusable. */
 export class ConfigError extends SockbridgeError {
   readonly exitCode = EXIT_CONFIG;
+}
+
+/** `sockbridge status` could not reach the service. */
+export class UnavailableError extends SockbridgeError {
+  readonly exitCode = EXIT_UNAVAILABLE;
 }
 
 /** Listening failed (port in use, bad address): a configuration problem. */

@@ -1,21 +1,32 @@
 // Entry point: parse the command line, then run one command. Operator errors
 // end as one line on stderr and a sysexits code, never as a stack trace.
 
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { checkTarget, CommandLine, loadConfig, parseCommandLine } from './config';
 import { renderConfigFile, renderHelp, renderMan, renderMarkdownTable } from './docs';
-import { EXIT_OK, EXIT_SOFTWARE, SockbridgeError, UsageError } from './errors';
+import { instanceControlPath, queryStatus } from './control';
+import { EXIT_OK, EXIT_SOFTWARE, SockbridgeError, UnavailableError, UsageError } from './errors';
 import { takeSystemdSockets } from './listeners';
 import { createLogger, Logger } from './log';
 import { Notifier } from './notify';
 import { formatValue, OPTIONS } from './options';
 import { Service, SingleProcess } from './service';
+import { renderStatus, StatusReport } from './status';
+import { VERSION } from './version';
 import { isWorkerProcess, Primary, runWorker } from './workers';
 
-function version(): string {
-  const pkg = JSON.parse(readFileSync(join(__dirname, '..', '..', 'package.json'), 'utf8')) as { version: string };
-  return pkg.version;
+async function status(cli: CommandLine): Promise<void> {
+  const setting = cli.values.get('control-socket')?.[0];
+  const path = setting && setting !== 'auto' ? setting : instanceControlPath(cli.instance ?? 'bridge');
+  let report: StatusReport;
+  try {
+    report = await queryStatus(path);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    const hint = code === 'ENOENT' ? 'is the service running (systemctl status bridge.service)? name another with --instance or --control-socket'
+      : code === 'EACCES' ? 'the control socket is for root and the service user: use sudo' : 'is the service healthy?';
+    throw new UnavailableError('ESTATUS', `cannot ask ${path}: ${code ?? (err as Error).message} — ${hint}`);
+  }
+  process.stdout.write(cli.json ? JSON.stringify(report, null, 2) + '\n' : renderStatus(report));
 }
 
 function checkConfig(cli: CommandLine): void {
@@ -33,7 +44,7 @@ function checkConfig(cli: CommandLine): void {
 function generate(what: string | undefined): void {
   switch (what) {
     case 'config': return void process.stdout.write(renderConfigFile());
-    case 'man': return void process.stdout.write(renderMan(version()));
+    case 'man': return void process.stdout.write(renderMan(VERSION));
     case 'markdown': return void process.stdout.write(renderMarkdownTable());
     default: throw new UsageError('EUSAGE_GENERATE', `generate needs one of: config, man, markdown (got ${what ?? 'nothing'})`);
   }
@@ -100,9 +111,10 @@ function main(argv: string[]): void {
   try {
     cli = parseCommandLine(argv);
     if (cli.help) return void process.stdout.write(renderHelp());
-    if (cli.version) return void process.stdout.write(`sockbridge ${version()}\n`);
+    if (cli.version) return void process.stdout.write(`sockbridge ${VERSION}\n`);
     if (cli.command === 'check-config') return checkConfig(cli);
     if (cli.command === 'generate') return generate(cli.args[0]);
+    if (cli.command === 'status') return void status(cli).catch(fail);
   } catch (err) {
     fail(err);
   }

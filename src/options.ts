@@ -25,6 +25,8 @@ export interface Config {
   logLevel: LogLevel;
   logTarget: 'auto' | 'journal' | 'stderr';
   workers: number;
+  controlSocket: string;
+  metricsListen: string;
 }
 
 /** A value the operator wrote is wrong; the caller adds where it came from. */
@@ -188,11 +190,33 @@ export const OPTIONS: readonly AnyOption[] = [
     name: 'workers', key: 'workers', ...countOpt(0, 64), default: 0, reloadable: false,
     help: 'Worker processes sharing the listening sockets (0 = one per CPU). max-conn is split among them; STATUS, reload and stop treat them as one service.',
   },
+  {
+    name: 'control-socket', key: 'controlSocket', type: 'path|auto|off', default: 'auto', reloadable: false,
+    help: 'UNIX socket (mode 0600) answering "sockbridge status". "auto": bridge.ctl in systemd\'s RuntimeDirectory= (/run/sockbridge), none outside systemd.',
+    parse: (raw) => {
+      const v = raw.trim();
+      if (v === '') throw new BadValue('expected a path, auto or off');
+      return v;
+    },
+    format: String,
+  },
+  {
+    name: 'metrics-listen', key: 'metricsListen', type: 'host:port', default: '', reloadable: false,
+    help: 'Serve Prometheus metrics at http://HOST:PORT/metrics (empty = off). Bind it to a private address.',
+    parse: (raw) => {
+      if (raw.trim() === '') return '';
+      parseListen(raw);
+      return raw.trim();
+    },
+    format: String,
+  },
 ];
 
 /** Flags that only make sense on the command line. */
 export const CLI_FLAGS: readonly { name: string; type: string; help: string }[] = [
   { name: 'config', type: 'file', help: 'Read options from FILE ("name = value" lines, "#" comments); the command line wins.' },
+  { name: 'instance', type: 'name', help: 'status: the instance to ask (bridge@NAME; default bridge), i.e. /run/sockbridge/NAME.ctl.' },
+  { name: 'json', type: '', help: 'status: print the report as JSON (a stable, documented shape).' },
   { name: 'help', type: '', help: 'Show this help and exit.' },
   { name: 'version', type: '', help: 'Show the version and exit.' },
 ];

@@ -19,6 +19,9 @@ import type { PassedSocket } from './listeners';
 import { createLogger, Logger } from './log';
 import { Notifier } from './notify';
 import type { Config } from './options';
+import { OperatorEndpoints, Service } from './service';
+import { buildReport, StatusReport } from './status';
+import { VERSION } from './version';
 
 const REPORT_EVERY_MS = 1000;
 /** A worker silent this long is considered hung: the watchdog stops being fed. */
@@ -73,8 +76,10 @@ interface WorkerState {
   listening: boolean;
 }
 
-export class Primary {
+export class Primary implements Service {
   private readonly workers = new Map<number, WorkerState>();
+  private readonly endpoints = new OperatorEndpoints();
+  private readonly startedAt = Date.now();
   private readonly problems: ProblemReporter;
   private readonly health: HealthCheck;
   private addresses: string[] = [];
@@ -106,6 +111,7 @@ export class Primary {
     cluster.setupPrimary({ args: process.argv.slice(2) });
     this.health.start();
     await Promise.all(Array.from({ length: this.count }, () => this.fork()));
+    await this.endpoints.start(this.cfg, () => this.report(), this.logger);
     logListening(this.logger, this.addresses, this.cfg.target, this.count);
     this.statusTimer = setInterval(() => this.tick(), REPORT_EVERY_MS);
     this.publishStatus();
@@ -214,6 +220,10 @@ export class Primary {
     }
   }
 
+  report(): StatusReport {
+    return buildReport({ version: VERSION, startedAt: this.startedAt, workers: this.workers.size, health: this.health, totals: this.totals(), cfg: this.cfg });
+  }
+
   private publishStatus(): void {
     this.notifier.status(statusLine(this.health.state, this.totals(), this.workers.size));
   }
@@ -236,6 +246,7 @@ export class Primary {
       this.notifier.stopping();
       if (this.statusTimer) clearInterval(this.statusTimer);
       this.broadcast({ t: 'stop' });
+      this.endpoints.stop();
       // Each worker drains for up to drain-timeout; give them that and a margin.
       const deadline = Date.now() + this.cfg.drainTimeout + 3000;
       while (this.workers.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));

@@ -1,0 +1,102 @@
+// The control socket, HAProxy's "stats socket": a UNIX socket in the service's
+// runtime directory (mode 0600) answering `status` with the StatusReport as
+// JSON. `sockbridge status` is its client. Also the optional Prometheus
+// endpoint (--metrics-listen), serving the same report as metrics.
+
+import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
+import http from 'node:http';
+import net from 'node:net';
+import { join } from 'node:path';
+import { ConfigError } from './errors';
+import type { Logger } from './log';
+import { parseListen } from './options';
+import { renderMetrics, StatusReport } from './status';
+
+const COMMAND_TIMEOUT_MS = 2000;
+const MAX_COMMAND_BYTES = 256;
+
+/** --control-socket "auto": systemd's RuntimeDirectory= (/run/sockbridge) if set, else none. */
+export function controlPath(setting: string, env: NodeJS.ProcessEnv): string | undefined {
+  if (setting === 'off') return undefined;
+  if (setting !== 'auto') return setting;
+  const runtime = env['RUNTIME_DIRECTORY']?.split(':')[0];
+  return runtime ? join(runtime, 'bridge.ctl') : undefined;
+}
+
+/** Where `sockbridge status --instance NAME` looks: the units put instance NAME's socket there. */
+export function instanceControlPath(instance: string): string {
+  return `/run/sockbridge/${instance}.ctl`;
+}
+
+export async function startControlServer(path: string, report: () => StatusReport, logger: Logger): Promise<net.Server> {
+  removeStaleSocket(path);
+  const server = net.createServer((conn) => {
+    conn.setTimeout(COMMAND_TIMEOUT_MS, () => conn.destroy());
+    conn.on('error', () => {});
+    let input = '';
+    conn.setEncoding('utf8');
+    conn.on('data', (chunk: string) => {
+      input += chunk;
+      const nl = input.indexOf('\n');
+      if (nl < 0 && input.length < MAX_COMMAND_BYTES) return;
+      const command = input.slice(0, nl < 0 ? MAX_COMMAND_BYTES : nl).trim();
+      conn.removeAllListeners('data');
+      if (command === 'status') conn.end(JSON.stringify(report()) + '\n');
+      else conn.end(JSON.stringify({ error: `unknown command "${command}"; the only command is "status"` }) + '\n');
+    });
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (err: NodeJS.ErrnoException) => reject(new ConfigError('ECONTROL', `cannot create the control socket ${path}: ${err.code ?? err.message} — check its directory or set --control-socket`)));
+    server.listen(path, () => resolve());
+  });
+  chmodSync(path, 0o600); // the service's own user (and root) only
+  logger.debug(`control socket at ${path}`);
+  return server;
+}
+
+/** A socket file left by a crashed run would make listen() fail with EADDRINUSE. */
+function removeStaleSocket(path: string): void {
+  try {
+    if (lstatSync(path).isSocket()) unlinkSync(path);
+  } catch {
+    // not there
+  }
+}
+
+/** The client side, for `sockbridge status`. */
+export function queryStatus(path: string): Promise<StatusReport> {
+  return new Promise((resolve, reject) => {
+    const conn = net.createConnection({ path });
+    let out = '';
+    conn.setEncoding('utf8');
+    conn.setTimeout(COMMAND_TIMEOUT_MS, () => conn.destroy(new Error('no answer within 2 s')));
+    conn.on('connect', () => conn.write('status\n'));
+    conn.on('data', (d: string) => { out += d; });
+    conn.on('end', () => {
+      try {
+        resolve(JSON.parse(out) as StatusReport);
+      } catch {
+        reject(new Error(`unexpected answer: ${out.slice(0, 200)}`));
+      }
+    });
+    conn.on('error', reject);
+  });
+}
+
+export async function startMetricsServer(address: string, report: () => StatusReport, logger: Logger): Promise<http.Server> {
+  const { host, port } = parseListen(address);
+  const server = http.createServer((req, res) => {
+    if (req.method !== 'GET' || (req.url !== '/metrics' && req.url !== '/')) {
+      res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: try /metrics\n');
+      return;
+    }
+    res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' }).end(renderMetrics(report()));
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (err: NodeJS.ErrnoException) => reject(new ConfigError('EMETRICS', `cannot listen for metrics on ${address}: ${err.code ?? err.message} — choose another --metrics-listen`)));
+    server.listen(host === undefined ? { port } : { port, host }, () => resolve());
+  });
+  const a = server.address() as net.AddressInfo;
+  logger.notice(`Prometheus metrics on http://${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}/metrics`, { EVENT: 'metrics-listening' });
+  return server;
+}

@@ -1,0 +1,101 @@
+// What `sockbridge status` and the Prometheus metrics report: one snapshot of
+// the whole service (all workers summed), in a stable JSON shape, a table for
+// people, and the Prometheus text format.
+
+import type { BridgeSnapshot } from './bridge';
+import type { HealthCheck } from './health';
+import { Config, formatValue, OPTIONS } from './options';
+
+/** The stable shape of `sockbridge status --json` (documented in README; add fields, never rename). */
+export interface StatusReport {
+  version: string;
+  pid: number;
+  startedAt: string;
+  uptimeSeconds: number;
+  workers: number;
+  target: {
+    path: string;
+    state: 'INIT' | 'UP' | 'DOWN';
+    stateSince: string;
+    secondsInState: number;
+    lastCheck: { ok: boolean; detail: string; at: string } | null;
+  };
+  sessions: { active: number; waiting: number; total: number; failed: number };
+  bytes: { in: number; out: number };
+  config: Record<string, string>;
+}
+
+export function buildReport(opts: {
+  version: string;
+  startedAt: number;
+  workers: number;
+  health: Pick<HealthCheck, 'state' | 'stateSince' | 'lastCheck'>;
+  totals: BridgeSnapshot;
+  cfg: Config;
+}): StatusReport {
+  const now = Date.now();
+  const { health, totals, cfg } = opts;
+  const config: Record<string, string> = {};
+  for (const o of OPTIONS) config[o.name] = formatValue(o, cfg);
+  return {
+    version: opts.version,
+    pid: process.pid,
+    startedAt: new Date(opts.startedAt).toISOString(),
+    uptimeSeconds: Math.round((now - opts.startedAt) / 1000),
+    workers: opts.workers,
+    target: {
+      path: cfg.target,
+      state: health.state,
+      stateSince: new Date(health.stateSince).toISOString(),
+      secondsInState: Math.round((now - health.stateSince) / 1000),
+      lastCheck: health.lastCheck ? { ok: health.lastCheck.ok, detail: health.lastCheck.detail, at: new Date(health.lastCheck.at).toISOString() } : null,
+    },
+    sessions: { active: totals.active, waiting: totals.waiting, total: totals.total, failed: totals.failed },
+    bytes: { in: totals.bytesIn, out: totals.bytesOut },
+    config,
+  };
+}
+
+function duration(seconds: number): string {
+  const d = Math.floor(seconds / 86400);
+  const h = Math.floor((seconds % 86400) / 3600);
+  const m = Math.floor((seconds % 3600) / 60);
+  const s = seconds % 60;
+  return d > 0 ? `${d}d ${h}h ${m}m` : h > 0 ? `${h}h ${m}m ${s}s` : m > 0 ? `${m}m ${s}s` : `${s}s`;
+}
+
+/** The human form: aligned "name  value" rows. */
+export function renderStatus(r: StatusReport): string {
+  const check = r.target.lastCheck ? `${r.target.lastCheck.ok ? 'ok' : 'failed'} (${r.target.lastCheck.detail}) at ${r.target.lastCheck.at}` : 'none yet';
+  const rows: [string, string][] = [
+    ['target', r.target.path],
+    ['state', `${r.target.state} for ${duration(r.target.secondsInState)}`],
+    ['last check', check],
+    ['sessions', `${r.sessions.active} active, ${r.sessions.waiting} waiting, ${r.sessions.total} served, ${r.sessions.failed} failed`],
+    ['bytes', `${r.bytes.in} in (client → target), ${r.bytes.out} out`],
+    ['uptime', `${duration(r.uptimeSeconds)} (pid ${r.pid}, ${r.workers} ${r.workers === 1 ? 'process' : 'workers'}, sockbridge ${r.version})`],
+    ...Object.entries(r.config).map(([k, v]): [string, string] => [`  ${k}`, v]),
+  ];
+  const width = Math.max(...rows.map(([k]) => k.length)) + 2;
+  return rows.map(([k, v], i) => (i === 6 ? 'configuration\n' : '') + `${k.padEnd(width)}${v}`).join('\n') + '\n';
+}
+
+/** Prometheus text exposition format, version 0.0.4. */
+export function renderMetrics(r: StatusReport): string {
+  const out: string[] = [];
+  const metric = (name: string, type: 'gauge' | 'counter', help: string, value: number): void => {
+    out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`, `${name} ${value}`);
+  };
+  metric('sockbridge_backend_up', 'gauge', 'Whether the target is marked UP by health checks (1) or not (0).', r.target.state === 'UP' ? 1 : 0);
+  metric('sockbridge_backend_state_seconds', 'gauge', 'Seconds since the target entered its current state.', r.target.secondsInState);
+  metric('sockbridge_backend_last_check_success', 'gauge', 'Whether the last health check succeeded.', r.target.lastCheck?.ok ? 1 : 0);
+  metric('sockbridge_sessions_active', 'gauge', 'Sessions connected to the target now.', r.sessions.active);
+  metric('sockbridge_sessions_waiting', 'gauge', 'Clients held waiting for the target or for a free slot under max-conn.', r.sessions.waiting);
+  metric('sockbridge_sessions_total', 'counter', 'Sessions ended, whatever the reason.', r.sessions.total);
+  metric('sockbridge_sessions_failed_total', 'counter', 'Sessions that never reached the target or ended on an error or timeout.', r.sessions.failed);
+  metric('sockbridge_received_bytes_total', 'counter', 'Bytes received from clients (and sent to the target).', r.bytes.in);
+  metric('sockbridge_sent_bytes_total', 'counter', 'Bytes sent to clients (received from the target).', r.bytes.out);
+  metric('sockbridge_workers', 'gauge', 'Worker processes accepting clients.', r.workers);
+  metric('sockbridge_start_time_seconds', 'gauge', 'Start time of the service, in seconds since the epoch.', Math.floor(Date.parse(r.startedAt) / 1000));
+  return out.join('\n') + '\n';
+}
