@@ -4,6 +4,7 @@
 // the caller, which reports the target's state through onBackendState().
 
 import type net from 'node:net';
+import { AccessList } from './access';
 import { Backend, Reporter } from './backend';
 import type { BackendState } from './health';
 import { checkDescriptorBudget, Listener, openListeners, PassedSocket } from './listeners';
@@ -30,6 +31,7 @@ export interface BridgeSnapshot {
   waiting: number;
   total: number;
   failed: number;
+  denied: number;
   bytesIn: number;
   bytesOut: number;
 }
@@ -47,6 +49,7 @@ export class Bridge {
   private stopping: Promise<void> | undefined;
   private queueFullReported = false;
   private backendState: BackendState = 'INIT';
+  private access: AccessList;
 
   constructor(
     private cfg: Config,
@@ -56,6 +59,7 @@ export class Bridge {
     private readonly hooks: BridgeHooks,
   ) {
     this.backend = new Backend(cfg, logger, problems, { onErrorLimit: hooks.onErrorLimit });
+    this.access = new AccessList(cfg.allow, cfg.deny);
     this.ctx = {
       backend: this.backend,
       logger,
@@ -75,7 +79,7 @@ export class Bridge {
 
   snapshot(): BridgeSnapshot {
     const s = this.stats;
-    return { active: s.active, waiting: this.backend.waiting + this.queued.length, total: s.total, failed: s.failed, bytesIn: s.bytesIn, bytesOut: s.bytesOut };
+    return { active: s.active, waiting: this.backend.waiting + this.queued.length, total: s.total, failed: s.failed, denied: s.denied, bytesIn: s.bytesIn, bytesOut: s.bytesOut };
   }
 
   /** Start accepting; the caller logs where (once per service, not per worker). */
@@ -97,6 +101,7 @@ export class Bridge {
       socket.destroy();
       return;
     }
+    if (!this.access.permits(socket.remoteAddress ?? '')) return this.refuse(socket);
     this.disarmIdleTimer();
     if (this.sessions.size === 0 && this.queued.length === 0) this.hooks.onBusyChange?.(true);
     if (this.sessions.size < this.cfg.maxConn) {
@@ -117,6 +122,16 @@ export class Bridge {
     }
     socket.on('error', noop);
     this.queued.push(socket);
+  }
+
+  /** Not on --allow, or on --deny: closed before a byte is read. */
+  private refuse(socket: net.Socket): void {
+    this.stats.denied++;
+    if (this.logger.enabled('info')) {
+      const addr = (socket.remoteAddress ?? '?').replace(/^::ffff:(?=\d+\.)/, '');
+      this.logger.info(`client ${addr}:${socket.remotePort} refused by --allow/--deny`, { EVENT: 'denied', CLIENT_ADDR: addr, CLIENT_PORT: socket.remotePort ?? 0 });
+    }
+    socket.destroy();
   }
 
   private onSessionClosed(session: Session): void {
@@ -185,6 +200,7 @@ export class Bridge {
     if (this.hooks.announce !== false) announceReload(this.logger, this.cfg, next);
     this.cfg = next;
     this.ctx.settings = next;
+    this.access = new AccessList(next.allow, next.deny);
     this.backend.configure(next);
     this.logger.setLevel(next.logLevel);
     this.disarmIdleTimer();

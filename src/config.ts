@@ -3,8 +3,8 @@
 
 import { readFileSync, statSync } from 'node:fs';
 import minimist from 'minimist';
-import { ConfigError, UsageError } from './errors';
-import { BadValue, Config, OptionSpec, OPTIONS, defaults, findOption } from './options';
+import { BadValue, ConfigError, UsageError } from './errors';
+import { Config, OptionSpec, OPTIONS, defaults, findOption } from './options';
 
 export type Command = 'run' | 'check-config' | 'status' | 'generate';
 const COMMANDS: readonly Command[] = ['run', 'check-config', 'status', 'generate'];

@@ -38,6 +38,9 @@ export class ListenError extends SockbridgeError {
   readonly exitCode = EXIT_CONFIG;
 }
 
+/** A value the operator wrote is wrong; the caller adds where it came from. */
+export class BadValue extends Error {}
+
 /** Error codes from connect(2) on the UNIX socket, grouped by what we do next. */
 export type BackendFailure =
   | 'absent' // ENOENT, ECONNREFUSED, EAGAIN, ECONNRESET: missing, restarting or queue full — wait for it

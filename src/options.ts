@@ -2,6 +2,9 @@
 // `check-config`, the generated conffile, man page and README table are all
 // derived from OPTIONS below: add an option here and nowhere else.
 
+import { parseCidrs } from './access';
+import { BadValue } from './errors';
+
 export type LogLevel = 'debug' | 'info' | 'notice' | 'warning' | 'error';
 export const LOG_LEVELS: readonly LogLevel[] = ['debug', 'info', 'notice', 'warning', 'error'];
 
@@ -26,11 +29,12 @@ export interface Config {
   logTarget: 'auto' | 'journal' | 'stderr';
   workers: number;
   controlSocket: string;
+  allow: string[];
+  deny: string[];
+  sendProxy: 'none' | 'v1' | 'v2';
   metricsListen: string;
 }
 
-/** A value the operator wrote is wrong; the caller adds where it came from. */
-export class BadValue extends Error {}
 
 export interface OptionSpec<K extends keyof Config> {
   /** Long option name, also the config-file key. */
@@ -118,6 +122,26 @@ export const OPTIONS: readonly AnyOption[] = [
       if (Buffer.byteLength(path) > 107) throw new BadValue('a UNIX socket path is at most 107 bytes; use a shorter path or a symlinked directory');
       return path;
     },
+    format: String,
+  },
+  {
+    name: 'allow', key: 'allow', type: 'cidr', default: [], reloadable: true,
+    help: 'Let clients from this address or CIDR in (repeatable; also any, localhost). As systemd\'s IPAddressAllow=: an allowed address is let in even if --deny matches it.',
+    parse: parseCidrs,
+    format: (v) => v.join(', '),
+    combine: (values) => values.flat(),
+  },
+  {
+    name: 'deny', key: 'deny', type: 'cidr', default: [], reloadable: true,
+    help: 'Refuse clients from this address or CIDR (repeatable; "any" with --allow makes an allow list). Refused clients are closed before anything is read.',
+    parse: parseCidrs,
+    format: (v) => v.join(', '),
+    combine: (values) => values.flat(),
+  },
+  {
+    name: 'send-proxy', key: 'sendProxy', type: 'none|v1|v2', default: 'none', reloadable: true,
+    help: "Send a PROXY protocol header (HAProxy's v1 text or v2 binary) to the target on each connection, so the program learns the client's address.",
+    parse: (raw) => oneOf(['none', 'v1', 'v2'] as const, raw),
     format: String,
   },
   {

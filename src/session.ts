@@ -17,9 +17,10 @@ import type net from 'node:net';
 import type { Backend, ConnectFailure, PendingConnect } from './backend';
 import type { Fields, Logger } from './log';
 import type { Config } from './options';
+import { proxyHeader } from './proxy-protocol';
 import type { Stats } from './stats';
 
-export type SessionSettings = Pick<Config, 'clientTimeout' | 'serverTimeout' | 'retries'>;
+export type SessionSettings = Pick<Config, 'clientTimeout' | 'serverTimeout' | 'retries' | 'sendProxy'>;
 
 export type CloseReason =
   | 'done' // both directions finished
@@ -135,6 +136,9 @@ export class Session {
     server.on('close', socketOnClose);
     const { clientTimeout, serverTimeout } = this.ctx.settings;
     if (serverTimeout > 0) server.setTimeout(serverTimeout);
+    // Every connection to the target, a retry's too, starts with the PROXY header.
+    const { sendProxy } = this.ctx.settings;
+    if (sendProxy !== 'none') server.write(proxyHeader(sendProxy, this.client));
     this.server = server;
     this.serverClosed = false;
     this.phase = Phase.Open;

@@ -11,6 +11,8 @@ export class Stats {
   total = 0;
   /** Sessions that never reached the target or ended on an error. */
   failed = 0;
+  /** Clients refused by --allow/--deny. */
+  denied = 0;
   bytesIn = 0;
   bytesOut = 0;
 }

@@ -20,7 +20,7 @@ export interface StatusReport {
     secondsInState: number;
     lastCheck: { ok: boolean; detail: string; at: string } | null;
   };
-  sessions: { active: number; waiting: number; total: number; failed: number };
+  sessions: { active: number; waiting: number; total: number; failed: number; denied: number };
   bytes: { in: number; out: number };
   config: Record<string, string>;
 }
@@ -50,7 +50,7 @@ export function buildReport(opts: {
       secondsInState: Math.round((now - health.stateSince) / 1000),
       lastCheck: health.lastCheck ? { ok: health.lastCheck.ok, detail: health.lastCheck.detail, at: new Date(health.lastCheck.at).toISOString() } : null,
     },
-    sessions: { active: totals.active, waiting: totals.waiting, total: totals.total, failed: totals.failed },
+    sessions: { active: totals.active, waiting: totals.waiting, total: totals.total, failed: totals.failed, denied: totals.denied },
     bytes: { in: totals.bytesIn, out: totals.bytesOut },
     config,
   };
@@ -71,7 +71,7 @@ export function renderStatus(r: StatusReport): string {
     ['target', r.target.path],
     ['state', `${r.target.state} for ${duration(r.target.secondsInState)}`],
     ['last check', check],
-    ['sessions', `${r.sessions.active} active, ${r.sessions.waiting} waiting, ${r.sessions.total} served, ${r.sessions.failed} failed`],
+    ['sessions', `${r.sessions.active} active, ${r.sessions.waiting} waiting, ${r.sessions.total} served, ${r.sessions.failed} failed, ${r.sessions.denied} refused`],
     ['bytes', `${r.bytes.in} in (client → target), ${r.bytes.out} out`],
     ['uptime', `${duration(r.uptimeSeconds)} (pid ${r.pid}, ${r.workers} ${r.workers === 1 ? 'process' : 'workers'}, sockbridge ${r.version})`],
     ...Object.entries(r.config).map(([k, v]): [string, string] => [`  ${k}`, v]),
@@ -93,6 +93,7 @@ export function renderMetrics(r: StatusReport): string {
   metric('sockbridge_sessions_waiting', 'gauge', 'Clients held waiting for the target or for a free slot under max-conn.', r.sessions.waiting);
   metric('sockbridge_sessions_total', 'counter', 'Sessions ended, whatever the reason.', r.sessions.total);
   metric('sockbridge_sessions_failed_total', 'counter', 'Sessions that never reached the target or ended on an error or timeout.', r.sessions.failed);
+  metric('sockbridge_connections_denied_total', 'counter', 'Clients refused by --allow/--deny.', r.sessions.denied);
   metric('sockbridge_received_bytes_total', 'counter', 'Bytes received from clients (and sent to the target).', r.bytes.in);
   metric('sockbridge_sent_bytes_total', 'counter', 'Bytes sent to clients (received from the target).', r.bytes.out);
   metric('sockbridge_workers', 'gauge', 'Worker processes accepting clients.', r.workers);

@@ -88,7 +88,7 @@ export class Primary implements Service {
   private idleSince = Date.now();
   private crashes: number[] = [];
   /** Counters of workers that have exited, so totals never go backwards. */
-  private retired: BridgeSnapshot = { active: 0, waiting: 0, total: 0, failed: 0, bytesIn: 0, bytesOut: 0 };
+  private retired: BridgeSnapshot = { active: 0, waiting: 0, total: 0, failed: 0, denied: 0, bytesIn: 0, bytesOut: 0 };
 
   constructor(
     private cfg: Config,
@@ -134,7 +134,7 @@ export class Primary implements Service {
       WATCHDOG_USEC: '',
     };
     const worker = cluster.fork(env);
-    const state: WorkerState = { worker, stats: { active: 0, waiting: 0, total: 0, failed: 0, bytesIn: 0, bytesOut: 0 }, busy: false, lastSeen: Date.now(), listening: false };
+    const state: WorkerState = { worker, stats: { active: 0, waiting: 0, total: 0, failed: 0, denied: 0, bytesIn: 0, bytesOut: 0 }, busy: false, lastSeen: Date.now(), listening: false };
     this.workers.set(worker.id, state);
     return new Promise((resolve, reject) => {
       worker.on('message', (msg: unknown) => {
@@ -169,7 +169,8 @@ export class Primary implements Service {
   private onWorkerExit(state: WorkerState, code: number | null, signal: string | null): void {
     this.workers.delete(state.worker.id);
     const s = state.stats;
-    this.retired = { active: 0, waiting: 0, total: this.retired.total + s.total, failed: this.retired.failed + s.failed, bytesIn: this.retired.bytesIn + s.bytesIn, bytesOut: this.retired.bytesOut + s.bytesOut };
+    const r = this.retired;
+    this.retired = { active: 0, waiting: 0, total: r.total + s.total, failed: r.failed + s.failed, denied: r.denied + s.denied, bytesIn: r.bytesIn + s.bytesIn, bytesOut: r.bytesOut + s.bytesOut };
     if (this.stopping || !state.listening) return;
     const now = Date.now();
     this.crashes = this.crashes.filter((t) => now - t < CRASH_WINDOW_MS);
@@ -205,6 +206,7 @@ export class Primary implements Service {
       t.waiting += s.waiting;
       t.total += s.total;
       t.failed += s.failed;
+      t.denied += s.denied;
       t.bytesIn += s.bytesIn;
       t.bytesOut += s.bytesOut;
     }

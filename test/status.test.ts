@@ -41,7 +41,7 @@ testBothModes('status: the control socket reports state, counters and configurat
   assert.equal(report.target.path, srv.path);
   assert.equal(report.target.state, 'UP');
   assert.equal(report.target.lastCheck?.ok, true);
-  assert.deepEqual(report.sessions, { active: 0, waiting: 0, total: 3, failed: 0 });
+  assert.deepEqual(report.sessions, { active: 0, waiting: 0, total: 3, failed: 0, denied: 0 });
   assert.deepEqual(report.bytes, { in: 12, out: 12 });
   assert.equal(report.workers, Number(mode[1]));
   assert.equal(report.config['target'], srv.path);
@@ -51,7 +51,7 @@ testBothModes('status: the control socket reports state, counters and configurat
   assert.equal(human.code, 0);
   assert.match(human.stdout, /^target\s+.*app\.sock$/m);
   assert.match(human.stdout, /^state\s+UP for \d+s$/m);
-  assert.match(human.stdout, /^sessions\s+0 active, 0 waiting, 3 served, 0 failed$/m);
+  assert.match(human.stdout, /^sessions\s+0 active, 0 waiting, 3 served, 0 failed, 0 refused$/m);
 });
 
 test('status: an unknown command on the control socket gets an error, not a crash', async (t) => {
