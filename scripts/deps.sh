@@ -6,8 +6,9 @@ cd "$(dirname "$0")/.."
 
 # Build: the two native addons (sd-notify, systemd-journald) need libsystemd,
 # a C++ compiler and python3 for node-gyp. Tests: systemd-socket-activate
-# (package systemd), ss (iproute2), python3 (the sd_notify listener).
-need=(libsystemd-dev g++ make python3 pkg-config systemd iproute2)
+# (package systemd), ss (iproute2), python3 (the sd_notify listener), openssl
+# (test certificates).
+need=(libsystemd-dev g++ make python3 pkg-config systemd iproute2 openssl)
 if ! command -v node >/dev/null; then
   need+=(nodejs npm libnode-dev) # Debian's Node 18; node-gyp builds against libnode-dev's headers
 fi

@@ -13,6 +13,7 @@ import type { Notifier } from './notify';
 import { Config, formatValue, OPTIONS } from './options';
 import { Session, SessionContext } from './session';
 import { Stats } from './stats';
+import { TlsTerminator } from './tls';
 
 const STATUS_EVERY_MS = 1000;
 
@@ -50,6 +51,7 @@ export class Bridge {
   private queueFullReported = false;
   private backendState: BackendState = 'INIT';
   private access: AccessList;
+  private tls: TlsTerminator | undefined;
 
   constructor(
     private cfg: Config,
@@ -60,6 +62,7 @@ export class Bridge {
   ) {
     this.backend = new Backend(cfg, logger, problems, { onErrorLimit: hooks.onErrorLimit });
     this.access = new AccessList(cfg.allow, cfg.deny);
+    this.tls = TlsTerminator.load(cfg);
     this.ctx = {
       backend: this.backend,
       logger,
@@ -102,6 +105,21 @@ export class Bridge {
       return;
     }
     if (!this.access.permits(socket.remoteAddress ?? '')) return this.refuse(socket);
+    if (!this.tls) return this.admit(socket);
+    const addr = clientAddress(socket);
+    socket.setNoDelay(true);
+    this.tls.wrap(socket, (secure) => this.admit(secure), (reason) => {
+      this.stats.denied++;
+      this.logger.warning(`TLS handshake with ${addr} failed, client refused: ${reason}`, { EVENT: 'tls-refused', CLIENT_ADDR: addr.replace(/:\d+$/, ''), ERROR: reason });
+    });
+  }
+
+  /** A client that may use the service: a session now, or a place in the queue over max-conn. */
+  private admit(socket: net.Socket): void {
+    if (this.stopping) {
+      socket.destroy();
+      return;
+    }
     this.disarmIdleTimer();
     if (this.sessions.size === 0 && this.queued.length === 0) this.hooks.onBusyChange?.(true);
     if (this.sessions.size < this.cfg.maxConn) {
@@ -128,8 +146,8 @@ export class Bridge {
   private refuse(socket: net.Socket): void {
     this.stats.denied++;
     if (this.logger.enabled('info')) {
-      const addr = (socket.remoteAddress ?? '?').replace(/^::ffff:(?=\d+\.)/, '');
-      this.logger.info(`client ${addr}:${socket.remotePort} refused by --allow/--deny`, { EVENT: 'denied', CLIENT_ADDR: addr, CLIENT_PORT: socket.remotePort ?? 0 });
+      const addr = clientAddress(socket);
+      this.logger.info(`client ${addr} refused by --allow/--deny`, { EVENT: 'denied', CLIENT_ADDR: addr.replace(/:\d+$/, ''), CLIENT_PORT: socket.remotePort ?? 0 });
     }
     socket.destroy();
   }
@@ -201,6 +219,12 @@ export class Bridge {
     this.cfg = next;
     this.ctx.settings = next;
     this.access = new AccessList(next.allow, next.deny);
+    try {
+      this.tls = TlsTerminator.load(next);
+    } catch (err) {
+      // The files changed between the primary's check and ours: keep serving with the old ones.
+      this.logger.error(`TLS files not reloaded, keeping the previous certificate: ${(err as Error).message}`, { EVENT: 'reload-failed' });
+    }
     this.backend.configure(next);
     this.logger.setLevel(next.logLevel);
     this.disarmIdleTimer();
@@ -249,6 +273,12 @@ export class Bridge {
 }
 
 function noop(): void {}
+
+/** "192.0.2.7:51234" or "[2001:db8::7]:51234"; IPv4-mapped addresses as plain IPv4. */
+function clientAddress(socket: net.Socket): string {
+  const addr = (socket.remoteAddress ?? '?').replace(/^::ffff:(?=\d+\.)/, '');
+  return `${addr.includes(':') ? `[${addr}]` : addr}:${socket.remotePort ?? 0}`;
+}
 
 /** The STATUS= line, shared by a single process and the primary of several workers. */
 export function statusLine(state: BackendState, s: BridgeSnapshot, workers?: number): string {

@@ -4,6 +4,7 @@
 import { readFileSync, statSync } from 'node:fs';
 import minimist from 'minimist';
 import { BadValue, ConfigError, UsageError } from './errors';
+import { TlsTerminator } from './tls';
 import { Config, OptionSpec, OPTIONS, defaults, findOption } from './options';
 
 export type Command = 'run' | 'check-config' | 'status' | 'generate';
@@ -156,6 +157,12 @@ export function loadConfig(cli: CommandLine): Config {
     }
   }
   return cfg;
+}
+
+/** Everything about a configuration that can be checked before running it. */
+export function validate(cfg: Config): void {
+  checkTarget(cfg);
+  TlsTerminator.load(cfg); // readable, parseable, matching files
 }
 
 /**

@@ -1,7 +1,7 @@
 // Entry point: parse the command line, then run one command. Operator errors
 // end as one line on stderr and a sysexits code, never as a stack trace.
 
-import { checkTarget, CommandLine, loadConfig, parseCommandLine } from './config';
+import { validate, CommandLine, loadConfig, parseCommandLine } from './config';
 import { renderConfigFile, renderHelp, renderMan, renderMarkdownTable } from './docs';
 import { instanceControlPath, queryStatus } from './control';
 import { EXIT_OK, EXIT_SOFTWARE, SockbridgeError, UnavailableError, UsageError } from './errors';
@@ -31,7 +31,7 @@ async function status(cli: CommandLine): Promise<void> {
 
 function checkConfig(cli: CommandLine): void {
   const cfg = loadConfig(cli);
-  checkTarget(cfg);
+  validate(cfg);
   const width = Math.max(...OPTIONS.map((o) => o.name.length));
   for (const o of OPTIONS) {
     // One line per value, so the output is itself a valid config file.
@@ -53,7 +53,7 @@ function generate(what: string | undefined): void {
 async function run(cli: CommandLine): Promise<void> {
   if (isWorkerProcess(process.env)) return runWorker(process.env);
   const cfg = loadConfig(cli);
-  checkTarget(cfg);
+  validate(cfg);
   const logger = createLogger(cfg);
   const notifier = Notifier.fromEnv(process.env, logger);
   const passed = takeSystemdSockets(process.env, process.pid);
@@ -84,7 +84,7 @@ function installProcessHandlers(service: Service, cli: CommandLine, logger: Logg
     }
     try {
       const next = loadConfig(cli);
-      checkTarget(next);
+      validate(next);
       service.reload(next);
     } catch (err) {
       if (!(err instanceof SockbridgeError)) throw err;

@@ -32,6 +32,9 @@ export interface Config {
   allow: string[];
   deny: string[];
   sendProxy: 'none' | 'v1' | 'v2';
+  tlsCert: string;
+  tlsKey: string;
+  tlsCa: string;
   metricsListen: string;
 }
 
@@ -98,6 +101,7 @@ export function parseListen(raw: string): { host: string | undefined; port: numb
   return { host, port };
 }
 
+const optionalPath = { type: 'path', parse: (raw: string) => raw.trim(), format: String } as const;
 const durationOpt = { type: 'duration', parse: parseDuration, format: formatDuration } as const;
 const countOpt = (min: number, max: number) =>
   ({ type: 'count', parse: (raw: string) => parseCount(raw, min, max), format: String }) as const;
@@ -137,6 +141,18 @@ export const OPTIONS: readonly AnyOption[] = [
     parse: parseCidrs,
     format: (v) => v.join(', '),
     combine: (values) => values.flat(),
+  },
+  {
+    name: 'tls-cert', key: 'tlsCert', ...optionalPath, default: '', reloadable: true,
+    help: 'Terminate TLS with this certificate chain (PEM); needs --tls-key. Re-read on reload. A relative path is looked up in $CREDENTIALS_DIRECTORY (LoadCredential=).',
+  },
+  {
+    name: 'tls-key', key: 'tlsKey', ...optionalPath, default: '', reloadable: true,
+    help: 'The private key of --tls-cert (PEM). Under systemd pass it with LoadCredential= and give its name here.',
+  },
+  {
+    name: 'tls-ca', key: 'tlsCa', ...optionalPath, default: '', reloadable: true,
+    help: 'Require client certificates signed by these CAs (PEM); clients without one never reach the target.',
   },
   {
     name: 'send-proxy', key: 'sendProxy', type: 'none|v1|v2', default: 'none', reloadable: true,

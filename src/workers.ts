@@ -311,6 +311,10 @@ export async function runWorker(env: NodeJS.ProcessEnv): Promise<void> {
   process.on('SIGINT', stop);
   process.on('SIGHUP', () => {}); // the primary reloads and tells us
   process.on('disconnect', stop); // the primary is gone
+  process.on('uncaughtException', (err) => {
+    logger.error(`internal error in worker ${process.pid}, exiting (the primary starts another): ${err.stack ?? err.message}`, { EVENT: 'crash' });
+    process.exit(EXIT_SOFTWARE);
+  });
   try {
     await bridge.start(passed);
   } catch (err) {

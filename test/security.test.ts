@@ -43,7 +43,7 @@ test('IPv6 clients are matched against IPv6 entries', async (t) => {
   const c = await connect(denied.port, '::1');
   c.on('error', () => {});
   await closedWithin(c, 5000);
-  await denied.waitForLog(/client ::1:\d+ refused/);
+  await denied.waitForLog(/client \[::1\]:\d+ refused/);
 });
 
 test('--allow and --deny reject malformed entries with exit 64', async () => {

@@ -6,8 +6,10 @@
 # Builds the .deb (scripts/build-deb.sh), boots a throw-away Debian 12
 # container with systemd-nspawn (--private-network: only its own loopback),
 # installs the package there as an operator would, and checks socket
-# activation, the journal, backend and service restarts, the watchdog,
-# reload, a second instance, the sandbox score, upgrade and removal.
+# activation, the journal, backend restarts (also one whose socket file is
+# group-accessible only late), service restarts, the watchdog, reload, a
+# second instance, `sockbridge status`, the sandbox score (also with the
+# metrics drop-in), a crash loop, upgrade and removal.
 # Prints one line per step and, last, "e2e: N passed, N failed".
 # Exits 0 with one "e2e: skipped: ..." line where it cannot run (not root,
 # no systemd-nspawn).
@@ -85,7 +87,9 @@ wait_exit() {
 
 boot_container() {
     local root=$1
-    systemd-nspawn --quiet --register=no --keep-unit --console=passive \
+    # The unified cgroup hierarchy (cgroup v2), as on a Debian 12 host, even
+    # where the host itself has a hybrid one.
+    SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 systemd-nspawn --quiet --register=no --keep-unit --console=passive \
         --boot --private-network --volatile=overlay --link-journal=no \
         --resolv-conf=off --timezone=off --machine=sockbridge-e2e \
         --bind-ro="$repo/build:/mnt/build" --bind-ro="$repo/test/e2e:/mnt/e2e" \
@@ -405,6 +409,33 @@ step_second_instance() {
     echo "bridge.service PID $(main_pid bridge.service), bridge@2345.service PID $(main_pid bridge@2345.service)"
 }
 
+step_status() {
+    # `sockbridge status` finds each unit's control socket by itself.
+    c sockbridge status | tee "$WORK/status.out"
+    grep -q 'target *.*/var/program/program.cmd' "$WORK/status.out"
+    c sockbridge status --instance 2345 | tee "$WORK/status2.out"
+    grep -q 'target *.*/var/program/second.cmd' "$WORK/status2.out"
+}
+
+step_metrics() {
+    local score
+    # The drop-in README.Debian and bridge.service document for metrics.
+    trap 'c rm -f /etc/systemd/system/bridge.service.d/metrics.conf
+          c sed -i "/^metrics-listen/d" /etc/sockbridge/bridge.conf
+          c systemctl daemon-reload; c systemctl restart bridge.service' EXIT
+    printf '[Service]\nPrivateNetwork=no\nRestrictAddressFamilies=AF_UNIX AF_INET AF_INET6\nIPAddressAllow=localhost\n' |
+        c sh -c 'cat >/etc/systemd/system/bridge.service.d/metrics.conf'
+    c sh -c 'echo "metrics-listen = 127.0.0.1:9101" >>/etc/sockbridge/bridge.conf'
+    c systemctl daemon-reload
+    c systemctl restart bridge.service
+    poll 10 c python3 -c 'import urllib.request; urllib.request.urlopen("http://127.0.0.1:9101/metrics", timeout=2)'
+    c python3 -c 'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:9101/metrics", timeout=2).read().decode())' |
+        grep -m 1 '^sockbridge_'
+    score=$(exposure bridge.service)
+    echo "systemd-analyze security bridge.service with the metrics drop-in: $score"
+    awk -v s="$score" -v m="$MAX_EXPOSURE" 'BEGIN { exit !(s <= m) }'
+}
+
 exposure() {
     c systemd-analyze security --no-pager "$1" |
         sed -n "s/.*Overall exposure level for $1: \([0-9.]*\).*/\1/p"
@@ -529,7 +560,9 @@ main() {
     step "6 watchdog kills frozen service, port accepts" step_watchdog
     step "7 reload applies config, open session survives" step_reload
     step "8 second instance bridge@2345 beside bridge" step_second_instance
+    step "8b sockbridge status for bridge and bridge@2345" step_status
     step "9 systemd-analyze security <= $MAX_EXPOSURE, verify" step_security
+    step "9b metrics with the documented drop-in, still <= $MAX_EXPOSURE" step_metrics
     step "12 crash loop (bad config) never wedges the socket" step_crash_loop
     step "11 reinstall (upgrade) keeps socket enabled" step_upgrade
     step "10 remove stops all, purge removes conffile" step_remove_purge

@@ -1,0 +1,154 @@
+// TLS termination with client certificates, tried with the inputs strangers
+// send: no certificate, one from another CA, an expired one, garbage instead of
+// a handshake. None of them reaches the program; each is logged with its address.
+
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import tls from 'node:tls';
+import { closedWithin, connect, echoServer, runBridge, startBridge, tempDir, UnixServer } from './helpers';
+
+function openssl(dir: string, ...args: string[]): void {
+  execFileSync('openssl', args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
+}
+
+/** A CA, a server certificate for 127.0.0.1, and client certificates: good, foreign, expired. */
+function makePki(dir: string): void {
+  const ca = (name: string): void => openssl(dir, 'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.crt`, '-days', '30', '-subj', `/CN=${name}`);
+  const csr = (name: string): void => openssl(dir, 'req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${name}`);
+  const sign = (name: string, by: string, ...extra: string[]): void => openssl(dir, 'x509', '-req', '-in', `${name}.csr`, '-CA', `${by}.crt`, '-CAkey', `${by}.key`, '-CAcreateserial', '-out', `${name}.crt`, '-days', '30', ...extra);
+  ca('ca');
+  ca('other-ca');
+  csr('server');
+  writeFileSync(join(dir, 'san.ext'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
+  sign('server', 'ca', '-extfile', 'san.ext');
+  csr('client');
+  sign('client', 'ca');
+  csr('stranger');
+  sign('stranger', 'other-ca');
+  // An expired certificate needs explicit dates: openssl ca can set them.
+  csr('expired');
+  writeFileSync(join(dir, 'index.txt'), '');
+  writeFileSync(join(dir, 'serial'), '1000\n');
+  writeFileSync(join(dir, 'ca.cnf'), `[ca]\ndefault_ca=d\n[d]\ndir=${dir}\ndatabase=${dir}/index.txt\nnew_certs_dir=${dir}\nserial=${dir}/serial\ndefault_md=sha256\npolicy=p\n[p]\ncommonName=supplied\n`);
+  openssl(dir, 'ca', '-batch', '-config', 'ca.cnf', '-cert', 'ca.crt', '-keyfile', 'ca.key', '-in', 'expired.csr', '-out', 'expired.crt', '-startdate', '20200101000000Z', '-enddate', '20200102000000Z', '-notext');
+}
+
+interface Setup {
+  dir: string;
+  srv: UnixServer;
+  seen: () => number;
+}
+
+async function setup(t: { after(fn: () => void): void }): Promise<Setup> {
+  const dir = tempDir(t);
+  makePki(dir);
+  const srv = await echoServer(join(dir, 'app.sock'));
+  t.after(() => srv.close());
+  let seen = 0;
+  srv.server.on('connection', () => { seen++; });
+  return { dir, srv, seen: () => seen };
+}
+
+function tlsConnect(port: number, dir: string, client?: string): Promise<tls.TLSSocket> {
+  return new Promise((resolve, reject) => {
+    const opts: tls.ConnectionOptions = { host: '127.0.0.1', port, ca: readFileSync(join(dir, 'ca.crt')) };
+    if (client) {
+      opts.cert = readFileSync(join(dir, `${client}.crt`));
+      opts.key = readFileSync(join(dir, `${client}.key`));
+    }
+    const s = tls.connect(opts, () => resolve(s));
+    s.once('error', reject);
+  });
+}
+
+/** Send, then read until EOF or an error; what arrived. */
+function exchange(s: tls.TLSSocket, data: string): Promise<string> {
+  return new Promise((resolve) => {
+    let got = '';
+    s.on('data', (d: Buffer) => { got += d.toString(); });
+    s.on('error', () => resolve(got));
+    s.on('end', () => resolve(got));
+    s.on('close', () => resolve(got));
+    s.write(data, () => s.end());
+  });
+}
+
+test('TLS with a valid client certificate: the session is relayed', async (t) => {
+  const { dir, srv, seen } = await setup(t);
+  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', srv.path, '--check-interval', '0', '--tls-cert', join(dir, 'server.crt'), '--tls-key', join(dir, 'server.key'), '--tls-ca', join(dir, 'ca.crt')]);
+  const s = await tlsConnect(bridge.port, dir, 'client');
+  assert.equal(await exchange(s, 'secret hello'), 'secret hello');
+  assert.equal(seen(), 1);
+});
+
+test('TLS: missing, foreign and expired client certificates never reach the program and are logged with the address', async (t) => {
+  const { dir, srv, seen } = await setup(t);
+  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', srv.path, '--check-interval', '0', '--tls-cert', join(dir, 'server.crt'), '--tls-key', join(dir, 'server.key'), '--tls-ca', join(dir, 'ca.crt')]);
+  for (const who of [undefined, 'stranger', 'expired']) {
+    let reply = '';
+    try {
+      const s = await tlsConnect(bridge.port, dir, who);
+      reply = await exchange(s, 'let me in');
+    } catch {
+      // TLS 1.3 may report the refusal at connect or at the first read: either way no reply
+    }
+    assert.equal(reply, '', `${who ?? 'no certificate'}: got a reply`);
+  }
+  await bridge.waitForLog(/TLS handshake with 127\.0\.0\.1:\d+ failed, client refused: (client certificate refused: no certificate sent|peer did not return a certificate)/);
+  await bridge.waitForLog(/client refused: client certificate refused: UNABLE_TO_VERIFY_LEAF_SIGNATURE/);
+  await bridge.waitForLog(/client refused: client certificate refused: CERT_HAS_EXPIRED/);
+  const refusals = bridge.log().match(/TLS handshake with 127\.0\.0\.1:\d+ failed/g) ?? [];
+  assert.equal(refusals.length, 3, bridge.log());
+  assert.equal(seen(), 0, 'a refused client reached the program');
+});
+
+test('TLS: garbage instead of a handshake closes only that connection', async (t) => {
+  const { dir, srv, seen } = await setup(t);
+  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', srv.path, '--check-interval', '0', '--tls-cert', join(dir, 'server.crt'), '--tls-key', join(dir, 'server.key')]);
+  const raw = await connect(bridge.port);
+  raw.on('error', () => {});
+  raw.write('GET / HTTP/1.0\r\n\r\n');
+  await closedWithin(raw, 5000);
+  await bridge.waitForLog(/TLS handshake with 127\.0\.0\.1:\d+ failed, client refused/);
+  assert.equal(seen(), 0);
+  // Without --tls-ca any client may use the service over TLS.
+  const s = await tlsConnect(bridge.port, dir);
+  assert.equal(await exchange(s, 'fine'), 'fine');
+});
+
+test('TLS: reload re-reads the certificate files (rotation without a restart)', async (t) => {
+  const { dir, srv } = await setup(t);
+  const live = join(dir, 'live.crt');
+  copyFileSync(join(dir, 'server.crt'), live);
+  const conf = join(dir, 'bridge.conf');
+  writeFileSync(conf, `listen = 127.0.0.1:0\ntarget = ${srv.path}\ntls-cert = ${live}\ntls-key = ${join(dir, 'server.key')}\n`);
+  const bridge = await startBridge(t, ['--config', conf]);
+  const serial = async (): Promise<string> => {
+    const s = await tlsConnect(bridge.port, dir);
+    const sn = s.getPeerCertificate().serialNumber;
+    s.destroy();
+    return sn;
+  };
+  const before = await serial();
+  // A new certificate for the same key, signed again: a different serial number.
+  openssl(dir, 'x509', '-req', '-in', 'server.csr', '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'live.crt', '-days', '30', '-extfile', 'san.ext');
+  bridge.child.kill('SIGHUP');
+  await bridge.waitForLog(/configuration reloaded/);
+  let after = before;
+  for (let i = 0; i < 20 && after === before; i++) after = await serial(); // every worker has reloaded
+  assert.notEqual(after, before);
+});
+
+test('TLS: a key that does not match the certificate is a configuration error (exit 78)', async (t) => {
+  const dir = tempDir(t);
+  makePki(dir);
+  const r = await runBridge(['check-config', '--tls-cert', join(dir, 'server.crt'), '--tls-key', join(dir, 'client.key')]);
+  assert.equal(r.code, 78);
+  assert.match(r.stderr, /cannot use --tls-cert .*server\.crt with --tls-key .*client\.key/);
+  const half = await runBridge(['check-config', '--tls-cert', join(dir, 'server.crt')]);
+  assert.equal(half.code, 78);
+  assert.match(half.stderr, /needs both --tls-cert and --tls-key/);
+});
