@@ -77,15 +77,19 @@ export class PendingConnect {
       this.lastError = err;
       const kind = classifyConnectError(err.code);
       this.backend.liveResult(kind, err);
-      if (kind === 'denied') return this.finish('target-denied', err);
       if (kind === 'other') return this.finish('target-error', err);
-      this.retryLater(); // absent or exhausted: both pass
+      // Absent, exhausted and denied all pass: a program that binds and then
+      // chmods its socket (socat's mode=, group=) is root-only for a moment.
+      this.retryLater();
     });
   }
 
   private retryLater(): void {
     const remaining = this.deadline - Date.now();
-    if (remaining <= 0) return this.finish('connect-timeout', this.lastError);
+    if (remaining <= 0) {
+      const denied = classifyConnectError(this.lastError?.code) === 'denied';
+      return this.finish(denied ? 'target-denied' : 'connect-timeout', this.lastError);
+    }
     // Exponential, capped, with jitter so held clients do not retry in lockstep.
     const wait = Math.min(remaining, this.delay * (0.8 + Math.random() * 0.4));
     this.delay = Math.min(this.delay * 2, BACKOFF_MAX_MS);

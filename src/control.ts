@@ -23,9 +23,13 @@ export function controlPath(setting: string, env: NodeJS.ProcessEnv): string | u
   return runtime ? join(runtime, 'bridge.ctl') : undefined;
 }
 
-/** Where `sockbridge status --instance NAME` looks: the units put instance NAME's socket there. */
+/**
+ * Where `sockbridge status --instance NAME` looks. bridge.service has
+ * RuntimeDirectory=sockbridge; each bridge@NAME.service its own
+ * sockbridge@NAME, since systemd removes a runtime directory when its unit stops.
+ */
 export function instanceControlPath(instance: string): string {
-  return `/run/sockbridge/${instance}.ctl`;
+  return instance === 'bridge' ? '/run/sockbridge/bridge.ctl' : `/run/sockbridge@${instance}/bridge.ctl`;
 }
 
 export async function startControlServer(path: string, report: () => StatusReport, logger: Logger): Promise<net.Server> {

@@ -44,7 +44,7 @@ export class BadValue extends Error {}
 /** Error codes from connect(2) on the UNIX socket, grouped by what we do next. */
 export type BackendFailure =
   | 'absent' // ENOENT, ECONNREFUSED, EAGAIN, ECONNRESET: missing, restarting or queue full — wait for it
-  | 'denied' // EACCES, EPERM: a permissions problem — retrying will not help
+  | 'denied' // EACCES, EPERM: a permissions problem — or a socket not yet chmod-ed after bind: wait, and say how to fix it
   | 'exhausted' // EMFILE, ENFILE, ENOBUFS, ENOMEM: out of descriptors or memory here — retry
   | 'other'; // anything else (ENOTSOCK, ENAMETOOLONG, …)
 

@@ -255,7 +255,7 @@ export const OPTIONS: readonly AnyOption[] = [
 /** Flags that only make sense on the command line. */
 export const CLI_FLAGS: readonly { name: string; type: string; help: string }[] = [
   { name: 'config', type: 'file', help: 'Read options from FILE ("name = value" lines, "#" comments); the command line wins.' },
-  { name: 'instance', type: 'name', help: 'status: the instance to ask (bridge@NAME; default bridge), i.e. /run/sockbridge/NAME.ctl.' },
+  { name: 'instance', type: 'name', help: 'status: the instance to ask: NAME for bridge@NAME.service (/run/sockbridge@NAME/bridge.ctl); default bridge.service (/run/sockbridge/bridge.ctl).' },
   { name: 'json', type: '', help: 'status: print the report as JSON (a stable, documented shape).' },
   { name: 'help', type: '', help: 'Show this help and exit.' },
   { name: 'version', type: '', help: 'Show the version and exit.' },

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { chmodSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { closedWithin, connect, echoServer, startBridge, tempDir, UnixServer } from './helpers';
+import { closedWithin, connect, echoServer, readAll, startBridge, tempDir, UnixServer } from './helpers';
 
 /** The program stops accepting (its socket file gone); its open connections carry on. */
 function stopListening(srv: UnixServer): void {
@@ -76,21 +76,38 @@ test('error-limit: consecutive connect errors from client traffic mark the targe
   await closedWithin(c, 5000);
 });
 
-test('permission denied: one clear message naming the fix, the client is closed at once, no spinning', { skip: process.getuid?.() !== 0 && 'needs root to run the bridge as another user' }, async (t) => {
+test('permission denied: held until connect-timeout (a chmod may be on its way), then closed; one clear message naming the fix', { skip: process.getuid?.() !== 0 && 'needs root to run the bridge as another user' }, async (t) => {
   const dir = tempDir(t);
   const path = join(dir, 'app.sock');
   const srv = await echoServer(path);
   t.after(() => srv.close());
   chmodSync(path, 0o600); // root only
-  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', path, '--connect-timeout', '10s', '--check-interval', '100ms'], {
+  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', path, '--connect-timeout', '400ms', '--check-interval', '100ms'], {
     spawn: { uid: 65534, gid: 65534 },
   });
   for (let i = 0; i < 3; i++) {
     const c = await connect(bridge.port);
     c.write('let me in');
-    await closedWithin(c, 2000); // not held for the 10 s connect-timeout
+    await closedWithin(c, 5000);
   }
   await bridge.waitForLog(/closed \(target-denied EACCES\)/);
   const messages = bridge.log().match(/EBACKEND_PERM: cannot connect to .*app\.sock: permission denied \(EACCES\) — give the service the socket's group \(SupplementaryGroups=/g) ?? [];
   assert.equal(messages.length, 1, `expected the problem once:\n${bridge.log()}`);
+});
+
+test('a socket made accessible after bind (bind, then chmod) costs held clients nothing', { skip: process.getuid?.() !== 0 && 'needs root to run the bridge as another user' }, async (t) => {
+  const dir = tempDir(t);
+  const path = join(dir, 'app.sock');
+  const srv = await echoServer(path);
+  t.after(() => srv.close());
+  chmodSync(path, 0o600);
+  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', path, '--connect-timeout', '10s'], {
+    spawn: { uid: 65534, gid: 65534 },
+  });
+  const c = await connect(bridge.port);
+  const reply = readAll(c);
+  c.end('patience');
+  await bridge.waitForLog(/EBACKEND_PERM/);
+  chmodSync(path, 0o666);
+  assert.equal((await reply).toString(), 'patience');
 });
