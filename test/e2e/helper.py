@@ -160,6 +160,26 @@ def roundtrip(host, port, name, size=1234):
     print(f"round trip ok: {host}:{port} via backend={name}, {size} bytes")
 
 
+def tls_roundtrip(host, port, name, cafile, certfile="", keyfile="", size=1234):
+    """A round trip over TLS, with a client certificate when CERTFILE is given."""
+    import ssl
+    ctx = ssl.create_default_context(cafile=cafile)
+    if certfile:
+        ctx.load_cert_chain(certfile, keyfile)
+    with connect(host, port) as raw, ctx.wrap_socket(raw, server_hostname=host) as s:
+        greet(s, name)
+        echo(s, make_payload(int(size)))
+    print(f"TLS round trip ok: {host}:{port} via backend={name}, {size} bytes, {'with' if certfile else 'without'} a client certificate")
+
+
+def journal_tls_refused():
+    for e in journal_entries():
+        if e.get("EVENT") == "tls-refused" and e.get("CLIENT_ADDR") == "127.0.0.1":
+            print(f"tls-refused: {e.get('MESSAGE')}")
+            return
+    sys.exit("no EVENT=tls-refused entry with CLIENT_ADDR=127.0.0.1")
+
+
 def loop(host, port, name, directory, max_seconds=120):
     """Sessions back to back; every failure is counted, none retried."""
     ok = failed = 0
@@ -254,6 +274,8 @@ COMMANDS = {
     "hold": hold,
     "journal-session-end": journal_session_end,
     "journal-reloaded": journal_reloaded,
+    "tls-roundtrip": tls_roundtrip,
+    "journal-tls-refused": journal_tls_refused,
 }
 
 if __name__ == "__main__":

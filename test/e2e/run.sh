@@ -436,6 +436,46 @@ step_metrics() {
     awk -v s="$score" -v m="$MAX_EXPOSURE" 'BEGIN { exit !(s <= m) }'
 }
 
+# A CA, a server certificate for 127.0.0.1 and a client certificate, made on
+# the host (the container has no openssl) and shared through /mnt/shared.
+make_certs() {
+    local d=$WORK/shared/tls
+    mkdir -p "$d"
+    (cd "$d"
+     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=e2e-ca
+     for n in server client; do
+         openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $n.key -out $n.csr -subj /CN=$n
+     done
+     echo 'subjectAltName=IP:127.0.0.1' >san.ext
+     openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile san.ext
+     openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out client.crt -days 2
+     chmod 644 client.key) >/dev/null 2>&1
+}
+
+step_tls() {
+    make_certs
+    trap 'c rm -f /etc/systemd/system/bridge.service.d/tls.conf
+          c sed -i "/^tls-/d" /etc/sockbridge/bridge.conf
+          c systemctl daemon-reload; c systemctl restart bridge.service' EXIT
+    # The key stays root-only; LoadCredential= hands the dynamic user a copy.
+    c install -m 0600 /mnt/shared/tls/server.key /etc/sockbridge/tls.key
+    c install -m 0644 /mnt/shared/tls/server.crt /etc/sockbridge/tls.crt
+    c install -m 0644 /mnt/shared/tls/ca.crt /etc/sockbridge/clients-ca.crt
+    printf '[Service]\nLoadCredential=tls.crt:/etc/sockbridge/tls.crt\nLoadCredential=tls.key:/etc/sockbridge/tls.key\nLoadCredential=clients-ca.crt:/etc/sockbridge/clients-ca.crt\n' |
+        c sh -c 'cat >/etc/systemd/system/bridge.service.d/tls.conf'
+    c sh -c 'printf "tls-cert = tls.crt\ntls-key = tls.key\ntls-ca = clients-ca.crt\n" >>/etc/sockbridge/bridge.conf'
+    c systemctl daemon-reload
+    c systemctl restart bridge.service
+    poll 15 c timeout 10 python3 "$H" tls-roundtrip 127.0.0.1 12345 main /mnt/shared/tls/ca.crt \
+        /mnt/shared/tls/client.crt /mnt/shared/tls/client.key
+    c timeout 10 python3 "$H" tls-roundtrip 127.0.0.1 12345 main /mnt/shared/tls/ca.crt \
+        /mnt/shared/tls/client.crt /mnt/shared/tls/client.key
+    # Without a client certificate: refused, never reaching the backend, logged.
+    not c timeout 10 python3 "$H" tls-roundtrip 127.0.0.1 12345 main /mnt/shared/tls/ca.crt
+    poll 10 journal_has journal-tls-refused ""
+    journal_has journal-tls-refused ""
+}
+
 exposure() {
     c systemd-analyze security --no-pager "$1" |
         sed -n "s/.*Overall exposure level for $1: \([0-9.]*\).*/\1/p"
@@ -521,8 +561,8 @@ step_remove_purge() {
 
 main() {
     [ "$(id -u)" -eq 0 ] || skip "needs root to boot a Debian 12 container with systemd-nspawn"
-    ensure_host_packages systemd-container debootstrap >/dev/null 2>&1 ||
-        skip "cannot install systemd-container and debootstrap with apt-get"
+    ensure_host_packages systemd-container debootstrap openssl >/dev/null 2>    ensure_host_packages systemd-container debootstrap >/dev/null 2>&1 ||1 ||
+        skip "cannot install systemd-container, debootstrap and openssl with apt-get"
     command -v systemd-nspawn >/dev/null || skip "systemd-nspawn is not available"
     ensure_base_root
     in_root "$BASE_ROOT" --volatile=overlay -- /bin/true >/dev/null 2>&1 ||
@@ -563,6 +603,7 @@ main() {
     step "8b sockbridge status for bridge and bridge@2345" step_status
     step "9 systemd-analyze security <= $MAX_EXPOSURE, verify" step_security
     step "9b metrics with the documented drop-in, still <= $MAX_EXPOSURE" step_metrics
+    step "9c TLS, keys by LoadCredential=, client certificate required" step_tls
     step "12 crash loop (bad config) never wedges the socket" step_crash_loop
     step "11 reinstall (upgrade) keeps socket enabled" step_upgrade
     step "10 remove stops all, purge removes conffile" step_remove_purge
