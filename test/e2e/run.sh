@@ -574,6 +574,7 @@ main() {
     echo "e2e: runtime root ready ($(elapsed "$t0"))"
 
     t0=$(now)
+    mkdir -p "$repo/build"
     bash "$repo/scripts/build-deb.sh" >"$repo/build/build-deb.log" 2>&1 ||
         { tail -n 30 "$repo/build/build-deb.log"; echo "e2e: 0 passed, 1 failed"; exit 1; }
     local debs=("$repo"/build/sockbridge_*.deb)
