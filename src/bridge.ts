@@ -107,7 +107,6 @@ export class Bridge {
     if (!this.access.permits(socket.remoteAddress ?? '')) return this.refuse(socket);
     if (!this.tls) return this.admit(socket);
     const addr = clientAddress(socket);
-    socket.setNoDelay(true);
     this.tls.wrap(socket, (secure) => this.admit(secure), (reason) => {
       this.stats.denied++;
       this.logger.warning(`TLS handshake with ${addr} failed, client refused: ${reason}`, { EVENT: 'tls-refused', CLIENT_ADDR: addr.replace(/:\d+$/, ''), ERROR: reason });

@@ -42,7 +42,7 @@ const ACCEPT_ERROR_LOG_EVERY_MS = 1000;
 
 /**
  * Start accepting. Clients arrive paused (pauseOnConnect) and half-open capable
- * (allowHalfOpen), as the relay needs both. Rejects with ListenError when an
+ * (allowHalfOpen), as the relay needs both, with TCP_NODELAY and keepalive on. Rejects with ListenError when an
  * address cannot be bound.
  */
 export async function openListeners(
@@ -60,7 +60,11 @@ export async function openListeners(
   const listeners: Listener[] = [];
   try {
     for (const spec of specs) {
-      const server = net.createServer({ pauseOnConnect: true, allowHalfOpen: true }, onConnection);
+      // TCP_NODELAY (no 40 ms Nagle/delayed-ACK stalls on request/response
+      // traffic) and keepalive are set by Node at accept, before any JS runs.
+      const server = net.createServer({
+        pauseOnConnect: true, allowHalfOpen: true, noDelay: true, keepAlive: true, keepAliveInitialDelay: 60_000,
+      }, onConnection);
       await new Promise<void>((resolve, reject) => {
         server.once('error', reject);
         // The backlog goes positionally: with an fd, Node ignores {backlog} and

@@ -90,8 +90,6 @@ export class Session {
     this.retriesLeft = ctx.settings.retries;
     // The client arrives paused: nothing is read until the target is connected,
     // so a held client's request waits in the kernel, not in our memory.
-    client.setNoDelay(true);
-    client.setKeepAlive(true, 60_000);
     client.on('error', socketOnError);
     client.on('close', socketOnClose);
     this.dial();
