@@ -101,6 +101,17 @@ export async function roundTrip(port: number, data: Buffer | string, timeoutMs =
   return out;
 }
 
+/** Retry round trips until one succeeds (the service recovered); fail after timeoutMs. */
+export function servedAgain(port: number, timeoutMs: number, what: string): Promise<void> {
+  return waitFor(async () => {
+    try {
+      return (await roundTrip(port, 'again?', 2000)).toString() === 'again?';
+    } catch {
+      return false;
+    }
+  }, timeoutMs, what);
+}
+
 /** Resolves when the peer closes (or resets) the connection; rejects if it stays open past timeoutMs. */
 export function closedWithin(s: net.Socket, timeoutMs: number): Promise<void> {
   return new Promise((resolve, reject) => {

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import type net from 'node:net';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { closedWithin, connect, delay, echoServer, roundTrip, startBridge, tempDir, unixServer, waitFor } from './helpers';
+import { closedWithin, connect, delay, echoServer, roundTrip, servedAgain, startBridge, tempDir, unixServer, waitFor } from './helpers';
 
 function firstData(s: net.Socket): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -91,12 +91,6 @@ test('out of file descriptors (EMFILE): the service keeps running and serves aga
   }
   await bridge.waitForLog(/max-conn \d+ needs about \d+ file descriptors but the limit is 48/);
   for (const c of clients) c.destroy();
-  await waitFor(async () => {
-    try {
-      return (await roundTrip(bridge.port, 'back', 2000)).toString() === 'back';
-    } catch {
-      return false;
-    }
-  }, 10_000, 'the bridge to serve again after the descriptors were freed');
+  await servedAgain(bridge.port, 10_000, 'the bridge to serve again after the descriptors were freed');
   assert.equal(bridge.child.exitCode, null, 'the bridge exited');
 });
