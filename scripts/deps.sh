@@ -23,4 +23,10 @@ if ((${#missing[@]})); then
   "${sudo[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+# node-gyp must build the addons against the installed Node's own headers
+# (nothing can be downloaded): Debian's libnode-dev and NodeSource's nodejs
+# both put them under /usr/include/node.
+if [ -z "${npm_config_nodedir:-}" ] && [ -f /usr/include/node/node.h ]; then
+  export npm_config_nodedir=/usr
+fi
 npm ci --no-audit --no-fund
