@@ -2,7 +2,7 @@
 // waiting for conditions with a deadline (never a bare sleep).
 
 import { ChildProcess, spawn, SpawnOptions } from 'node:child_process';
-import { chmodSync, mkdtempSync, rmSync, unlinkSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -216,4 +216,21 @@ export function freePort(): Promise<number> {
 /** Pin a behaviour down twice: with one process, and with a primary and two workers. */
 export function testBothModes(name: string, fn: (t: TestContext, mode: string[]) => Promise<void>): void {
   for (const workers of ['1', '2']) test(`${name} [workers ${workers}]`, (t) => fn(t, ['--workers', workers]));
+}
+
+/** The PIDs whose parent is `pid` (from /proc: no procps needed). */
+export function childPids(pid: number): number[] {
+  const children: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      // Field 4 of /proc/PID/stat, after "(comm)", which may itself hold spaces.
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      if (ppid === pid) children.push(Number(entry));
+    } catch {
+      // the process ended meanwhile
+    }
+  }
+  return children;
 }

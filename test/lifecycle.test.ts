@@ -3,9 +3,8 @@
 import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { execFileSync } from 'node:child_process';
 import { test } from 'node:test';
-import { closedWithin, connect, echoServer, readAll, roundTrip, startBridge, tempDir, testBothModes, unixServer, waitFor } from './helpers';
+import { childPids, closedWithin, connect, echoServer, readAll, roundTrip, startBridge, tempDir, testBothModes, unixServer, waitFor } from './helpers';
 
 testBothModes('SIGTERM drains: open sessions finish, new clients are refused, exit 0', async (t, mode) => {
   const dir = tempDir(t);
@@ -95,10 +94,10 @@ test('a worker that dies is replaced; the service keeps serving', async (t) => {
   const srv = await echoServer(join(dir, 'app.sock'));
   t.after(() => srv.close());
   const bridge = await startBridge(t, ['--workers', '2', '--listen', '127.0.0.1:0', '--target', srv.path]);
-  const workers = (): number[] => execFileSync('pgrep', ['-P', String(bridge.child.pid)], { encoding: 'utf8' }).trim().split('\n').map(Number);
+  const workers = (): number[] => childPids(bridge.child.pid!);
   const [victim] = workers();
   process.kill(victim!, 'SIGKILL');
   await bridge.waitForLog(new RegExp(`worker ${victim} exited \\(SIGKILL\\); starting a new one`));
-  await waitFor(() => { try { return workers().length === 2 && !workers().includes(victim!); } catch { return false; } }, 10_000, 'a replacement worker');
+  await waitFor(() => workers().length === 2 && !workers().includes(victim!), 10_000, 'a replacement worker');
   for (let i = 0; i < 10; i++) assert.equal((await roundTrip(bridge.port, `after ${i}`)).toString(), `after ${i}`);
 });

@@ -7,7 +7,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { takeSystemdSockets } from '../src/listeners';
-import { echoServer, freePort, roundTrip, startBridge, tempDir, testBothModes, waitFor } from './helpers';
+import { childPids, echoServer, freePort, roundTrip, startBridge, tempDir, testBothModes, waitFor } from './helpers';
 
 function have(cmd: string): boolean {
   try {
@@ -146,7 +146,7 @@ test('watchdog: the primary stops feeding it while a worker hangs, and resumes w
   });
   const pings = (): number => messages.filter((m) => m === 'WATCHDOG=1').length;
   await waitFor(() => pings() >= 2, 5000, 'watchdog pings');
-  const [worker] = execFileSync('pgrep', ['-P', String(bridge.child.pid)], { encoding: 'utf8' }).trim().split('\n').map(Number);
+  const [worker] = childPids(bridge.child.pid!);
   process.kill(worker!, 'SIGSTOP');
   t.after(() => { try { process.kill(worker!, 'SIGCONT'); } catch { /* gone */ } });
   // Within a few report intervals the pings stop: systemd would restart the service.
