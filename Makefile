@@ -4,7 +4,7 @@
 
 SHELL := /bin/bash
 ARGS ?=
-TS_SOURCES := $(shell find src test -name '*.ts' 2>/dev/null) tsconfig.json
+TS_SOURCES := $(shell find src test bench -name '*.ts' 2>/dev/null) tsconfig.json
 
 .PHONY: all deps build run demo test unit e2e deb bench clean docs
 
@@ -47,6 +47,11 @@ docs: build
 	node dist/src/main.js generate markdown > build-table.md.tmp
 	python3 -c 'import re,sys; r=open("README.md").read(); t=open("build-table.md.tmp").read(); open("README.md","w").write(re.sub(r"(<!-- options:begin -->\n).*?(<!-- options:end -->)", lambda m: m.group(1)+t+m.group(2), r, flags=re.S))'
 	rm -f build-table.md.tmp
+
+# sockbridge side by side with HAProxy, nginx, socat, socket-proxyd and a direct
+# connection, as ratios (QUICK=1: about 2 minutes). Results in bench/out/.
+bench: build
+	node dist/bench/run.js
 
 clean:
 	rm -rf dist build run

@@ -1,0 +1,196 @@
+// The bridges the benchmark compares, how to install the peers, and how to
+// start each one on a loopback port in front of the test server's socket.
+
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+export interface BridgeContext {
+  /** Loopback TCP port the bridge listens on. */
+  port: number;
+  /** The UNIX socket of the test server. */
+  target: string;
+  /** A private directory for the bridge's config, pid and logs. */
+  dir: string;
+  /** Worker threads/processes for peers that have the knob (matched to sockbridge). */
+  threads: number;
+  /** Where the bridge's stderr goes. */
+  stderrFile: string;
+}
+
+export interface Command {
+  cmd: string;
+  args: string[];
+}
+
+export interface Bridge {
+  name: string;
+  /** Why it cannot run on this machine, or null when it can. */
+  unavailable(): string | null;
+  /** The process to start; null for "direct" (the client talks to the UNIX socket itself). */
+  command(ctx: BridgeContext): Command | null;
+}
+
+const HAPROXY = '/usr/sbin/haproxy';
+const NGINX = '/usr/sbin/nginx';
+const NGINX_STREAM = '/usr/lib/nginx/modules/ngx_stream_module.so';
+const SOCAT = '/usr/bin/socat';
+const PROXYD = '/lib/systemd/systemd-socket-proxyd';
+const ACTIVATE = '/usr/bin/systemd-socket-activate';
+
+/** Debian 12 package for each file a peer needs. */
+const PACKAGES: [string, string][] = [
+  [HAPROXY, 'haproxy'],
+  [NGINX, 'nginx'],
+  [NGINX_STREAM, 'libnginx-mod-stream'], // the stream module is a separate package in Debian 12
+  [SOCAT, 'socat'],
+  [PROXYD, 'systemd'],
+  [ACTIVATE, 'systemd'],
+];
+
+function aptInstall(pkgs: string[]): boolean {
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+  const run = (args: string[]): boolean =>
+    spawnSync('apt-get', args, { stdio: ['ignore', 'ignore', 'inherit'], env, timeout: 300_000 }).status === 0;
+  const install = ['install', '-y', '-q', '--no-install-recommends', ...pkgs];
+  // A stale package list is the usual reason for a failure: refresh once and retry.
+  return run(install) || (run(['update', '-q']) && run(install));
+}
+
+/** Install whichever peers are missing. A failure only costs those peers their column. */
+export function installPeers(): void {
+  const missing = [...new Set(PACKAGES.filter(([file]) => !existsSync(file)).map(([, pkg]) => pkg))];
+  if (missing.length === 0) return;
+  if (process.getuid && process.getuid() !== 0) {
+    console.log(`bench: not root, cannot install ${missing.join(' ')}; those columns will be n/a`);
+    return;
+  }
+  console.log(`bench: installing ${missing.join(' ')} with apt-get`);
+  if (!aptInstall(missing)) console.log(`bench: apt-get install ${missing.join(' ')} failed; missing peers will be n/a`);
+}
+
+function missingFile(...files: string[]): string | null {
+  const f = files.find((x) => !existsSync(x));
+  return f ? `${f} not installed` : null;
+}
+
+function haproxyConfig(ctx: BridgeContext): string {
+  // No "log" line: HAProxy logs nothing without one. No splice options: the
+  // default is no splicing, which is the fair comparison for a userspace relay.
+  return `global
+    nbthread ${ctx.threads}
+    maxconn 8192
+    pidfile ${join(ctx.dir, 'haproxy.pid')}
+
+defaults
+    mode tcp
+    maxconn 8192
+    timeout connect 5s
+    timeout client 50s
+    timeout server 50s
+
+frontend bench_in
+    bind 127.0.0.1:${ctx.port}
+    default_backend bench_unix
+
+backend bench_unix
+    # A server address starting with "/" is a UNIX stream socket.
+    server s1 ${ctx.target} maxconn 8192
+`;
+}
+
+function nginxConfig(ctx: BridgeContext): string {
+  // Runs as root: the workers must reach the test socket, and the benchmark
+  // already runs as root to install the peers.
+  return `load_module ${NGINX_STREAM};
+user root;
+worker_processes ${ctx.threads};
+worker_rlimit_nofile 20000;
+pid ${join(ctx.dir, 'nginx.pid')};
+error_log ${join(ctx.dir, 'error.log')} notice;
+
+events {
+    worker_connections 8192;
+}
+
+stream {
+    server {
+        listen 127.0.0.1:${ctx.port};
+        proxy_pass unix:${ctx.target};
+        proxy_connect_timeout 5s;
+        proxy_timeout 50s;
+    }
+}
+`;
+}
+
+function writeConfig(ctx: BridgeContext, name: string, text: string): string {
+  mkdirSync(ctx.dir, { recursive: true });
+  const file = join(ctx.dir, name);
+  writeFileSync(file, text);
+  return file;
+}
+
+/** Does this sockbridge build have a --workers option? */
+function sockbridgeHasWorkers(bin: string): boolean {
+  const help = spawnSync(bin, ['--help'], { encoding: 'utf8', timeout: 20_000 });
+  return /--workers\b/.test(`${help.stdout ?? ''}${help.stderr ?? ''}`);
+}
+
+export function allBridges(sockbridgeBin: string): Bridge[] {
+  const hasWorkers = sockbridgeHasWorkers(sockbridgeBin);
+  // Logging at sockbridge's default level (info: one line per session), on stderr.
+  const sockbridge = (name: string, extra: string[]): Bridge => ({
+    name,
+    unavailable: () => missingFile(sockbridgeBin),
+    command: (ctx) => ({
+      cmd: sockbridgeBin,
+      args: ['--listen', `127.0.0.1:${ctx.port}`, '--target', ctx.target, '--log-target', 'stderr', ...extra],
+    }),
+  });
+  return [
+    { name: 'direct', unavailable: () => null, command: () => null },
+    sockbridge('sockbridge-1', hasWorkers ? ['--workers', '1'] : []),
+    sockbridge('sockbridge', []),
+    {
+      name: 'haproxy',
+      unavailable: () => missingFile(HAPROXY),
+      // -db: stay in the foreground, so the PID we started is the proxy.
+      command: (ctx) => ({ cmd: HAPROXY, args: ['-db', '-f', writeConfig(ctx, 'haproxy.cfg', haproxyConfig(ctx))] }),
+    },
+    {
+      name: 'nginx',
+      unavailable: () => missingFile(NGINX, NGINX_STREAM),
+      command: (ctx) => ({
+        cmd: NGINX,
+        args: [
+          '-p', ctx.dir,
+          '-e', join(ctx.dir, 'error.log'),
+          '-c', writeConfig(ctx, 'nginx.conf', nginxConfig(ctx)),
+          '-g', 'daemon off;',
+        ],
+      }),
+    },
+    {
+      name: 'socat',
+      unavailable: () => missingFile(SOCAT),
+      // nodelay: every other peer sets TCP_NODELAY on its client side; without it
+      // socat would be measured on Nagle delays rather than on its design.
+      command: (ctx) => ({
+        cmd: SOCAT,
+        args: [`TCP-LISTEN:${ctx.port},bind=127.0.0.1,fork,reuseaddr,nodelay`, `UNIX-CONNECT:${ctx.target}`],
+      }),
+    },
+    {
+      name: 'socket-proxyd',
+      unavailable: () => missingFile(PROXYD, ACTIVATE),
+      // socket-proxyd starts at the first connection (socket activation). Its
+      // default cap of 256 connections would fail the 2,000-connection idle
+      // test on a limit rather than on memory, so it is raised like HAProxy's maxconn.
+      command: (ctx) => ({
+        cmd: ACTIVATE,
+        args: ['-l', `127.0.0.1:${ctx.port}`, PROXYD, '--connections-max=8192', ctx.target],
+      }),
+    },
+  ];
+}

@@ -1,0 +1,571 @@
+// `make bench`: sockbridge against its alternatives, side by side in one run.
+//
+// Every bridge is started fresh on its own loopback port in front of the same
+// test server socket and kept until the end; each workload (bench/bin/load)
+// then runs on all bridges back to back, reading each bridge's process-tree
+// CPU time and memory from /proc. Absolute numbers on a shared 2-core box are
+// noise, so the table's point is the ratios (sockbridge / HAProxy,
+// sockbridge / direct), measured seconds apart and, in a full run, the median
+// of three passes in alternating bridge order. Every process is stopped by PID.
+//
+// QUICK=1 shortens every workload (about 2 minutes in all instead of < 10).
+// BRIDGES=a,b,c runs only those columns (for development).
+
+import { ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import { join, resolve } from 'node:path';
+import { allBridges, Bridge, installPeers } from './bridges';
+import { delay, processTree, stopTree, treeCpuSeconds, treePssKiB, waitUntil } from './proc';
+import { Metrics, renderMarkdown, renderText, tableRows, Value, verdicts } from './report';
+
+const ROOT = resolve(__dirname, '..', '..');
+const BENCH = join(ROOT, 'bench');
+const OUT = join(BENCH, 'out');
+const LOAD = join(BENCH, 'bin', 'load');
+const SERVER = join(BENCH, 'bin', 'server');
+const SOCKBRIDGE = join(ROOT, 'bin', 'sockbridge');
+
+interface Plan {
+  quick: boolean;
+  /** Times the ping-pong, bulk, request/response and churn workloads run (median taken). */
+  passes: number;
+  /** Seconds per ping-pong, bulk and churn workload, per pass. */
+  seconds: number;
+  /** Seconds per request/response size. */
+  reqSeconds: number;
+  idleConns: number;
+  verifyBytes: number;
+  /** Ping-pong message size in bytes. */
+  pingSize: number;
+  /** Threads/worker processes for HAProxy and nginx: sockbridge's default worker count. */
+  threads: number;
+}
+
+function makePlan(): Plan {
+  const quick = !!process.env.QUICK && process.env.QUICK !== '0';
+  return {
+    quick,
+    passes: quick ? 1 : 3,
+    seconds: 2,
+    reqSeconds: 1,
+    idleConns: quick ? 500 : 2000,
+    verifyBytes: (quick ? 32 : 256) * 1024 * 1024,
+    pingSize: 64,
+    threads: nproc(),
+  };
+}
+
+/** CPUs this process may use (what `nproc` says), the default worker count of sockbridge. */
+function nproc(): number {
+  const n = Number(spawnSync('nproc', { encoding: 'utf8' }).stdout);
+  return Number.isInteger(n) && n > 0 ? n : os.cpus().length;
+}
+
+// ---- child processes ---------------------------------------------------------------
+
+/** Everything started and not yet stopped, so a Ctrl-C still stops it all. */
+const live = new Set<ChildProcess>();
+
+function track(child: ChildProcess): ChildProcess {
+  live.add(child);
+  child.once('exit', () => live.delete(child));
+  return child;
+}
+
+async function stop(child: ChildProcess | null): Promise<void> {
+  if (!child) return;
+  await stopTree(child);
+  live.delete(child);
+}
+
+type Json = Record<string, unknown>;
+
+function parseLines(text: string): Json[] {
+  const out: Json[] = [];
+  for (const line of text.split('\n')) {
+    if (!line.startsWith('{')) continue;
+    try {
+      out.push(JSON.parse(line) as Json);
+    } catch {
+      // not one of ours
+    }
+  }
+  return out;
+}
+
+function num(j: Json | undefined, key: string): Value {
+  const v = j?.[key];
+  return typeof v === 'number' && Number.isFinite(v) ? v : typeof v === 'boolean' ? Number(v) : null;
+}
+
+/** Run bench/bin/load to completion (killed after timeoutMs); its last JSON line. */
+function runLoad(args: string[], timeoutMs: number): Promise<Json> {
+  return new Promise((resolvePromise, reject) => {
+    const child = track(spawn(LOAD, args, { stdio: ['ignore', 'pipe', 'pipe'] }));
+    let stdout = '';
+    let stderr = '';
+    child.stdout?.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    // 'close', not 'exit': stdout may still hold the result when the process exits.
+    child.on('close', () => {
+      clearTimeout(timer);
+      const lines = parseLines(stdout);
+      if (lines.length > 0) resolvePromise(lines[lines.length - 1]);
+      else reject(new Error(`load ${args[0]} gave no result: ${stderr.trim() || 'killed after timeout'}`));
+    });
+  });
+}
+
+// ---- the test server behind every bridge ------------------------------------------
+
+type ServerMode = 'echo' | 'sink' | 'source';
+
+/** bench/bin/server on one fixed path; restarted in another mode when a workload needs it. */
+class TestServer {
+  private child: ChildProcess | null = null;
+  private mode: ServerMode | null = null;
+  constructor(readonly path: string) {}
+
+  async use(mode: ServerMode): Promise<void> {
+    if (this.mode === mode) return;
+    await this.stop();
+    this.child = track(spawn(SERVER, [mode, this.path], { stdio: ['ignore', 'ignore', 'inherit'] }));
+    this.mode = mode;
+    if (!(await waitUntil(() => canConnect(this.path), 5000))) throw new Error(`test server (${mode}) did not start`);
+  }
+
+  async stop(): Promise<void> {
+    await stop(this.child);
+    this.child = null;
+    this.mode = null;
+  }
+}
+
+/** A client socket to a UNIX path or to 127.0.0.1:PORT. */
+function connectTo(address: string): net.Socket {
+  return address.startsWith('/') ? net.connect(address) : net.connect(Number(address.split(':')[1]), '127.0.0.1');
+}
+
+function canConnect(address: string): Promise<boolean> {
+  return new Promise((r) => {
+    const s = connectTo(address);
+    s.once('connect', () => {
+      s.destroy();
+      r(true);
+    });
+    s.once('error', () => r(false));
+  });
+}
+
+/** One 16-byte echo round trip through the bridge: it accepts and relays. */
+function echoesOnce(address: string, timeoutMs: number): Promise<boolean> {
+  return new Promise((r) => {
+    const s = connectTo(address);
+    const msg = 'ready-check-0123';
+    let got = '';
+    const done = (ok: boolean): void => {
+      clearTimeout(timer);
+      s.destroy();
+      r(ok);
+    };
+    const timer = setTimeout(() => done(false), timeoutMs);
+    s.once('connect', () => s.write(msg));
+    s.on('data', (d: Buffer) => {
+      got += d.toString();
+      if (got.length >= msg.length) done(got === msg);
+    });
+    s.once('error', () => done(false));
+    s.once('close', () => done(got === msg));
+  });
+}
+
+function freePort(): Promise<number> {
+  return new Promise((r, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const addr = srv.address();
+      const port = typeof addr === 'object' && addr ? addr.port : 0;
+      srv.close(() => r(port));
+    });
+  });
+}
+
+// ---- one bridge, one workload ------------------------------------------------------
+
+/** One bridge, started once and kept for the whole run. */
+interface Lane {
+  bridge: Bridge;
+  plan: Plan;
+  server: TestServer;
+  child: ChildProcess | null;
+  /** What the load client connects to: 127.0.0.1:PORT, or the UNIX path for "direct". */
+  address: string;
+  /** Root PID of the bridge's process tree; null for "direct". */
+  pid: number | null;
+  /** Every load result, for the JSON file. */
+  raw: Json[];
+  /** Seconds spent on this bridge's workloads. */
+  seconds: number;
+}
+
+type Workload = (lane: Lane, m: Metrics) => Promise<void>;
+
+/** Run the load client and the bridge's CPU seconds spent meanwhile (null for direct). */
+async function measured(lane: Lane, args: string[], timeoutMs: number): Promise<{ res: Json; cpu: Value }> {
+  const before = lane.pid === null ? 0 : treeCpuSeconds(lane.pid);
+  const res = await runLoad([...args, '--target', lane.address], timeoutMs);
+  const cpu = lane.pid === null ? null : treeCpuSeconds(lane.pid) - before;
+  lane.raw.push({ ...res, bridge_cpu_s: cpu });
+  return { res, cpu };
+}
+
+const limit = (seconds: number): number => (seconds + 60) * 1000;
+
+async function halfClose(lane: Lane, m: Metrics): Promise<void> {
+  await lane.server.use('echo');
+  const { res } = await measured(lane, ['halfclose', '--size', '16384', '--trials', '10'], limit(10));
+  m.halfclose_ok = num(res, 'ok');
+}
+
+async function pingPong1(lane: Lane, m: Metrics): Promise<void> {
+  await lane.server.use('echo');
+  const { seconds, pingSize } = lane.plan;
+  const { res } = await measured(lane, ['pingpong', '--conns', '1', '--size', `${pingSize}`, '--duration', `${seconds}`], limit(seconds));
+  m.pp1_p50_us = num(res, 'p50_us');
+  m.pp1_p99_us = num(res, 'p99_us');
+  m.pp1_rtps = num(res, 'rt_per_s');
+}
+
+async function pingPong32(lane: Lane, m: Metrics): Promise<void> {
+  await lane.server.use('echo');
+  const { seconds, pingSize } = lane.plan;
+  const { res, cpu } = await measured(lane, ['pingpong', '--conns', '32', '--size', `${pingSize}`, '--duration', `${seconds}`], limit(seconds));
+  m.pp32_rtps = num(res, 'rt_per_s');
+  m.pp32_p99_us = num(res, 'p99_us');
+  const rts = num(res, 'all_round_trips'); // CPU was measured over the warm-up too
+  m.cpu_us_per_rt = cpu === null || !rts ? null : (cpu * 1e6) / rts;
+}
+
+// Bulk CPU and bytes are kept ("_" keys: in the JSON, not in the table) so
+// CPU s per GiB can be derived over both directions once both ran.
+async function bulkUp(lane: Lane, m: Metrics): Promise<void> {
+  await lane.server.use('sink');
+  const { res, cpu } = await measured(lane, ['bulk-up', '--duration', `${lane.plan.seconds}`], limit(lane.plan.seconds));
+  m.bulk_up_mbps = num(res, 'mb_per_s');
+  m._bulk_up_bytes = num(res, 'bytes');
+  m._bulk_up_cpu_s = cpu;
+}
+
+async function bulkDown(lane: Lane, m: Metrics): Promise<void> {
+  await lane.server.use('source');
+  const { res, cpu } = await measured(lane, ['bulk-down', '--duration', `${lane.plan.seconds}`], limit(lane.plan.seconds));
+  m.bulk_down_mbps = num(res, 'mb_per_s');
+  m._bulk_down_bytes = num(res, 'bytes');
+  m._bulk_down_cpu_s = cpu;
+}
+
+const RR_SIZES: [string, number][] = [['rr_16k_mbps', 16384], ['rr_64k_mbps', 65536], ['rr_256k_mbps', 262144], ['rr_1m_mbps', 1048576]];
+
+async function reqResp(lane: Lane, m: Metrics): Promise<void> {
+  await lane.server.use('echo');
+  for (const [key, size] of RR_SIZES) {
+    const { res } = await measured(lane, ['reqresp', '--size', `${size}`, '--duration', `${lane.plan.reqSeconds}`], limit(lane.plan.reqSeconds));
+    // A size that failed counts as 0 MB/s, so the worst case shows it.
+    m[key] = num(res, 'errors') ? 0 : num(res, 'mb_per_s');
+  }
+}
+
+async function churn(lane: Lane, m: Metrics): Promise<void> {
+  await lane.server.use('echo');
+  const { seconds } = lane.plan;
+  const { res, cpu } = await measured(lane, ['churn', '--workers', '16', '--duration', `${seconds}`], limit(seconds));
+  m.churn_cps = num(res, 'conn_per_s');
+  m.churn_errors = num(res, 'errors');
+  const conns = num(res, 'conns');
+  m.cpu_us_per_conn = cpu === null || !conns ? null : (cpu * 1e6) / conns;
+}
+
+/**
+ * Memory per idle connection: the tree's PSS with N connections held open,
+ * minus its PSS just before (the idle process), divided by N.
+ */
+async function idle(lane: Lane, m: Metrics): Promise<void> {
+  await lane.server.use('echo');
+  const n = lane.plan.idleConns;
+  const base = lane.pid === null ? null : treePssKiB(lane.pid);
+  const child = track(spawn(LOAD, ['idle', '--conns', `${n}`, '--hold-max', '120', '--target', lane.address], { stdio: ['pipe', 'pipe', 'inherit'] }));
+  let stdout = '';
+  child.stdout?.on('data', (d: Buffer) => (stdout += d.toString()));
+  const exited = new Promise<void>((r) => child.once('close', () => r()));
+  try {
+    const ready = await waitUntil(() => parseLines(stdout).some((j) => j.phase === 'ready'), 90_000, 50);
+    if (!ready) throw new Error('connections were not opened within 90 s');
+    // Not a readiness wait: give lazily allocated buffers and GC a moment to
+    // settle so the figure is the steady idle cost, not a transient peak.
+    await delay(1000);
+    const held = lane.pid === null ? null : treePssKiB(lane.pid);
+    m.idle_kib_per_conn = base === null || held === null ? null : (held - base) / n;
+    child.stdin?.end(); // the client now checks every connection still echoes
+    await Promise.race([exited, delay(30_000)]);
+  } finally {
+    if (child.exitCode === null) await stopTree(child);
+  }
+  const lines = parseLines(stdout);
+  const done = lines.find((j) => j.phase === 'done');
+  const ready = lines.find((j) => j.phase === 'ready');
+  lane.raw.push({ ...(done ?? ready ?? {}), pss_base_kib: base, idle_kib_per_conn: m.idle_kib_per_conn });
+  const f = (num(done, 'failures') ?? NaN) + (num(done, 'open_failures') ?? NaN);
+  m.idle_failures = Number.isNaN(f) ? null : f;
+}
+
+async function verify(lane: Lane, m: Metrics): Promise<void> {
+  await lane.server.use('echo');
+  const { res } = await measured(lane, ['verify', '--bytes', `${lane.plan.verifyBytes}`], limit(60 + lane.plan.verifyBytes / 1e7));
+  const bad = (num(res, 'mismatched') ?? NaN) + (num(res, 'missing') ?? NaN);
+  m.verify_bad_bytes = Number.isNaN(bad) ? null : bad;
+}
+
+/** Run once, before anything else: the bridges are fresh, so idle's baseline is the idle process. */
+const FIRST: Workload[] = [idle, halfClose];
+/** Run plan.passes times (alternating the bridge order); the median is reported. */
+const REPEATED: Workload[] = [pingPong1, pingPong32, bulkUp, bulkDown, reqResp, churn];
+const LAST: Workload[] = [verify];
+
+async function startLane(bridge: Bridge, plan: Plan, server: TestServer, tmp: string): Promise<Lane> {
+  await server.use('echo');
+  const port = await freePort();
+  const stderrFile = join(OUT, `${bridge.name}.stderr.log`);
+  const ctx = { port, target: server.path, dir: join(tmp, bridge.name), threads: plan.threads, stderrFile };
+  const cmd = bridge.command(ctx);
+  let child: ChildProcess | null = null;
+  if (cmd) {
+    mkdirSync(ctx.dir, { recursive: true });
+    const errFd = openSync(stderrFile, 'w');
+    try {
+      child = track(spawn(cmd.cmd, cmd.args, { stdio: ['ignore', errFd, errFd], cwd: ctx.dir }));
+    } finally {
+      closeSync(errFd);
+    }
+  }
+  const lane: Lane = { bridge, plan, server, child, address: cmd ? `127.0.0.1:${port}` : server.path, pid: child?.pid ?? null, raw: [], seconds: 0 };
+  // Ready = it accepts and relays one echo (socket-proxyd only starts then).
+  if (!(await waitUntil(() => echoesOnce(lane.address, 1000), 15_000, 50))) {
+    await stop(child);
+    throw new Error(`did not relay within 15 s (see ${stderrFile})`);
+  }
+  return lane;
+}
+
+/** One workload on one bridge; a failure costs that cell, not the run. */
+async function runWorkload(lane: Lane, w: Workload, m: Metrics): Promise<void> {
+  const t0 = Date.now();
+  try {
+    await w(lane, m);
+  } catch (e) {
+    console.log(`bench: ${lane.bridge.name}: ${w.name} failed: ${(e as Error).message}`);
+  }
+  lane.seconds += (Date.now() - t0) / 1000;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = Math.floor(s.length / 2);
+  return s.length % 2 === 1 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
+}
+
+/** The median of the passes (one disturbed pass does not move it); error counts add up. */
+function combine(passes: Metrics[]): Metrics {
+  const out: Metrics = {};
+  const keys = new Set(passes.flatMap((p) => Object.keys(p)));
+  for (const key of keys) {
+    const vals = passes.map((p) => p[key] ?? null);
+    if (vals.some((v) => v === null)) out[key] = null;
+    else if (key.endsWith('_errors')) out[key] = (vals as number[]).reduce((a, b) => a + b, 0);
+    else out[key] = median(vals as number[]);
+  }
+  return out;
+}
+
+/** Metrics computed from others once everything ran. */
+function derive(m: Metrics): void {
+  const rr = RR_SIZES.map(([key]) => m[key]);
+  m.rr_worst_mbps = rr.some((v) => v === null || v === undefined) ? null : Math.min(...(rr as number[]));
+  const [upB, downB, upC, downC] = [m._bulk_up_bytes, m._bulk_down_bytes, m._bulk_up_cpu_s, m._bulk_down_cpu_s];
+  const gib = ((upB ?? 0) + (downB ?? 0)) / 2 ** 30;
+  m.cpu_s_per_gib = upC == null || downC == null || upB == null || downB == null || gib === 0 ? null : (upC + downC) / gib;
+}
+
+// ---- reporting ---------------------------------------------------------------------
+
+function machine(): string {
+  const model = /^model name\s*:\s*(.*)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? 'unknown CPU';
+  return `${nproc()} CPUs (nproc), ${model}, ${Math.round(os.totalmem() / 2 ** 30)} GiB, Linux ${os.release()}`;
+}
+
+function commandLine(plan: Plan): string {
+  if (process.env.MAKELEVEL) return `${plan.quick ? 'QUICK=1 ' : ''}make bench`;
+  return `${plan.quick ? 'QUICK=1 ' : ''}node ${process.argv.slice(1).join(' ')}`;
+}
+
+interface Column {
+  status: 'ok' | 'n/a';
+  reason?: string;
+  seconds?: number;
+  metrics: Metrics;
+  raw: Json[];
+}
+
+function writeReports(plan: Plan, names: string[], cols: Record<string, Column>, started: Date, seconds: number): string {
+  const results: Record<string, Metrics> = {};
+  for (const n of names) results[n] = cols[n].metrics;
+  const rows = tableRows(names, results);
+  const judged = verdicts(results).filter((v) => v.result !== 'n/a');
+  const failed = judged.filter((v) => v.result === 'FAIL').map((v) => v.metric);
+  const summary =
+    `sockbridge meets ${judged.length - failed.length} of ${judged.length} judged targets` +
+    (failed.length > 0 ? `; FAIL: ${failed.join(', ')}` : '');
+  const stamp = started.toISOString().replace(/[:.]/g, '-');
+  const notes = names.filter((n) => cols[n].status === 'n/a').map((n) => `- ${n}: n/a (${cols[n].reason ?? 'not run'})`);
+  const planText =
+    `${plan.passes} pass(es) of ${plan.seconds} s per ping-pong/bulk/churn workload and ${plan.reqSeconds} s per request/response size, ` +
+    `${plan.pingSize} B ping-pong messages, ${plan.idleConns} idle connections, ` +
+    `${plan.verifyBytes / 2 ** 20} MiB verified; HAProxy nbthread and nginx worker_processes = ${plan.threads}`;
+  const md = [
+    `# sockbridge benchmark`,
+    '',
+    `- date: ${started.toISOString()} (${seconds.toFixed(0)} s)`,
+    `- machine: ${machine()}`,
+    `- command: \`${commandLine(plan)}\``,
+    `- plan: ${planText}`,
+    `- method: every bridge started fresh, each workload run on all of them back to back; CPU (user+sys) and memory (PSS) are the bridge's whole process tree; direct = the client on the UNIX socket itself (no bridge: CPU and memory n/a)`,
+    `- PASS/FAIL: sockbridge (default options) against HAProxy in the same run`,
+    ...notes,
+    '',
+    renderMarkdown(rows),
+    '',
+    summary,
+    '',
+  ].join('\n');
+  mkdirSync(OUT, { recursive: true });
+  writeFileSync(join(OUT, 'latest.md'), md);
+  const json = {
+    date: started.toISOString(),
+    seconds,
+    machine: machine(),
+    command: commandLine(plan),
+    plan,
+    bridges: cols,
+    verdicts: verdicts(results),
+  };
+  const file = join(OUT, `results-${stamp}.json`);
+  writeFileSync(file, `${JSON.stringify(json, null, 2)}\n`);
+  return [renderText(rows), ...notes, '', summary, `bench: wrote ${file} and ${join(OUT, 'latest.md')}`].join('\n');
+}
+
+// ---- main --------------------------------------------------------------------------
+
+function buildHelpers(): void {
+  const r = spawnSync('make', ['-s', '-C', BENCH], { stdio: 'inherit', timeout: 120_000 });
+  if (r.status !== 0) throw new Error('building bench/bin/server and bench/bin/load failed');
+}
+
+/** The run's temporary directory, removed on an interrupt too. */
+let tmpDir: string | null = null;
+
+/** On an interrupt or a crash: SIGKILL every process tree we started, by PID. */
+function stopAllNow(): void {
+  for (const child of live) {
+    if (child.pid === undefined) continue;
+    for (const pid of processTree(child.pid)) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
+  }
+  if (tmpDir) rmSync(tmpDir, { recursive: true, force: true });
+}
+
+async function main(): Promise<number> {
+  const started = new Date();
+  const plan = makePlan();
+  buildHelpers();
+  installPeers();
+  mkdirSync(OUT, { recursive: true });
+  const only = process.env.BRIDGES?.split(',').filter(Boolean);
+  const bridges = allBridges(SOCKBRIDGE).filter((b) => !only || only.includes(b.name));
+  const tmp = mkdtempSync(join(os.tmpdir(), 'sockbridge-bench-'));
+  tmpDir = tmp;
+  const server = new TestServer(join(tmp, 'target.sock'));
+  const cols: Record<string, Column> = {};
+  const lanes: Lane[] = [];
+  console.log(`bench: ${plan.quick ? 'QUICK ' : ''}run, ${plan.passes} pass(es), output in ${OUT}`);
+  try {
+    // Every bridge is started fresh up front and kept: each workload then runs
+    // on all of them back to back, so the sockbridge and HAProxy figures of a
+    // row are measured seconds apart, not minutes, on this shared machine.
+    for (const b of bridges) {
+      const why = b.unavailable();
+      try {
+        if (why) throw new Error(why);
+        lanes.push(await startLane(b, plan, server, tmp));
+      } catch (e) {
+        const reason = (e as Error).message;
+        console.log(`bench: ${b.name}: n/a (${reason})`);
+        cols[b.name] = { status: 'n/a', reason, metrics: {}, raw: [] };
+      }
+    }
+    console.log(`bench: side by side: ${lanes.map((l) => l.bridge.name).join(', ')}`);
+    const once = new Map<Lane, Metrics>(lanes.map((l) => [l, {}]));
+    const passes = new Map<Lane, Metrics[]>(lanes.map((l) => [l, []]));
+    const runAll = async (label: string, ws: Workload[], order: Lane[], into: (l: Lane) => Metrics): Promise<void> => {
+      for (const w of ws) {
+        const t0 = Date.now();
+        for (const lane of order) await runWorkload(lane, w, into(lane));
+        console.log(`bench: ${label}${w.name}: ${((Date.now() - t0) / 1000).toFixed(0)} s`);
+      }
+    };
+    await runAll('', FIRST, lanes, (l) => once.get(l) as Metrics);
+    for (let p = 0; p < plan.passes; p++) {
+      // Alternate the order, so no bridge always runs right after the same neighbour.
+      const order = p % 2 === 1 ? [...lanes].reverse() : lanes;
+      const current = new Map<Lane, Metrics>(lanes.map((l) => [l, {}]));
+      await runAll(`pass ${p + 1}/${plan.passes}: `, REPEATED, order, (l) => current.get(l) as Metrics);
+      for (const l of lanes) passes.get(l)?.push(current.get(l) as Metrics);
+    }
+    await runAll('', LAST, lanes, (l) => once.get(l) as Metrics);
+    for (const l of lanes) {
+      const metrics = { ...combine(passes.get(l) ?? []), ...once.get(l) };
+      derive(metrics);
+      cols[l.bridge.name] = { status: 'ok', seconds: l.seconds, metrics, raw: l.raw };
+    }
+  } finally {
+    for (const l of lanes) await stop(l.child);
+    await server.stop();
+    rmSync(tmp, { recursive: true, force: true });
+  }
+  const seconds = (Date.now() - started.getTime()) / 1000;
+  console.log(writeReports(plan, bridges.map((b) => b.name), cols, started, seconds));
+  return 0;
+}
+
+for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(sig, () => {
+    stopAllNow();
+    process.exit(130);
+  });
+}
+
+main().then(
+  (code) => process.exit(code),
+  (e: unknown) => {
+    stopAllNow();
+    console.error(`bench: ${(e as Error).message}`);
+    process.exit(1);
+  },
+);
