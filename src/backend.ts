@@ -41,6 +41,7 @@ export class PendingConnect {
     private readonly target: string,
     timeoutMs: number,
     private readonly callback: ConnectCallback,
+    private readonly onread: net.OnReadOpts | undefined,
   ) {
     this.deadline = Date.now() + timeoutMs;
     this.attempt();
@@ -63,7 +64,7 @@ export class PendingConnect {
   }
 
   private attempt(): void {
-    const socket = net.createConnection({ path: this.target, allowHalfOpen: true });
+    const socket = net.createConnection({ path: this.target, allowHalfOpen: true, onread: this.onread });
     this.socket = socket;
     socket.once('connect', () => {
       socket.removeAllListeners('error');
@@ -160,8 +161,9 @@ export class Backend {
     this.closeWatcher();
   }
 
-  connect(callback: ConnectCallback): PendingConnect {
-    return new PendingConnect(this, this.settings.target, this.settings.connectTimeout, callback);
+  /** `onread`: how the connected socket reads (the session reads into its own buffers). */
+  connect(callback: ConnectCallback, onread?: net.OnReadOpts): PendingConnect {
+    return new PendingConnect(this, this.settings.target, this.settings.connectTimeout, callback, onread);
   }
 
   // ---- waiting for the socket file ------------------------------------------
