@@ -72,10 +72,6 @@ export class Bridge {
     };
   }
 
-  get config(): Config {
-    return this.cfg;
-  }
-
   get addresses(): string[] {
     return this.listeners.map((l) => l.label);
   }

@@ -2,7 +2,6 @@
 // Plain fields bumped by their owners: cheap enough for the hot path.
 
 export class Stats {
-  readonly startedAt = Date.now();
   /** Sessions connected to the target right now. */
   active = 0;
   /** Clients accepted and waiting: for the target to come back, or for a free slot under max-conn. */
