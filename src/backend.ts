@@ -141,11 +141,6 @@ export class Backend {
     return this.settings.target;
   }
 
-  /** Clients currently held waiting for the target. */
-  get waiting(): number {
-    return this.waiters.size;
-  }
-
   /** New settings (SIGHUP) apply to new connections. */
   configure(settings: BackendSettings): void {
     const moved = settings.target !== this.settings.target;

@@ -78,7 +78,7 @@ export class Bridge {
 
   snapshot(): BridgeSnapshot {
     const s = this.stats;
-    return { active: s.active, waiting: this.backend.waiting + this.queued.length, total: s.total, failed: s.failed, denied: s.denied, bytesIn: s.bytesIn, bytesOut: s.bytesOut };
+    return { active: s.active, waiting: s.held + this.queued.length, total: s.total, failed: s.failed, denied: s.denied, bytesIn: s.bytesIn, bytesOut: s.bytesOut };
   }
 
   /** Start accepting; the caller logs where (once per service, not per worker). */
