@@ -132,6 +132,49 @@ test('slow reader on the program side: the client is paused, memory stays bounde
   c.destroy();
 });
 
+test('a bursty slow reader still gets every byte from the program, in order', async (t) => {
+  // The target side reads into buffers the session lends to pending writes: a
+  // client whose kernel buffers are nearly full leaves small writes pending
+  // while reading goes on, which is exactly when reusing a buffer would corrupt.
+  const dir = tempDir(t);
+  const payload = randomBytes(12 * 1024 * 1024);
+  const srv = await unixServer(join(dir, 'app.sock'), (s) => {
+    // Small, odd-sized pieces, one per turn of the event loop: reads on the
+    // bridge stay small and end at every possible offset.
+    let off = 0;
+    const pump = (): void => {
+      if (off >= payload.length) return void s.end();
+      const n = Math.min(997 + (off % 7919), payload.length - off);
+      const more = s.write(payload.subarray(off, off + n));
+      off += n;
+      if (more) setImmediate(pump);
+      else s.once('drain', pump);
+    };
+    pump();
+  });
+  t.after(() => srv.close());
+  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', srv.path, '--check-interval', '0', '--workers', '1']);
+  const c = await connect(bridge.port);
+  const chunks: Buffer[] = [];
+  let received = 0;
+  let nextStall = 0;
+  c.on('data', (d: Buffer) => {
+    chunks.push(d);
+    received += d.length;
+    // Stall every MiB, so the kernel buffers between us fill and drain again and again.
+    if (received >= nextStall) {
+      nextStall += 1024 * 1024;
+      c.pause();
+      setTimeout(() => c.resume(), 25);
+    }
+  });
+  await new Promise<void>((resolve, reject) => { c.once('end', resolve); c.once('error', reject); });
+  c.destroy();
+  const got = Buffer.concat(chunks);
+  assert.equal(got.length, payload.length);
+  assert.equal(sha(got), sha(payload));
+});
+
 async function rssOf(pid: number): Promise<number> {
   const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
   return Number(m![1]) * 1024;
