@@ -5,6 +5,7 @@
 // enforces those directives earlier still.)
 
 import net from 'node:net';
+import { plainAddress } from './address';
 import { BadValue } from './errors';
 
 const NAMED: Record<string, string[]> = {
@@ -54,7 +55,7 @@ export class AccessList {
   /** `address` as a socket reports it; IPv4-mapped IPv6 is checked as IPv4. */
   permits(address: string): boolean {
     if (this.empty) return true;
-    const plain = address.replace(/^::ffff:(?=\d+\.)/i, '');
+    const plain = plainAddress(address);
     const family = net.isIP(plain) === 4 ? 'ipv4' : 'ipv6';
     if (this.allow?.check(plain, family)) return true;
     return !this.deny?.check(plain, family);

@@ -5,6 +5,7 @@
 
 import type net from 'node:net';
 import { AccessList } from './access';
+import { addressLabel, plainAddress } from './address';
 import { Backend, Reporter } from './backend';
 import type { BackendState } from './health';
 import { checkDescriptorBudget, Listener, openListeners, PassedSocket } from './listeners';
@@ -102,10 +103,12 @@ export class Bridge {
     }
     if (!this.access.permits(socket.remoteAddress ?? '')) return this.refuse(socket);
     if (!this.tls) return this.admit(socket);
-    const addr = clientAddress(socket);
+    // Read now: the address is gone from the socket once the handshake failed.
+    const addr = plainAddress(socket.remoteAddress ?? '?');
+    const port = socket.remotePort ?? 0;
     this.tls.wrap(socket, (secure) => this.admit(secure), (reason) => {
       this.stats.denied++;
-      this.logger.warning(`TLS handshake with ${addr} failed, client refused: ${reason}`, { EVENT: 'tls-refused', CLIENT_ADDR: addr.replace(/:\d+$/, ''), ERROR: reason });
+      this.logger.warning(`TLS handshake with ${addressLabel(addr, port)} failed, client refused: ${reason}`, { EVENT: 'tls-refused', CLIENT_ADDR: addr, CLIENT_PORT: port, ERROR: reason });
     });
   }
 
@@ -141,8 +144,9 @@ export class Bridge {
   private refuse(socket: net.Socket): void {
     this.stats.denied++;
     if (this.logger.enabled('info')) {
-      const addr = clientAddress(socket);
-      this.logger.info(`client ${addr} refused by --allow/--deny`, { EVENT: 'denied', CLIENT_ADDR: addr.replace(/:\d+$/, ''), CLIENT_PORT: socket.remotePort ?? 0 });
+      const addr = plainAddress(socket.remoteAddress ?? '?');
+      const port = socket.remotePort ?? 0;
+      this.logger.info(`client ${addressLabel(addr, port)} refused by --allow/--deny`, { EVENT: 'denied', CLIENT_ADDR: addr, CLIENT_PORT: port });
     }
     socket.destroy();
   }
@@ -268,12 +272,6 @@ export class Bridge {
 }
 
 function noop(): void {}
-
-/** "192.0.2.7:51234" or "[2001:db8::7]:51234"; IPv4-mapped addresses as plain IPv4. */
-function clientAddress(socket: net.Socket): string {
-  const addr = (socket.remoteAddress ?? '?').replace(/^::ffff:(?=\d+\.)/, '');
-  return `${addr.includes(':') ? `[${addr}]` : addr}:${socket.remotePort ?? 0}`;
-}
 
 /** The STATUS= line, shared by a single process and the primary of several workers. */
 export function statusLine(state: BackendState, s: BridgeSnapshot, workers?: number): string {

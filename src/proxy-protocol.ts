@@ -3,6 +3,7 @@
 // it otherwise sees only sockbridge.
 
 import net from 'node:net';
+import { plainAddress } from './address';
 
 const V2_SIGNATURE = Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);
 const V2_PROXY_COMMAND = 0x21; // version 2, PROXY
@@ -17,14 +18,12 @@ interface Endpoints {
   dstPort: number;
 }
 
-const unmap = (a: string): string => a.replace(/^::ffff:(?=\d+\.)/i, '');
-
 /** Both ends in one family: IPv4 when both are (possibly mapped) IPv4, else IPv6. */
 function endpoints(client: net.Socket): Endpoints | undefined {
   const { remoteAddress, localAddress, remotePort, localPort } = client;
   if (!remoteAddress || !localAddress || remotePort === undefined || localPort === undefined) return undefined;
-  const src = unmap(remoteAddress);
-  const dst = unmap(localAddress);
+  const src = plainAddress(remoteAddress);
+  const dst = plainAddress(localAddress);
   if (net.isIPv4(src) && net.isIPv4(dst)) return { family: 4, src, dst, srcPort: remotePort, dstPort: localPort };
   const six = (a: string): string => (net.isIPv4(a) ? `::ffff:${a}` : a);
   return { family: 6, src: six(src), dst: six(dst), srcPort: remotePort, dstPort: localPort };

@@ -14,6 +14,7 @@
 // symbol-keyed field: no closures per connection, and stack traces name them.
 
 import type net from 'node:net';
+import { addressLabel, plainAddress } from './address';
 import type { Backend, ConnectFailure, PendingConnect } from './backend';
 import type { Fields, Logger } from './log';
 import type { Config } from './options';
@@ -87,8 +88,7 @@ export class Session {
   ) {
     this.client = client as BridgedSocket;
     this.client[SESSION] = this;
-    // A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d; log them as a.b.c.d.
-    this.clientAddr = (client.remoteAddress ?? '?').replace(/^::ffff:(?=\d+\.)/, '');
+    this.clientAddr = plainAddress(client.remoteAddress ?? '?');
     this.clientPort = client.remotePort ?? 0;
     this.retriesLeft = ctx.settings.retries;
     // The client arrives paused: nothing is read until the target is connected,
@@ -239,7 +239,7 @@ export class Session {
     this.ctx.stats.active--;
     this.client.pause();
     if (this.ctx.logger.enabled('debug')) {
-      this.ctx.logger.debug(`session ${this.clientAddr}:${this.clientPort}: target dropped the connection unanswered (${err.code}); sending the request again on a new one`);
+      this.ctx.logger.debug(`session ${addressLabel(this.clientAddr, this.clientPort)}: target dropped the connection unanswered (${err.code}); sending the request again on a new one`);
     }
     this.dial();
   }
@@ -300,7 +300,7 @@ export class Session {
       };
       if (this.error) fields['ERRNO'] = this.error;
       const why = reason === 'connect-timeout' ? ': the target did not accept within connect-timeout' : '';
-      logger.log(level, `session ${this.clientAddr}:${this.clientPort} closed (${reason}${this.error ? ' ' + this.error : ''})${why}, ${bytesIn} bytes in, ${bytesOut} bytes out, ${fields['DURATION_MS']} ms`, fields);
+      logger.log(level, `session ${addressLabel(this.clientAddr, this.clientPort)} closed (${reason}${this.error ? ' ' + this.error : ''})${why}, ${bytesIn} bytes in, ${bytesOut} bytes out, ${fields['DURATION_MS']} ms`, fields);
     }
     this.ctx.onClosed(this);
   }
