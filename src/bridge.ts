@@ -1,7 +1,8 @@
 // The accepting side of the service: listeners → sessions → backend, with
-// max-conn, STATUS=, reload, drain and exit-idle-time. One per process: the
-// only process, or each worker (see primary.ts). Health checks are owned by
-// the caller, which reports the target's state through onBackendState().
+// max-conn, STATUS=, reload and drain. One per process: the only process, or
+// each worker (see workers.ts). Health checks and exit-idle-time belong to the
+// caller, which reports the target's state through onBackendState() and hears
+// about sessions coming and going through onBusyChange().
 
 import type net from 'node:net';
 import { AccessList } from './access';
@@ -23,8 +24,8 @@ export interface BridgeHooks {
   announce?: boolean;
   /** --error-limit reached: whoever runs the health checks marks the target DOWN. */
   onErrorLimit(reason: string): void;
-  /** Sessions went from none to some, or back (workers tell the primary at once). */
-  onBusyChange?(busy: boolean): void;
+  /** Sessions went from none to some, or back (exit-idle-time; workers tell the primary at once). */
+  onBusyChange(busy: boolean): void;
 }
 
 /** The counters a worker reports to the primary. */
@@ -47,7 +48,6 @@ export class Bridge {
   private readonly queued: net.Socket[] = [];
   private readonly ctx: SessionContext;
   private statusTimer: NodeJS.Timeout | undefined;
-  private idleTimer: NodeJS.Timeout | undefined;
   private stopping: Promise<void> | undefined;
   private queueFullReported = false;
   private backendState: BackendState = 'INIT';
@@ -91,7 +91,6 @@ export class Bridge {
     this.publishStatus();
     this.notifier.ready();
     this.notifier.startWatchdog(() => true);
-    this.armIdleTimer();
   }
 
   // ---- accepting -----------------------------------------------------------
@@ -118,8 +117,7 @@ export class Bridge {
       socket.destroy();
       return;
     }
-    this.disarmIdleTimer();
-    if (this.sessions.size === 0 && this.queued.length === 0) this.hooks.onBusyChange?.(true);
+    if (this.sessions.size === 0 && this.queued.length === 0) this.hooks.onBusyChange(true);
     if (this.sessions.size < this.cfg.maxConn) {
       this.sessions.add(new Session(socket, this.ctx));
       return;
@@ -160,10 +158,7 @@ export class Bridge {
       this.sessions.add(new Session(next, this.ctx));
     }
     if (this.queued.length === 0) this.queueFullReported = false;
-    if (this.sessions.size === 0) {
-      this.armIdleTimer();
-      this.hooks.onBusyChange?.(false);
-    }
+    if (this.sessions.size === 0) this.hooks.onBusyChange(false);
   }
 
   // ---- backend state ---------------------------------------------------------
@@ -183,30 +178,8 @@ export class Bridge {
     }
   }
 
-  statusLine(): string {
-    return statusLine(this.backendState, this.snapshot());
-  }
-
   private publishStatus(): void {
-    this.notifier.status(this.statusLine());
-  }
-
-  // ---- exit-idle-time ----------------------------------------------------------
-
-  private armIdleTimer(): void {
-    if (this.cfg.exitIdleTime === 0 || this.idleTimer || this.stopping) return;
-    this.idleTimer = setTimeout(() => {
-      this.idleTimer = undefined;
-      if (this.sessions.size > 0) return;
-      this.logger.notice(`no session for ${this.cfg.exitIdleTime} ms (exit-idle-time): exiting; systemd starts sockbridge again on the next connection`, { EVENT: 'idle-exit' });
-      process.exitCode = 0;
-      void this.stop();
-    }, this.cfg.exitIdleTime);
-  }
-
-  private disarmIdleTimer(): void {
-    if (this.idleTimer) clearTimeout(this.idleTimer);
-    this.idleTimer = undefined;
+    this.notifier.status(statusLine(this.backendState, this.snapshot()));
   }
 
   // ---- reload and stop -----------------------------------------------------------
@@ -226,8 +199,6 @@ export class Bridge {
     }
     this.backend.configure(next);
     this.logger.setLevel(next.logLevel);
-    this.disarmIdleTimer();
-    if (this.sessions.size === 0) this.armIdleTimer();
     this.publishStatus();
     this.notifier.ready();
   }
@@ -240,7 +211,6 @@ export class Bridge {
 
   private async drain(): Promise<void> {
     this.notifier.stopping();
-    this.disarmIdleTimer();
     for (const l of this.listeners) l.server.close();
     for (const socket of this.queued.splice(0)) socket.destroy();
     if (this.sessions.size > 0) {

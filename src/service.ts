@@ -6,6 +6,7 @@ import type net from 'node:net';
 import { ProblemReporter } from './backend';
 import { Bridge, logListening } from './bridge';
 import { HealthCheck } from './health';
+import { IdleExit } from './idle';
 import type { PassedSocket } from './listeners';
 import type { Logger } from './log';
 import type { Notifier } from './notify';
@@ -42,6 +43,7 @@ export class SingleProcess implements Service {
   private readonly bridge: Bridge;
   private readonly endpoints = new OperatorEndpoints();
   private readonly startedAt = Date.now();
+  private readonly idle: IdleExit;
   private cfg: Config;
 
   constructor(
@@ -53,7 +55,11 @@ export class SingleProcess implements Service {
     this.cfg = cfg;
     const problems = new ProblemReporter(logger);
     this.health = new HealthCheck(cfg, logger, problems, (state) => this.bridge.onBackendState(state));
-    this.bridge = new Bridge(cfg, logger, notifier, problems, { onErrorLimit: (reason) => this.health.markDown(reason) });
+    this.bridge = new Bridge(cfg, logger, notifier, problems, {
+      onErrorLimit: (reason) => this.health.markDown(reason),
+      onBusyChange: (busy) => this.idle.setBusy(busy),
+    });
+    this.idle = new IdleExit(cfg.exitIdleTime, logger, () => void this.stop().then(() => process.exit(0)));
   }
 
   async start(): Promise<void> {
@@ -61,15 +67,18 @@ export class SingleProcess implements Service {
     await this.bridge.start(this.passed);
     await this.endpoints.start(this.cfg, () => this.report(), this.logger);
     logListening(this.logger, this.bridge.addresses, this.cfg.target, 1);
+    this.idle.start();
   }
 
   reload(next: Config): void {
     this.cfg = next;
     this.health.configure(next);
     this.bridge.reload(next);
+    this.idle.configure(next.exitIdleTime);
   }
 
   async stop(): Promise<void> {
+    this.idle.stop();
     await this.bridge.stop();
     this.endpoints.stop();
     this.health.stop();

@@ -15,6 +15,7 @@ import { Reporter, ProblemReporter } from './backend';
 import { announceReload, Bridge, BridgeSnapshot, logListening, statusLine } from './bridge';
 import { EXIT_SOFTWARE, SockbridgeError } from './errors';
 import { BackendState, HealthCheck } from './health';
+import { IdleExit } from './idle';
 import type { PassedSocket } from './listeners';
 import { createLogger, Logger } from './log';
 import { Notifier } from './notify';
@@ -62,8 +63,7 @@ export function isWorkerProcess(env: NodeJS.ProcessEnv): boolean {
 
 /** Each worker's share of --max-conn. */
 function perWorker(cfg: Config, workers: number): Config {
-  // exit-idle-time is the primary's decision, taken over all workers.
-  return { ...cfg, maxConn: Math.ceil(cfg.maxConn / workers), exitIdleTime: 0 };
+  return { ...cfg, maxConn: Math.ceil(cfg.maxConn / workers) };
 }
 
 // ---- the primary -------------------------------------------------------------------
@@ -85,7 +85,7 @@ export class Primary implements Service {
   private addresses: string[] = [];
   private stopping: Promise<void> | undefined;
   private statusTimer: NodeJS.Timeout | undefined;
-  private idleSince = Date.now();
+  private readonly idle: IdleExit;
   private crashes: number[] = [];
   /** Counters of workers that have exited, so totals never go backwards. */
   private retired: BridgeSnapshot = { active: 0, waiting: 0, total: 0, failed: 0, denied: 0, bytesIn: 0, bytesOut: 0 };
@@ -102,6 +102,7 @@ export class Primary implements Service {
       this.broadcast({ t: 'state', state });
       this.publishStatus();
     });
+    this.idle = new IdleExit(cfg.exitIdleTime, logger, () => void this.stop().then(() => process.exit(0)));
   }
 
   async start(): Promise<void> {
@@ -113,10 +114,11 @@ export class Primary implements Service {
     await Promise.all(Array.from({ length: this.count }, () => this.fork()));
     await this.endpoints.start(this.cfg, () => this.report(), this.logger);
     logListening(this.logger, this.addresses, this.cfg.target, this.count);
-    this.statusTimer = setInterval(() => this.tick(), REPORT_EVERY_MS);
+    this.statusTimer = setInterval(() => this.publishStatus(), REPORT_EVERY_MS);
     this.publishStatus();
     this.notifier.ready();
     this.notifier.startWatchdog(() => this.allWorkersAlive());
+    this.idle.start();
   }
 
   /** Workers to start: --workers, or one per CPU. */
@@ -152,7 +154,7 @@ export class Primary implements Service {
           case 'stats':
             state.stats = msg.stats;
             state.busy = msg.busy;
-            this.updateIdle();
+            this.idle.setBusy([...this.workers.values()].some((w) => w.busy));
             break;
           case 'error-limit':
             this.health.markDown(msg.reason);
@@ -186,13 +188,6 @@ export class Primary implements Service {
     }, RESPAWN_DELAY_MS);
   }
 
-  /** exit-idle-time counts from the moment the last busy worker went idle. */
-  private updateIdle(): void {
-    const busy = [...this.workers.values()].some((w) => w.busy);
-    if (busy) this.idleSince = Number.POSITIVE_INFINITY;
-    else if (this.idleSince === Number.POSITIVE_INFINITY) this.idleSince = Date.now();
-  }
-
   private allWorkersAlive(): boolean {
     const now = Date.now();
     for (const w of this.workers.values()) if (now - w.lastSeen > WORKER_SILENT_MS) return false;
@@ -213,15 +208,6 @@ export class Primary implements Service {
     return t;
   }
 
-  private tick(): void {
-    this.publishStatus();
-    const idleFor = Date.now() - this.idleSince;
-    if (this.cfg.exitIdleTime > 0 && !this.stopping && idleFor >= this.cfg.exitIdleTime) {
-      this.logger.notice(`no session for ${this.cfg.exitIdleTime} ms (exit-idle-time): exiting; systemd starts sockbridge again on the next connection`, { EVENT: 'idle-exit' });
-      void this.stop().then(() => process.exit(0));
-    }
-  }
-
   report(): StatusReport {
     return buildReport({ version: VERSION, startedAt: this.startedAt, workers: this.workers.size, health: this.health, totals: this.totals(), cfg: this.cfg });
   }
@@ -239,12 +225,14 @@ export class Primary implements Service {
     announceReload(this.logger, this.cfg, next);
     this.cfg = next;
     this.health.configure(next);
+    this.idle.configure(next.exitIdleTime);
     this.broadcast({ t: 'reload', config: perWorker(next, this.count) });
     this.notifier.ready();
   }
 
   stop(): Promise<void> {
     this.stopping ??= (async () => {
+      this.idle.stop();
       this.notifier.stopping();
       if (this.statusTimer) clearInterval(this.statusTimer);
       this.broadcast({ t: 'stop' });
