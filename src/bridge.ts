@@ -39,6 +39,16 @@ export interface BridgeSnapshot {
   bytesOut: number;
 }
 
+export const NO_SESSIONS: Readonly<BridgeSnapshot> = { active: 0, waiting: 0, total: 0, failed: 0, denied: 0, bytesIn: 0, bytesOut: 0 };
+
+/** Counters of several workers added up. */
+export function addSnapshots(a: BridgeSnapshot, b: BridgeSnapshot): BridgeSnapshot {
+  return {
+    active: a.active + b.active, waiting: a.waiting + b.waiting, total: a.total + b.total, failed: a.failed + b.failed,
+    denied: a.denied + b.denied, bytesIn: a.bytesIn + b.bytesIn, bytesOut: a.bytesOut + b.bytesOut,
+  };
+}
+
 export class Bridge {
   readonly stats = new Stats();
   readonly backend: Backend;

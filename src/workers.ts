@@ -12,7 +12,7 @@
 import cluster, { Worker } from 'node:cluster';
 import os from 'node:os';
 import { Reporter, ProblemReporter } from './backend';
-import { announceReload, Bridge, BridgeSnapshot, logListening, statusLine } from './bridge';
+import { addSnapshots, announceReload, Bridge, BridgeSnapshot, logListening, NO_SESSIONS, statusLine } from './bridge';
 import { EXIT_SOFTWARE, SockbridgeError } from './errors';
 import { BackendState, HealthCheck } from './health';
 import { IdleExit } from './idle';
@@ -88,7 +88,7 @@ export class Primary implements Service {
   private readonly idle: IdleExit;
   private crashes: number[] = [];
   /** Counters of workers that have exited, so totals never go backwards. */
-  private retired: BridgeSnapshot = { active: 0, waiting: 0, total: 0, failed: 0, denied: 0, bytesIn: 0, bytesOut: 0 };
+  private retired: BridgeSnapshot = NO_SESSIONS;
 
   constructor(
     private cfg: Config,
@@ -136,7 +136,7 @@ export class Primary implements Service {
       WATCHDOG_USEC: '',
     };
     const worker = cluster.fork(env);
-    const state: WorkerState = { worker, stats: { active: 0, waiting: 0, total: 0, failed: 0, denied: 0, bytesIn: 0, bytesOut: 0 }, busy: false, lastSeen: Date.now(), listening: false };
+    const state: WorkerState = { worker, stats: NO_SESSIONS, busy: false, lastSeen: Date.now(), listening: false };
     this.workers.set(worker.id, state);
     return new Promise((resolve, reject) => {
       worker.on('message', (msg: unknown) => {
@@ -170,9 +170,8 @@ export class Primary implements Service {
 
   private onWorkerExit(state: WorkerState, code: number | null, signal: string | null): void {
     this.workers.delete(state.worker.id);
-    const s = state.stats;
-    const r = this.retired;
-    this.retired = { active: 0, waiting: 0, total: r.total + s.total, failed: r.failed + s.failed, denied: r.denied + s.denied, bytesIn: r.bytesIn + s.bytesIn, bytesOut: r.bytesOut + s.bytesOut };
+    // Its sessions ended with it; what it served still counts.
+    this.retired = addSnapshots(this.retired, { ...state.stats, active: 0, waiting: 0 });
     if (this.stopping || !state.listening) return;
     const now = Date.now();
     this.crashes = this.crashes.filter((t) => now - t < CRASH_WINDOW_MS);
@@ -195,16 +194,8 @@ export class Primary implements Service {
   }
 
   private totals(): BridgeSnapshot {
-    const t = { ...this.retired };
-    for (const { stats: s } of this.workers.values()) {
-      t.active += s.active;
-      t.waiting += s.waiting;
-      t.total += s.total;
-      t.failed += s.failed;
-      t.denied += s.denied;
-      t.bytesIn += s.bytesIn;
-      t.bytesOut += s.bytesOut;
-    }
+    let t = this.retired;
+    for (const w of this.workers.values()) t = addSnapshots(t, w.stats);
     return t;
   }
 
