@@ -5,13 +5,10 @@ import assert from 'node:assert/strict';
 import type net from 'node:net';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { closedWithin, connect, echoServer, servedAgain, startBridge, tempDir, unixServer, waitFor } from './helpers';
+import { bridgeToEcho, closedWithin, connect, servedAgain, startBridge, tempDir, unixServer, waitFor } from './helpers';
 
 test('a client that connects and sends nothing is closed at client-timeout', async (t) => {
-  const dir = tempDir(t);
-  const srv = await echoServer(join(dir, 'app.sock'));
-  t.after(() => srv.close());
-  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', srv.path, '--client-timeout', '300ms', '--server-timeout', '0']);
+  const { bridge } = await bridgeToEcho(t, ['--listen', '127.0.0.1:0', '--client-timeout', '300ms', '--server-timeout', '0']);
   const silent = await connect(bridge.port);
   await closedWithin(silent, 5000);
   await bridge.waitForLog(/closed \(client-timeout\), 0 bytes in, 0 bytes out/);
@@ -32,10 +29,7 @@ test('a half-open session (client shut down its side, program silent) ends at th
 });
 
 test('thousands of connections from one peer: max-conn holds, no crash, an established session keeps working', async (t) => {
-  const dir = tempDir(t);
-  const srv = await echoServer(join(dir, 'app.sock'));
-  t.after(() => srv.close());
-  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', srv.path, '--max-conn', '100', '--check-interval', '0', '--log-level', 'notice']);
+  const { srv, bridge } = await bridgeToEcho(t, ['--listen', '127.0.0.1:0', '--max-conn', '100', '--check-interval', '0', '--log-level', 'notice']);
   const established = await connect(bridge.port);
   const echo = (s: net.Socket, msg: string): Promise<string> => new Promise((resolve) => {
     s.once('data', (d: Buffer) => resolve(d.toString()));

@@ -234,3 +234,15 @@ export function childPids(pid: number): number[] {
   }
   return children;
 }
+
+/**
+ * The most common setup: an echo program on a fresh socket, and sockbridge in
+ * front of it with `args` (the target is added). Both stopped when the test ends.
+ */
+export async function bridgeToEcho(t: TestContext, args: string[], opts: StartOptions = {}): Promise<{ dir: string; srv: UnixServer; bridge: BridgeProcess }> {
+  const dir = tempDir(t);
+  const srv = await echoServer(join(dir, 'app.sock'));
+  t.after(() => srv.close());
+  const bridge = await startBridge(t, [...args, '--target', srv.path], opts);
+  return { dir, srv, bridge };
+}

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { childPids, closedWithin, connect, echoServer, readAll, roundTrip, startBridge, tempDir, testBothModes, unixServer, waitFor } from './helpers';
+import { bridgeToEcho, childPids, closedWithin, connect, readAll, roundTrip, startBridge, tempDir, testBothModes, unixServer, waitFor } from './helpers';
 
 testBothModes('SIGTERM drains: open sessions finish, new clients are refused, exit 0', async (t, mode) => {
   const dir = tempDir(t);
@@ -30,10 +30,7 @@ testBothModes('SIGTERM drains: open sessions finish, new clients are refused, ex
 });
 
 testBothModes('SIGTERM with a session that never ends: closed at drain-timeout, exit 0', async (t, mode) => {
-  const dir = tempDir(t);
-  const srv = await echoServer(join(dir, 'app.sock'));
-  t.after(() => srv.close());
-  const bridge = await startBridge(t, [...mode, '--listen', '127.0.0.1:0', '--target', srv.path, '--drain-timeout', '300ms']);
+  const { bridge } = await bridgeToEcho(t, [...mode, '--listen', '127.0.0.1:0', '--drain-timeout', '300ms']);
   const c = await connect(bridge.port);
   c.write('x');
   await new Promise<void>((r) => c.once('data', () => r()));
@@ -75,10 +72,7 @@ testBothModes('SIGHUP reloads the config file: new sessions use the new target, 
 });
 
 testBothModes('exit-idle-time: exits 0 after that long without a session, not while one runs', async (t, mode) => {
-  const dir = tempDir(t);
-  const srv = await echoServer(join(dir, 'app.sock'));
-  t.after(() => srv.close());
-  const bridge = await startBridge(t, [...mode, '--listen', '127.0.0.1:0', '--target', srv.path, '--exit-idle-time', '600ms']);
+  const { bridge } = await bridgeToEcho(t, [...mode, '--listen', '127.0.0.1:0', '--exit-idle-time', '600ms']);
   const c = await connect(bridge.port);
   c.write('keep me');
   await new Promise((r) => setTimeout(r, 1200)); // an active session spans the idle time
@@ -90,10 +84,7 @@ testBothModes('exit-idle-time: exits 0 after that long without a session, not wh
 });
 
 test('a worker that dies is replaced; the service keeps serving', async (t) => {
-  const dir = tempDir(t);
-  const srv = await echoServer(join(dir, 'app.sock'));
-  t.after(() => srv.close());
-  const bridge = await startBridge(t, ['--workers', '2', '--listen', '127.0.0.1:0', '--target', srv.path]);
+  const { bridge } = await bridgeToEcho(t, ['--workers', '2', '--listen', '127.0.0.1:0']);
   const workers = (): number[] => childPids(bridge.child.pid!);
   const [victim] = workers();
   process.kill(victim!, 'SIGKILL');

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import type net from 'node:net';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { closedWithin, connect, delay, echoServer, roundTrip, servedAgain, startBridge, tempDir, unixServer, waitFor } from './helpers';
+import { bridgeToEcho, closedWithin, connect, delay, echoServer, roundTrip, servedAgain, startBridge, tempDir, unixServer, waitFor } from './helpers';
 
 function firstData(s: net.Socket): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -46,10 +46,7 @@ test('max-conn: the next client waits (not reset) and is served when a session e
 });
 
 test('client-timeout closes a session whose client went quiet', async (t) => {
-  const dir = tempDir(t);
-  const srv = await echoServer(join(dir, 'app.sock'));
-  t.after(() => srv.close());
-  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', srv.path, '--client-timeout', '300ms', '--server-timeout', '0']);
+  const { bridge } = await bridgeToEcho(t, ['--listen', '127.0.0.1:0', '--client-timeout', '300ms', '--server-timeout', '0']);
   const quiet = await connect(bridge.port);
   quiet.write('hi');
   assert.equal(await firstData(quiet), 'hi');

@@ -7,15 +7,12 @@ import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { connect, echoServer, readAll, roundTrip, startBridge, tempDir, unixServer, waitFor } from './helpers';
+import { bridgeToEcho, connect, readAll, roundTrip, startBridge, tempDir, unixServer, waitFor } from './helpers';
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
 test('a request round-trips and the session is logged', async (t) => {
-  const dir = tempDir(t);
-  const srv = await echoServer(join(dir, 'app.sock'));
-  t.after(() => srv.close());
-  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', srv.path]);
+  const { bridge } = await bridgeToEcho(t, ['--listen', '127.0.0.1:0']);
   const reply = await roundTrip(bridge.port, 'hello sockbridge');
   assert.equal(reply.toString(), 'hello sockbridge');
   await bridge.waitForLog(/session 127\.0\.0\.1:\d+ closed \(done\), 16 bytes in, 16 bytes out/);
@@ -62,10 +59,7 @@ test('half-close from the program: the client sees EOF and can still send', asyn
 });
 
 test('a large bulk transfer arrives byte for byte, both ways at once', async (t) => {
-  const dir = tempDir(t);
-  const srv = await echoServer(join(dir, 'app.sock'));
-  t.after(() => srv.close());
-  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', srv.path]);
+  const { bridge } = await bridgeToEcho(t, ['--listen', '127.0.0.1:0']);
   const payload = randomBytes(64 * 1024 * 1024);
   const reply = await roundTrip(bridge.port, payload, 60_000);
   assert.equal(reply.length, payload.length);

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { closedWithin, connect, echoServer, readAll, roundTrip, runBridge, startBridge, tempDir, unixServer } from './helpers';
+import { bridgeToEcho, closedWithin, connect, echoServer, readAll, roundTrip, runBridge, startBridge, tempDir, unixServer } from './helpers';
 
 test('--deny: a refused client is closed before anything is read; the program never sees it', async (t) => {
   const dir = tempDir(t);
@@ -23,10 +23,7 @@ test('--deny: a refused client is closed before anything is read; the program ne
 });
 
 test('--deny any --allow CIDR: an allow list, as IPAddressDeny=any + IPAddressAllow=', async (t) => {
-  const dir = tempDir(t);
-  const srv = await echoServer(join(dir, 'app.sock'));
-  t.after(() => srv.close());
-  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', srv.path, '--deny', 'any', '--allow', '127.0.0.1/32']);
+  const { bridge } = await bridgeToEcho(t, ['--listen', '127.0.0.1:0', '--deny', 'any', '--allow', '127.0.0.1/32']);
   assert.equal((await roundTrip(bridge.port, 'allowed')).toString(), 'allowed');
 });
 

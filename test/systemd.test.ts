@@ -7,7 +7,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { takeSystemdSockets } from '../src/listeners';
-import { childPids, echoServer, freePort, roundTrip, startBridge, tempDir, testBothModes, waitFor } from './helpers';
+import { bridgeToEcho, childPids, echoServer, freePort, roundTrip, startBridge, tempDir, testBothModes, waitFor } from './helpers';
 
 function have(cmd: string): boolean {
   try {
@@ -48,10 +48,7 @@ test('socket activation: the passed socket is adopted and its backlog kept', { s
 });
 
 test('LISTEN_PID of another process: the fds are not ours, --listen is bound instead', async (t) => {
-  const dir = tempDir(t);
-  const srv = await echoServer(join(dir, 'app.sock'));
-  t.after(() => srv.close());
-  const bridge = await startBridge(t, ['--target', srv.path, '--listen', '127.0.0.1:0'], {
+  const { bridge } = await bridgeToEcho(t, ['--listen', '127.0.0.1:0'], {
     env: { LISTEN_PID: '1', LISTEN_FDS: '1', LISTEN_FDNAMES: 'x' },
   });
   assert.doesNotMatch(bridge.log(), /systemd fd/);
@@ -127,10 +124,7 @@ testBothModes('sd_notify: READY, STATUS, WATCHDOG at half the period, RELOADING 
 });
 
 test('outside systemd nothing is sent and nothing breaks (no NOTIFY_SOCKET)', async (t) => {
-  const dir = tempDir(t);
-  const srv = await echoServer(join(dir, 'app.sock'));
-  t.after(() => srv.close());
-  const bridge = await startBridge(t, ['--target', srv.path, '--listen', '127.0.0.1:0'], { env: { WATCHDOG_USEC: '100000' } });
+  const { bridge } = await bridgeToEcho(t, ['--listen', '127.0.0.1:0'], { env: { WATCHDOG_USEC: '100000' } });
   assert.equal((await roundTrip(bridge.port, 'plain')).toString(), 'plain');
   assert.equal(await bridge.stop('SIGTERM'), 0);
 });
