@@ -94,9 +94,10 @@ export async function openListeners(
 }
 
 /**
- * accept(2) failures (EMFILE, ENFILE, ENOBUFS) arrive as 'error' on a server
- * that keeps listening; libuv retries on the next readiness. Log them, rate
- * limited, and keep going: one exhausted resource must not stop the service.
+ * accept(2) failures that libuv does not absorb itself (it answers EMFILE by
+ * accepting and closing, see checkDescriptorBudget) arrive as 'error' on a
+ * server that keeps listening. Log them, rate limited, and keep going: one
+ * exhausted resource must not stop the service.
  */
 function watchAcceptErrors(server: net.Server, label: string, logger: Logger): void {
   let lastLog = 0;
