@@ -13,7 +13,7 @@ import { checkDescriptorBudget, Listener, openListeners, PassedSocket } from './
 import type { Logger } from './log';
 import type { Notifier } from './notify';
 import { Config, formatValue, OPTIONS } from './options';
-import { Session, SessionContext } from './session';
+import { READS, Session, SessionContext } from './session';
 import { Stats } from './stats';
 import { TlsTerminator } from './tls';
 
@@ -94,7 +94,7 @@ export class Bridge {
 
   /** Start accepting; the caller logs where (once per service, not per worker). */
   async start(passed: PassedSocket[]): Promise<void> {
-    this.listeners = await openListeners({ passed, listen: this.cfg.listen, backlog: this.cfg.backlog }, this.logger, (socket) => this.accept(socket));
+    this.listeners = await openListeners({ passed, listen: this.cfg.listen, backlog: this.cfg.backlog }, this.logger, (socket) => this.accept(socket), READS);
     checkDescriptorBudget(this.cfg.maxConn, this.logger);
     this.statusTimer = setInterval(() => this.publishStatus(), STATUS_EVERY_MS);
     this.statusTimer.unref();

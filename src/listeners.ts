@@ -3,6 +3,7 @@
 
 import { readdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
+import { getSystemErrorName } from 'node:util';
 import { ListenError } from './errors';
 import type { Logger } from './log';
 import { parseListen } from './options';
@@ -39,6 +40,8 @@ export interface Listener {
 }
 
 const ACCEPT_ERROR_LOG_EVERY_MS = 1000;
+/** TCP keepalive on every client: a peer that vanished is noticed even with the timeouts off. */
+const KEEPALIVE_DELAY_MS = 60_000;
 
 /**
  * Start accepting. Clients arrive paused (pauseOnConnect) and half-open capable
@@ -49,6 +52,7 @@ export async function openListeners(
   opts: { passed: PassedSocket[]; listen: string[]; backlog: number },
   logger: Logger,
   onConnection: (socket: net.Socket) => void,
+  reads: net.OnReadOpts,
 ): Promise<Listener[]> {
   const specs = opts.passed.length > 0
     ? opts.passed.map((p) => ({ label: `systemd fd ${p.fd} (${p.name})`, target: { fd: p.fd } as const }))
@@ -61,9 +65,9 @@ export async function openListeners(
   try {
     for (const spec of specs) {
       // TCP_NODELAY (no 40 ms Nagle/delayed-ACK stalls on request/response
-      // traffic) and keepalive are set by Node at accept, before any JS runs.
+      // traffic) and keepalive on every client, here or in acceptWithOwnReads.
       const server = net.createServer({
-        pauseOnConnect: true, allowHalfOpen: true, noDelay: true, keepAlive: true, keepAliveInitialDelay: 60_000,
+        pauseOnConnect: true, allowHalfOpen: true, noDelay: true, keepAlive: true, keepAliveInitialDelay: KEEPALIVE_DELAY_MS,
       }, onConnection);
       await new Promise<void>((resolve, reject) => {
         server.once('error', reject);
@@ -80,6 +84,7 @@ export async function openListeners(
         throw new ListenError('ELISTEN', `cannot listen on ${spec.label}: ${err.code ?? err.message} — ${hint}`);
       });
       watchAcceptErrors(server, spec.label, logger);
+      acceptWithOwnReads(server, onConnection, reads);
       const address = server.address();
       const label = typeof address === 'object' && address !== null && !('fd' in spec.target)
         ? `${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`
@@ -91,6 +96,37 @@ export async function openListeners(
     throw err;
   }
   return listeners;
+}
+
+/** The one member of Node's listening handle used here (see acceptWithOwnReads). */
+interface ListenHandle {
+  onconnection?: (status: number, clientHandle: object | undefined) => void;
+}
+
+/**
+ * Accepted sockets are built here rather than by net.Server so that they read
+ * with `onread` into the session's buffers (see session.ts): Node offers that
+ * only to sockets it is asked to create, and net.Server's accept path does not
+ * ask. This replaces the listening handle's `onconnection` (a Node internal,
+ * the same since Node 0.x) with the same steps plus `onread`; max-conn, access
+ * and TLS stay with the caller. Without that internal, Node's own accept path
+ * remains: clients then read through the stream machinery, slower but correct.
+ */
+function acceptWithOwnReads(server: net.Server, onConnection: (socket: net.Socket) => void, reads: net.OnReadOpts): void {
+  const handle = (server as unknown as { _handle?: ListenHandle | null })._handle;
+  if (!handle || typeof handle.onconnection !== 'function') return;
+  handle.onconnection = (status, clientHandle) => {
+    if (status < 0 || clientHandle === undefined) {
+      const code = getSystemErrorName(status);
+      server.emit('error', Object.assign(new Error(`accept ${code}`), { code, errno: status, syscall: 'accept' }));
+      return;
+    }
+    const opts = { handle: clientHandle, allowHalfOpen: true, pauseOnCreate: true, onread: reads };
+    const socket = new net.Socket(opts as net.SocketConstructorOpts);
+    socket.setNoDelay(true);
+    socket.setKeepAlive(true, KEEPALIVE_DELAY_MS);
+    onConnection(socket);
+  };
 }
 
 /**

@@ -126,48 +126,74 @@ test('slow reader on the program side: the client is paused, memory stays bounde
   c.destroy();
 });
 
+// Both sides read into buffers the session lends to pending writes: a reader
+// whose kernel buffers are nearly full leaves small writes pending while
+// reading goes on, which is exactly when reusing a buffer would corrupt.
+// (Towards the program, measured: a UNIX socket takes a write whole or not at
+// all, and a write left whole pauses the client, so that direction rarely
+// lends; its test guards the copy kept for retries and the ordering.)
 test('a bursty slow reader still gets every byte from the program, in order', async (t) => {
-  // The target side reads into buffers the session lends to pending writes: a
-  // client whose kernel buffers are nearly full leaves small writes pending
-  // while reading goes on, which is exactly when reusing a buffer would corrupt.
   const dir = tempDir(t);
   const payload = randomBytes(12 * 1024 * 1024);
-  const srv = await unixServer(join(dir, 'app.sock'), (s) => {
-    // Small, odd-sized pieces, one per turn of the event loop: reads on the
-    // bridge stay small and end at every possible offset.
-    let off = 0;
-    const pump = (): void => {
-      if (off >= payload.length) return void s.end();
-      const n = Math.min(997 + (off % 7919), payload.length - off);
-      const more = s.write(payload.subarray(off, off + n));
-      off += n;
-      if (more) setImmediate(pump);
-      else s.once('drain', pump);
-    };
-    pump();
-  });
+  const srv = await unixServer(join(dir, 'app.sock'), (s) => sendInOddPieces(s, payload));
   t.after(() => srv.close());
   const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', srv.path, '--check-interval', '0', '--workers', '1']);
   const c = await connect(bridge.port);
-  const chunks: Buffer[] = [];
-  let received = 0;
-  let nextStall = 0;
-  c.on('data', (d: Buffer) => {
-    chunks.push(d);
-    received += d.length;
-    // Stall every MiB, so the kernel buffers between us fill and drain again and again.
-    if (received >= nextStall) {
-      nextStall += 1024 * 1024;
-      c.pause();
-      setTimeout(() => c.resume(), 25);
-    }
-  });
-  await new Promise<void>((resolve, reject) => { c.once('end', resolve); c.once('error', reject); });
+  const got = await receiveWithStalls(c);
   c.destroy();
-  const got = Buffer.concat(chunks);
   assert.equal(got.length, payload.length);
   assert.equal(sha(got), sha(payload));
 });
+
+test('a bursty slow program still gets every byte from the client, in order', async (t) => {
+  const dir = tempDir(t);
+  const payload = randomBytes(12 * 1024 * 1024);
+  let got: Promise<Buffer> | undefined;
+  const srv = await unixServer(join(dir, 'app.sock'), (s) => { got = receiveWithStalls(s); });
+  t.after(() => srv.close());
+  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', srv.path, '--check-interval', '0', '--workers', '1']);
+  const c = await connect(bridge.port);
+  sendInOddPieces(c, payload);
+  await waitFor(() => got !== undefined, 5000, 'the program to get the connection');
+  const received = await got!;
+  c.destroy();
+  assert.equal(received.length, payload.length);
+  assert.equal(sha(received), sha(payload));
+});
+
+/** Small, odd-sized pieces, one per turn of the event loop: the bridge's reads stay small and end at every offset. */
+function sendInOddPieces(s: net.Socket, payload: Buffer): void {
+  let off = 0;
+  const pump = (): void => {
+    if (off >= payload.length) return void s.end();
+    const n = Math.min(997 + (off % 7919), payload.length - off);
+    const more = s.write(payload.subarray(off, off + n));
+    off += n;
+    if (more) setImmediate(pump);
+    else s.once('drain', pump);
+  };
+  pump();
+}
+
+/** Everything up to EOF, stalling every MiB so the kernel buffers in between fill and drain again and again. */
+function receiveWithStalls(s: net.Socket): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let received = 0;
+  let nextStall = 0;
+  s.on('data', (d: Buffer) => {
+    chunks.push(d);
+    received += d.length;
+    if (received >= nextStall) {
+      nextStall += 1024 * 1024;
+      s.pause();
+      setTimeout(() => s.resume(), 25);
+    }
+  });
+  return new Promise<Buffer>((resolve, reject) => {
+    s.once('end', () => resolve(Buffer.concat(chunks)));
+    s.once('error', reject);
+  });
+}
 
 async function rssOf(pid: number): Promise<number> {
   const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
