@@ -170,11 +170,11 @@ export const OPTIONS: readonly AnyOption[] = [
   },
   {
     name: 'client-timeout', key: 'clientTimeout', ...durationOpt, default: 50_000, reloadable: true,
-    help: 'Close a session when the client side has been idle this long (0 = never).',
+    help: 'Close a session idle this long: no byte either way (0 = never). With both timeouts set the shorter one closes it and names the reason. Checked every tenth of the timeout, at most every second.',
   },
   {
     name: 'server-timeout', key: 'serverTimeout', ...durationOpt, default: 50_000, reloadable: true,
-    help: 'Close a session when the target side has been idle this long (0 = never).',
+    help: 'Close a session idle this long, logged as server-timeout (0 = never); see client-timeout.',
   },
   {
     name: 'max-conn', key: 'maxConn', ...countOpt(1, 1_000_000), default: 4096, reloadable: true,

@@ -42,6 +42,24 @@ export interface SessionContext {
   onClosed(session: Session): void;
 }
 
+interface IdleLimit {
+  ms: number;
+  reason: 'client-timeout' | 'server-timeout';
+}
+
+/** The timeout that fires first, if any (0 = never). */
+function idleLimit({ clientTimeout, serverTimeout }: SessionSettings): IdleLimit | undefined {
+  if (clientTimeout > 0 && (serverTimeout === 0 || clientTimeout <= serverTimeout)) return { ms: clientTimeout, reason: 'client-timeout' };
+  if (serverTimeout > 0) return { ms: serverTimeout, reason: 'server-timeout' };
+  return undefined;
+}
+
+/** How often the bridge looks for idle sessions: a tenth of the shortest timeout, within 10 ms–1 s. */
+export function idleSweepInterval(settings: SessionSettings): number | undefined {
+  const limit = idleLimit(settings);
+  return limit === undefined ? undefined : Math.min(1000, Math.max(10, Math.floor(limit.ms / 10)));
+}
+
 const enum Phase {
   Connecting,
   Open,
@@ -51,8 +69,8 @@ const enum Phase {
 const SESSION = Symbol('session');
 /** Most client bytes kept for a retry; a longer request is not retried. */
 const REPLAY_LIMIT = 64 * 1024;
-/** Read sizes from the target: small while traffic is small (idle sessions hold little), large for bulk. */
-const SMALL_READ = 1024;
+/** Read sizes: small while traffic is small (each idle socket holds one such buffer), large for bulk. */
+const SMALL_READ = 256;
 const LARGE_READ = 64 * 1024;
 interface BridgedSocket extends net.Socket {
   [SESSION]: Session;
@@ -77,6 +95,11 @@ export class Session {
   private clientEnded = false;
   private retriesLeft: number;
   private readonly startedAt = Date.now();
+  /** When a byte last went through (ms); the idle sweep compares it with idleMs. */
+  private lastActive = 0;
+  /** The timeout that fires first (0 = none) and its reason, fixed when the session opens: a reload changes new sessions only. */
+  private idleMs = 0;
+  private idleReason: IdleLimit['reason'] = 'client-timeout';
   readonly client: BridgedSocket;
   /** The client's address, kept because it is gone from the socket once closed. */
   readonly clientAddr: string;
@@ -136,17 +159,18 @@ export class Session {
     server[SESSION] = this;
     server.on('end', socketOnEnd);
     server.on('drain', socketOnDrain);
-    server.on('timeout', socketOnTimeout);
     server.on('error', socketOnError);
     server.on('close', socketOnClose);
-    const { clientTimeout, serverTimeout } = this.ctx.settings;
-    if (serverTimeout > 0) server.setTimeout(serverTimeout);
     // Every connection to the target, a retry's too, starts with the PROXY header.
     const { sendProxy } = this.ctx.settings;
     if (sendProxy !== 'none') server.write(proxyHeader(sendProxy, this.client));
     this.server = server;
     this.serverClosed = false;
     this.phase = Phase.Open;
+    this.lastActive = Date.now();
+    const limit = idleLimit(this.ctx.settings);
+    this.idleMs = limit?.ms ?? 0;
+    this.idleReason = limit?.reason ?? 'client-timeout';
     this.ctx.stats.active++;
 
     if (!this.relaying) {
@@ -155,8 +179,6 @@ export class Session {
       client.on('data', clientOnData); // TLS only: a plain client reads with READS and emits no 'data'
       client.on('end', socketOnEnd);
       client.on('drain', socketOnDrain);
-      client.on('timeout', socketOnTimeout);
-      if (clientTimeout > 0) client.setTimeout(clientTimeout);
     } else {
       // A retry: the new connection gets everything the lost one was sent.
       for (const chunk of this.replay ?? []) server.write(chunk);
@@ -171,6 +193,7 @@ export class Session {
    * this call: whatever outlives it is copied.
    */
   fromClient(data: Buffer): void {
+    this.lastActive = Date.now();
     if (!this.server) {
       // Read just before a retry paused the client: the new connection sends it.
       this.replay!.push(Buffer.from(data));
@@ -186,6 +209,7 @@ export class Session {
 
   /** Bytes from the target: it answered, so the request can no longer be retried. */
   fromServer(data: Buffer): void {
+    this.lastActive = Date.now();
     this.replay = undefined;
     if (!this.client.write(data)) this.server!.pause();
   }
@@ -242,8 +266,14 @@ export class Session {
     this.dial();
   }
 
-  timedOut(socket: BridgedSocket): void {
-    this.reason ??= socket === this.client ? 'client-timeout' : 'server-timeout';
+  /**
+   * Called by the bridge's idle sweep. Every byte read on one side is written
+   * to the other, so both sides are active at the same moments, as they would
+   * be for per-socket timers: the smaller of the two timeouts decides.
+   */
+  closeIfIdle(now: number): void {
+    if (this.idleMs === 0 || this.phase !== Phase.Open || now - this.lastActive < this.idleMs) return;
+    this.reason ??= this.idleReason;
     this.client.destroy();
     this.server?.destroy();
   }
@@ -360,10 +390,6 @@ function socketOnDrain(this: BridgedSocket): void {
 /** EOF from one side: shut down our write side towards the other, keep the other direction flowing. */
 function socketOnEnd(this: BridgedSocket): void {
   this[SESSION].ended(this);
-}
-
-function socketOnTimeout(this: BridgedSocket): void {
-  this[SESSION].timedOut(this);
 }
 
 /** Also absorbs the late 'error' a socket may emit after it was destroyed. */

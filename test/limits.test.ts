@@ -9,8 +9,10 @@ import { bridgeToEcho, closedWithin, connect, delay, echoServer, roundTrip, serv
 
 function firstData(s: net.Socket): Promise<string> {
   return new Promise((resolve, reject) => {
+    if (s.readableEnded || s.destroyed) return reject(new Error('the bridge had closed the connection'));
     s.once('data', (d: Buffer) => resolve(d.toString()));
     s.once('error', reject);
+    s.once('end', () => reject(new Error('the bridge closed the connection before any data arrived')));
   });
 }
 
@@ -54,6 +56,20 @@ test('client-timeout closes a session whose client went quiet', async (t) => {
   await bridge.waitForLog(/closed \(client-timeout\)/);
   // Others are unaffected.
   assert.equal((await roundTrip(bridge.port, 'still served')).toString(), 'still served');
+});
+
+test('client-timeout counts traffic: a session that keeps talking outlives it', async (t) => {
+  const { bridge } = await bridgeToEcho(t, ['--listen', '127.0.0.1:0', '--client-timeout', '300ms', '--server-timeout', '300ms']);
+  const c = await connect(bridge.port);
+  // 1.2 s of conversation, a message every 100 ms: never idle for 300 ms.
+  for (let i = 0; i < 12; i++) {
+    c.write(`ping ${i}`);
+    assert.equal(await firstData(c), `ping ${i}`);
+    await delay(100);
+  }
+  assert.equal(c.destroyed, false, 'the session was closed although it kept talking');
+  assert.doesNotMatch(bridge.log(), /timeout\)/);
+  c.destroy();
 });
 
 test('server-timeout closes a session whose program never answers', async (t) => {
