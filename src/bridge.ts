@@ -176,7 +176,7 @@ export class Bridge {
   /**
    * client-timeout and server-timeout: one timer for all sessions instead of
    * two per session refreshed on every chunk (less memory per connection, less
-   * work per chunk), at the price of closing up to a tenth of the timeout late.
+   * work per chunk), at the price of closing up to a tenth of the timeout (2 s at most) late.
    * After a reload it keeps the shorter interval, as older sessions keep theirs.
    */
   private sweepIdleSessions(cfg: Config): void {

@@ -4,9 +4,9 @@
 //
 // Relaying is written out rather than done with stream.pipe(): pipe() ends the
 // destination on EOF *and* cannot forward a half-close while the other way is
-// still running, and its machinery costs per chunk. Here each direction is a
-// data handler with explicit backpressure (pause the source when the
-// destination's buffer is full, resume on 'drain'), and EOF on one side is
+// still running, and its machinery costs per chunk. Here each side reads into
+// buffers of our own (READS) with explicit backpressure (pause the source when
+// the destination's buffer is full, resume on 'drain'), and EOF on one side is
 // forwarded as a shutdown(SHUT_WR) on the other, so a client that sends a
 // request and then shuts down its write side still gets the whole reply.
 //
@@ -42,22 +42,13 @@ export interface SessionContext {
   onClosed(session: Session): void;
 }
 
-interface IdleLimit {
-  ms: number;
-  reason: 'client-timeout' | 'server-timeout';
-}
-
-/** The timeout that fires first, if any (0 = never). */
-function idleLimit({ clientTimeout, serverTimeout }: SessionSettings): IdleLimit | undefined {
-  if (clientTimeout > 0 && (serverTimeout === 0 || clientTimeout <= serverTimeout)) return { ms: clientTimeout, reason: 'client-timeout' };
-  if (serverTimeout > 0) return { ms: serverTimeout, reason: 'server-timeout' };
-  return undefined;
-}
-
-/** How often the bridge looks for idle sessions: a tenth of the shortest timeout, within 10 ms–1 s. */
-export function idleSweepInterval(settings: SessionSettings): number | undefined {
-  const limit = idleLimit(settings);
-  return limit === undefined ? undefined : Math.min(1000, Math.max(10, Math.floor(limit.ms / 10)));
+/**
+ * How often the bridge calls closeIfIdle: a twentieth of the shorter timeout
+ * (within 10 ms–1 s), so that a session closes at most a tenth late.
+ */
+export function idleSweepInterval({ clientTimeout, serverTimeout }: SessionSettings): number | undefined {
+  const shortest = Math.min(clientTimeout || Infinity, serverTimeout || Infinity);
+  return shortest === Infinity ? undefined : Math.min(1000, Math.max(10, Math.floor(shortest / 20)));
 }
 
 const enum Phase {
@@ -95,12 +86,13 @@ export class Session {
   private clientEnded = false;
   private retriesLeft: number;
   private readonly startedAt = Date.now();
-  /** When a byte last went through (ms); the idle sweep compares it with idleMs. */
-  private lastActive = 0;
-  /** The timeout that fires first (0 = none) and its reason, fixed when the session opens: a reload changes new sessions only. */
-  private idleMs = 0;
-  private idleReason: IdleLimit['reason'] = 'client-timeout';
-  readonly client: BridgedSocket;
+  /** Taken when the session starts: a reload changes new sessions only. */
+  private readonly settings: SessionSettings;
+  /** Set by every chunk, cleared by the idle sweep (see closeIfIdle). */
+  private busy = true;
+  /** The sweep that last found the session busy (ms). */
+  private quietSince = 0;
+  private readonly client: BridgedSocket;
   /** The client's address, kept because it is gone from the socket once closed. */
   readonly clientAddr: string;
   readonly clientPort: number;
@@ -113,7 +105,8 @@ export class Session {
     this.client[SESSION] = this;
     this.clientAddr = plainAddress(client.remoteAddress ?? '?');
     this.clientPort = client.remotePort ?? 0;
-    this.retriesLeft = ctx.settings.retries;
+    this.settings = ctx.settings;
+    this.retriesLeft = this.settings.retries;
     // The client arrives paused: nothing is read until the target is connected,
     // so a held client's request waits in the kernel, not in our memory.
     client.on('error', socketOnError);
@@ -121,18 +114,13 @@ export class Session {
     this.dial();
   }
 
-  /** Close now (drain timeout, target marked down). */
+  /** Close both sides now (drain timeout, target marked down, idle, an error). */
   abort(reason: CloseReason): void {
     if (this.phase === Phase.Closed) return;
     this.reason ??= reason;
     if (this.pending) this.pending.cancel();
     this.client.destroy();
     this.server?.destroy();
-  }
-
-  /** The connection to the target; none while connecting. */
-  get target(): net.Socket | undefined {
-    return this.server;
   }
 
   get connecting(): boolean {
@@ -162,15 +150,12 @@ export class Session {
     server.on('error', socketOnError);
     server.on('close', socketOnClose);
     // Every connection to the target, a retry's too, starts with the PROXY header.
-    const { sendProxy } = this.ctx.settings;
+    const { sendProxy } = this.settings;
     if (sendProxy !== 'none') server.write(proxyHeader(sendProxy, this.client));
     this.server = server;
     this.serverClosed = false;
     this.phase = Phase.Open;
-    this.lastActive = Date.now();
-    const limit = idleLimit(this.ctx.settings);
-    this.idleMs = limit?.ms ?? 0;
-    this.idleReason = limit?.reason ?? 'client-timeout';
+    this.busy = true;
     this.ctx.stats.active++;
 
     if (!this.relaying) {
@@ -193,7 +178,7 @@ export class Session {
    * this call: whatever outlives it is copied.
    */
   fromClient(data: Buffer): void {
-    this.lastActive = Date.now();
+    this.busy = true;
     if (!this.server) {
       // Read just before a retry paused the client: the new connection sends it.
       this.replay!.push(Buffer.from(data));
@@ -209,9 +194,19 @@ export class Session {
 
   /** Bytes from the target: it answered, so the request can no longer be retried. */
   fromServer(data: Buffer): void {
-    this.lastActive = Date.now();
+    this.busy = true;
     this.replay = undefined;
     if (!this.client.write(data)) this.server!.pause();
+  }
+
+  /** Bytes read on either side (see READS); returns where they were written, if anywhere. */
+  forward(from: BridgedSocket, data: Buffer): net.Socket | undefined {
+    if (from === this.client) {
+      this.fromClient(data);
+      return this.server;
+    }
+    this.fromServer(data);
+    return this.client;
   }
 
   /** EOF from one side: shut down our write side towards the other, keep the other direction flowing. */
@@ -234,11 +229,8 @@ export class Session {
     if (this.phase === Phase.Closed) return;
     const fromClient = socket === this.client;
     if (!fromClient && this.mayRetry(err)) return this.retry(err);
-    this.reason ??= fromClient ? 'client-error' : 'server-error';
     this.error ??= err.code ?? err.message;
-    if (this.pending) this.pending.cancel();
-    this.client.destroy();
-    this.server?.destroy();
+    this.abort(fromClient ? 'client-error' : 'server-error');
   }
 
   /**
@@ -267,15 +259,22 @@ export class Session {
   }
 
   /**
-   * Called by the bridge's idle sweep. Every byte read on one side is written
-   * to the other, so both sides are active at the same moments, as they would
-   * be for per-socket timers: the smaller of the two timeouts decides.
+   * Called by the bridge's idle sweep, which is cheaper than timers refreshed
+   * on every chunk. Every byte read on one side is written to the other, so
+   * both sides are active at the same moments: the shorter timeout decides.
+   * Quiet since the last sweep that found traffic, so at most a sweep late.
    */
   closeIfIdle(now: number): void {
-    if (this.idleMs === 0 || this.phase !== Phase.Open || now - this.lastActive < this.idleMs) return;
-    this.reason ??= this.idleReason;
-    this.client.destroy();
-    this.server?.destroy();
+    if (this.phase !== Phase.Open) return;
+    if (this.busy) {
+      this.busy = false;
+      this.quietSince = now;
+      return;
+    }
+    const idle = now - this.quietSince;
+    const { clientTimeout: c, serverTimeout: s } = this.settings;
+    if (c > 0 && idle >= c && (s === 0 || c <= s)) this.abort('client-timeout');
+    else if (s > 0 && idle >= s) this.abort('server-timeout');
   }
 
   /**
@@ -358,16 +357,7 @@ export const READS: net.OnReadOpts = {
     return next;
   },
   callback(this: BridgedSocket, n: number, buf: Uint8Array): boolean {
-    const session = this[SESSION];
-    const data = (buf as Buffer).subarray(0, n);
-    let dest: net.Socket | undefined;
-    if (this === session.client) {
-      session.fromClient(data);
-      dest = session.target;
-    } else {
-      session.fromServer(data);
-      dest = session.client;
-    }
+    const dest = this[SESSION].forward(this, (buf as Buffer).subarray(0, n));
     handoff = nextReadBuffer(buf as Buffer, n, dest);
     return true;
   },
