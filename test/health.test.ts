@@ -3,9 +3,10 @@
 
 import assert from 'node:assert/strict';
 import { chmodSync, unlinkSync } from 'node:fs';
+import type net from 'node:net';
 import { join } from 'node:path';
-import { test } from 'node:test';
-import { closedWithin, connect, echoServer, readAll, startBridge, tempDir, UnixServer } from './helpers';
+import { test, TestContext } from 'node:test';
+import { BridgeProcess, closedWithin, connect, echoServer, readAll, startBridge, tempDir, UnixServer } from './helpers';
 
 /** The program stops accepting (its socket file gone); its open connections carry on. */
 function stopListening(srv: UnixServer): void {
@@ -29,31 +30,29 @@ test('checks: fall failures mark the target DOWN, rise successes mark it UP agai
   assert.equal(bridge.log().match(/is UP/g)?.length, 2);
 });
 
-test('on-marked-down shutdown-sessions closes established sessions when the target goes DOWN', async (t) => {
+/** An open, echoed session; then the program stops accepting (the session itself stays healthy). */
+async function sessionThenTargetStopsAccepting(t: TestContext, extra: string[]): Promise<{ bridge: BridgeProcess; c: net.Socket }> {
   const dir = tempDir(t);
   const path = join(dir, 'app.sock');
   const srv = await echoServer(path);
   t.after(() => srv.close());
-  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', path, '--check-interval', '100ms', '--fall', '2', '--on-marked-down', 'shutdown-sessions']);
+  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', path, '--check-interval', '100ms', '--fall', '2', ...extra]);
   const c = await connect(bridge.port);
-  c.write('hello');
+  c.write('a');
   await new Promise<void>((r) => c.once('data', () => r()));
-  stopListening(srv); // the program stops accepting; the session itself is still healthy
+  stopListening(srv);
+  return { bridge, c };
+}
+
+test('on-marked-down shutdown-sessions closes established sessions when the target goes DOWN', async (t) => {
+  const { bridge, c } = await sessionThenTargetStopsAccepting(t, ['--on-marked-down', 'shutdown-sessions']);
   await closedWithin(c, 5000);
   await bridge.waitForLog(/closed \(marked-down\)/);
   assert.match(bridge.log(), /closed 1 sessions because the target was marked DOWN/);
 });
 
 test('without on-marked-down, established sessions survive the target going DOWN', async (t) => {
-  const dir = tempDir(t);
-  const path = join(dir, 'app.sock');
-  const srv = await echoServer(path);
-  t.after(() => srv.close());
-  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', path, '--check-interval', '100ms', '--fall', '2']);
-  const c = await connect(bridge.port);
-  c.write('a');
-  await new Promise<void>((r) => c.once('data', () => r()));
-  stopListening(srv);
+  const { bridge, c } = await sessionThenTargetStopsAccepting(t, []);
   await bridge.waitForLog(/is DOWN/);
   c.write('b');
   const echoed = await new Promise<string>((r) => c.once('data', (d: Buffer) => r(d.toString())));

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { join } from 'node:path';
-import { test } from 'node:test';
+import { test, TestContext } from 'node:test';
 import { bridgeToEcho, closedWithin, connect, echoServer, readAll, roundTrip, runBridge, startBridge, tempDir, unixServer } from './helpers';
 
 test('--deny: a refused client is closed before anything is read; the program never sees it', async (t) => {
@@ -51,8 +51,10 @@ test('--allow and --deny reject malformed entries with exit 64', async () => {
   }
 });
 
-/** A program that records the first bytes of each connection and answers "ok". */
-async function recordingProgram(t: { after(fn: () => void): void }, path: string): Promise<Buffer[]> {
+/** One session through --send-proxy VERSION: what the program read, and the client's and bridge's ports. */
+async function throughSendProxy(t: TestContext, version: 'v1' | 'v2'): Promise<{ first: Buffer; clientPort: number; bridgePort: number }> {
+  const dir = tempDir(t);
+  const path = join(dir, 'app.sock');
   const firsts: Buffer[] = [];
   const srv = await unixServer(path, (s) => {
     const chunks: Buffer[] = [];
@@ -60,31 +62,22 @@ async function recordingProgram(t: { after(fn: () => void): void }, path: string
     s.on('end', () => { firsts.push(Buffer.concat(chunks)); s.end('ok'); });
   });
   t.after(() => srv.close());
-  return firsts;
+  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', path, '--check-interval', '0', '--send-proxy', version]);
+  const c = await connect(bridge.port);
+  const clientPort = c.localPort!;
+  const reply = readAll(c);
+  c.end('hello');
+  assert.equal((await reply).toString(), 'ok');
+  return { first: firsts[0]!, clientPort, bridgePort: bridge.port };
 }
 
 test('--send-proxy v1: the program reads "PROXY TCP4 client bridge cport bport" before the data', async (t) => {
-  const dir = tempDir(t);
-  const firsts = await recordingProgram(t, join(dir, 'app.sock'));
-  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', join(dir, 'app.sock'), '--check-interval', '0', '--send-proxy', 'v1']);
-  const c = await connect(bridge.port);
-  const clientPort = c.localPort;
-  const reply = readAll(c);
-  c.end('hello');
-  assert.equal((await reply).toString(), 'ok');
-  assert.equal(firsts[0]!.toString(), `PROXY TCP4 127.0.0.1 127.0.0.1 ${clientPort} ${bridge.port}\r\nhello`);
+  const { first, clientPort, bridgePort } = await throughSendProxy(t, 'v1');
+  assert.equal(first.toString(), `PROXY TCP4 127.0.0.1 127.0.0.1 ${clientPort} ${bridgePort}\r\nhello`);
 });
 
 test('--send-proxy v2: the binary header carries both addresses and ports', async (t) => {
-  const dir = tempDir(t);
-  const firsts = await recordingProgram(t, join(dir, 'app.sock'));
-  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', join(dir, 'app.sock'), '--check-interval', '0', '--send-proxy', 'v2']);
-  const c = await connect(bridge.port);
-  const clientPort = c.localPort;
-  const reply = readAll(c);
-  c.end('hello');
-  assert.equal((await reply).toString(), 'ok');
-  const b = firsts[0]!;
+  const { first: b, clientPort, bridgePort } = await throughSendProxy(t, 'v2');
   assert.deepEqual(b.subarray(0, 12), Buffer.from('0d0a0d0a000d0a515549540a', 'hex'), 'signature');
   assert.equal(b[12], 0x21, 'version 2, PROXY');
   assert.equal(b[13], 0x11, 'TCP over IPv4');
@@ -92,6 +85,6 @@ test('--send-proxy v2: the binary header carries both addresses and ports', asyn
   assert.equal(net.isIPv4([...b.subarray(16, 20)].join('.')), true);
   assert.equal([...b.subarray(16, 20)].join('.'), '127.0.0.1');
   assert.equal(b.readUInt16BE(24), clientPort);
-  assert.equal(b.readUInt16BE(26), bridge.port);
+  assert.equal(b.readUInt16BE(26), bridgePort);
   assert.equal(b.subarray(28).toString(), 'hello');
 });
