@@ -252,21 +252,16 @@ async function pingPong32(lane: Lane, m: Metrics): Promise<void> {
 
 // Bulk CPU and bytes are kept ("_" keys: in the JSON, not in the table) so
 // CPU s per GiB can be derived over both directions once both ran.
-async function bulkUp(lane: Lane, m: Metrics): Promise<void> {
-  await lane.server.use('sink');
-  const { res, cpu } = await measured(lane, ['bulk-up', '--duration', `${lane.plan.seconds}`], limit(lane.plan.seconds));
-  m.bulk_up_mbps = num(res, 'mb_per_s');
-  m._bulk_up_bytes = num(res, 'bytes');
-  m._bulk_up_cpu_s = cpu;
+/** One way for the whole duration: up = client → program (sink), down = program → client (source). */
+async function bulk(lane: Lane, m: Metrics, way: 'up' | 'down'): Promise<void> {
+  await lane.server.use(way === 'up' ? 'sink' : 'source');
+  const { res, cpu } = await measured(lane, [`bulk-${way}`, '--duration', `${lane.plan.seconds}`], limit(lane.plan.seconds));
+  m[`bulk_${way}_mbps`] = num(res, 'mb_per_s');
+  m[`_bulk_${way}_bytes`] = num(res, 'bytes');
+  m[`_bulk_${way}_cpu_s`] = cpu;
 }
-
-async function bulkDown(lane: Lane, m: Metrics): Promise<void> {
-  await lane.server.use('source');
-  const { res, cpu } = await measured(lane, ['bulk-down', '--duration', `${lane.plan.seconds}`], limit(lane.plan.seconds));
-  m.bulk_down_mbps = num(res, 'mb_per_s');
-  m._bulk_down_bytes = num(res, 'bytes');
-  m._bulk_down_cpu_s = cpu;
-}
+const bulkUp = (lane: Lane, m: Metrics): Promise<void> => bulk(lane, m, 'up');
+const bulkDown = (lane: Lane, m: Metrics): Promise<void> => bulk(lane, m, 'down');
 
 const RR_SIZES: [string, number][] = [['rr_16k_mbps', 16384], ['rr_64k_mbps', 65536], ['rr_256k_mbps', 262144], ['rr_1m_mbps', 1048576]];
 
