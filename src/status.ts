@@ -67,17 +67,18 @@ function duration(seconds: number): string {
 /** The human form: aligned "name  value" rows. */
 export function renderStatus(r: StatusReport): string {
   const check = r.target.lastCheck ? `${r.target.lastCheck.ok ? 'ok' : 'failed'} (${r.target.lastCheck.detail}) at ${r.target.lastCheck.at}` : 'none yet';
-  const rows: [string, string][] = [
+  const head: [string, string][] = [
     ['target', r.target.path],
     ['state', `${r.target.state} for ${duration(r.target.secondsInState)}`],
     ['last check', check],
     ['sessions', `${r.sessions.active} active, ${r.sessions.waiting} waiting, ${r.sessions.total} served, ${r.sessions.failed} failed, ${r.sessions.denied} refused`],
     ['bytes', `${r.bytes.in} in (client → target), ${r.bytes.out} out`],
     ['uptime', `${duration(r.uptimeSeconds)} (pid ${r.pid}, ${r.workers} ${r.workers === 1 ? 'process' : 'workers'}, sockbridge ${r.version})`],
-    ...Object.entries(r.config).map(([k, v]): [string, string] => [`  ${k}`, v]),
   ];
-  const width = Math.max(...rows.map(([k]) => k.length)) + 2;
-  return rows.map(([k, v], i) => (i === 6 ? 'configuration\n' : '') + `${k.padEnd(width)}${v}`).join('\n') + '\n';
+  const config = Object.entries(r.config).map(([k, v]): [string, string] => [`  ${k}`, v]);
+  const width = Math.max(...[...head, ...config].map(([k]) => k.length)) + 2;
+  const line = ([k, v]: [string, string]): string => `${k.padEnd(width)}${v}`;
+  return [...head.map(line), 'configuration', ...config.map(line)].join('\n') + '\n';
 }
 
 /** Prometheus text exposition format, version 0.0.4. */
@@ -93,7 +94,7 @@ export function renderMetrics(r: StatusReport): string {
   metric('sockbridge_sessions_waiting', 'gauge', 'Clients held waiting for the target or for a free slot under max-conn.', r.sessions.waiting);
   metric('sockbridge_sessions_total', 'counter', 'Sessions ended, whatever the reason.', r.sessions.total);
   metric('sockbridge_sessions_failed_total', 'counter', 'Sessions that never reached the target or ended on an error or timeout.', r.sessions.failed);
-  metric('sockbridge_connections_denied_total', 'counter', 'Clients refused by --allow/--deny.', r.sessions.denied);
+  metric('sockbridge_connections_denied_total', 'counter', 'Clients refused by --allow/--deny or a failed TLS handshake.', r.sessions.denied);
   metric('sockbridge_received_bytes_total', 'counter', 'Bytes received from clients (and sent to the target).', r.bytes.in);
   metric('sockbridge_sent_bytes_total', 'counter', 'Bytes sent to clients (received from the target).', r.bytes.out);
   metric('sockbridge_workers', 'gauge', 'Worker processes accepting clients.', r.workers);
