@@ -27,8 +27,9 @@ export interface CommandLine {
 /** Parse argv (without node and script). Throws UsageError naming the bad flag. */
 export function parseCommandLine(argv: string[]): CommandLine {
   const unknown: string[] = [];
+  const stringOptions = [...OPTIONS.map((o) => o.name), 'config', 'instance'];
   const parsed = minimist(argv, {
-    string: [...OPTIONS.map((o) => o.name), 'config', 'instance'],
+    string: stringOptions,
     boolean: ['help', 'version', 'json'],
     alias: { h: 'help', V: 'version' },
     unknown: (arg) => {
@@ -37,7 +38,7 @@ export function parseCommandLine(argv: string[]): CommandLine {
     },
   });
   // minimist leaves a string option empty when its value is missing or starts with "-".
-  const empty = [...OPTIONS.map((o) => o.name), 'config', 'instance'].find((name) => parsed[name] === '' || (Array.isArray(parsed[name]) && (parsed[name] as string[]).includes('')));
+  const empty = stringOptions.find((name) => parsed[name] === '' || (Array.isArray(parsed[name]) && (parsed[name] as string[]).includes('')));
   if (empty !== undefined) {
     throw new UsageError('EUSAGE_VALUE', `--${empty} needs a value (write --${empty}=VALUE when the value starts with "-")`);
   }
