@@ -1,10 +1,12 @@
 # shellcheck shell=bash
-# Cached Debian 12 (bookworm) root file systems for the package build
-# (scripts/build-deb.sh) and the systemd end-to-end test (test/e2e/run.sh).
-# Sourced, not run. Needs root.
+# Cached Debian root file systems, one set per release, for the package
+# build (scripts/build-deb.sh) and the systemd end-to-end test
+# (test/e2e/run.sh). Sourced, not run. Needs root.
 #
-#   /var/cache/sockbridge/bookworm-base   debootstrap --variant=minbase + systemd
-#   /var/cache/sockbridge/<name>          a copy of it with more packages
+#   /var/cache/sockbridge/<suite>-base    debootstrap --variant=minbase + systemd
+#   /var/cache/sockbridge/<suite>-<name>  a copy of it with more packages
+#
+# <suite> is a Debian release's code name from SUITES below.
 #
 # Each root is built in a temporary directory and renamed into place only
 # when complete, so an interrupted run never leaves a half-built cache. A
@@ -15,8 +17,19 @@
 # (default: the host's own Debian mirror, else debootstrap's default).
 
 SOCKBRIDGE_CACHE=${SOCKBRIDGE_CACHE:-/var/cache/sockbridge}
-BASE_ROOT=$SOCKBRIDGE_CACHE/bookworm-base
 BASE_PACKAGES=systemd,systemd-sysv,dbus
+
+# The releases a package is built for: code name and Debian version. The
+# version goes into the package's version (0.1.0-1~deb13u1), so that apt
+# orders the builds of one upstream version by release.
+declare -A SUITES=([bookworm]=12 [trixie]=13)
+
+# The Debian version of a suite (12 for bookworm); fails for an unknown one.
+suite_number() {
+    [ -n "${SUITES[$1]:-}" ] || die "unknown Debian release \"$1\": expected one of ${!SUITES[*]} (or host)"
+    echo "${SUITES[$1]}"
+}
+base_root() { echo "$SOCKBRIDGE_CACHE/$1-base"; }
 
 log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -67,42 +80,46 @@ root_is_current() {
         [ -z "$(find "$root/.sockbridge-stamp" -mtime +7)" ]
 }
 
+# ensure_base_root SUITE: the minimal root of that release.
 ensure_base_root() {
-    root_is_current "$BASE_ROOT" "$BASE_PACKAGES" && return 0
+    local suite=$1 root
+    suite_number "$suite" >/dev/null
+    root=$(base_root "$suite")
+    root_is_current "$root" "$BASE_PACKAGES" && return 0
     ensure_host_packages debootstrap systemd-container
     local mirror security tmp
     mirror=${SOCKBRIDGE_DEBIAN_MIRROR:-$(host_mirror debian)}
     security=$(host_mirror debian-security)
-    tmp=$BASE_ROOT.tmp
+    tmp=$root.tmp
     rm -rf "$tmp"
     mkdir -p "$SOCKBRIDGE_CACHE"
-    log "debootstrap bookworm into $BASE_ROOT (about a minute)"
+    log "debootstrap $suite into $root (a minute or two)"
     # shellcheck disable=SC2086 # $mirror is empty (debootstrap's default) or one URI
-    debootstrap --variant=minbase --include="$BASE_PACKAGES" bookworm "$tmp" $mirror \
-        >"$SOCKBRIDGE_CACHE/debootstrap.log" 2>&1 ||
-        die "debootstrap failed, see $SOCKBRIDGE_CACHE/debootstrap.log"
-    # Point releases and security updates, as on a real Debian 12 host.
+    debootstrap --variant=minbase --include="$BASE_PACKAGES" "$suite" "$tmp" $mirror \
+        >"$SOCKBRIDGE_CACHE/debootstrap-$suite.log" 2>&1 ||
+        die "debootstrap failed, see $SOCKBRIDGE_CACHE/debootstrap-$suite.log"
+    # Point releases and security updates, as on a real host of that release.
     if [ -n "$mirror" ]; then
-        echo "deb $mirror bookworm-updates main" >>"$tmp/etc/apt/sources.list"
+        echo "deb $mirror $suite-updates main" >>"$tmp/etc/apt/sources.list"
     fi
     if [ -n "$security" ]; then
-        echo "deb $security bookworm-security main" >>"$tmp/etc/apt/sources.list"
+        echo "deb $security $suite-security main" >>"$tmp/etc/apt/sources.list"
     fi
     # No recommends, no documentation: smaller, faster roots.
     printf 'APT::Install-Recommends "false";\nAPT::Install-Suggests "false";\n' \
         >"$tmp/etc/apt/apt.conf.d/90sockbridge"
     echo sockbridge-test >"$tmp/etc/hostname"
     echo "$BASE_PACKAGES" >"$tmp/.sockbridge-stamp"
-    rm -rf "$BASE_ROOT"
-    mv "$tmp" "$BASE_ROOT"
+    rm -rf "$root"
+    mv "$tmp" "$root"
 }
 
-# ensure_derived_root NAME PACKAGE... : $SOCKBRIDGE_CACHE/NAME, a copy of the
-# base root with PACKAGEs installed (apt-get update first, so they are the
-# current point release). Prints the root's path.
+# ensure_derived_root SUITE NAME PACKAGE... : $SOCKBRIDGE_CACHE/SUITE-NAME, a
+# copy of SUITE's base root with PACKAGEs (names or relations) installed (apt-get update first, so
+# they are the current point release). Prints the root's path.
 ensure_derived_root() {
-    local name=$1; shift
-    local root=$SOCKBRIDGE_CACHE/$name want
+    local suite=$1 name=$2; shift 2
+    local root=$SOCKBRIDGE_CACHE/$suite-$name want
     want="$BASE_PACKAGES $*"
     if root_is_current "$root" "$want"; then
         echo "$root"
@@ -118,13 +135,17 @@ ensure_derived_root() {
         echo "$root"
         return 0
     fi
-    ensure_base_root
+    ensure_base_root "$suite"
     log "preparing $root: $*"
     rm -rf "$root.tmp"
-    cp -a "$BASE_ROOT" "$root.tmp"
+    cp -a "$(base_root "$suite")" "$root.tmp"
+    # apt-get satisfy takes relations ("libnode-dev | nodejs-dev") as well
+    # as plain package names, and picks what this release has.
+    local relations
+    relations=$(printf '%s, ' "$@")
     in_root "$root.tmp" -- sh -c 'apt-get update -qq && apt-get upgrade -y -qq &&
-        apt-get install -y -qq "$@"' sh "$@" >"$SOCKBRIDGE_CACHE/$name.log" 2>&1 ||
-        die "installing packages into $name failed, see $SOCKBRIDGE_CACHE/$name.log"
+        apt-get satisfy -y -qq "$1"' sh "${relations%, }" >"$SOCKBRIDGE_CACHE/$suite-$name.log" 2>&1 ||
+        die "installing packages into $suite-$name failed, see $SOCKBRIDGE_CACHE/$suite-$name.log"
     in_root "$root.tmp" -- apt-get clean >&2
     echo "$want" >"$root.tmp/.sockbridge-stamp"
     rm -rf "$root"
