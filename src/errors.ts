@@ -5,6 +5,12 @@ export const EXIT_OK = 0;
 export const EXIT_USAGE = 64; // EX_USAGE: bad command line
 export const EXIT_UNAVAILABLE = 69; // EX_UNAVAILABLE: the service asked is not there
 export const EXIT_SOFTWARE = 70; // EX_SOFTWARE: a bug; the message says so
+// EX_OSFILE: a file of the installation is unusable (native addons built for
+// another Node.js). Not 78: the units name this code in
+// RestartPreventExitStatus= (retrying cannot help), and a configuration error
+// must keep being retried, or bridge.socket, re-triggered by every queued
+// client, would hit its trigger limit and stop listening.
+export const EXIT_OSFILE = 72;
 export const EXIT_CONFIG = 78; // EX_CONFIG: bad configuration file or value
 
 export abstract class SockbridgeError extends Error {
@@ -31,6 +37,11 @@ export class ConfigError extends SockbridgeError {
 /** `sockbridge status` could not reach the service. */
 export class UnavailableError extends SockbridgeError {
   readonly exitCode = EXIT_UNAVAILABLE;
+}
+
+/** The installation cannot run on this Node.js (addons built for another ABI, or unloadable). */
+export class InstallError extends SockbridgeError {
+  readonly exitCode = EXIT_OSFILE;
 }
 
 /** Listening failed (port in use, bad address): a configuration problem. */

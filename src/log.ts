@@ -1,6 +1,7 @@
 // Logging: structured journal entries under systemd, readable lines on a terminal.
 // Callers check `logger.enabled(level)` before building fields on hot paths.
 
+import { loadAddon } from './addons';
 import type { Config, LogLevel } from './options';
 
 export type Fields = Record<string, string | number>;
@@ -96,19 +97,9 @@ export class Logger {
   error(message: string, fields?: Fields): void { this.log('error', message, fields); }
 }
 
-/** Pick the sink from --log-target; fall back to stderr when the journal addon cannot load. */
+/** Pick the sink from --log-target. Throws InstallError when the journal addon cannot load. */
 export function createLogger(cfg: Pick<Config, 'logLevel' | 'logTarget'>, env: NodeJS.ProcessEnv = process.env): Logger {
   const wantJournal = cfg.logTarget === 'journal' || (cfg.logTarget === 'auto' && underSystemd(env));
-  if (wantJournal) {
-    try {
-      // eslint-disable-next-line @typescript-eslint/no-var-requires
-      const journald = require('systemd-journald') as typeof import('systemd-journald');
-      return new Logger(new JournalSink(journald), cfg.logLevel);
-    } catch (err) {
-      const logger = new Logger(new StderrSink(), cfg.logLevel);
-      logger.warning(`journal logging unavailable (${(err as Error).message}); logging to stderr`);
-      return logger;
-    }
-  }
-  return new Logger(new StderrSink(), cfg.logLevel);
+  const sink = wantJournal ? new JournalSink(loadAddon<typeof import('systemd-journald')>('systemd-journald')) : new StderrSink();
+  return new Logger(sink, cfg.logLevel);
 }

@@ -55,7 +55,7 @@ async function run(cli: CommandLine): Promise<void> {
   const cfg = loadConfig(cli);
   validate(cfg);
   const logger = createLogger(cfg);
-  const notifier = Notifier.fromEnv(process.env, logger);
+  const notifier = Notifier.fromEnv(process.env);
   const passed = takeSystemdSockets(process.env, process.pid);
   const workers = Primary.count(cfg);
   const service: Service = workers > 1

@@ -2,7 +2,7 @@
 // Every method is a no-op outside systemd (no NOTIFY_SOCKET), and the native
 // addon is only loaded when systemd asked for notifications.
 
-import type { Logger } from './log';
+import { loadAddon } from './addons';
 
 type SdNotify = typeof import('sd-notify');
 
@@ -12,14 +12,9 @@ export class Notifier {
 
   private constructor(private readonly sd: SdNotify | undefined) {}
 
-  static fromEnv(env: NodeJS.ProcessEnv, logger: Logger): Notifier {
-    if (!env['NOTIFY_SOCKET']) return new Notifier(undefined);
-    try {
-      return new Notifier(require('sd-notify') as SdNotify);
-    } catch (err) {
-      logger.error(`NOTIFY_SOCKET is set but the sd-notify addon cannot load (${(err as Error).message}); systemd will not see READY=1`);
-      return new Notifier(undefined);
-    }
+  /** Throws InstallError when systemd wants notifications and the addon cannot load. */
+  static fromEnv(env: NodeJS.ProcessEnv): Notifier {
+    return new Notifier(env['NOTIFY_SOCKET'] ? loadAddon<SdNotify>('sd-notify') : undefined);
   }
 
   get active(): boolean {

@@ -270,7 +270,7 @@ export async function runWorker(env: NodeJS.ProcessEnv): Promise<void> {
   const cfg = JSON.parse(env[ENV_CONFIG]!) as Config;
   const passed = JSON.parse(env[ENV_SOCKETS] ?? '[]') as PassedSocket[];
   const logger = createLogger(cfg);
-  const notifier = Notifier.fromEnv({}, logger); // silent: the primary speaks for the service
+  const notifier = Notifier.fromEnv({}); // silent: the primary speaks for the service
   let busy = false;
   const report = (): void => { send({ t: 'stats', stats: bridge.snapshot(), busy }); };
   const bridge = new Bridge(cfg, logger, notifier, new ForwardingReporter(), {
