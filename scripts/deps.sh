@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install what building and testing sockbridge needs on Debian 12, then the
-# npm packages. Safe to run again: it only installs what is missing.
+# Install what building and testing sockbridge needs on a Debian-family
+# system (Debian 12, 13, Ubuntu), then the npm packages. Safe to run again:
+# it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,7 +11,7 @@ cd "$(dirname "$0")/.."
 # (test certificates).
 need=(libsystemd-dev g++ make python3 pkg-config systemd iproute2 openssl)
 if ! command -v node >/dev/null; then
-  need+=(nodejs npm libnode-dev) # Debian's Node 18; node-gyp builds against libnode-dev's headers
+  need+=(nodejs npm libnode-dev) # the release's own Node; node-gyp builds against libnode-dev's headers
 fi
 missing=()
 for p in "${need[@]}"; do
@@ -25,8 +26,14 @@ if ((${#missing[@]})); then
 fi
 # node-gyp must build the addons against the installed Node's own headers
 # (nothing can be downloaded): Debian's libnode-dev and NodeSource's nodejs
-# both put them under /usr/include/node.
-if [ -z "${npm_config_nodedir:-}" ] && [ -f /usr/include/node/node.h ]; then
-  export npm_config_nodedir=/usr
+# both put them under /usr/include/node. node-gyp ≥ 11.4 reads
+# npm_package_config_node_gyp_nodedir; older ones (with Debian's npm 9) only
+# npm_config_nodedir, which npm ≥ 11 warns about ("will stop working in the
+# next major version"): set that one only for an npm that takes it silently.
+if [ -f /usr/include/node/node.h ]; then
+  export npm_package_config_node_gyp_nodedir=${npm_package_config_node_gyp_nodedir:-/usr}
+  if [ "$(npm --version | cut -d. -f1)" -lt 11 ]; then
+    export npm_config_nodedir=${npm_config_nodedir:-/usr}
+  fi
 fi
 npm ci --no-audit --no-fund
