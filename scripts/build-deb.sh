@@ -166,6 +166,8 @@ build_host() {
     if command -v lintian >/dev/null; then
         lintian --fail-on error,warning "$repo/build/sockbridge_${version}_${arch}.changes" ||
             die "lintian reported errors or warnings"
+    else
+        log "not linted: lintian is not installed (apt install lintian to check the package)"
     fi
     log "ok: build/sockbridge_${version}_${arch}.deb ($((SECONDS - t0))s)"
     log "install it with: sudo apt install ./build/sockbridge_${version}_${arch}.deb"
