@@ -1,12 +1,12 @@
 # sockbridge — every entry point a developer or operator needs.
-# `make run` and `make test` work on a fresh Debian 12 machine: they install
+# `make run` and `make test` work on a fresh Debian 12 or 13 machine: they install
 # what they need first (scripts/deps.sh: apt packages, then npm ci).
 
 SHELL := /bin/bash
 ARGS ?=
 TS_SOURCES := $(shell find src test bench -name '*.ts' 2>/dev/null) tsconfig.json
 
-.PHONY: all deps build run demo test unit e2e deb bench clean docs
+.PHONY: all deps build run demo test unit test-matrix e2e deb test-host-build bench clean docs
 
 all: build
 
@@ -28,19 +28,41 @@ run: build
 demo: build
 	bash scripts/demo.sh $(ARGS)
 
-# Every test: the unit/functional suite, then the systemd end-to-end test.
-test: unit e2e
+# Every test: the unit/functional suite, the same under every supported Node
+# major, then the systemd end-to-end test.
+test: unit test-matrix e2e
 
 unit: build
 	node --test dist/test/*.test.js
 
-# Builds the .deb in a clean Debian 12 root itself (no host build needed);
-# skips with one line where it cannot boot a container (not root).
-e2e:
-	bash test/e2e/run.sh
+# The unit/functional suite under Node 18, 20, 22, 24 and 26 in turn (official
+# builds from the npm registry, cached in /var/cache/sockbridge/node; addons
+# built per Node in build/matrix/). MAJORS="22 24" for some only.
+MAJORS ?= 18 20 22 24 26
+test-matrix: build
+	MAJORS="$(MAJORS)" bash scripts/test-matrix.sh
 
+# For Debian 12 and 13 in turn: builds that release's .deb in a clean root
+# of it, boots a container of it, installs the package there and checks it
+# (E2E_SUITES="trixie" for one); skips with one line where it cannot boot a
+# container (not root).
+E2E_SUITES ?= bookworm trixie
+e2e:
+	bash test/e2e/run.sh $(E2E_SUITES)
+
+# The package for one release: SUITE=bookworm (Debian 12, the default) or
+# trixie (Debian 13), built in a clean root of that release; SUITE=host
+# builds on this machine with its own tools and Node.js (Ubuntu, other
+# Debian-family systems, NodeSource's nodejs). Result in build/.
+SUITE ?= bookworm
 deb:
-	bash scripts/build-deb.sh
+	bash scripts/build-deb.sh $(SUITE)
+
+# make deb SUITE=host in a clean Debian root from a clone (by hand: it
+# installs a whole toolchain, about three minutes; not part of make test).
+HOST_BUILD_SUITE ?= trixie
+test-host-build:
+	bash test/host-build.sh $(HOST_BUILD_SUITE)
 
 # Regenerate the README's option table from the option table in src/options.ts.
 docs: build

@@ -33,10 +33,19 @@ export function takeSystemdSockets(env: NodeJS.ProcessEnv, pid: number): PassedS
   }));
 }
 
+/**
+ * How a listener's clients are accepted and read: 'onread' when
+ * acceptWithOwnReads took over (the fast path), 'stream' when Node's own accept
+ * path remains (this Node lacks the internal it replaces). Reported by
+ * `sockbridge status --json`, so that a Node that changed shows.
+ */
+export type AcceptPath = 'onread' | 'stream';
+
 export interface Listener {
   server: net.Server;
   /** For logs: "0.0.0.0:12345" or "systemd fd 3 (bridge.socket)". */
   label: string;
+  accept: AcceptPath;
 }
 
 const ACCEPT_ERROR_LOG_EVERY_MS = 1000;
@@ -84,12 +93,12 @@ export async function openListeners(
         throw new ListenError('ELISTEN', `cannot listen on ${spec.label}: ${err.code ?? err.message} — ${hint}`);
       });
       watchAcceptErrors(server, spec.label, logger);
-      acceptWithOwnReads(server, onConnection, reads);
+      const accept = acceptWithOwnReads(server, onConnection, reads);
       const address = server.address();
       const label = typeof address === 'object' && address !== null && !('fd' in spec.target)
         ? `${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`
         : spec.label;
-      listeners.push({ server, label });
+      listeners.push({ server, label, accept });
     }
   } catch (err) {
     for (const l of listeners) l.server.close();
@@ -119,9 +128,9 @@ interface ListenHandle {
  * every accepted socket, which saves five setsockopt(2) calls per connection
  * (measured: ~9 % of the CPU time of a connection churn).
  */
-function acceptWithOwnReads(server: net.Server, onConnection: (socket: net.Socket) => void, reads: net.OnReadOpts): void {
+function acceptWithOwnReads(server: net.Server, onConnection: (socket: net.Socket) => void, reads: net.OnReadOpts): AcceptPath {
   const handle = (server as unknown as { _handle?: ListenHandle | null })._handle;
-  if (!handle || typeof handle.onconnection !== 'function') return;
+  if (!handle || typeof handle.onconnection !== 'function') return 'stream';
   const inherited = handle.setNoDelay?.(true) === 0 && handle.setKeepAlive?.(true, KEEPALIVE_DELAY_MS / 1000) === 0;
   handle.onconnection = (status, clientHandle) => {
     if (status < 0 || clientHandle === undefined) {
@@ -137,6 +146,7 @@ function acceptWithOwnReads(server: net.Server, onConnection: (socket: net.Socke
     }
     onConnection(socket);
   };
+  return 'onread';
 }
 
 /**

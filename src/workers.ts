@@ -16,7 +16,7 @@ import { addSnapshots, announceReload, Bridge, BridgeSnapshot, logListening, NO_
 import { EXIT_SOFTWARE, SockbridgeError } from './errors';
 import { BackendState, HealthCheck } from './health';
 import { IdleExit } from './idle';
-import type { PassedSocket } from './listeners';
+import type { AcceptPath, PassedSocket } from './listeners';
 import { createLogger, Logger } from './log';
 import { Notifier } from './notify';
 import type { Config } from './options';
@@ -37,7 +37,7 @@ const ENV_SOCKETS = 'SOCKBRIDGE_WORKER_SOCKETS';
 // ---- messages ---------------------------------------------------------------------
 
 type ToPrimary =
-  | { t: 'listening'; addresses: string[] }
+  | { t: 'listening'; addresses: string[]; accept: AcceptPath[] }
   | { t: 'fatal'; message: string; code: string; exitCode: number }
   | { t: 'stats'; stats: BridgeSnapshot; busy: boolean }
   | { t: 'error-limit'; reason: string }
@@ -83,6 +83,8 @@ export class Primary implements Service {
   private readonly problems: ProblemReporter;
   private readonly health: HealthCheck;
   private addresses: string[] = [];
+  /** As the workers report it; the same in every worker (one Node, one program). */
+  private accept: AcceptPath[] = [];
   private stopping: Promise<void> | undefined;
   private statusTimer: NodeJS.Timeout | undefined;
   private readonly idle: IdleExit;
@@ -113,7 +115,7 @@ export class Primary implements Service {
     this.health.start();
     await Promise.all(Array.from({ length: this.count }, () => this.fork()));
     await this.endpoints.start(this.cfg, () => this.report(), this.logger);
-    logListening(this.logger, this.addresses, this.cfg.target, this.count);
+    logListening(this.logger, this.addresses, this.cfg.target, this.count, this.accept);
     this.statusTimer = setInterval(() => this.publishStatus(), REPORT_EVERY_MS);
     this.publishStatus();
     this.notifier.ready();
@@ -146,6 +148,7 @@ export class Primary implements Service {
           case 'listening':
             state.listening = true;
             this.addresses = msg.addresses;
+            this.accept = msg.accept;
             resolve();
             break;
           case 'fatal':
@@ -200,7 +203,10 @@ export class Primary implements Service {
   }
 
   report(): StatusReport {
-    return buildReport({ version: VERSION, startedAt: this.startedAt, workers: this.workers.size, health: this.health, totals: this.totals(), cfg: this.cfg });
+    return buildReport({
+      version: VERSION, startedAt: this.startedAt, workers: this.workers.size, health: this.health, totals: this.totals(), cfg: this.cfg,
+      addresses: this.addresses, accept: this.accept,
+    });
   }
 
   private publishStatus(): void {
@@ -302,6 +308,6 @@ export async function runWorker(env: NodeJS.ProcessEnv): Promise<void> {
     process.send?.({ t: 'fatal', message: err.message, code: err.code, exitCode: err.exitCode } satisfies ToPrimary, () => process.exit(err.exitCode));
     return;
   }
-  send({ t: 'listening', addresses: bridge.addresses });
+  send({ t: 'listening', addresses: bridge.addresses, accept: bridge.acceptPaths });
   setInterval(report, REPORT_EVERY_MS).unref();
 }
