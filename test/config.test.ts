@@ -8,14 +8,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { parseDuration } from '../src/options';
 import { OPTIONS } from '../src/options';
-import { ROOT, runBridge, tempDir, unixServer } from './helpers';
-
-function assertOneCleanLine(stderr: string, ...mustContain: string[]): void {
-  const lines = stderr.trim().split('\n');
-  assert.equal(lines.length, 1, `expected one line, got:\n${stderr}`);
-  assert.doesNotMatch(stderr, /\n\s+at /, 'no stack trace');
-  for (const s of mustContain) assert.ok(stderr.includes(s), `"${s}" missing from: ${stderr}`);
-}
+import { assertOneCleanLine, ROOT, runBridge, tempDir, unixServer } from './helpers';
 
 test('durations: plain milliseconds and units', () => {
   assert.equal(parseDuration('5000'), 5000);

@@ -6,7 +6,7 @@ import { chmodSync, unlinkSync } from 'node:fs';
 import type net from 'node:net';
 import { join } from 'node:path';
 import { test, TestContext } from 'node:test';
-import { BridgeProcess, closedWithin, connect, echoServer, readAll, startBridge, tempDir, UnixServer } from './helpers';
+import { BridgeProcess, cannotRunAs, closedWithin, connect, echoServer, readAll, startBridge, tempDir, UnixServer } from './helpers';
 
 /** The program stops accepting (its socket file gone); its open connections carry on. */
 function stopListening(srv: UnixServer): void {
@@ -75,7 +75,7 @@ test('error-limit: consecutive connect errors from client traffic mark the targe
   await closedWithin(c, 5000);
 });
 
-test('permission denied: held until connect-timeout (a chmod may be on its way), then closed; one clear message naming the fix', { skip: process.getuid?.() !== 0 && 'needs root to run the bridge as another user' }, async (t) => {
+test('permission denied: held until connect-timeout (a chmod may be on its way), then closed; one clear message naming the fix', { skip: cannotRunAs(65534, 65534) }, async (t) => {
   const dir = tempDir(t);
   const path = join(dir, 'app.sock');
   const srv = await echoServer(path);
@@ -94,7 +94,7 @@ test('permission denied: held until connect-timeout (a chmod may be on its way),
   assert.equal(messages.length, 1, `expected the problem once:\n${bridge.log()}`);
 });
 
-test('a socket made accessible after bind (bind, then chmod) costs held clients nothing', { skip: process.getuid?.() !== 0 && 'needs root to run the bridge as another user' }, async (t) => {
+test('a socket made accessible after bind (bind, then chmod) costs held clients nothing', { skip: cannotRunAs(65534, 65534) }, async (t) => {
   const dir = tempDir(t);
   const path = join(dir, 'app.sock');
   const srv = await echoServer(path);

@@ -1,11 +1,12 @@
 // Test helpers: real UNIX-socket servers, a real sockbridge child process, and
 // waiting for conditions with a deadline (never a bare sleep).
 
-import { ChildProcess, spawn, SpawnOptions } from 'node:child_process';
-import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync, unlinkSync } from 'node:fs';
+import assert from 'node:assert/strict';
+import { ChildProcess, spawn, SpawnOptions, spawnSync } from 'node:child_process';
+import { chmodSync, cpSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { test, TestContext } from 'node:test';
 
 export const ROOT = resolve(__dirname, '..', '..');
@@ -31,6 +32,93 @@ export async function waitFor(cond: () => boolean | Promise<boolean>, timeoutMs:
 
 export function delay(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
+}
+
+/** Bad input ends as one line on stderr containing each of `mustContain`, never a stack trace. */
+export function assertOneCleanLine(stderr: string, ...mustContain: string[]): void {
+  const lines = stderr.trim().split('\n');
+  assert.equal(lines.length, 1, `expected one line, got:\n${stderr}`);
+  assert.doesNotMatch(stderr, /\n\s+at /, 'no stack trace');
+  for (const s of mustContain) assert.ok(stderr.includes(s), `"${s}" missing from: ${stderr}`);
+}
+
+// ---- running the bridge as another user ------------------------------------------
+
+/** What another user can reach: this Node and the installation, this Node only, or not even this Node. */
+type Reach = 'all' | 'node' | 'none';
+
+const reachCache = new Map<string, Reach>();
+
+/** Asks a child running as `uid` (and `gid`) itself, so that every directory's mode, owner and ACL counts. */
+function reach(uid: number, gid: number | undefined, root: string): Reach {
+  const key = `${uid}:${gid ?? ''}:${root}`;
+  let r = reachCache.get(key);
+  if (r === undefined) {
+    const files = [join(root, 'bin', 'sockbridge'), join(root, 'dist', 'src', 'main.js'), join(root, 'node_modules')];
+    const probe = spawnSync(process.execPath, ['-e', `for (const f of ${JSON.stringify(files)}) require('fs').accessSync(f, require('fs').constants.R_OK)`], {
+      uid, ...(gid === undefined ? {} : { gid }), stdio: 'ignore', timeout: 10_000,
+    });
+    const failed = (probe.error as NodeJS.ErrnoException | undefined)?.code;
+    // EACCES: execve(2) itself was refused, this Node is out of its reach.
+    if (failed !== undefined && failed !== 'EACCES') throw new Error(`cannot check what uid ${uid} can reach: ${failed}`);
+    r = failed === 'EACCES' ? 'none' : probe.status === 0 ? 'all' : 'node';
+    reachCache.set(key, r);
+  }
+  return r;
+}
+
+/**
+ * Why a test cannot run the bridge as `uid`, or false if it can: for the
+ * `skip` option of such tests (`{ skip: cannotRunAs(65534) }`). A checkout
+ * out of its reach is no reason (the bridge then runs from a copy, see
+ * binFor); this Node out of its reach is.
+ */
+export function cannotRunAs(uid: number, gid?: number): string | false {
+  if (process.getuid?.() !== 0) return 'needs root to run the bridge as another user';
+  if (reach(uid, gid, ROOT) === 'none') {
+    return `uid ${uid} cannot run ${process.execPath} (a directory on its path is closed to it): install Node where uid ${uid} can reach it`;
+  }
+  return false;
+}
+
+let installCopy: string | undefined;
+
+/**
+ * A copy of the installation that other users can read: bin/, dist/,
+ * package.json and the production node_modules in a world-readable temporary
+ * directory, for a checkout they cannot enter (under /root, say). Made once
+ * per test process, removed when it exits.
+ */
+function readableInstallation(): string {
+  if (installCopy !== undefined) return installCopy;
+  const dir = mkdtempSync(join(tmpdir(), 'sockbridge-install-'));
+  process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
+  chmodSync(dir, 0o755);
+  for (const part of ['bin', 'dist', 'package.json']) cpSync(join(ROOT, part), join(dir, part), { recursive: true });
+  // Production packages only (typescript alone is ~20 MB): the top-level entries the lock file does not mark dev.
+  const lock = JSON.parse(readFileSync(join(ROOT, 'package-lock.json'), 'utf8')) as { packages?: Record<string, { dev?: boolean }> };
+  const dev = new Set(Object.entries(lock.packages ?? {}).filter(([, p]) => p.dev === true).map(([path]) => path));
+  const modules = join(ROOT, 'node_modules');
+  const names = readdirSync(modules).flatMap((n) => n.startsWith('@') ? readdirSync(join(modules, n)).map((sub) => `${n}/${sub}`) : [n]);
+  for (const name of names) {
+    // Of the dot entries the files only (the ABI record), not .bin/ with its links to dev tools.
+    if (dev.has(`node_modules/${name}`) || (name.startsWith('.') && !lstatSync(join(modules, name)).isFile())) continue;
+    mkdirSync(dirname(join(dir, 'node_modules', name)), { recursive: true });
+    cpSync(join(modules, name), join(dir, 'node_modules', name), { recursive: true });
+  }
+  installCopy = dir;
+  return dir;
+}
+
+/** The sockbridge program that `uid` can run: the checkout's own, or a readable copy of the installation. */
+function binFor(uid: number | undefined, gid: number | undefined): string {
+  if (uid === undefined || uid === process.getuid?.()) return BIN;
+  const here = reach(uid, gid, ROOT);
+  if (here === 'all') return BIN;
+  if (here === 'none') throw new Error(`cannot run the bridge as uid ${uid}: ${cannotRunAs(uid, gid)}; give the test { skip: cannotRunAs(${uid}) }`);
+  const copy = readableInstallation();
+  if (reach(uid, gid, copy) !== 'all') throw new Error(`uid ${uid} can read neither ${ROOT} nor the copy of it in ${copy} (is TMPDIR private?)`);
+  return join(copy, 'bin', 'sockbridge');
 }
 
 // ---- UNIX socket servers --------------------------------------------------------
@@ -154,7 +242,7 @@ export async function startBridge(t: { after(fn: () => Promise<void> | void): vo
   for (const k of ['JOURNAL_STREAM', 'INVOCATION_ID', 'NOTIFY_SOCKET', 'LISTEN_FDS', 'LISTEN_PID', 'WATCHDOG_USEC']) {
     if (!opts.env || !(k in opts.env)) delete env[k];
   }
-  const argv = [...(opts.wrapper ?? []), process.execPath, BIN, '--log-target', 'stderr', ...args];
+  const argv = [...(opts.wrapper ?? []), process.execPath, binFor(opts.spawn?.uid, opts.spawn?.gid), '--log-target', 'stderr', ...args];
   const child = spawn(argv[0]!, argv.slice(1), { ...opts.spawn, env, stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr!.setEncoding('utf8');

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { builtFor, checkAbi } from '../src/addons';
 import { InstallError } from '../src/errors';
-import { ROOT, tempDir } from './helpers';
+import { assertOneCleanLine, ROOT, tempDir } from './helpers';
 
 const FIX = 'make deb SUITE=host';
 
@@ -44,13 +44,6 @@ function run(main: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise
   });
 }
 
-function assertOneLine(stderr: string, ...mustContain: string[]): void {
-  const lines = stderr.trim().split('\n');
-  assert.equal(lines.length, 1, `expected one line, got:\n${stderr}`);
-  assert.doesNotMatch(stderr, /\n\s+at /, 'no stack trace');
-  for (const s of mustContain) assert.ok(stderr.includes(s), `"${s}" missing from: ${stderr}`);
-}
-
 test('the build records the ABI the addons were built for, and it is this Node\'s', () => {
   const record = builtFor();
   assert.ok(record, 'node_modules/.sockbridge-abi.json is missing: package.json\'s postinstall did not run');
@@ -68,12 +61,12 @@ test('addons built for another Node: one line naming both versions and the fix, 
   // Under systemd (the journal addon is wanted) ...
   const r = await run(main, ['--listen', '127.0.0.1:0', '--target', join(dir, 'app.sock'), '--log-target', 'journal']);
   assert.equal(r.code, 72, r.stderr);
-  assertOneLine(r.stderr, '[EADDON_ABI]', `Node.js v18.20.4 (ABI ${other})`, `Node.js ${process.version} (ABI ${process.versions.modules})`, FIX);
+  assertOneCleanLine(r.stderr, '[EADDON_ABI]', `Node.js v18.20.4 (ABI ${other})`, `Node.js ${process.version} (ABI ${process.versions.modules})`, FIX);
   // ... and with NOTIFY_SOCKET (without sd-notify systemd would wait for READY=1 until its start timeout).
   const n = await run(main, ['--listen', '127.0.0.1:0', '--target', join(dir, 'app.sock'), '--log-target', 'stderr'],
     { NOTIFY_SOCKET: join(dir, 'notify') });
   assert.equal(n.code, 72, n.stderr);
-  assertOneLine(n.stderr, '[EADDON_ABI]');
+  assertOneCleanLine(n.stderr, '[EADDON_ABI]');
 });
 
 test('an addon the dynamic loader refuses: one line with the loader\'s reason and the fix, exit 72', async (t) => {
@@ -84,5 +77,5 @@ test('an addon the dynamic loader refuses: one line with the loader\'s reason an
   const r = await run(main, ['--listen', '127.0.0.1:0', '--target', join(dir, 'app.sock'), '--log-target', 'stderr'],
     { NOTIFY_SOCKET: join(dir, 'notify') });
   assert.equal(r.code, 72, r.stderr);
-  assertOneLine(r.stderr, '[EADDON_LOAD]', 'sd-notify', 'libnode.so.108: cannot open shared object file', FIX);
+  assertOneCleanLine(r.stderr, '[EADDON_LOAD]', 'sd-notify', 'libnode.so.108: cannot open shared object file', FIX);
 });
