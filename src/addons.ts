@@ -20,15 +20,17 @@ export interface BuiltFor {
 const RECORD = join(__dirname, '..', '..', 'node_modules', '.sockbridge-abi.json');
 const FIX = 'install the sockbridge package built for this system\'s release, or build one here with "make deb SUITE=host"';
 
-/** The recorded build ABI, or undefined when there is no record (an old or hand-made node_modules). */
+/**
+ * The recorded build ABI, or undefined when there is no usable record (an old
+ * or hand-made node_modules): then the loader has the last word.
+ */
 export function builtFor(path = RECORD): BuiltFor | undefined {
-  let text: string;
+  let parsed: Partial<BuiltFor>;
   try {
-    text = readFileSync(path, 'utf8');
+    parsed = JSON.parse(readFileSync(path, 'utf8')) as Partial<BuiltFor>;
   } catch {
     return undefined;
   }
-  const parsed = JSON.parse(text) as Partial<BuiltFor>;
   return typeof parsed.node === 'string' && typeof parsed.modules === 'string'
     ? { node: parsed.node, modules: parsed.modules }
     : undefined;

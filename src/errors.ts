@@ -7,9 +7,9 @@ export const EXIT_UNAVAILABLE = 69; // EX_UNAVAILABLE: the service asked is not 
 export const EXIT_SOFTWARE = 70; // EX_SOFTWARE: a bug; the message says so
 // EX_OSFILE: a file of the installation is unusable (native addons built for
 // another Node.js). Not 78: the units name this code in
-// RestartPreventExitStatus= (retrying cannot help), and a configuration error
-// must keep being retried, or bridge.socket, re-triggered by every queued
-// client, would hit its trigger limit and stop listening.
+// RestartPreventExitStatus= and stop bridge.socket on it (retrying cannot
+// help), while a configuration error keeps being retried every RestartSec=,
+// so that the operator's fix is picked up by itself.
 export const EXIT_OSFILE = 72;
 export const EXIT_CONFIG = 78; // EX_CONFIG: bad configuration file or value
 

@@ -52,6 +52,15 @@ test('the build records the ABI the addons were built for, and it is this Node\'
   assert.doesNotThrow(() => checkAbi(undefined), 'no record (a hand-made node_modules): the loader decides');
 });
 
+test('a missing or unreadable ABI record is no record, not a crash', (t) => {
+  const dir = tempDir(t);
+  assert.equal(builtFor(join(dir, 'missing.json')), undefined);
+  writeFileSync(join(dir, 'torn.json'), '{"node":"v18');
+  assert.equal(builtFor(join(dir, 'torn.json')), undefined);
+  writeFileSync(join(dir, 'other.json'), '{"node":18}');
+  assert.equal(builtFor(join(dir, 'other.json')), undefined);
+});
+
 test('addons built for another Node: one line naming both versions and the fix, exit 72', async (t) => {
   const dir = tempDir(t);
   const other = process.versions.modules === '108' ? '115' : '108';
