@@ -170,7 +170,7 @@ export const OPTIONS: readonly AnyOption[] = [
   },
   {
     name: 'client-timeout', key: 'clientTimeout', ...durationOpt, default: 50_000, reloadable: true,
-    help: 'Close a session idle this long: no byte either way (0 = never). With both timeouts set the shorter one closes it and names the reason, up to a tenth of it (at most 2 s) late.',
+    help: 'Close a session idle this long: no byte either way (0 = never). With both timeouts set the shorter one closes it and names the reason; equal ones name the side that owes the next byte (server-timeout after a request the program has not answered). Up to a tenth of it (at most 2 s) late.',
   },
   {
     name: 'server-timeout', key: 'serverTimeout', ...durationOpt, default: 50_000, reloadable: true,

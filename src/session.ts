@@ -92,6 +92,8 @@ export class Session {
   private busy = true;
   /** The sweep that last found the session busy (ms). */
   private quietSince = 0;
+  /** Who sent the last byte: the client (so the target owes an answer) or not (the client owes the next byte). */
+  private clientSpokeLast = false;
   private readonly client: BridgedSocket;
   /** The client's address, kept because it is gone from the socket once closed. */
   readonly clientAddr: string;
@@ -179,6 +181,7 @@ export class Session {
    */
   fromClient(data: Buffer): void {
     this.busy = true;
+    this.clientSpokeLast = true;
     if (!this.server) {
       // Read just before a retry paused the client: the new connection sends it.
       this.replay!.push(Buffer.from(data));
@@ -195,6 +198,7 @@ export class Session {
   /** Bytes from the target: it answered, so the request can no longer be retried. */
   fromServer(data: Buffer): void {
     this.busy = true;
+    this.clientSpokeLast = false;
     this.replay = undefined;
     if (!this.client.write(data)) this.server!.pause();
   }
@@ -262,7 +266,10 @@ export class Session {
    * Called by the bridge's idle sweep, which is cheaper than timers refreshed
    * on every chunk. Every byte read on one side is written to the other, so
    * both sides are active at the same moments: the shorter timeout decides.
-   * Quiet since the last sweep that found traffic, so at most a sweep late.
+   * Equal timeouts (the defaults) name the side that owes the next byte, as
+   * HAProxy does: the target after a request it has not answered, otherwise
+   * the client. Quiet since the last sweep that found traffic, so at most a
+   * sweep late.
    */
   closeIfIdle(now: number): void {
     if (this.phase !== Phase.Open) return;
@@ -271,10 +278,11 @@ export class Session {
       this.quietSince = now;
       return;
     }
-    const idle = now - this.quietSince;
     const { clientTimeout: c, serverTimeout: s } = this.settings;
-    if (c > 0 && idle >= c && (s === 0 || c <= s)) this.abort('client-timeout');
-    else if (s > 0 && idle >= s) this.abort('server-timeout');
+    const limit = Math.min(c || Infinity, s || Infinity);
+    if (now - this.quietSince < limit) return;
+    const serverOwes = c === s ? this.clientSpokeLast : limit === s;
+    this.abort(serverOwes ? 'server-timeout' : 'client-timeout');
   }
 
   /**

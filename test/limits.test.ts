@@ -83,6 +83,27 @@ test('server-timeout closes a session whose program never answers', async (t) =>
   await bridge.waitForLog(/closed \(server-timeout\)/);
 });
 
+test('equal timeouts name the side that owes the next byte: the program after an unanswered request, else the client', async (t) => {
+  const dir = tempDir(t);
+  // Answers the first request only, then reads and never writes again.
+  const srv = await unixServer(join(dir, 'app.sock'), (s) => s.once('data', (d: Buffer) => { s.write(d); s.resume(); }));
+  t.after(() => srv.close());
+  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', srv.path, '--client-timeout', '300ms', '--server-timeout', '300ms', '--check-interval', '0']);
+  // Asked, answered, then silent: the client owes the next byte.
+  const silent = await connect(bridge.port);
+  silent.write('one');
+  assert.equal(await firstData(silent), 'one');
+  await closedWithin(silent, 5000);
+  await bridge.waitForLog(new RegExp(`session 127\\.0\\.0\\.1:${silent.localPort} closed \\(client-timeout\\)`));
+  // Asked again, never answered: the program owes it.
+  const waiting = await connect(bridge.port);
+  waiting.write('one');
+  assert.equal(await firstData(waiting), 'one');
+  waiting.write('two?');
+  await closedWithin(waiting, 5000);
+  await bridge.waitForLog(new RegExp(`session 127\\.0\\.0\\.1:${waiting.localPort} closed \\(server-timeout\\)`));
+});
+
 test('out of file descriptors (EMFILE): the service keeps running and serves again once they are freed', async (t) => {
   const dir = tempDir(t);
   const srv = await echoServer(join(dir, 'app.sock'));
