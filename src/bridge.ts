@@ -93,9 +93,15 @@ export class Bridge {
     return this.listeners.map((l) => l.accept);
   }
 
+  /** The counters now; bytes include those of open sessions, so a long session shows up before it ends. */
   snapshot(): BridgeSnapshot {
     const s = this.stats;
-    return { active: s.active, waiting: s.held + this.queued.length, total: s.total, failed: s.failed, denied: s.denied, bytesIn: s.bytesIn, bytesOut: s.bytesOut };
+    let { bytesIn, bytesOut } = s;
+    for (const session of this.sessions) {
+      bytesIn += session.bytesIn;
+      bytesOut += session.bytesOut;
+    }
+    return { active: s.active, waiting: s.held + this.queued.length, total: s.total, failed: s.failed, denied: s.denied, bytesIn, bytesOut };
   }
 
   /** Start accepting; the caller logs where (once per service, not per worker). */

@@ -129,6 +129,16 @@ export class Session {
     return this.phase === Phase.Connecting;
   }
 
+  /** Bytes from the client so far (the stats take them over when the session ends). */
+  get bytesIn(): number {
+    return this.phase === Phase.Closed ? 0 : this.client.bytesRead;
+  }
+
+  /** Bytes to the client so far. */
+  get bytesOut(): number {
+    return this.phase === Phase.Closed ? 0 : this.client.bytesWritten;
+  }
+
   private dial(): void {
     this.phase = Phase.Connecting;
     this.ctx.stats.held++;

@@ -54,6 +54,29 @@ testBothModes('status: the control socket reports state, counters and configurat
   assert.match(human.stdout, /^sessions\s+0 active, 0 waiting, 3 served, 0 failed, 0 refused$/m);
 });
 
+testBothModes('status: bytes of a session still open are counted, not only when it ends', async (t, mode) => {
+  const dir = tempDir(t);
+  const srv = await echoServer(join(dir, 'app.sock'));
+  t.after(() => srv.close());
+  const ctl = join(dir, 'bridge.ctl');
+  const bridge = await startBridge(t, [...mode, '--listen', '127.0.0.1:0', '--target', srv.path, '--control-socket', ctl]);
+  const c = await new Promise<net.Socket>((resolve) => { const s = net.connect(bridge.port, '127.0.0.1', () => resolve(s)); });
+  t.after(() => c.destroy());
+  let echoed = 0;
+  c.on('data', (d: Buffer) => { echoed += d.length; });
+  c.write(Buffer.alloc(5000, 'x'));
+  await waitFor(() => echoed === 5000, 5000, 'the echo');
+  const bytes = async (): Promise<StatusReport['bytes']> => {
+    const r = await runBridge(['status', '--control-socket', ctl, '--json']);
+    assert.equal(r.code, 0, r.stderr);
+    return (JSON.parse(r.stdout) as StatusReport).bytes;
+  };
+  // Workers report once a second.
+  await waitFor(async () => (await bytes()).in === 5000, 5000, 'the open session\'s 5000 bytes in the status');
+  assert.deepEqual(await bytes(), { in: 5000, out: 5000 });
+  assert.equal(c.destroyed, false, 'the session is still open');
+});
+
 test('status: an unknown command on the control socket gets an error, not a crash', async (t) => {
   const dir = tempDir(t);
   const srv = await echoServer(join(dir, 'app.sock'));
