@@ -89,6 +89,8 @@ export class Primary implements Service {
   private statusTimer: NodeJS.Timeout | undefined;
   private readonly idle: IdleExit;
   private crashes: number[] = [];
+  /** Set once start() has every worker listening: from then on a worker that dies is replaced. */
+  private started = false;
   /** Counters of workers that have exited, so totals never go backwards. */
   private retired: BridgeSnapshot = NO_SESSIONS;
 
@@ -114,6 +116,7 @@ export class Primary implements Service {
     cluster.setupPrimary({ args: process.argv.slice(2) });
     this.health.start();
     await Promise.all(Array.from({ length: this.count }, () => this.fork()));
+    this.started = true;
     await this.endpoints.start(this.cfg, () => this.report(), this.logger);
     logListening(this.logger, this.addresses, this.cfg.target, this.count, this.accept);
     this.statusTimer = setInterval(() => this.publishStatus(), REPORT_EVERY_MS);
@@ -128,7 +131,7 @@ export class Primary implements Service {
     return cfg.workers > 0 ? cfg.workers : Math.min(64, availableParallelism());
   }
 
-  /** Start one worker; resolves once it listens, rejects with its fatal error. */
+  /** Start one worker; resolves once it listens, rejects with its fatal error or when it dies before. */
   private fork(): Promise<void> {
     const env: NodeJS.ProcessEnv = {
       [ENV_CONFIG]: JSON.stringify(perWorker(this.cfg, this.count)),
@@ -167,7 +170,13 @@ export class Primary implements Service {
             break;
         }
       });
-      worker.on('exit', (code, signal) => this.onWorkerExit(state, code, signal));
+      worker.on('exit', (code, signal) => {
+        // (After a 'fatal' message this rejection is a no-op: that one came first.)
+        if (!state.listening) {
+          reject(new WorkerFatal('EWORKER', `worker ${worker.process.pid} exited (${signal ?? `code ${code}`}) before it listened`, EXIT_SOFTWARE));
+        }
+        this.onWorkerExit(state, code, signal);
+      });
     });
   }
 
@@ -175,7 +184,9 @@ export class Primary implements Service {
     this.workers.delete(state.worker.id);
     // Its sessions ended with it; what it served still counts.
     this.retired = addSnapshots(this.retired, { ...state.stats, active: 0, waiting: 0 });
-    if (this.stopping || !state.listening) return;
+    // During start() its failure fails the start (see fork); after it, a
+    // replacement that dies before listening counts as a crash like any other.
+    if (this.stopping || !this.started) return;
     const now = Date.now();
     this.crashes = this.crashes.filter((t) => now - t < CRASH_WINDOW_MS);
     this.crashes.push(now);
@@ -213,8 +224,13 @@ export class Primary implements Service {
     this.notifier.status(statusLine(this.health.state, this.totals(), this.workers.size));
   }
 
+  /**
+   * A worker that just died can still look connected until its 'exit': the
+   * callback takes the EPIPE that send would otherwise raise as an uncaught
+   * 'error' (its exit is handled in onWorkerExit).
+   */
   private broadcast(msg: ToWorker): void {
-    for (const { worker } of this.workers.values()) if (worker.isConnected()) worker.send(msg);
+    for (const { worker } of this.workers.values()) if (worker.isConnected()) worker.send(msg, noop);
   }
 
   reload(next: Config): void {
@@ -311,3 +327,5 @@ export async function runWorker(env: NodeJS.ProcessEnv): Promise<void> {
   send({ t: 'listening', addresses: bridge.addresses, accept: bridge.acceptPaths });
   setInterval(report, REPORT_EVERY_MS).unref();
 }
+
+function noop(): void {}

@@ -95,3 +95,33 @@ test('a worker that dies is replaced; the service keeps serving', async (t) => {
   await waitFor(() => workers().length === 2 && !workers().includes(victim!), 10_000, 'a replacement worker');
   for (let i = 0; i < 10; i++) assert.equal((await roundTrip(bridge.port, `after ${i}`)).toString(), `after ${i}`);
 });
+
+/** SIGKILL the first child of `pid` not in `known` as soon as it exists: a worker before it could listen. */
+async function killNewWorker(pid: number, known: number[]): Promise<number> {
+  let victim: number | undefined;
+  await waitFor(() => (victim = childPids(pid).find((p) => !known.includes(p))) !== undefined, 10_000, 'a new worker process');
+  process.kill(victim!, 'SIGKILL');
+  return victim!;
+}
+
+test('a worker that dies before it listens fails the start with one line, instead of a start that never ends', async (t) => {
+  const dir = tempDir(t);
+  const bridge = await startBridge(t, ['--workers', '2', '--listen', '127.0.0.1:0', '--target', join(dir, 'app.sock')], { waitListening: false });
+  const victim = await killNewWorker(bridge.child.pid!, []);
+  const others = childPids(bridge.child.pid!);
+  t.after(() => { for (const p of others) try { process.kill(p, 'SIGKILL'); } catch { /* gone */ } });
+  await bridge.waitForLog(new RegExp(`worker ${victim} exited \\(SIGKILL\\) before it listened \\[EWORKER\\]`), 10_000);
+  assert.equal(await bridge.exited, 70);
+  assert.doesNotMatch(bridge.log(), /listening on/);
+});
+
+test('a replacement worker that dies before it listens is replaced too: never a worker short', async (t) => {
+  const { bridge } = await bridgeToEcho(t, ['--workers', '2', '--listen', '127.0.0.1:0']);
+  const first = childPids(bridge.child.pid!);
+  process.kill(first[0]!, 'SIGKILL');
+  // Its replacement, killed as soon as it exists.
+  const replacement = await killNewWorker(bridge.child.pid!, first);
+  await bridge.waitForLog(new RegExp(`worker ${replacement} exited \\(SIGKILL\\); starting a new one`));
+  await waitFor(() => childPids(bridge.child.pid!).filter((p) => !first.includes(p) && p !== replacement).length === 1, 10_000, 'a second replacement');
+  for (let i = 0; i < 10; i++) assert.equal((await roundTrip(bridge.port, `after ${i}`)).toString(), `after ${i}`);
+});
