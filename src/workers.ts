@@ -28,6 +28,8 @@ const REPORT_EVERY_MS = 1000;
 /** A worker silent this long is considered hung: the watchdog stops being fed. */
 const WORKER_SILENT_MS = 3000;
 const RESPAWN_DELAY_MS = 1000;
+/** How long a reload waits for every worker to confirm before it reports anyway. */
+const RELOAD_ACK_MS = 5000;
 const MAX_CRASHES = 5;
 const CRASH_WINDOW_MS = 60_000;
 
@@ -38,6 +40,7 @@ const ENV_SOCKETS = 'SOCKBRIDGE_WORKER_SOCKETS';
 
 type ToPrimary =
   | { t: 'listening'; addresses: string[]; accept: AcceptPath[] }
+  | { t: 'reloaded'; generation: number }
   | { t: 'fatal'; message: string; code: string; exitCode: number }
   | { t: 'stats'; stats: BridgeSnapshot; busy: boolean }
   | { t: 'error-limit'; reason: string }
@@ -45,7 +48,7 @@ type ToPrimary =
 
 type ToWorker =
   | { t: 'state'; state: BackendState }
-  | { t: 'reload'; config: Config }
+  | { t: 'reload'; config: Config; generation: number }
   | { t: 'stop' };
 
 function availableParallelism(): number {
@@ -74,6 +77,8 @@ interface WorkerState {
   busy: boolean;
   lastSeen: number;
   listening: boolean;
+  /** The last reload it confirmed (see Primary.reload). */
+  reloaded: number;
 }
 
 export class Primary implements Service {
@@ -91,6 +96,10 @@ export class Primary implements Service {
   private crashes: number[] = [];
   /** Set once start() has every worker listening: from then on a worker that dies is replaced. */
   private started = false;
+  /** Reloads so far; a worker forked now starts with the latest configuration. */
+  private reloads = 0;
+  /** The reload waiting for its confirmations, if any. */
+  private pendingReload: { generation: number; done: () => void; timer: NodeJS.Timeout } | undefined;
   /** Counters of workers that have exited, so totals never go backwards. */
   private retired: BridgeSnapshot = NO_SESSIONS;
 
@@ -141,7 +150,7 @@ export class Primary implements Service {
       WATCHDOG_USEC: '',
     };
     const worker = cluster.fork(env);
-    const state: WorkerState = { worker, stats: NO_SESSIONS, busy: false, lastSeen: Date.now(), listening: false };
+    const state: WorkerState = { worker, stats: NO_SESSIONS, busy: false, lastSeen: Date.now(), listening: false, reloaded: this.reloads };
     this.workers.set(worker.id, state);
     return new Promise((resolve, reject) => {
       worker.on('message', (msg: unknown) => {
@@ -165,6 +174,10 @@ export class Primary implements Service {
           case 'error-limit':
             this.health.markDown(msg.reason);
             break;
+          case 'reloaded':
+            state.reloaded = msg.generation;
+            this.checkReloaded();
+            break;
           case 'problem':
             this.problems.report(msg.target, msg.code === undefined ? undefined : { code: msg.code, message: msg.message });
             break;
@@ -184,6 +197,7 @@ export class Primary implements Service {
     this.workers.delete(state.worker.id);
     // Its sessions ended with it; what it served still counts.
     this.retired = addSnapshots(this.retired, { ...state.stats, active: 0, waiting: 0 });
+    this.checkReloaded(); // it will not confirm a reload any more
     // During start() its failure fails the start (see fork); after it, a
     // replacement that dies before listening counts as a crash like any other.
     if (this.stopping || !this.started) return;
@@ -233,14 +247,35 @@ export class Primary implements Service {
     for (const { worker } of this.workers.values()) if (worker.isConnected()) worker.send(msg, noop);
   }
 
+  /**
+   * Reported (the log line, READY=1 after RELOADING=1, so `systemctl reload`
+   * returns) only once every worker confirmed it, or after RELOAD_ACK_MS: a
+   * client right after the reload must not reach a worker still on the old
+   * configuration.
+   */
   reload(next: Config): void {
     this.notifier.reloading();
-    announceReload(this.logger, this.cfg, next);
+    const before = this.cfg;
     this.cfg = next;
     this.health.configure(next);
     this.idle.configure(next.exitIdleTime);
-    this.broadcast({ t: 'reload', config: perWorker(next, this.count) });
-    this.notifier.ready();
+    const generation = ++this.reloads;
+    if (this.pendingReload) clearTimeout(this.pendingReload.timer); // superseded: this one reports
+    const done = (): void => {
+      if (this.pendingReload?.generation !== generation) return;
+      clearTimeout(this.pendingReload.timer);
+      this.pendingReload = undefined;
+      announceReload(this.logger, before, next);
+      this.notifier.ready();
+    };
+    this.pendingReload = { generation, done, timer: setTimeout(done, RELOAD_ACK_MS) };
+    this.broadcast({ t: 'reload', config: perWorker(next, this.count), generation });
+    this.checkReloaded();
+  }
+
+  private checkReloaded(): void {
+    const pending = this.pendingReload;
+    if (pending && [...this.workers.values()].every((w) => w.reloaded >= pending.generation)) pending.done();
   }
 
   stop(): Promise<void> {
@@ -304,7 +339,10 @@ export async function runWorker(env: NodeJS.ProcessEnv): Promise<void> {
   process.on('message', (msg: unknown) => {
     if (!isMessage<ToWorker>(msg)) return;
     if (msg.t === 'state') bridge.onBackendState(msg.state);
-    else if (msg.t === 'reload') bridge.reload(msg.config);
+    else if (msg.t === 'reload') {
+      bridge.reload(msg.config);
+      send({ t: 'reloaded', generation: msg.generation });
+    }
     else if (msg.t === 'stop') stop();
   });
   // systemd signals the whole cgroup, a terminal the whole process group: drain too.

@@ -55,8 +55,12 @@ testBothModes('SIGHUP reloads the config file: new sessions use the new target, 
   const bridge = await startBridge(t, [...mode, '--config', conf]);
 
   const open = await connect(bridge.port);
-  const openReply = readAll(open);
+  let openData = '';
+  open.on('data', (d: Buffer) => { openData += d.toString(); });
+  const openEnded = new Promise((resolve) => open.once('end', resolve));
   open.write('before;');
+  // Connected to a before the reload (it dials a moment after the accept).
+  await waitFor(() => openData === 'A:before;', 5000, 'the open session to reach program a');
 
   writeFileSync(conf, `target = ${b.path}\nlisten = 127.0.0.1:0\nclient-timeout = 7s\n`);
   bridge.child.kill('SIGHUP');
@@ -64,7 +68,8 @@ testBothModes('SIGHUP reloads the config file: new sessions use the new target, 
 
   assert.equal((await roundTrip(bridge.port, 'new')).toString(), 'B:new');
   open.end('after');
-  assert.equal((await openReply).toString(), 'A:before;after', 'the open session kept its target');
+  await openEnded;
+  assert.equal(openData, 'A:before;after', 'the open session kept its target');
 
   // A broken file is refused and the running configuration kept.
   writeFileSync(conf, 'rise = often\n');
