@@ -192,15 +192,16 @@ export class Session {
   fromClient(data: Buffer): void {
     this.busy = true;
     this.clientSpokeLast = true;
-    if (!this.server) {
-      // Read just before a retry paused the client: the new connection sends it.
-      this.replay!.push(Buffer.from(data));
-      return;
-    }
     if (this.replay) {
       this.replayBytes += data.length;
       if (this.replayBytes <= REPLAY_LIMIT) this.replay.push(Buffer.from(data));
       else this.replay = undefined;
+    }
+    if (!this.server) {
+      // Read just before a retry paused the client: the new connection sends
+      // it, from the replay; past the limit there is nothing safe to send.
+      if (!this.replay) this.abort('server-error');
+      return;
     }
     if (!this.server.write(data)) this.client.pause();
   }
@@ -229,6 +230,9 @@ export class Session {
       this.clientEnded = true;
       this.server?.end(); // none while a retry is dialing: it sends the EOF itself
     } else {
+      // The target's EOF is an answer too, and the client has it: a request
+      // sent again now could never be answered to it.
+      this.replay = undefined;
       this.client.end();
     }
   }

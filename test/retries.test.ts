@@ -1,0 +1,249 @@
+// --retries: a request the target reset before answering (a restart dropped it
+// from the old socket's queue, unread) is sent again on a new connection, at
+// most --retries times, and only while the client has sent at most 64 KiB.
+
+import assert from 'node:assert/strict';
+import { ChildProcess, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import net from 'node:net';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { connect, readAll, startBridge, tempDir, testBothModes, unixServer, waitFor } from './helpers';
+
+/**
+ * The program behind the bridge: argv PATH RESETS LENGTH [partial].
+ *
+ * A UNIX socket has no RST (Node's resetAndDestroy() refuses a pipe handle):
+ * its peer reads ECONNRESET only when a connection is closed with bytes still
+ * unread in its receive queue (or never accepted at all), which is exactly
+ * what a restart does to the requests queued on the old socket. Closing after
+ * reading the request would be a clean EOF, which the bridge forwards as one.
+ * So the first RESETS connections wait, without reading (MSG_PEEK), until all
+ * LENGTH bytes of the request are queued, and close: that is a reset before
+ * any reply byte, and the bridge has read the whole request by then (the
+ * 64 KiB limit counts what it read from the client). With "partial" they
+ * answer one byte "x" first and reset only when told to on stdin (once the
+ * client has that byte, so the bridge has read it: a byte and the reset
+ * arriving together are reported by libuv as EOF, not as the reset). Later
+ * connections read LENGTH bytes and echo them. One line per connection on
+ * stdout; a connection that ends without a byte (a health check) is not counted.
+ */
+const PROGRAM = `
+import os, socket, sys, time
+path, resets, length = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+partial = len(sys.argv) > 4 and sys.argv[4] == "partial"
+try:
+    os.unlink(path)
+except FileNotFoundError:
+    pass
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+srv.bind(path)
+srv.listen(64)
+print("ready", flush=True)
+n = 0
+while True:
+    conn, _ = srv.accept()
+    deadline = time.monotonic() + 20
+    queued = b""
+    while len(queued) < length and time.monotonic() < deadline:
+        queued = conn.recv(length, socket.MSG_PEEK)
+        if len(queued) == 0:
+            break  # EOF before any byte
+        if len(queued) < length:
+            time.sleep(0.002)
+    if len(queued) == 0:
+        print("empty", flush=True)
+        conn.close()
+        continue
+    n += 1
+    if n <= resets:
+        if partial:
+            conn.sendall(b"x")
+            print("conn %d answered x" % n, flush=True)
+            sys.stdin.readline()
+        print("conn %d reset, %d bytes unread" % (n, len(queued)), flush=True)
+        conn.close()
+        continue
+    data = b""
+    while len(data) < length:
+        chunk = conn.recv(length - len(data))
+        if not chunk:
+            break
+        data += chunk
+    conn.sendall(data)
+    print("conn %d echo %d" % (n, len(data)), flush=True)
+    conn.close()
+`;
+
+interface Program {
+  path: string;
+  /** Every line the program printed so far. */
+  lines: string[];
+  /** Connections it counted (reset or answered). */
+  connections(): number;
+  child: ChildProcess;
+}
+
+async function startProgram(t: { after(fn: () => void): void }, dir: string, resets: number, length: number, mode = ''): Promise<Program> {
+  const path = join(dir, 'app.sock');
+  const child = spawn('python3', ['-c', PROGRAM, path, String(resets), String(length), ...(mode ? [mode] : [])], { stdio: ['pipe', 'pipe', 'inherit'] });
+  t.after(() => { child.kill('SIGKILL'); });
+  const lines: string[] = [];
+  let buf = '';
+  child.stdout!.setEncoding('utf8');
+  child.stdout!.on('data', (d: string) => {
+    buf += d;
+    let i;
+    while ((i = buf.indexOf('\n')) >= 0) {
+      lines.push(buf.slice(0, i));
+      buf = buf.slice(i + 1);
+    }
+  });
+  await waitFor(() => lines.includes('ready') || child.exitCode !== null, 10_000, 'the program to listen');
+  assert.ok(lines.includes('ready'), `the program exited (${child.exitCode}) before listening`);
+  return { path, lines, child, connections: () => lines.filter((l) => /^conn \d+ (reset|echo)/.test(l)).length };
+}
+
+/** Everything the client receives until the bridge closes the connection (with a FIN or a reset). */
+function outcome(s: net.Socket, timeoutMs = 10_000): Promise<{ data: Buffer }> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    const timer = setTimeout(() => { s.destroy(); reject(new Error(`connection still open after ${timeoutMs} ms`)); }, timeoutMs);
+    s.on('data', (c: Buffer) => chunks.push(c));
+    s.on('error', () => {}); // a reset is a close too
+    s.once('close', () => { clearTimeout(timer); resolve({ data: Buffer.concat(chunks) }); });
+  });
+}
+
+/** A program resetting `resets` connections behind a bridge with `args`; one client sends `request` and half-closes. */
+async function scenario(t: { after(fn: () => void): void }, opts: { resets: number; request: Buffer; args: string[]; mode?: string }) {
+  const dir = tempDir(t);
+  const program = await startProgram(t, dir, opts.resets, opts.request.length, opts.mode);
+  // No health checks: every connection the program counts is the client's.
+  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', program.path, '--check-interval', '0', ...opts.args]);
+  const c = await connect(bridge.port);
+  const clientPort = c.localPort!;
+  return { program, bridge, c, clientPort };
+}
+
+const sessionEnd = (clientPort: number, rest: string): RegExp => new RegExp(`session 127\\.0\\.0\\.1:${clientPort} closed ${rest}`);
+
+testBothModes('default --retries (3): a request reset unanswered twice is sent again and the whole reply arrives', async (t, mode) => {
+  const request = Buffer.from('status\n');
+  const { program, bridge, c, clientPort } = await scenario(t, { resets: 2, request, args: [...mode, '--log-level', 'debug'] });
+  const reply = readAll(c);
+  c.end(request);
+  assert.equal((await reply).toString(), 'status\n');
+  assert.equal(program.connections(), 3, program.lines.join('\n'));
+  assert.match(program.lines.join('\n'), /conn 1 reset, 7 bytes unread\nconn 2 reset, 7 bytes unread\nconn 3 echo 7/);
+  await bridge.waitForLog(sessionEnd(clientPort, '\\(done\\), 7 bytes in, 7 bytes out'));
+  const resent = bridge.log().split('\n').filter((l) => l.includes(`session 127.0.0.1:${clientPort}: target dropped the connection unanswered (ECONNRESET); sending the request again`));
+  assert.equal(resent.length, 2, bridge.log());
+});
+
+test('--retries 3 is exact: three resets are still answered (4 connections), a fourth is not resent', async (t) => {
+  const request = Buffer.from('ping');
+  await t.test('3 resets', async (t) => {
+    const { program, c } = await scenario(t, { resets: 3, request, args: ['--workers', '1', '--retries', '3'] });
+    const reply = readAll(c);
+    c.end(request);
+    assert.equal((await reply).toString(), 'ping');
+    assert.equal(program.connections(), 4, program.lines.join('\n'));
+  });
+  await t.test('4 resets', async (t) => {
+    const { program, bridge, c, clientPort } = await scenario(t, { resets: 4, request, args: ['--workers', '1', '--retries', '3'] });
+    const result = outcome(c);
+    c.end(request);
+    assert.equal((await result).data.length, 0, 'no reply');
+    await bridge.waitForLog(sessionEnd(clientPort, '\\(server-error ECONNRESET\\), 4 bytes in, 0 bytes out'));
+    assert.equal(program.connections(), 4, program.lines.join('\n'));
+  });
+});
+
+test('--retries 1 with two resets: the session closes without a reply, logged as server-error ECONNRESET', async (t) => {
+  const request = Buffer.from('status\n');
+  const { program, bridge, c, clientPort } = await scenario(t, { resets: 2, request, args: ['--workers', '1', '--retries', '1'] });
+  const result = outcome(c);
+  c.end(request);
+  const { data } = await result;
+  assert.equal(data.length, 0, `got a reply: ${data}`);
+  await bridge.waitForLog(sessionEnd(clientPort, '\\(server-error ECONNRESET\\), 7 bytes in, 0 bytes out'));
+  // The session is closed: no retry can come after this.
+  assert.equal(program.connections(), 2, program.lines.join('\n'));
+});
+
+test('--retries 0: a reset request is never sent again', async (t) => {
+  const request = Buffer.from('status\n');
+  const { program, bridge, c, clientPort } = await scenario(t, { resets: 1, request, args: ['--workers', '1', '--retries', '0'] });
+  const result = outcome(c);
+  c.end(request);
+  assert.equal((await result).data.length, 0, 'no reply');
+  await bridge.waitForLog(sessionEnd(clientPort, '\\(server-error ECONNRESET\\), 7 bytes in, 0 bytes out'));
+  assert.equal(program.connections(), 1, program.lines.join('\n'));
+});
+
+test('a reset after the first reply byte is not resent: the program answered', async (t) => {
+  const request = Buffer.from('status\n');
+  const { program, bridge, c, clientPort } = await scenario(t, { resets: 1, request, args: ['--workers', '1'], mode: 'partial' });
+  const result = outcome(c);
+  let received = '';
+  c.on('data', (d: Buffer) => { received += d.toString(); });
+  c.end(request);
+  // The client has the byte, so the bridge has read it: now the program resets.
+  await waitFor(() => received === 'x', 10_000, 'the first reply byte');
+  program.child.stdin!.write('reset\n');
+  assert.equal((await result).data.toString(), 'x', 'the byte the program sent, and nothing more');
+  await bridge.waitForLog(sessionEnd(clientPort, '\\(server-error ECONNRESET\\), 7 bytes in, 1 bytes out'));
+  assert.equal(program.connections(), 1, program.lines.join('\n'));
+});
+
+// REPLAY_LIMIT is 64 KiB and inclusive: "only while the client has sent at most 64 KiB".
+for (const size of [64 * 1024 - 1, 64 * 1024]) {
+  test(`a client that sent ${size} bytes (at most 64 KiB) before the reset is resent and gets its reply`, async (t) => {
+    const request = randomBytes(size);
+    const { program, bridge, c, clientPort } = await scenario(t, { resets: 1, request, args: ['--workers', '1'] });
+    const reply = readAll(c);
+    c.end(request);
+    const got = await reply;
+    assert.equal(got.length, size);
+    assert.ok(got.equals(request), 'the reply is the request, byte for byte');
+    assert.equal(program.connections(), 2, program.lines.join('\n'));
+    assert.match(program.lines.join('\n'), new RegExp(`conn 1 reset, ${size} bytes unread`));
+    await bridge.waitForLog(sessionEnd(clientPort, `\\(done\\), ${size} bytes in, ${size} bytes out`));
+  });
+}
+
+for (const size of [64 * 1024 + 1, 65 * 1024 + 1]) {
+  test(`a client that sent ${size} bytes (over 64 KiB) before the reset is not resent`, async (t) => {
+    const request = randomBytes(size);
+    const { program, bridge, c, clientPort } = await scenario(t, { resets: 1, request, args: ['--workers', '1'] });
+    const result = outcome(c);
+    c.end(request);
+    assert.equal((await result).data.length, 0, 'no reply');
+    await bridge.waitForLog(sessionEnd(clientPort, `\\(server-error ECONNRESET\\), ${size} bytes in, 0 bytes out`));
+    assert.match(program.lines.join('\n'), new RegExp(`conn 1 reset, ${size} bytes unread`));
+    assert.equal(program.connections(), 1, program.lines.join('\n'));
+  });
+}
+
+test('a request sent after the target closed (its EOF already forwarded) is not resent: the session ends, it does not hang', async (t) => {
+  const dir = tempDir(t);
+  // Closes its first connection at once; would echo on any later one.
+  let connections = 0;
+  const srv = await unixServer(join(dir, 'app.sock'), (s) => {
+    if (++connections === 1) return void s.destroy();
+    s.pipe(s);
+  });
+  t.after(() => srv.close());
+  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', srv.path, '--check-interval', '0', '--workers', '1', '--client-timeout', '30s']);
+  const c = await connect(bridge.port);
+  const clientPort = c.localPort!;
+  const result = outcome(c);
+  await new Promise((resolve) => c.once('end', resolve)); // the target's EOF, forwarded
+  c.end('hello');
+  // Resending would reach a second connection, whose echo the client could not
+  // receive any more (its read side is done): the session would hang until client-timeout.
+  assert.equal((await result).data.length, 0);
+  await bridge.waitForLog(sessionEnd(clientPort, '\\(server-error EPIPE\\)'), 5000);
+  assert.equal(connections, 1, 'the request was sent again to a new connection');
+});
