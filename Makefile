@@ -54,9 +54,12 @@ e2e:
 # trixie (Debian 13), built in a clean root of that release; SUITE=host
 # builds on this machine with its own tools and Node.js (Ubuntu, other
 # Debian-family systems, NodeSource's nodejs). Result in build/.
+# ARCH=arm64 builds for that architecture in a root of it, emulated by
+# qemu-user-static (slow; empty: the host's architecture).
 SUITE ?= bookworm
+ARCH ?=
 deb:
-	bash scripts/build-deb.sh $(SUITE)
+	bash scripts/build-deb.sh $(SUITE) $(ARCH)
 
 # make deb SUITE=host in a clean Debian root from a clone (by hand: it
 # installs a whole toolchain, about three minutes; not part of make test).

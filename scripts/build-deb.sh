@@ -4,6 +4,9 @@
 #   make deb                  Debian 12 (bookworm), in a clean root (as root)
 #   make deb SUITE=trixie     Debian 13 (trixie), in a clean root (as root)
 #   make deb SUITE=host       this machine: its own tools and Node.js
+#   make deb ARCH=arm64       Debian 12 for arm64, in a clean arm64 root run
+#                             through qemu-user-static (as root; slow: the
+#                             first run about half an hour, then about 15 min)
 #
 # A package runs only on the Node.js major it was built with (its native
 # addons are compiled for that ABI), so each release gets its own build:
@@ -68,14 +71,16 @@ add_release_entry() {
 collect() {
     local from=$1 version=$2 arch=$3
     mkdir -p "$repo/build"
-    rm -f "$repo"/build/sockbridge_"$version"_* "$repo"/build/sockbridge-dbgsym_"$version"_*
+    # (Only this architecture's: the other architectures' builds of this version stay.)
+    rm -f "$repo"/build/sockbridge_"$version"_"$arch".* "$repo"/build/sockbridge-dbgsym_"$version"_"$arch".*
     cp "$from"/*.deb "$from"/*.buildinfo "$from/sockbridge_${version}_${arch}.changes" "$repo/build/"
 }
 
 # A build for one Debian release, in a clean root of that release.
 build_release() {
-    local suite=$1 number t0 root version arch changes
+    local suite=$1 number t0 root version arch changes buildlog
     number=$(suite_number "$suite")
+    buildlog=build/dpkg-buildpackage-$suite$(arch_tag).log
     [ "$(id -u)" -eq 0 ] || die "make deb SUITE=$suite needs root (debootstrap, systemd-nspawn); SUITE=host builds without a container"
     t0=$SECONDS
     ensure_host_packages debootstrap systemd-container
@@ -99,14 +104,14 @@ build_release() {
             -E NODE_EXTRA_CA_CERTS=/etc/ssl/host-ca-certificates.crt)
     fi
 
-    log "dpkg-buildpackage -us -uc -b for $suite (log: build/dpkg-buildpackage-$suite.log)"
+    log "dpkg-buildpackage -us -uc -b for $suite, $(root_arch) (log: $buildlog)"
     mkdir -p "$repo/build"
     if ! in_root "$root" --volatile=overlay --bind="$work:/build" \
         --bind="$SOCKBRIDGE_CACHE/npm:/var/cache/npm" -E npm_config_cache=/var/cache/npm "${ca_opts[@]}" \
         -- sh -c 'cd /build/src && dpkg-buildpackage -us -uc -b' \
-        >"$repo/build/dpkg-buildpackage-$suite.log" 2>&1; then
-        tail -n 40 "$repo/build/dpkg-buildpackage-$suite.log" >&2
-        die "dpkg-buildpackage failed, see build/dpkg-buildpackage-$suite.log"
+        >"$repo/$buildlog" 2>&1; then
+        tail -n 40 "$repo/$buildlog" >&2
+        die "dpkg-buildpackage failed, see $buildlog"
     fi
     log "built ($((SECONDS - t0))s)"
 
@@ -175,6 +180,12 @@ build_host() {
 
 main() {
     local suite=${1:-bookworm}
+    # A Debian architecture (arm64) other than the host's: built in a root
+    # of that architecture (scripts/rootfs.sh, SOCKBRIDGE_ARCH).
+    export SOCKBRIDGE_ARCH=${2:-${SOCKBRIDGE_ARCH:-}}
+    if [ "$suite" = host ] && [ -n "$(arch_tag)" ]; then
+        die "SUITE=host builds for this machine's architecture only; ARCH=$SOCKBRIDGE_ARCH needs a release (SUITE=bookworm)"
+    fi
     case $suite in
         host) build_host ;;
         *) build_release "$suite" ;;

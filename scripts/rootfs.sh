@@ -7,6 +7,9 @@
 #   /var/cache/sockbridge/<suite>-<name>  a copy of it with more packages
 #
 # <suite> is a Debian release's code name from SUITES below.
+# SOCKBRIDGE_ARCH=<arch> (a Debian architecture, e.g. arm64) makes the roots
+# of that architecture instead of the host's, run through qemu-user-static
+# (binfmt_misc): /var/cache/sockbridge/<suite>-<arch>-base and so on.
 #
 # Each root is built in a temporary directory and renamed into place only
 # when complete, so an interrupted run never leaves a half-built cache. A
@@ -29,7 +32,11 @@ suite_number() {
     [ -n "${SUITES[$1]:-}" ] || die "unknown Debian release \"$1\": expected one of ${!SUITES[*]} (or host)"
     echo "${SUITES[$1]}"
 }
-base_root() { echo "$SOCKBRIDGE_CACHE/$1-base"; }
+# The roots' Debian architecture, and "-<arch>" in their names when it is
+# not the host's (so the host's roots keep their names).
+root_arch() { echo "${SOCKBRIDGE_ARCH:-$(dpkg --print-architecture)}"; }
+arch_tag() { [ "$(root_arch)" = "$(dpkg --print-architecture)" ] || echo "-$(root_arch)"; }
+base_root() { echo "$SOCKBRIDGE_CACHE/$1$(arch_tag)-base"; }
 
 log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -54,6 +61,25 @@ host_mirror() {
     cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null |
         grep -v '^[[:space:]]*#' | grep -oE '(https?|file)://[^[:space:]]+' |
         sed 's:/*$::' | grep -E "/$archive\$" | head -n 1 || true
+}
+
+# A foreign root's programs run through qemu-user-static: binfmt_misc
+# mounted and the handler registered with the F flag (the interpreter is
+# opened at registration, so it also works inside the containers).
+ensure_emulation() {
+    local arch cpu
+    arch=$(root_arch)
+    [ -z "$(arch_tag)" ] && return 0
+    case $arch in
+        arm64) cpu=aarch64 ;;
+        *) die "no emulation set up for architecture \"$arch\" (known: arm64)" ;;
+    esac
+    ensure_host_packages qemu-user-static binfmt-support
+    mountpoint -q /proc/sys/fs/binfmt_misc ||
+        mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+    [ -e "/proc/sys/fs/binfmt_misc/qemu-$cpu" ] || update-binfmts --enable "qemu-$cpu" >&2
+    grep -q '^flags:.*F' "/proc/sys/fs/binfmt_misc/qemu-$cpu" ||
+        die "the binfmt_misc handler qemu-$cpu lacks the F flag: it would not work inside a container"
 }
 
 # Run a command inside a root (not booted): its own mount namespace, /proc,
@@ -93,11 +119,11 @@ ensure_base_root() {
     tmp=$root.tmp
     rm -rf "$tmp"
     mkdir -p "$SOCKBRIDGE_CACHE"
-    log "debootstrap $suite into $root (a minute or two)"
+    log "debootstrap $suite ($(root_arch)) into $root (a minute or two; emulated: about four)"
     # shellcheck disable=SC2086 # $mirror is empty (debootstrap's default) or one URI
-    debootstrap --variant=minbase --include="$BASE_PACKAGES" "$suite" "$tmp" $mirror \
-        >"$SOCKBRIDGE_CACHE/debootstrap-$suite.log" 2>&1 ||
-        die "debootstrap failed, see $SOCKBRIDGE_CACHE/debootstrap-$suite.log"
+    debootstrap --arch="$(root_arch)" --variant=minbase --include="$BASE_PACKAGES" "$suite" "$tmp" $mirror \
+        >"$SOCKBRIDGE_CACHE/debootstrap-$suite$(arch_tag).log" 2>&1 ||
+        die "debootstrap failed, see $SOCKBRIDGE_CACHE/debootstrap-$suite$(arch_tag).log"
     # Point releases and security updates, as on a real host of that release.
     if [ -n "$mirror" ]; then
         echo "deb $mirror $suite-updates main" >>"$tmp/etc/apt/sources.list"
@@ -119,8 +145,9 @@ ensure_base_root() {
 # they are the current point release). Prints the root's path.
 ensure_derived_root() {
     local suite=$1 name=$2; shift 2
-    local root=$SOCKBRIDGE_CACHE/$suite-$name want
+    local root=$SOCKBRIDGE_CACHE/$suite$(arch_tag)-$name want
     want="$BASE_PACKAGES $*"
+    ensure_emulation
     if root_is_current "$root" "$want"; then
         echo "$root"
         return 0
@@ -144,8 +171,8 @@ ensure_derived_root() {
     local relations
     relations=$(printf '%s, ' "$@")
     in_root "$root.tmp" -- sh -c 'apt-get update -qq && apt-get upgrade -y -qq &&
-        apt-get satisfy -y -qq "$1"' sh "${relations%, }" >"$SOCKBRIDGE_CACHE/$suite-$name.log" 2>&1 ||
-        die "installing packages into $suite-$name failed, see $SOCKBRIDGE_CACHE/$suite-$name.log"
+        apt-get satisfy -y -qq "$1"' sh "${relations%, }" >"$root.log" 2>&1 ||
+        die "installing packages into $root failed, see $root.log"
     in_root "$root.tmp" -- apt-get clean >&2
     echo "$want" >"$root.tmp/.sockbridge-stamp"
     rm -rf "$root"
