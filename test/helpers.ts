@@ -42,6 +42,29 @@ export function assertOneCleanLine(stderr: string, ...mustContain: string[]): vo
   for (const s of mustContain) assert.ok(stderr.includes(s), `"${s}" missing from: ${stderr}`);
 }
 
+/**
+ * A small python3 program (`source`, run with `args`) that prints "ready" once
+ * it listens; `lines` collects what it prints. Killed by PID when the test ends.
+ */
+export async function pythonProgram(t: { after(fn: () => void): void }, source: string, args: string[]): Promise<{ child: ChildProcess; lines: string[] }> {
+  const child = spawn('python3', ['-c', source, ...args], { stdio: ['pipe', 'pipe', 'inherit'] });
+  t.after(() => { child.kill('SIGKILL'); });
+  const lines: string[] = [];
+  let buf = '';
+  child.stdout!.setEncoding('utf8');
+  child.stdout!.on('data', (d: string) => {
+    buf += d;
+    let i;
+    while ((i = buf.indexOf('\n')) >= 0) {
+      lines.push(buf.slice(0, i));
+      buf = buf.slice(i + 1);
+    }
+  });
+  await waitFor(() => lines.includes('ready') || child.exitCode !== null, 10_000, 'the python3 program to be ready');
+  assert.ok(lines.includes('ready'), `the python3 program exited (${child.exitCode}) before it was ready`);
+  return { child, lines };
+}
+
 // ---- running the bridge as another user ------------------------------------------
 
 /** What another user can reach: this Node and the installation, this Node only, or not even this Node. */

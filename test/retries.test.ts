@@ -3,12 +3,12 @@
 // most --retries times, and only while the client has sent at most 64 KiB.
 
 import assert from 'node:assert/strict';
-import { ChildProcess, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import net from 'node:net';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { connect, readAll, startBridge, tempDir, testBothModes, unixServer, waitFor } from './helpers';
+import { connect, pythonProgram, readAll, startBridge, tempDir, testBothModes, unixServer, waitFor } from './helpers';
 
 /**
  * The program behind the bridge: argv PATH RESETS LENGTH [partial].
@@ -86,21 +86,7 @@ interface Program {
 
 async function startProgram(t: { after(fn: () => void): void }, dir: string, resets: number, length: number, mode = ''): Promise<Program> {
   const path = join(dir, 'app.sock');
-  const child = spawn('python3', ['-c', PROGRAM, path, String(resets), String(length), ...(mode ? [mode] : [])], { stdio: ['pipe', 'pipe', 'inherit'] });
-  t.after(() => { child.kill('SIGKILL'); });
-  const lines: string[] = [];
-  let buf = '';
-  child.stdout!.setEncoding('utf8');
-  child.stdout!.on('data', (d: string) => {
-    buf += d;
-    let i;
-    while ((i = buf.indexOf('\n')) >= 0) {
-      lines.push(buf.slice(0, i));
-      buf = buf.slice(i + 1);
-    }
-  });
-  await waitFor(() => lines.includes('ready') || child.exitCode !== null, 10_000, 'the program to listen');
-  assert.ok(lines.includes('ready'), `the program exited (${child.exitCode}) before listening`);
+  const { child, lines } = await pythonProgram(t, PROGRAM, [path, String(resets), String(length), ...(mode ? [mode] : [])]);
   return { path, lines, child, connections: () => lines.filter((l) => /^conn \d+ (reset|echo)/.test(l)).length };
 }
 

@@ -2,12 +2,12 @@
 // and the sd_notify protocol received on a real datagram socket.
 
 import assert from 'node:assert/strict';
-import { ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { ChildProcess, execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { takeSystemdSockets } from '../src/listeners';
-import { bridgeToEcho, childPids, echoServer, freePort, roundTrip, startBridge, tempDir, testBothModes, waitFor } from './helpers';
+import { bridgeToEcho, childPids, echoServer, freePort, pythonProgram, roundTrip, startBridge, tempDir, testBothModes, waitFor } from './helpers';
 
 function have(cmd: string): boolean {
   try {
@@ -73,21 +73,9 @@ while True:
     print(s.recv(65536).decode().replace("\\n", "|"), flush=True)
 `;
 
-function notifyListener(t: { after(fn: () => void): void }, path: string): Promise<{ messages: string[]; child: ChildProcess }> {
-  const child = spawn('python3', ['-c', NOTIFY_LISTENER, path], { stdio: ['ignore', 'pipe', 'inherit'] });
-  t.after(() => { child.kill('SIGKILL'); });
-  const messages: string[] = [];
-  let buf = '';
-  child.stdout!.setEncoding('utf8');
-  child.stdout!.on('data', (d: string) => {
-    buf += d;
-    let i;
-    while ((i = buf.indexOf('\n')) >= 0) {
-      messages.push(buf.slice(0, i));
-      buf = buf.slice(i + 1);
-    }
-  });
-  return waitFor(() => messages.includes('ready'), 10_000, 'the notify listener').then(() => ({ messages, child }));
+async function notifyListener(t: { after(fn: () => void): void }, path: string): Promise<{ messages: string[]; child: ChildProcess }> {
+  const { child, lines } = await pythonProgram(t, NOTIFY_LISTENER, [path]);
+  return { messages: lines, child };
 }
 
 testBothModes('sd_notify: READY, STATUS, WATCHDOG at half the period, RELOADING then READY on SIGHUP, STOPPING on SIGTERM', async (t, mode) => {
