@@ -9,8 +9,9 @@
 # /var/cache/sockbridge/node/<major> and checked for a newer release at most
 # once a day. The native addons (sd-notify, systemd-journald) are ABI-specific,
 # so each Node gets its own tree, build/matrix/node<major>/, with node_modules
-# built against that Node's own headers; dist/ (TypeScript output) is the same
-# for all and is copied in. The runs are sequential: the tests measure time.
+# built against that Node's own headers (kept in the cache too, see
+# prepare_tree); dist/ (TypeScript output) is the same for all and is copied
+# in. The runs are sequential: the tests measure time.
 # Errors are handled by hand below: the steps run inside `if`, where set -e is off.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -80,40 +81,53 @@ ensure_node() {
 }
 
 # Make $WORK/node<major> a checkout to test: the shared build output and
-# node_modules whose addons were compiled for this Node.
+# node_modules whose addons were compiled for this Node. Those node_modules
+# are kept in the cache ($CACHE/modules/<node version>-<package files' hash>),
+# shared by every checkout, so that a fresh clone does not build them again.
 prepare_tree() {
   local major=$1 nodedir=$CACHE/$1 tree=$WORK/node$1
-  local key gyp script cmd
+  local version hash cached gyp script cmd tmp
   mkdir -p "$tree"
   # Node-independent, and cheap to copy every run; README.md: a test checks the option table in it.
   rm -rf "$tree/bin" "$tree/dist"
   cp -a bin dist package.json package-lock.json README.md "$tree/" || return 1
-  # node_modules again only when the Node release or the package files changed.
-  key="$("$nodedir/bin/node" -v) $(cat package.json package-lock.json | sha256sum | cut -d' ' -f1)"
-  if [ "$(cat "$tree/node_modules/.matrix-ok" 2>/dev/null)" = "$key" ]; then return 0; fi
-  say "node $major: building node_modules for $("$nodedir/bin/node" -v)"
-  # The JavaScript side is the same for every Node: the host's npm under the
-  # host's Node (npm 11 refuses to run on Node 18; these builds carry no npm).
-  (cd "$tree" && npm ci --omit=dev --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null) || return 1
-  for gyp in "$tree"/node_modules/*/binding.gyp "$tree"/node_modules/@*/*/binding.gyp; do
-    [ -f "$gyp" ] || continue
-    # This Node first in PATH: binding.gyp files run `node -e "require('nan')"`.
-    if ! (cd "$(dirname "$gyp")" &&
-          env "${GYP_UNSET[@]}" PATH="$nodedir/bin:$PATH" "$nodedir/bin/node" "$NODE_GYP" rebuild --nodedir="$nodedir" --loglevel=warn \
-            > build-matrix.log 2>&1); then
-      cat "$(dirname "$gyp")/build-matrix.log" >&2
-      say "node $major: building $(dirname "$gyp") failed" >&2
-      return 1
-    fi
-  done
-  # The install scripts of sockbridge's own package.json (the postinstall
-  # records the ABI the addons were built for), as npm would run them, under this Node.
-  for script in preinstall install postinstall; do
-    cmd=$(node -p "require('./package.json').scripts?.$script ?? ''")
-    [ -z "$cmd" ] || (cd "$tree" && PATH="$nodedir/bin:$PATH" sh -c "$cmd") || { say "node $major: the $script script failed" >&2; return 1; }
-  done
-  echo "$key" > "$tree/node_modules/.matrix-ok"
+  version=$("$nodedir/bin/node" -v)
+  hash=$(cat package.json package-lock.json | sha256sum | cut -c1-16)
+  cached=$CACHE/modules/$version-$hash
+  rm -rf "$tree/node_modules" # a link to the cache, or a build that did not finish
+  if [ ! -f "$cached/node_modules/.matrix-ok" ]; then
+    say "node $major: building node_modules for $version"
+    # The JavaScript side is the same for every Node: the host's npm under the
+    # host's Node (npm 11 refuses to run on Node 18; these builds carry no npm).
+    (cd "$tree" && npm ci --omit=dev --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null) || return 1
+    for gyp in "$tree"/node_modules/*/binding.gyp "$tree"/node_modules/@*/*/binding.gyp; do
+      [ -f "$gyp" ] || continue
+      # This Node first in PATH: binding.gyp files run `node -e "require('nan')"`.
+      if ! (cd "$(dirname "$gyp")" &&
+            env "${GYP_UNSET[@]}" PATH="$nodedir/bin:$PATH" "$nodedir/bin/node" "$NODE_GYP" rebuild --nodedir="$nodedir" --loglevel=warn \
+              > build-matrix.log 2>&1); then
+        cat "$(dirname "$gyp")/build-matrix.log" >&2
+        say "node $major: building $(dirname "$gyp") failed" >&2
+        return 1
+      fi
+    done
+    # The install scripts of sockbridge's own package.json (the postinstall
+    # records the ABI the addons were built for), as npm would run them, under this Node.
+    for script in preinstall install postinstall; do
+      cmd=$(node -p "require('./package.json').scripts?.$script ?? ''")
+      [ -z "$cmd" ] || (cd "$tree" && PATH="$nodedir/bin:$PATH" sh -c "$cmd") || { say "node $major: the $script script failed" >&2; return 1; }
+    done
+    touch "$tree/node_modules/.matrix-ok"
+    # Into the cache in one rename: a run that stops half way leaves no half entry.
+    mkdir -p "$CACHE/modules" && tmp=$(mktemp -d "$CACHE/modules/.new.XXXXXX") || return 1
+    mv "$tree/node_modules" "$tmp/" && rm -rf "$cached" && mv "$tmp" "$cached" || return 1
+  fi
+  touch "$cached"
+  ln -s "$cached/node_modules" "$tree/node_modules"
 }
+
+# Entries no run has used for two weeks (older Node releases, older lock files).
+find "$CACHE/modules" -mindepth 1 -maxdepth 1 -mtime +14 -exec rm -rf {} + 2>/dev/null
 
 # A number from the TAP summary at the end ("# pass 69").
 tap_count() { sed -n "s/^# $1 \([0-9]*\)$/\1/p" "$2" | tail -n 1; }
