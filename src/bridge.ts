@@ -9,7 +9,7 @@ import { AccessList } from './access';
 import { addressLabel, plainAddress } from './address';
 import { Backend, Reporter } from './backend';
 import type { BackendState } from './health';
-import { AcceptPath, checkDescriptorBudget, Listener, openListeners, PassedSocket } from './listeners';
+import { checkDescriptorBudget, Listener, ListenerInfo, openListeners, PassedSocket } from './listeners';
 import type { Logger } from './log';
 import type { Notifier } from './notify';
 import { Config, formatValue, OPTIONS } from './options';
@@ -84,13 +84,9 @@ export class Bridge {
     };
   }
 
-  get addresses(): string[] {
-    return this.listeners.map((l) => l.label);
-  }
-
-  /** How each listener accepts, in the order of `addresses`. */
-  get acceptPaths(): AcceptPath[] {
-    return this.listeners.map((l) => l.accept);
+  /** Where clients connect, and how each listener takes them. */
+  get listening(): ListenerInfo[] {
+    return this.listeners.map((l) => ({ address: l.label, accept: l.accept }));
   }
 
   /** The counters now; bytes include those of open sessions, so a long session shows up before it ends. */
@@ -293,11 +289,13 @@ export function statusLine(state: BackendState, s: BridgeSnapshot, workers?: num
   return `target ${target}; ${s.active} active, ${s.waiting} waiting, ${s.total} served, ${s.failed} failed${tail}`;
 }
 
-export function logListening(logger: Logger, addresses: string[], target: string, processes: number, accept: AcceptPath[]): void {
+export function logListening(logger: Logger, listeners: ListenerInfo[], target: string, processes: number): void {
   const how = processes > 1 ? ` (${processes} workers)` : '';
-  logger.notice(`listening on ${addresses.join(', ')}, forwarding to ${target}${how}`, { EVENT: 'listening', TARGET: target, ACCEPT_PATH: accept.join(' ') });
+  const addresses = listeners.map((l) => l.address).join(', ');
+  logger.notice(`listening on ${addresses}, forwarding to ${target}${how}`,
+    { EVENT: 'listening', TARGET: target, ACCEPT_PATH: listeners.map((l) => l.accept).join(' ') });
   // The fast path missing is worth a line of its own: it costs throughput, and only a Node upgrade causes it.
-  const slow = addresses.filter((_, i) => accept[i] !== 'onread');
+  const slow = listeners.filter((l) => l.accept !== 'onread').map((l) => l.address);
   if (slow.length > 0) {
     logger.warning(`clients on ${slow.join(', ')} are read through Node's stream machinery, which is slower: Node.js ${process.version} ` +
       'lacks the internal sockbridge takes over to read into its own buffers (the listening handle\'s onconnection)', { EVENT: 'accept-fallback', NODE_VERSION: process.version });

@@ -41,6 +41,12 @@ export function takeSystemdSockets(env: NodeJS.ProcessEnv, pid: number): PassedS
  */
 export type AcceptPath = 'onread' | 'stream';
 
+/** A listener as the logs and `sockbridge status` report it. */
+export interface ListenerInfo {
+  address: string;
+  accept: AcceptPath;
+}
+
 export interface Listener {
   server: net.Server;
   /** For logs: "0.0.0.0:12345" or "systemd fd 3 (bridge.socket)". */

@@ -66,7 +66,7 @@ export class SingleProcess implements Service {
     this.health.start();
     await this.bridge.start(this.passed);
     await this.endpoints.start(this.cfg, () => this.report(), this.logger);
-    logListening(this.logger, this.bridge.addresses, this.cfg.target, 1, this.bridge.acceptPaths);
+    logListening(this.logger, this.bridge.listening, this.cfg.target, 1);
     this.idle.start();
   }
 
@@ -87,7 +87,7 @@ export class SingleProcess implements Service {
   report(): StatusReport {
     return buildReport({
       version: VERSION, startedAt: this.startedAt, workers: 1, health: this.health, totals: this.bridge.snapshot(), cfg: this.cfg,
-      addresses: this.bridge.addresses, accept: this.bridge.acceptPaths,
+      listeners: this.bridge.listening,
     });
   }
 }

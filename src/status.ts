@@ -4,7 +4,7 @@
 
 import type { BridgeSnapshot } from './bridge';
 import type { HealthCheck } from './health';
-import type { AcceptPath } from './listeners';
+import type { ListenerInfo } from './listeners';
 import { Config, formatValue, OPTIONS } from './options';
 
 /** The stable shape of `sockbridge status --json` (documented in README; add fields, never rename). */
@@ -29,7 +29,7 @@ export interface StatusReport {
    * fast path: sockbridge's own accept, reading into its buffers) or 'stream'
    * (Node's own, when this Node lacks the internal the fast path needs).
    */
-  listeners: { address: string; accept: AcceptPath }[];
+  listeners: ListenerInfo[];
 }
 
 export function buildReport(opts: {
@@ -39,9 +39,7 @@ export function buildReport(opts: {
   health: Pick<HealthCheck, 'state' | 'stateSince' | 'lastCheck'>;
   totals: BridgeSnapshot;
   cfg: Config;
-  /** The listeners' labels and how each accepts, in the same order. */
-  addresses: string[];
-  accept: AcceptPath[];
+  listeners: ListenerInfo[];
 }): StatusReport {
   const now = Date.now();
   const { health, totals, cfg } = opts;
@@ -63,7 +61,7 @@ export function buildReport(opts: {
     sessions: { active: totals.active, waiting: totals.waiting, total: totals.total, failed: totals.failed, denied: totals.denied },
     bytes: { in: totals.bytesIn, out: totals.bytesOut },
     config,
-    listeners: opts.addresses.map((address, i) => ({ address, accept: opts.accept[i] })),
+    listeners: opts.listeners,
   };
 }
 

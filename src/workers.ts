@@ -16,7 +16,7 @@ import { addSnapshots, announceReload, Bridge, BridgeSnapshot, logListening, NO_
 import { EXIT_SOFTWARE, SockbridgeError } from './errors';
 import { BackendState, HealthCheck } from './health';
 import { IdleExit } from './idle';
-import type { AcceptPath, PassedSocket } from './listeners';
+import type { ListenerInfo, PassedSocket } from './listeners';
 import { createLogger, Logger } from './log';
 import { Notifier } from './notify';
 import type { Config } from './options';
@@ -39,7 +39,7 @@ const ENV_SOCKETS = 'SOCKBRIDGE_WORKER_SOCKETS';
 // ---- messages ---------------------------------------------------------------------
 
 type ToPrimary =
-  | { t: 'listening'; addresses: string[]; accept: AcceptPath[] }
+  | { t: 'listening'; listeners: ListenerInfo[] }
   | { t: 'reloaded'; generation: number }
   | { t: 'fatal'; message: string; code: string; exitCode: number }
   | { t: 'stats'; stats: BridgeSnapshot; busy: boolean }
@@ -87,9 +87,8 @@ export class Primary implements Service {
   private readonly startedAt = Date.now();
   private readonly problems: ProblemReporter;
   private readonly health: HealthCheck;
-  private addresses: string[] = [];
-  /** As the workers report it; the same in every worker (one Node, one program). */
-  private accept: AcceptPath[] = [];
+  /** As the workers report them; the same in every worker (one Node, one program). */
+  private listening: ListenerInfo[] = [];
   private stopping: Promise<void> | undefined;
   private statusTimer: NodeJS.Timeout | undefined;
   private readonly idle: IdleExit;
@@ -127,7 +126,7 @@ export class Primary implements Service {
     await Promise.all(Array.from({ length: this.count }, () => this.fork()));
     this.started = true;
     await this.endpoints.start(this.cfg, () => this.report(), this.logger);
-    logListening(this.logger, this.addresses, this.cfg.target, this.count, this.accept);
+    logListening(this.logger, this.listening, this.cfg.target, this.count);
     this.statusTimer = setInterval(() => this.publishStatus(), REPORT_EVERY_MS);
     this.publishStatus();
     this.notifier.ready();
@@ -159,8 +158,7 @@ export class Primary implements Service {
         switch (msg.t) {
           case 'listening':
             state.listening = true;
-            this.addresses = msg.addresses;
-            this.accept = msg.accept;
+            this.listening = msg.listeners;
             resolve();
             break;
           case 'fatal':
@@ -230,7 +228,7 @@ export class Primary implements Service {
   report(): StatusReport {
     return buildReport({
       version: VERSION, startedAt: this.startedAt, workers: this.workers.size, health: this.health, totals: this.totals(), cfg: this.cfg,
-      addresses: this.addresses, accept: this.accept,
+      listeners: this.listening,
     });
   }
 
@@ -362,7 +360,7 @@ export async function runWorker(env: NodeJS.ProcessEnv): Promise<void> {
     process.send?.({ t: 'fatal', message: err.message, code: err.code, exitCode: err.exitCode } satisfies ToPrimary, () => process.exit(err.exitCode));
     return;
   }
-  send({ t: 'listening', addresses: bridge.addresses, accept: bridge.acceptPaths });
+  send({ t: 'listening', listeners: bridge.listening });
   setInterval(report, REPORT_EVERY_MS).unref();
 }
 
