@@ -136,8 +136,7 @@ build_host() {
     command -v apt-get >/dev/null && command -v dpkg >/dev/null ||
         die "make deb SUITE=host needs a Debian-family system (apt, dpkg)"
     # shellcheck disable=SC1091 # the running system's
-    id=$(. /etc/os-release && echo "${ID:-linux}") version_id=$(. /etc/os-release && echo "${VERSION_ID:-0}")
-    codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-unstable}")
+    read -r id version_id codename < <(. /etc/os-release && echo "${ID:-linux} ${VERSION_ID:-0} ${VERSION_CODENAME:-unstable}")
     [ "$(id -u)" -eq 0 ] || sudo=(sudo)
 
     # Only what is missing; apt-get satisfy resolves debian/control's
