@@ -6,7 +6,7 @@ SHELL := /bin/bash
 ARGS ?=
 TS_SOURCES := $(shell find src test bench -name '*.ts' 2>/dev/null) tsconfig.json
 
-.PHONY: all deps build run demo test unit test-matrix e2e deb test-host-build bench clean docs
+.PHONY: all deps build run demo test unit test-asan test-matrix e2e deb test-host-build bench bench-clients clean docs
 
 all: build
 
@@ -15,9 +15,16 @@ node_modules/.deps-ok: package.json package-lock.json scripts/deps.sh
 	bash scripts/deps.sh
 	touch $@
 
-build: dist/.build-ok
+RELAY := native/build/Release/relay.node
+build: dist/.build-ok $(RELAY)
 dist/.build-ok: node_modules/.deps-ok $(TS_SOURCES)
 	node_modules/.bin/tsc -p tsconfig.json
+	touch $@
+
+# The native relay (Node-API: one build for every Node). npm ci builds it;
+# this rebuilds it when its source changes.
+$(RELAY): native/relay.c native/binding.gyp node_modules/.deps-ok
+	bash scripts/deps.sh relay
 	touch $@
 
 # Run the bridge in the foreground with the defaults (override with ARGS="...").
@@ -32,13 +39,33 @@ demo: build
 # Node major (make unit has just run it with this machine's), then the systemd
 # end-to-end test.
 HOST_MAJOR = $(shell node -p 'process.versions.node.split(".")[0]')
-test: unit
+test: unit test-asan
 	@echo "test-matrix: node $(HOST_MAJOR): this machine's $$(node --version) ($$(command -v node)) ran the suite in make unit"
 	$(MAKE) --no-print-directory test-matrix MAJORS="$(filter-out $(HOST_MAJOR),$(MAJORS))"
 	$(MAKE) --no-print-directory e2e
 
+# The whole suite with the native relay (forced: the tests' bridges run
+# --relay native), then the tests of what a relay does again with the
+# TypeScript relay.
+RELAY_TESTS := $(patsubst %,dist/test/%.test.js,relay retries limits lifecycle socket-recreated bad-peers health soak status)
 unit: build
 	node --test dist/test/*.test.js
+	SOCKBRIDGE_TEST_RELAY=js node --test $(RELAY_TESTS)
+
+# The relay tests against the native relay built with AddressSanitizer and
+# UBSan (any report aborts the bridge, which fails its test). Node itself is
+# not instrumented: ASan's runtime is preloaded, and leaks are left to
+# test/soak.test.ts (Node's own allocations would drown them).
+ASAN_RELAY := build/asan/relay.node
+NODE_INCLUDE ?= /usr/include/node
+$(ASAN_RELAY): native/relay.c
+	@mkdir -p $(dir $@)
+	cc -std=gnu11 -shared -fPIC -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all \
+		-Wall -Wextra -Werror -I$(NODE_INCLUDE) -o $@ $< -lpthread
+test-asan: build $(ASAN_RELAY)
+	LD_PRELOAD=$$(cc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1 \
+		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 SOCKBRIDGE_RELAY_ADDON=$(abspath $(ASAN_RELAY)) \
+		node --test $(RELAY_TESTS)
 
 # The unit/functional suite under Node 18, 20, 22, 24 and 26 in turn (official
 # builds from the npm registry, cached in /var/cache/sockbridge/node; addons
@@ -79,9 +106,15 @@ docs: build
 	rm -f build-table.md.tmp
 
 # sockbridge side by side with HAProxy, nginx, socat, socket-proxyd and a direct
-# connection, as ratios (QUICK=1: about 2 minutes). Results in bench/out/.
+# connection, as ratios (QUICK=1: about 2 minutes), then bench-clients.
+# Results in bench/out/.
 bench: build
-	node dist/bench/run.js
+	node dist/bench/run.js && node dist/bench/clients.js
+
+# redis-benchmark and pgbench through sockbridge and HAProxy and directly on
+# the UNIX sockets, as ratios (about 5 minutes; QUICK=1: about 1).
+bench-clients: build
+	node dist/bench/clients.js
 
 clean:
 	rm -rf dist build run

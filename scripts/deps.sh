@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Install what building and testing sockbridge needs on a Debian-family
 # system (Debian 12, 13, Ubuntu), then the npm packages. Safe to run again:
-# it only installs what is missing.
+# it only installs what is missing. With "relay": only rebuild the native
+# relay (native/relay.c changed; node_modules stay as they are).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Build: the two native addons (sd-notify, systemd-journald) need libsystemd,
-# a C++ compiler and python3 for node-gyp. Tests: systemd-socket-activate
+# a C++ compiler and python3 for node-gyp (the native relay, plain C, the same
+# compiler; gcc's AddressSanitizer and UBSan runtimes come with it). Tests: systemd-socket-activate
 # (package systemd), ss (iproute2), python3 (the sd_notify listener), openssl
 # (test certificates).
 need=(libsystemd-dev g++ make python3 pkg-config systemd iproute2 openssl)
@@ -36,4 +38,8 @@ if [ -f /usr/include/node/node.h ]; then
     export npm_config_nodedir=${npm_config_nodedir:-/usr}
   fi
 fi
-npm ci --no-audit --no-fund
+if [ "${1:-}" = relay ]; then
+  npm run --silent install # package.json's install script: node-gyp for native/
+else
+  npm ci --no-audit --no-fund # also runs the install script
+fi

@@ -91,6 +91,11 @@ prepare_tree() {
   # Node-independent, and cheap to copy every run; README.md: a test checks the option table in it.
   rm -rf "$tree/bin" "$tree/dist"
   cp -a bin dist package.json package-lock.json README.md "$tree/" || return 1
+  # The native relay is built against Node-API, which is ABI-stable: the one
+  # build make build made (with this machine's Node) must load under every
+  # Node; the suite forces it (--relay native), so a break fails there.
+  rm -rf "$tree/native" && mkdir -p "$tree/native/build/Release" &&
+    cp native/build/Release/relay.node "$tree/native/build/Release/" || return 1
   version=$("$nodedir/bin/node" -v)
   hash=$(cat package.json package-lock.json | sha256sum | cut -c1-16)
   cached=$CACHE/modules/$version-$hash
@@ -111,9 +116,10 @@ prepare_tree() {
         return 1
       fi
     done
-    # The install scripts of sockbridge's own package.json (the postinstall
-    # records the ABI the addons were built for), as npm would run them, under this Node.
-    for script in preinstall install postinstall; do
+    # sockbridge's own postinstall (it records the ABI the addons were built
+    # for), as npm would run it, under this Node. Not its install script: that
+    # builds the native relay, copied above instead.
+    for script in postinstall; do
       cmd=$(node -p "require('./package.json').scripts?.$script ?? ''")
       [ -z "$cmd" ] || (cd "$tree" && PATH="$nodedir/bin:$PATH" sh -c "$cmd") || { say "node $major: the $script script failed" >&2; return 1; }
     done

@@ -7,7 +7,6 @@
 // at once when the file reappears in its directory, until connect-timeout.
 
 import { FSWatcher, watch } from 'node:fs';
-import net from 'node:net';
 import { basename, dirname } from 'node:path';
 import { BackendFailure, classifyConnectError } from './errors';
 import type { Logger } from './log';
@@ -18,9 +17,19 @@ export type BackendSettings = Pick<Config, 'target' | 'connectTimeout' | 'errorL
 /** Why a client never reached the target. */
 export type ConnectFailure = 'connect-timeout' | 'target-denied' | 'target-error' | 'cancelled';
 
-export interface ConnectCallback {
-  (failure: ConnectFailure, socket: undefined, error: NodeJS.ErrnoException | undefined): void;
-  (failure: undefined, socket: net.Socket, error: undefined): void;
+export interface ConnectCallback<C> {
+  (failure: ConnectFailure, conn: undefined, error: NodeJS.ErrnoException | undefined): void;
+  (failure: undefined, conn: C, error: undefined): void;
+}
+
+/**
+ * One connect(2) attempt to the target, however the relay holds connections:
+ * a net.Socket (the TypeScript relay) or a bare fd (the native one). Exactly
+ * one of ok and fail is called, always asynchronously, unless the returned
+ * function cancelled the attempt first.
+ */
+export interface Dialer<C> {
+  attempt(path: string, ok: (conn: C) => void, fail: (err: NodeJS.ErrnoException) => void): () => void;
 }
 
 const BACKOFF_FIRST_MS = 5;
@@ -28,10 +37,10 @@ const BACKOFF_MAX_MS = 200;
 const REPORT_AGAIN_AFTER_MS = 10_000;
 
 /** One client's way to the target: attempt, wait, attempt again, until the deadline. */
-export class PendingConnect {
+export class PendingConnect<C> {
   private timer: NodeJS.Timeout | undefined;
   private delay = BACKOFF_FIRST_MS;
-  private socket: net.Socket | undefined;
+  private cancelAttempt: (() => void) | undefined;
   private done = false;
   private readonly deadline: number;
   private lastError: NodeJS.ErrnoException | undefined;
@@ -40,8 +49,8 @@ export class PendingConnect {
     private readonly backend: Backend,
     private readonly target: string,
     timeoutMs: number,
-    private readonly callback: ConnectCallback,
-    private readonly onread: net.OnReadOpts | undefined,
+    private readonly callback: ConnectCallback<C>,
+    private readonly dialer: Dialer<C>,
   ) {
     this.deadline = Date.now() + timeoutMs;
     this.attempt();
@@ -49,7 +58,7 @@ export class PendingConnect {
 
   /** The socket file changed: try now instead of at the end of the backoff. */
   wake(): void {
-    if (this.done || this.socket) return;
+    if (this.done || this.cancelAttempt) return;
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
     this.delay = BACKOFF_FIRST_MS;
@@ -59,22 +68,17 @@ export class PendingConnect {
   /** The client went away while waiting. */
   cancel(): void {
     if (this.done) return;
-    this.socket?.destroy();
+    this.cancelAttempt?.();
     this.finish('cancelled', undefined);
   }
 
   private attempt(): void {
-    const socket = net.createConnection({ path: this.target, allowHalfOpen: true, onread: this.onread });
-    this.socket = socket;
-    socket.once('connect', () => {
-      socket.removeAllListeners('error');
-      this.socket = undefined;
+    this.cancelAttempt = this.dialer.attempt(this.target, (conn) => {
+      this.cancelAttempt = undefined;
       this.backend.liveResult(undefined, undefined);
-      this.finishOk(socket);
-    });
-    socket.once('error', (err: NodeJS.ErrnoException) => {
-      socket.destroy();
-      this.socket = undefined;
+      this.finishOk(conn);
+    }, (err) => {
+      this.cancelAttempt = undefined;
       this.lastError = err;
       const kind = classifyConnectError(err.code);
       this.backend.liveResult(kind, err);
@@ -102,10 +106,10 @@ export class PendingConnect {
     }, wait);
   }
 
-  private finishOk(socket: net.Socket): void {
+  private finishOk(conn: C): void {
     this.done = true;
     this.backend.removeWaiter(this);
-    this.callback(undefined, socket, undefined);
+    this.callback(undefined, conn, undefined);
   }
 
   private finish(failure: ConnectFailure, err: NodeJS.ErrnoException | undefined): void {
@@ -124,7 +128,7 @@ export interface BackendEvents {
 
 export class Backend {
   private settings: BackendSettings;
-  private readonly waiters = new Set<PendingConnect>();
+  private readonly waiters = new Set<{ wake(): void }>();
   private watcher: FSWatcher | undefined;
   private liveErrors = 0;
 
@@ -156,19 +160,19 @@ export class Backend {
     this.closeWatcher();
   }
 
-  /** `onread`: how the connected socket reads (the session reads into its own buffers). */
-  connect(callback: ConnectCallback, onread?: net.OnReadOpts): PendingConnect {
-    return new PendingConnect(this, this.settings.target, this.settings.connectTimeout, callback, onread);
+  /** Reach the target for one client, holding it while the target is away; `dialer` makes each attempt. */
+  connect<C>(callback: ConnectCallback<C>, dialer: Dialer<C>): PendingConnect<C> {
+    return new PendingConnect(this, this.settings.target, this.settings.connectTimeout, callback, dialer);
   }
 
   // ---- waiting for the socket file ------------------------------------------
 
-  addWaiter(p: PendingConnect): void {
+  addWaiter(p: { wake(): void }): void {
     this.waiters.add(p);
     if (!this.watcher) this.openWatcher();
   }
 
-  removeWaiter(p: PendingConnect): void {
+  removeWaiter(p: { wake(): void }): void {
     if (this.waiters.delete(p) && this.waiters.size === 0) this.closeWatcher();
   }
 

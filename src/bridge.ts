@@ -1,34 +1,41 @@
 // The accepting side of the service: listeners → sessions → backend, with
-// max-conn, STATUS=, reload and drain. One per process: the only process, or
-// each worker (see workers.ts). Health checks and exit-idle-time belong to the
-// caller, which reports the target's state through onBackendState() and hears
-// about sessions coming and going through onBusyChange().
+// max-conn, STATUS=, reload and drain. Health checks and exit-idle-time
+// belong to the caller (service.ts), which reports the target's state through
+// onBackendState() and hears about sessions coming and going through
+// onBusyChange().
+//
+// One of two relays moves the bytes, chosen once at start (chooseRelay):
+// the native one (native-relay.ts: C threads accept and relay; sessions in
+// native-session.ts) or the TypeScript one (Node's event loop; sessions in
+// session.ts), which TLS sessions always use. Every decision is made here
+// either way.
 
-import type net from 'node:net';
+import net from 'node:net';
 import { AccessList } from './access';
 import { addressLabel, plainAddress } from './address';
 import { Backend, Reporter } from './backend';
+import { InstallError } from './errors';
 import type { BackendState } from './health';
-import { checkDescriptorBudget, Listener, ListenerInfo, openListeners, PassedSocket } from './listeners';
+import { acceptErrorLog, checkDescriptorBudget, Listener, ListenerInfo, listenSpecs, openListeners, PassedSocket } from './listeners';
 import type { Logger } from './log';
+import { AcceptedClient, defaultThreads, loadRelayAddon, NativeRelay } from './native-relay';
+import { NativeContext, NativeSession } from './native-session';
 import type { Notifier } from './notify';
 import { Config, formatValue, OPTIONS } from './options';
-import { idleSweepInterval, READS, Session, SessionContext } from './session';
+import { BridgedSession, idleSweepInterval, Session, SessionContext, socketDialer } from './session';
 import { Stats } from './stats';
 import { TlsTerminator } from './tls';
 
 const STATUS_EVERY_MS = 1000;
 
 export interface BridgeHooks {
-  /** Log listening and reloads (false in workers: the primary logs them once). */
-  announce?: boolean;
   /** --error-limit reached: whoever runs the health checks marks the target DOWN. */
   onErrorLimit(reason: string): void;
-  /** Sessions went from none to some, or back (exit-idle-time; workers tell the primary at once). */
+  /** Sessions went from none to some, or back (exit-idle-time). */
   onBusyChange(busy: boolean): void;
 }
 
-/** The counters a worker reports to the primary. */
+/** The service's counters at one moment. */
 export interface BridgeSnapshot {
   active: number;
   waiting: number;
@@ -39,24 +46,45 @@ export interface BridgeSnapshot {
   bytesOut: number;
 }
 
-export const NO_SESSIONS: Readonly<BridgeSnapshot> = { active: 0, waiting: 0, total: 0, failed: 0, denied: 0, bytesIn: 0, bytesOut: 0 };
-
-/** Counters of several workers added up. */
-export function addSnapshots(a: BridgeSnapshot, b: BridgeSnapshot): BridgeSnapshot {
-  return {
-    active: a.active + b.active, waiting: a.waiting + b.waiting, total: a.total + b.total, failed: a.failed + b.failed,
-    denied: a.denied + b.denied, bytesIn: a.bytesIn + b.bytesIn, bytesOut: a.bytesOut + b.bytesOut,
-  };
+/** Which relay moves the bytes, and why (status, the startup log). */
+export interface RelayInfo {
+  kind: 'native' | 'js';
+  threads: number;
+  /** Why the TypeScript relay runs where the native one could ("" when it does not). */
+  why: string;
 }
+
+/**
+ * --relay and the config decide; a missing or broken addon falls back to the
+ * TypeScript relay with a reason (logged once), unless --relay native asked for it.
+ */
+export function chooseRelay(cfg: Config, load = loadRelayAddon): { info: RelayInfo; relay?: ReturnType<typeof loadRelayAddon> } {
+  const threads = cfg.relayThreads || defaultThreads();
+  // TLS is terminated by Node's tls module, so those sessions stay in JavaScript, whatever relay says.
+  if (cfg.tlsCert !== '') return { info: { kind: 'js', threads: 1, why: 'TLS sessions use the TypeScript relay' } };
+  if (cfg.relay === 'js') return { info: { kind: 'js', threads: 1, why: 'relay = js' } };
+  const addon = load();
+  if (typeof addon !== 'string') return { info: { kind: 'native', threads, why: '' }, relay: addon };
+  if (cfg.relay === 'native') {
+    throw new InstallError('ERELAY_LOAD', `relay = native, but the native relay cannot be loaded (${addon}): rebuild it (npm ci, or make build) or set relay = auto`);
+  }
+  return { info: { kind: 'js', threads: 1, why: `the native relay cannot be loaded (${addon})` } };
+}
+
+/** A client waiting for a free slot under max-conn: a socket (TypeScript relay) or an fd (native). */
+type Client = net.Socket | AcceptedClient;
 
 export class Bridge {
   readonly stats = new Stats();
   readonly backend: Backend;
+  readonly relayInfo: RelayInfo;
   private listeners: Listener[] = [];
-  private readonly sessions = new Set<Session>();
+  private readonly sessions = new Set<BridgedSession>();
   /** Clients accepted while max-conn sessions run: they wait, unread, in arrival order. */
-  private readonly queued: net.Socket[] = [];
-  private readonly ctx: SessionContext;
+  private readonly queued: Client[] = [];
+  /** Exactly one of these two: the TypeScript relay's context, or the native relay and its context. */
+  private readonly ctx: SessionContext | undefined;
+  private readonly native: { relay: NativeRelay; ctx: NativeContext } | undefined;
   private statusTimer: NodeJS.Timeout | undefined;
   private idleSweep: { timer: NodeJS.Timeout; every: number } | undefined;
   private stopping: Promise<void> | undefined;
@@ -75,13 +103,22 @@ export class Bridge {
     this.backend = new Backend(cfg, logger, problems, { onErrorLimit: hooks.onErrorLimit });
     this.access = new AccessList(cfg.allow, cfg.deny);
     this.tls = TlsTerminator.load(cfg);
-    this.ctx = {
-      backend: this.backend,
-      logger,
-      stats: this.stats,
-      settings: cfg,
-      onClosed: (session) => this.onSessionClosed(session),
-    };
+    const { info, relay: addon } = chooseRelay(cfg);
+    this.relayInfo = info;
+    const shared = { backend: this.backend, logger, stats: this.stats, settings: cfg, onClosed: (s: BridgedSession) => this.onSessionClosed(s) };
+    if (addon !== undefined && typeof addon !== 'string') {
+      const errorLogs = new Map<Listener, (err: NodeJS.ErrnoException) => void>();
+      const relay = new NativeRelay(addon, info.threads, {
+        accepted: (_listener, client) => this.acceptNative(client),
+        acceptFailed: (listener, err) => {
+          if (!errorLogs.has(listener)) errorLogs.set(listener, acceptErrorLog(listener.label, logger));
+          errorLogs.get(listener)!(err);
+        },
+      });
+      this.native = { relay, ctx: { ...shared, dialer: relay.dialer, relay } };
+    } else {
+      this.ctx = { ...shared, dialer: socketDialer };
+    }
   }
 
   /** Where clients connect, and how each listener takes them. */
@@ -93,23 +130,35 @@ export class Bridge {
   snapshot(): BridgeSnapshot {
     const s = this.stats;
     let { bytesIn, bytesOut } = s;
-    for (const session of this.sessions) {
-      bytesIn += session.bytesIn;
-      bytesOut += session.bytesOut;
+    if (this.native) {
+      ({ bytesIn, bytesOut } = this.native.relay.counters());
+    } else {
+      for (const session of this.sessions) {
+        const live = session as Session;
+        bytesIn += live.bytesIn;
+        bytesOut += live.bytesOut;
+      }
     }
     return { active: s.active, waiting: s.held + this.queued.length, total: s.total, failed: s.failed, denied: s.denied, bytesIn, bytesOut };
   }
 
-  /** Start accepting; the caller logs where (once per service, not per worker). */
+  /** Start accepting; the caller logs where. */
   async start(passed: PassedSocket[]): Promise<void> {
-    this.listeners = await openListeners({ passed, listen: this.cfg.listen, backlog: this.cfg.backlog }, this.logger, (socket) => this.accept(socket), READS);
+    const specs = listenSpecs(passed, this.cfg.listen);
+    if (this.native) {
+      this.native.relay.start();
+      this.listeners = this.native.relay.openListeners(specs, this.cfg.backlog);
+    } else {
+      this.listeners = await openListeners(specs, this.cfg.backlog, this.logger, (socket) => this.accept(socket));
+      this.sweepIdleSessions(this.cfg);
+    }
     checkDescriptorBudget(this.cfg.maxConn, this.logger);
     this.statusTimer = setInterval(() => this.publishStatus(), STATUS_EVERY_MS);
     this.statusTimer.unref();
     this.publishStatus();
-    this.sweepIdleSessions(this.cfg);
     this.notifier.ready();
-    this.notifier.startWatchdog(() => true);
+    // WATCHDOG=1 only while the event loop runs (this is called from it) and every relay thread answers.
+    this.notifier.startWatchdog(() => this.native?.relay.alive() ?? true);
   }
 
   // ---- accepting -----------------------------------------------------------
@@ -119,7 +168,11 @@ export class Bridge {
       socket.destroy();
       return;
     }
-    if (!this.access.permits(socket.remoteAddress ?? '')) return this.refuse(socket);
+    if (!this.access.permits(socket.remoteAddress ?? '')) {
+      this.refused(socket.remoteAddress, socket.remotePort);
+      socket.destroy();
+      return;
+    }
     if (!this.tls) return this.admit(socket);
     // Read now: the address is gone from the socket once the handshake failed.
     const addr = plainAddress(socket.remoteAddress ?? '?');
@@ -130,72 +183,104 @@ export class Bridge {
     });
   }
 
-  /** A client that may use the service: a session now, or a place in the queue over max-conn. */
-  private admit(socket: net.Socket): void {
-    if (this.stopping) {
-      socket.destroy();
-      return;
+  /** A client the native relay accepted: the same policy, on an fd. */
+  private acceptNative(client: AcceptedClient): void {
+    if (this.stopping) return this.drop(client);
+    if (!this.access.permits(client.addr)) {
+      this.refused(client.addr, client.port);
+      return this.drop(client);
     }
+    this.admit(client);
+  }
+
+  /** A client that may use the service: a session now, or a place in the queue over max-conn. */
+  private admit(client: Client): void {
+    if (this.stopping) return this.drop(client);
     if (this.sessions.size === 0 && this.queued.length === 0) this.hooks.onBusyChange(true);
     if (this.sessions.size < this.cfg.maxConn) {
-      this.sessions.add(new Session(socket, this.ctx));
+      this.sessions.add(this.open(client));
       return;
     }
-    // Over max-conn. Node cannot stop polling a listening socket, so the client
-    // waits here instead of in the kernel queue: accepted, unread, not reset,
-    // and started in order as sessions end. Bounded by the backlog, as the
-    // kernel queue would be.
+    // Over max-conn. The client waits here instead of in the kernel queue
+    // (Node cannot stop polling a listening socket, and the native relay does
+    // as the TypeScript one does): accepted, unread, not reset, and started
+    // in order as sessions end. Bounded by the backlog, as the kernel queue would be.
     if (this.queued.length >= this.cfg.backlog) {
       if (!this.queueFullReported) {
         this.logger.warning(`max-conn (${this.cfg.maxConn}) reached and ${this.queued.length} clients already queued: closing new ones; raise --max-conn`, { EVENT: 'queue-full' });
         this.queueFullReported = true;
       }
-      socket.destroy();
-      return;
+      return this.drop(client);
     }
-    socket.on('error', noop);
-    this.queued.push(socket);
+    if (client instanceof net.Socket) client.on('error', noop);
+    this.queued.push(client);
+  }
+
+  private open(client: Client): BridgedSession {
+    if (client instanceof net.Socket) {
+      client.off('error', noop);
+      return new Session(client, this.ctx!);
+    }
+    return new NativeSession(client, this.native!.ctx);
+  }
+
+  private drop(client: Client): void {
+    if (client instanceof net.Socket) client.destroy();
+    else this.native?.relay.closeFd(client.fd);
   }
 
   /** Not on --allow, or on --deny: closed before a byte is read. */
-  private refuse(socket: net.Socket): void {
+  private refused(remoteAddress: string | undefined, remotePort: number | undefined): void {
     this.stats.denied++;
     if (this.logger.enabled('info')) {
-      const addr = plainAddress(socket.remoteAddress ?? '?');
-      const port = socket.remotePort ?? 0;
+      const addr = plainAddress(remoteAddress ?? '?');
+      const port = remotePort ?? 0;
       this.logger.info(`client ${addressLabel(addr, port)} refused by --allow/--deny`, { EVENT: 'denied', CLIENT_ADDR: addr, CLIENT_PORT: port });
     }
-    socket.destroy();
   }
 
-  private onSessionClosed(session: Session): void {
+  private onSessionClosed(session: BridgedSession): void {
     this.sessions.delete(session);
     while (this.queued.length > 0 && this.sessions.size < this.cfg.maxConn && !this.stopping) {
       const next = this.queued.shift()!;
-      if (next.destroyed) continue;
-      next.off('error', noop);
-      this.sessions.add(new Session(next, this.ctx));
+      if (next instanceof net.Socket && next.destroyed) continue;
+      this.sessions.add(this.open(next));
     }
     if (this.queued.length === 0) this.queueFullReported = false;
     if (this.sessions.size === 0) this.hooks.onBusyChange(false);
   }
 
   /**
-   * client-timeout and server-timeout: one timer for all sessions instead of
-   * two per session refreshed on every chunk (less memory per connection, less
-   * work per chunk), at the price of closing up to a tenth of the timeout (2 s at most) late.
-   * After a reload it keeps the shorter interval, as older sessions keep theirs.
+   * The TypeScript relay's client-timeout and server-timeout (the native
+   * relay's threads sweep their own sessions the same way): one timer for all
+   * sessions instead of two per session refreshed on every chunk (less memory
+   * per connection, less work per chunk), at the price of closing up to a
+   * tenth of the timeout (1 s at most) late. After a reload it keeps the
+   * shorter interval, as older sessions keep theirs.
    */
   private sweepIdleSessions(cfg: Config): void {
+    if (this.native) return;
     const every = idleSweepInterval(cfg);
     if (every === undefined || (this.idleSweep && this.idleSweep.every <= every)) return;
     if (this.idleSweep) clearInterval(this.idleSweep.timer);
     const timer = setInterval(() => {
       const now = Date.now();
-      for (const s of this.sessions) s.closeIfIdle(now);
+      for (const s of this.sessions) (s as Session).closeIfIdle(now);
     }, every);
     timer.unref();
     this.idleSweep = { timer, every };
+  }
+
+  /** Close every session, or only those connected to the target (marked DOWN); returns how many. */
+  private closeSessions(reason: 'marked-down' | 'shutdown', connectingToo: boolean): number {
+    let closed = 0;
+    for (const s of [...this.sessions]) {
+      if (s.connecting && !connectingToo) continue;
+      closed++;
+      s.abort(reason); // a native session closes here only while connecting: the relay closes the open ones
+    }
+    this.native?.relay.closeAll(reason);
+    return closed;
   }
 
   // ---- backend state ---------------------------------------------------------
@@ -204,13 +289,7 @@ export class Bridge {
     this.backendState = state;
     this.publishStatus();
     if (state === 'DOWN' && this.cfg.onMarkedDown === 'shutdown-sessions') {
-      let closed = 0;
-      for (const s of this.sessions) {
-        if (!s.connecting) {
-          s.abort('marked-down');
-          closed++;
-        }
-      }
+      const closed = this.closeSessions('marked-down', false);
       if (closed > 0) this.logger.warning(`closed ${closed} sessions because the target was marked DOWN (on-marked-down shutdown-sessions)`, { EVENT: 'shutdown-sessions' });
     }
   }
@@ -224,15 +303,16 @@ export class Bridge {
   /** SIGHUP: new settings for new sessions; open sessions keep running untouched. */
   reload(next: Config): void {
     this.notifier.reloading();
-    if (this.hooks.announce !== false) announceReload(this.logger, this.cfg, next);
+    announceReload(this.logger, this.cfg, next);
     this.cfg = next;
-    this.ctx.settings = next;
+    if (this.ctx) this.ctx.settings = next;
+    if (this.native) this.native.ctx.settings = next;
     this.sweepIdleSessions(next);
     this.access = new AccessList(next.allow, next.deny);
     try {
       this.tls = TlsTerminator.load(next);
     } catch (err) {
-      // The files changed between the primary's check and ours: keep serving with the old ones.
+      // The files changed since the check: keep serving with the old ones.
       this.logger.error(`TLS files not reloaded, keeping the previous certificate: ${(err as Error).message}`, { EVENT: 'reload-failed' });
     }
     this.backend.configure(next);
@@ -249,22 +329,23 @@ export class Bridge {
 
   private async drain(): Promise<void> {
     this.notifier.stopping();
-    for (const l of this.listeners) l.server.close();
-    for (const socket of this.queued.splice(0)) socket.destroy();
+    for (const l of this.listeners) l.close();
+    for (const client of this.queued.splice(0)) this.drop(client);
     if (this.sessions.size > 0) {
       this.logger.notice(`stopping: waiting up to ${this.cfg.drainTimeout} ms for ${this.sessions.size} sessions to finish`, { EVENT: 'draining' });
       const finished = await this.waitForSessions(this.cfg.drainTimeout);
       if (!finished) {
         this.logger.warning(`drain-timeout reached: closing ${this.sessions.size} sessions`, { EVENT: 'drain-timeout' });
-        for (const s of [...this.sessions]) s.abort('shutdown');
+        this.closeSessions('shutdown', true);
         await this.waitForSessions(1000);
       }
     }
+    this.native?.relay.stop();
     this.backend.stop();
     this.notifier.stopWatchdog();
     if (this.statusTimer) clearInterval(this.statusTimer);
     if (this.idleSweep) clearInterval(this.idleSweep.timer);
-    if (this.hooks.announce !== false) this.logger.notice(`stopped after ${this.stats.total} sessions`, { EVENT: 'stopped' });
+    this.logger.notice(`stopped after ${this.stats.total} sessions`, { EVENT: 'stopped' });
   }
 
   private waitForSessions(timeoutMs: number): Promise<boolean> {
@@ -282,20 +363,24 @@ export class Bridge {
 
 function noop(): void {}
 
-/** The STATUS= line, shared by a single process and the primary of several workers. */
-export function statusLine(state: BackendState, s: BridgeSnapshot, workers?: number): string {
+/** The STATUS= line. */
+export function statusLine(state: BackendState, s: BridgeSnapshot): string {
   const target = state === 'INIT' ? 'checking' : state;
-  const tail = workers === undefined ? '' : `; ${workers} workers`;
-  return `target ${target}; ${s.active} active, ${s.waiting} waiting, ${s.total} served, ${s.failed} failed${tail}`;
+  return `target ${target}; ${s.active} active, ${s.waiting} waiting, ${s.total} served, ${s.failed} failed`;
 }
 
-export function logListening(logger: Logger, listeners: ListenerInfo[], target: string, processes: number): void {
-  const how = processes > 1 ? ` (${processes} workers)` : '';
+export function logListening(logger: Logger, listeners: ListenerInfo[], target: string, relay: RelayInfo): void {
   const addresses = listeners.map((l) => l.address).join(', ');
-  logger.notice(`listening on ${addresses}, forwarding to ${target}${how}`,
-    { EVENT: 'listening', TARGET: target, ACCEPT_PATH: listeners.map((l) => l.accept).join(' ') });
-  // The fast path missing is worth a line of its own: it costs throughput, and only a Node upgrade causes it.
-  const slow = listeners.filter((l) => l.accept !== 'onread').map((l) => l.address);
+  const how = relay.kind === 'native' ? `native relay, ${relay.threads} thread${relay.threads === 1 ? '' : 's'}` : 'TypeScript relay';
+  logger.notice(`listening on ${addresses}, forwarding to ${target} (${how})`,
+    { EVENT: 'listening', TARGET: target, RELAY: relay.kind, RELAY_THREADS: relay.threads, ACCEPT_PATH: listeners.map((l) => l.accept).join(' ') });
+  // Falling back costs every core but one: worth a line of its own, unless asked for (relay = js) or needed (TLS).
+  if (relay.kind === 'js' && relay.why.startsWith('the native relay')) {
+    logger.warning(`plain sessions use the TypeScript relay, in one thread: ${relay.why}; set relay = js to silence this, or rebuild it (npm ci)`,
+      { EVENT: 'relay-fallback', ERROR: relay.why });
+  }
+  // The TypeScript relay's fast path missing is worth a line too: only a Node upgrade causes it.
+  const slow = listeners.filter((l) => l.accept === 'stream').map((l) => l.address);
   if (slow.length > 0) {
     logger.warning(`clients on ${slow.join(', ')} are read through Node's stream machinery, which is slower: Node.js ${process.version} ` +
       'lacks the internal sockbridge takes over to read into its own buffers (the listening handle\'s onconnection)', { EVENT: 'accept-fallback', NODE_VERSION: process.version });

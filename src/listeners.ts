@@ -7,6 +7,7 @@ import { getSystemErrorName } from 'node:util';
 import { ListenError } from './errors';
 import type { Logger } from './log';
 import { parseListen } from './options';
+import { ownReads } from './session';
 
 export interface PassedSocket {
   fd: number;
@@ -34,12 +35,13 @@ export function takeSystemdSockets(env: NodeJS.ProcessEnv, pid: number): PassedS
 }
 
 /**
- * How a listener's clients are accepted and read: 'onread' when
- * acceptWithOwnReads took over (the fast path), 'stream' when Node's own accept
- * path remains (this Node lacks the internal it replaces). Reported by
- * `sockbridge status --json`, so that a Node that changed shows.
+ * How a listener's clients are accepted and read: 'native' when the native
+ * relay's threads accept them (native-relay.ts); with the TypeScript relay,
+ * 'onread' when acceptWithOwnReads took over (its fast path), 'stream' when
+ * Node's own accept path remains (this Node lacks the internal it replaces).
+ * Reported by `sockbridge status --json`, so that a path that changed shows.
  */
-export type AcceptPath = 'onread' | 'stream';
+export type AcceptPath = 'native' | 'onread' | 'stream';
 
 /** A listener as the logs and `sockbridge status` report it. */
 export interface ListenerInfo {
@@ -48,10 +50,33 @@ export interface ListenerInfo {
 }
 
 export interface Listener {
-  server: net.Server;
   /** For logs: "0.0.0.0:12345" or "systemd fd 3 (bridge.socket)". */
   label: string;
   accept: AcceptPath;
+  /** Stop accepting and close the socket. */
+  close(): void;
+}
+
+/** One socket to listen on: passed by systemd, or an address to bind. */
+export interface ListenSpec {
+  label: string;
+  target: { fd: number } | { port: number; host?: string };
+}
+
+export function listenSpecs(passed: PassedSocket[], listen: string[]): ListenSpec[] {
+  if (passed.length > 0) return passed.map((p) => ({ label: `systemd fd ${p.fd} (${p.name})`, target: { fd: p.fd } }));
+  return listen.map((raw) => {
+    const { host, port } = parseListen(raw);
+    return { label: raw, target: host === undefined ? { port } : { port, host } };
+  });
+}
+
+/** The one line for an address that cannot be listened on, whichever relay tried. */
+export function listenError(label: string, code: string): ListenError {
+  const hint = code === 'EADDRINUSE' ? 'another process holds this port: stop it or choose another --listen'
+    : code === 'EACCES' ? 'ports below 1024 need privileges: use socket activation or a higher port'
+    : code === 'EADDRNOTAVAIL' ? 'no local interface has this address' : 'check --listen';
+  return new ListenError('ELISTEN', `cannot listen on ${label}: ${code} — ${hint}`);
 }
 
 const ACCEPT_ERROR_LOG_EVERY_MS = 1000;
@@ -59,23 +84,17 @@ const ACCEPT_ERROR_LOG_EVERY_MS = 1000;
 const KEEPALIVE_DELAY_MS = 60_000;
 
 /**
- * Start accepting. Clients arrive paused (pauseOnConnect) and half-open capable
- * (allowHalfOpen), as the relay needs both, with TCP_NODELAY and keepalive on. Rejects with ListenError when an
+ * Start accepting for the TypeScript relay. Clients arrive paused
+ * (pauseOnConnect) and half-open capable (allowHalfOpen), as the relay needs
+ * both, with TCP_NODELAY and keepalive on. Rejects with ListenError when an
  * address cannot be bound.
  */
 export async function openListeners(
-  opts: { passed: PassedSocket[]; listen: string[]; backlog: number },
+  specs: ListenSpec[],
+  backlog: number,
   logger: Logger,
   onConnection: (socket: net.Socket) => void,
-  reads: net.OnReadOpts,
 ): Promise<Listener[]> {
-  const specs = opts.passed.length > 0
-    ? opts.passed.map((p) => ({ label: `systemd fd ${p.fd} (${p.name})`, target: { fd: p.fd } as const }))
-    : opts.listen.map((raw) => {
-        const { host, port } = parseListen(raw);
-        return { label: raw, target: host === undefined ? { port } : { port, host } };
-      });
-
   const listeners: Listener[] = [];
   try {
     for (const spec of specs) {
@@ -88,26 +107,23 @@ export async function openListeners(
         server.once('error', reject);
         // The backlog goes positionally: with an fd, Node ignores {backlog} and
         // would reset the queue systemd configured to 511.
-        server.listen(spec.target, opts.backlog, () => {
+        server.listen(spec.target, backlog, () => {
           server.off('error', reject);
           resolve();
         });
       }).catch((err: NodeJS.ErrnoException) => {
-        const hint = err.code === 'EADDRINUSE' ? 'another process holds this port: stop it or choose another --listen'
-          : err.code === 'EACCES' ? 'ports below 1024 need privileges: use socket activation or a higher port'
-          : err.code === 'EADDRNOTAVAIL' ? 'no local interface has this address' : 'check --listen';
-        throw new ListenError('ELISTEN', `cannot listen on ${spec.label}: ${err.code ?? err.message} — ${hint}`);
+        throw listenError(spec.label, err.code ?? err.message);
       });
       watchAcceptErrors(server, spec.label, logger);
-      const accept = acceptWithOwnReads(server, onConnection, reads);
+      const accept = acceptWithOwnReads(server, onConnection);
       const address = server.address();
       const label = typeof address === 'object' && address !== null && !('fd' in spec.target)
         ? `${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`
         : spec.label;
-      listeners.push({ server, label, accept });
+      listeners.push({ label, accept, close: () => server.close() });
     }
   } catch (err) {
-    for (const l of listeners) l.server.close();
+    for (const l of listeners) l.close();
     throw err;
   }
   return listeners;
@@ -134,7 +150,7 @@ interface ListenHandle {
  * every accepted socket, which saves five setsockopt(2) calls per connection
  * (measured: ~9 % of the CPU time of a connection churn).
  */
-function acceptWithOwnReads(server: net.Server, onConnection: (socket: net.Socket) => void, reads: net.OnReadOpts): AcceptPath {
+function acceptWithOwnReads(server: net.Server, onConnection: (socket: net.Socket) => void): AcceptPath {
   const handle = (server as unknown as { _handle?: ListenHandle | null })._handle;
   if (!handle || typeof handle.onconnection !== 'function') return 'stream';
   const inherited = handle.setNoDelay?.(true) === 0 && handle.setKeepAlive?.(true, KEEPALIVE_DELAY_MS / 1000) === 0;
@@ -144,8 +160,10 @@ function acceptWithOwnReads(server: net.Server, onConnection: (socket: net.Socke
       server.emit('error', Object.assign(new Error(`accept ${code}`), { code, errno: status, syscall: 'accept' }));
       return;
     }
+    const reads = ownReads();
     const opts = { handle: clientHandle, allowHalfOpen: true, pauseOnCreate: true, onread: reads };
     const socket = new net.Socket(opts as net.SocketConstructorOpts);
+    reads.socket = socket;
     if (!inherited) {
       socket.setNoDelay(true);
       socket.setKeepAlive(true, KEEPALIVE_DELAY_MS);
@@ -162,9 +180,14 @@ function acceptWithOwnReads(server: net.Server, onConnection: (socket: net.Socke
  * exhausted resource must not stop the service.
  */
 function watchAcceptErrors(server: net.Server, label: string, logger: Logger): void {
+  server.on('error', acceptErrorLog(label, logger));
+}
+
+/** A rate-limited logger of one listener's accept(2) failures (the native relay reports them as events). */
+export function acceptErrorLog(label: string, logger: Logger): (err: NodeJS.ErrnoException) => void {
   let lastLog = 0;
   let suppressed = 0;
-  server.on('error', (err: NodeJS.ErrnoException) => {
+  return (err: NodeJS.ErrnoException) => {
     const now = Date.now();
     if (now - lastLog < ACCEPT_ERROR_LOG_EVERY_MS) {
       suppressed++;
@@ -177,7 +200,7 @@ function watchAcceptErrors(server: net.Server, label: string, logger: Logger): v
     logger.error(`accept failed on ${label}: ${err.code ?? err.message} — ${hint}${suppressed ? ` (${suppressed} more since the last report)` : ''}`,
       { EVENT: 'accept-error', ERRNO: err.code ?? 'error' });
     suppressed = 0;
-  });
+  };
 }
 
 /**

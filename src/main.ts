@@ -9,10 +9,9 @@ import { takeSystemdSockets } from './listeners';
 import { createLogger, Logger } from './log';
 import { Notifier } from './notify';
 import { formatValue, OPTIONS } from './options';
-import { Service, SingleProcess } from './service';
+import { Service } from './service';
 import { renderStatus, StatusReport } from './status';
 import { VERSION } from './version';
-import { isWorkerProcess, Primary, runWorker } from './workers';
 
 async function status(cli: CommandLine): Promise<void> {
   const setting = cli.values.get('control-socket')?.[0];
@@ -51,16 +50,12 @@ function generate(what: string | undefined): void {
 }
 
 async function run(cli: CommandLine): Promise<void> {
-  if (isWorkerProcess(process.env)) return runWorker(process.env);
   const cfg = loadConfig(cli);
   validate(cfg);
   const logger = createLogger(cfg);
   const notifier = Notifier.fromEnv(process.env);
   const passed = takeSystemdSockets(process.env, process.pid);
-  const workers = Primary.count(cfg);
-  const service: Service = workers > 1
-    ? new Primary(cfg, workers, passed, logger, notifier)
-    : new SingleProcess(cfg, passed, logger, notifier);
+  const service = new Service(cfg, passed, logger, notifier);
   installProcessHandlers(service, cli, logger);
   await service.start();
 }

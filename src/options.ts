@@ -28,6 +28,8 @@ export interface Config {
   logLevel: LogLevel;
   logTarget: 'auto' | 'journal' | 'stderr';
   workers: number;
+  relay: 'auto' | 'native' | 'js';
+  relayThreads: number;
   controlSocket: string;
   allow: string[];
   deny: string[];
@@ -227,8 +229,18 @@ export const OPTIONS: readonly AnyOption[] = [
     format: String,
   },
   {
+    name: 'relay', key: 'relay', type: 'auto|native|js', default: 'auto', reloadable: false,
+    help: 'What moves the bytes of plain sessions: "native", the C relay (threads on every core, native/relay.c); "js", Node\'s event loop in one thread, as TLS sessions always use. "auto": native, or js with one warning where the native relay cannot load.',
+    parse: (raw) => oneOf(['auto', 'native', 'js'] as const, raw),
+    format: String,
+  },
+  {
+    name: 'relay-threads', key: 'relayThreads', ...countOpt(0, 64), default: 0, reloadable: false,
+    help: 'Threads of the native relay (0 = one per CPU, at most 64). Each session lives on the thread with the fewest at its start.',
+  },
+  {
     name: 'workers', key: 'workers', ...countOpt(0, 64), default: 0, reloadable: false,
-    help: 'Worker processes sharing the listening sockets (0 = one per CPU). max-conn is split among them; STATUS, reload and stop treat them as one service.',
+    help: 'Obsolete, accepted and ignored (logged once): one process now uses every core through the native relay\'s threads (relay-threads).',
   },
   {
     name: 'control-socket', key: 'controlSocket', type: 'path|auto|off', default: 'auto', reloadable: false,

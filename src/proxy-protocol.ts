@@ -18,8 +18,16 @@ interface Endpoints {
   dstPort: number;
 }
 
+/** The client connection's two ends: a net.Socket, or what the native relay knows of one. */
+export interface ClientEnds {
+  readonly remoteAddress?: string | undefined;
+  readonly remotePort?: number | undefined;
+  readonly localAddress?: string | undefined;
+  readonly localPort?: number | undefined;
+}
+
 /** Both ends in one family: IPv4 when both are (possibly mapped) IPv4, else IPv6. */
-function endpoints(client: net.Socket): Endpoints | undefined {
+function endpoints(client: ClientEnds): Endpoints | undefined {
   const { remoteAddress, localAddress, remotePort, localPort } = client;
   if (!remoteAddress || !localAddress || remotePort === undefined || localPort === undefined) return undefined;
   const src = plainAddress(remoteAddress);
@@ -29,7 +37,7 @@ function endpoints(client: net.Socket): Endpoints | undefined {
   return { family: 6, src: six(src), dst: six(dst), srcPort: remotePort, dstPort: localPort };
 }
 
-export function proxyHeader(version: 'v1' | 'v2', client: net.Socket): Buffer {
+export function proxyHeader(version: 'v1' | 'v2', client: ClientEnds): Buffer {
   const e = endpoints(client);
   if (version === 'v1') {
     if (!e) return Buffer.from('PROXY UNKNOWN\r\n');

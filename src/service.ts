@@ -1,5 +1,6 @@
-// What main.ts runs: one process that does everything, or a primary with
-// workers (workers.ts). Both answer reload (SIGHUP) and stop (SIGTERM).
+// What main.ts runs: the bridge with its health checks, exit-idle-time and
+// operator endpoints, one process whatever the CPU count (the native relay's
+// threads use the cores). It answers reload (SIGHUP) and stop (SIGTERM).
 
 import type http from 'node:http';
 import type net from 'node:net';
@@ -15,14 +16,7 @@ import { controlPath, startControlServer, startMetricsServer } from './control';
 import { buildReport, StatusReport } from './status';
 import { VERSION } from './version';
 
-export interface Service {
-  start(): Promise<void>;
-  reload(next: Config): void;
-  stop(): Promise<void>;
-  report(): StatusReport;
-}
-
-/** The control socket and the metrics endpoint, for whichever process speaks for the service. */
+/** The control socket and the metrics endpoint. */
 export class OperatorEndpoints {
   private servers: (net.Server | http.Server)[] = [];
 
@@ -38,7 +32,7 @@ export class OperatorEndpoints {
   }
 }
 
-export class SingleProcess implements Service {
+export class Service {
   private readonly health: HealthCheck;
   private readonly bridge: Bridge;
   private readonly endpoints = new OperatorEndpoints();
@@ -66,7 +60,10 @@ export class SingleProcess implements Service {
     this.health.start();
     await this.bridge.start(this.passed);
     await this.endpoints.start(this.cfg, () => this.report(), this.logger);
-    logListening(this.logger, this.bridge.listening, this.cfg.target, 1);
+    logListening(this.logger, this.bridge.listening, this.cfg.target, this.bridge.relayInfo);
+    if (this.cfg.workers !== 0) {
+      this.logger.notice(`workers = ${this.cfg.workers} is obsolete and ignored: one process uses every core through the native relay's threads (relay-threads)`, { EVENT: 'obsolete-option', OPTION: 'workers' });
+    }
     this.idle.start();
   }
 
@@ -86,8 +83,8 @@ export class SingleProcess implements Service {
 
   report(): StatusReport {
     return buildReport({
-      version: VERSION, startedAt: this.startedAt, workers: 1, health: this.health, totals: this.bridge.snapshot(), cfg: this.cfg,
-      listeners: this.bridge.listening,
+      version: VERSION, startedAt: this.startedAt, health: this.health, totals: this.bridge.snapshot(), cfg: this.cfg,
+      listeners: this.bridge.listening, relay: this.bridge.relayInfo,
     });
   }
 }

@@ -2,20 +2,22 @@
 //   accepted (paused) → connecting to the target (held while it is away)
 //   → relaying both ways → closed, with one log entry saying how it went.
 //
-// Relaying is written out rather than done with stream.pipe(): pipe() ends the
-// destination on EOF *and* cannot forward a half-close while the other way is
-// still running, and its machinery costs per chunk. Here each side reads into
-// buffers of our own (READS) with explicit backpressure (pause the source when
-// the destination's buffer is full, resume on 'drain'), and EOF on one side is
+// This is the TypeScript relay: TLS sessions, `--relay js`, and installs where
+// the native relay (native-session.ts) cannot load. Relaying is written out
+// rather than done with stream.pipe(): pipe() ends the destination on EOF
+// *and* cannot forward a half-close while the other way is still running, and
+// its machinery costs per chunk. Here each side reads into buffers of our own
+// (ownReads) with explicit backpressure (pause the source when the
+// destination's buffer is full, resume on 'drain'), and EOF on one side is
 // forwarded as a shutdown(SHUT_WR) on the other, so a client that sends a
 // request and then shuts down its write side still gets the whole reply.
 //
 // Handlers are module-level functions that find their session through a
 // symbol-keyed field: no closures per connection, and stack traces name them.
 
-import type net from 'node:net';
+import net from 'node:net';
 import { addressLabel, plainAddress } from './address';
-import type { Backend, ConnectFailure, PendingConnect } from './backend';
+import type { Backend, ConnectFailure, Dialer, PendingConnect } from './backend';
 import type { Fields, Logger } from './log';
 import type { Config } from './options';
 import { proxyHeader } from './proxy-protocol';
@@ -34,12 +36,64 @@ export type CloseReason =
   | 'shutdown'; // drain timeout on stop
 
 /** What a session needs from the bridge; one object shared by all sessions. */
-export interface SessionContext {
+export interface SessionContext<C = net.Socket> {
   readonly backend: Backend;
   readonly logger: Logger;
   readonly stats: Stats;
+  /** How connections to the target are made. */
+  readonly dialer: Dialer<C>;
   settings: SessionSettings;
-  onClosed(session: Session): void;
+  onClosed(session: BridgedSession): void;
+}
+
+/** What the bridge sees of a session, whichever relay moves its bytes. */
+export interface BridgedSession {
+  /** Still waiting for the target. */
+  readonly connecting: boolean;
+  /** Close it now: only while connecting for a native session (the relay closes open ones all at once). */
+  abort(reason: CloseReason): void;
+}
+
+/** How a session went, for its log entry and the counters. */
+export interface SessionEnd {
+  clientAddr: string;
+  clientPort: number;
+  startedAt: number;
+  reason: CloseReason;
+  error: string | undefined;
+  bytesIn: number;
+  bytesOut: number;
+  /** It reached the target (so it counted as active). */
+  wasOpen: boolean;
+}
+
+/** The counters and the one log entry of every session, whichever relay ran it. */
+export function recordSessionEnd(ctx: Pick<SessionContext<unknown>, 'stats' | 'logger' | 'backend'>, end: SessionEnd, countBytes: boolean): void {
+  const { stats, logger } = ctx;
+  const { reason, bytesIn, bytesOut, error } = end;
+  if (end.wasOpen) stats.active--;
+  stats.total++;
+  // The native relay counts its bytes live, in its threads (see Bridge.snapshot).
+  if (countBytes) {
+    stats.bytesIn += bytesIn;
+    stats.bytesOut += bytesOut;
+  }
+  if (reason !== 'done') stats.failed++;
+  const level = reason === 'connect-timeout' || reason === 'target-denied' || reason === 'target-error' ? 'warning' : 'info';
+  if (!logger.enabled(level)) return;
+  const fields: Fields = {
+    EVENT: 'session-end',
+    CLIENT_ADDR: end.clientAddr,
+    CLIENT_PORT: end.clientPort,
+    BYTES_IN: bytesIn,
+    BYTES_OUT: bytesOut,
+    DURATION_MS: Date.now() - end.startedAt,
+    REASON: reason,
+    TARGET: ctx.backend.target,
+  };
+  if (error) fields['ERRNO'] = error;
+  const why = reason === 'connect-timeout' ? ': the target did not accept within connect-timeout' : '';
+  logger.log(level, `session ${addressLabel(end.clientAddr, end.clientPort)} closed (${reason}${error ? ' ' + error : ''})${why}, ${bytesIn} bytes in, ${bytesOut} bytes out, ${fields['DURATION_MS']} ms`, fields);
 }
 
 /**
@@ -58,8 +112,8 @@ const enum Phase {
 }
 
 const SESSION = Symbol('session');
-/** Most client bytes kept for a retry; a longer request is not retried. */
-const REPLAY_LIMIT = 64 * 1024;
+/** Most client bytes kept for a retry; a longer request is not retried (native/relay.c keeps the same). */
+export const REPLAY_LIMIT = 64 * 1024;
 /** Read sizes: small while traffic is small (each idle socket holds one such buffer), large for bulk. */
 const SMALL_READ = 256;
 const LARGE_READ = 64 * 1024;
@@ -67,10 +121,10 @@ interface BridgedSocket extends net.Socket {
   [SESSION]: Session;
 }
 
-export class Session {
+export class Session implements BridgedSession {
   private phase = Phase.Connecting;
   private server: BridgedSocket | undefined;
-  private pending: PendingConnect | undefined;
+  private pending: PendingConnect<net.Socket> | undefined;
   private reason: CloseReason | undefined;
   private error: string | undefined;
   private clientClosed = false;
@@ -142,7 +196,7 @@ export class Session {
   private dial(): void {
     this.phase = Phase.Connecting;
     this.ctx.stats.held++;
-    this.pending = this.ctx.backend.connect((failure, server, err) => this.onConnect(failure, server, err), READS);
+    this.pending = this.ctx.backend.connect((failure, server, err) => this.onConnect(failure, server, err), this.ctx.dialer);
   }
 
   private onConnect(failure: ConnectFailure | undefined, socket: net.Socket | undefined, err: NodeJS.ErrnoException | undefined): void {
@@ -173,7 +227,7 @@ export class Session {
     if (!this.relaying) {
       this.relaying = true;
       const client = this.client;
-      client.on('data', clientOnData); // TLS only: a plain client reads with READS and emits no 'data'
+      client.on('data', clientOnData); // TLS only: a plain client reads with ownReads and emits no 'data'
       client.on('end', socketOnEnd);
       client.on('drain', socketOnDrain);
     } else {
@@ -186,7 +240,7 @@ export class Session {
 
   /**
    * Bytes from the client: forward them, and keep a copy while a retry is still
-   * possible. `data` may be our own read buffer (see READS), valid only during
+   * possible. `data` may be our own read buffer (see ownReads), valid only during
    * this call: whatever outlives it is copied.
    */
   fromClient(data: Buffer): void {
@@ -214,7 +268,7 @@ export class Session {
     if (!this.client.write(data)) this.server!.pause();
   }
 
-  /** Bytes read on either side (see READS); returns where they were written, if anywhere. */
+  /** Bytes read on either side (see ownReads); returns where they were written, if anywhere. */
   forward(from: BridgedSocket, data: Buffer): net.Socket | undefined {
     if (from === this.client) {
       this.fromClient(data);
@@ -325,32 +379,10 @@ export class Session {
     if (this.phase === Phase.Closed) return;
     const wasOpen = this.phase === Phase.Open;
     this.phase = Phase.Closed;
-    const { stats, logger } = this.ctx;
-    const reason = this.reason ?? 'done';
-    const bytesIn = this.client.bytesRead;
-    const bytesOut = this.client.bytesWritten;
-    if (wasOpen) stats.active--;
-    stats.total++;
-    stats.bytesIn += bytesIn;
-    stats.bytesOut += bytesOut;
-    const failed = reason !== 'done';
-    if (failed) stats.failed++;
-    const level = reason === 'connect-timeout' || reason === 'target-denied' || reason === 'target-error' ? 'warning' : 'info';
-    if (logger.enabled(level)) {
-      const fields: Fields = {
-        EVENT: 'session-end',
-        CLIENT_ADDR: this.clientAddr,
-        CLIENT_PORT: this.clientPort,
-        BYTES_IN: bytesIn,
-        BYTES_OUT: bytesOut,
-        DURATION_MS: Date.now() - this.startedAt,
-        REASON: reason,
-        TARGET: this.ctx.backend.target,
-      };
-      if (this.error) fields['ERRNO'] = this.error;
-      const why = reason === 'connect-timeout' ? ': the target did not accept within connect-timeout' : '';
-      logger.log(level, `session ${addressLabel(this.clientAddr, this.clientPort)} closed (${reason}${this.error ? ' ' + this.error : ''})${why}, ${bytesIn} bytes in, ${bytesOut} bytes out, ${fields['DURATION_MS']} ms`, fields);
-    }
+    recordSessionEnd(this.ctx, {
+      clientAddr: this.clientAddr, clientPort: this.clientPort, startedAt: this.startedAt, reason: this.reason ?? 'done',
+      error: this.error, bytesIn: this.client.bytesRead, bytesOut: this.client.bytesWritten, wasOpen,
+    }, true);
     this.ctx.onClosed(this);
   }
 }
@@ -368,20 +400,53 @@ function clientOnData(this: BridgedSocket, chunk: Buffer): void {
  * +60 % MB/s at the same CPU on one core). A buffer is reused as soon as the
  * write that forwarded it has handed the bytes to the kernel; while the write
  * still refers to it (queued or partly sent) the socket reads into a new one.
- * Node calls `buffer()` right after `callback()` for the same socket, so the
- * callback passes the next buffer over in `handoff`.
+ *
+ * One such object per socket, so no buffer is ever shared between sockets.
+ * Node asks `buffer()` for the next read buffer (without telling for which
+ * socket, hence the object per socket); `callback` leaves the buffer it may
+ * reuse in `next`, and `buffer()` hands that out once: if Node ever asked
+ * before the callback had decided, it would get a fresh buffer, never one a
+ * pending write still holds.
  */
-let handoff: Buffer | undefined;
-export const READS: net.OnReadOpts = {
-  buffer(): Buffer {
-    const next = handoff ?? Buffer.allocUnsafe(SMALL_READ); // the first read of a new socket
-    handoff = undefined;
-    return next;
-  },
-  callback(this: BridgedSocket, n: number, buf: Uint8Array): boolean {
-    const dest = this[SESSION].forward(this, (buf as Buffer).subarray(0, n));
-    handoff = nextReadBuffer(buf as Buffer, n, dest);
-    return true;
+export interface OwnReads extends net.OnReadOpts {
+  /** Set right after the socket is created (Node wants the options first). */
+  socket: net.Socket | undefined;
+}
+
+export function ownReads(): OwnReads {
+  let next: Buffer | undefined;
+  const reads: OwnReads = {
+    socket: undefined,
+    buffer(): Buffer {
+      const buf = next ?? Buffer.allocUnsafe(SMALL_READ); // the first read of a new socket
+      next = undefined;
+      return buf;
+    },
+    callback(n: number, buf: Uint8Array): boolean {
+      const socket = reads.socket as BridgedSocket;
+      const dest = socket[SESSION].forward(socket, (buf as Buffer).subarray(0, n));
+      next = nextReadBuffer(buf as Buffer, n, dest);
+      return true;
+    },
+  };
+  return reads;
+}
+
+/** The TypeScript relay's connections to the target: net.Sockets that read with ownReads. */
+export const socketDialer: Dialer<net.Socket> = {
+  attempt(path, ok, fail) {
+    const reads = ownReads();
+    const socket = net.createConnection({ path, allowHalfOpen: true, onread: reads });
+    reads.socket = socket;
+    socket.once('connect', () => {
+      socket.removeAllListeners('error');
+      ok(socket);
+    });
+    socket.once('error', (err: NodeJS.ErrnoException) => {
+      socket.destroy();
+      fail(err);
+    });
+    return () => socket.destroy();
   },
 };
 

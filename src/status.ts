@@ -1,8 +1,8 @@
 // What `sockbridge status` and the Prometheus metrics report: one snapshot of
-// the whole service (all workers summed), in a stable JSON shape, a table for
-// people, and the Prometheus text format.
+// the whole service, in a stable JSON shape, a table for people, and the
+// Prometheus text format.
 
-import type { BridgeSnapshot } from './bridge';
+import type { BridgeSnapshot, RelayInfo } from './bridge';
 import type { HealthCheck } from './health';
 import type { ListenerInfo } from './listeners';
 import { Config, formatValue, OPTIONS } from './options';
@@ -13,6 +13,7 @@ export interface StatusReport {
   pid: number;
   startedAt: string;
   uptimeSeconds: number;
+  /** Processes serving: always 1 since the native relay (kept for scripts that read it). */
   workers: number;
   target: {
     path: string;
@@ -30,16 +31,18 @@ export interface StatusReport {
    * (Node's own, when this Node lacks the internal the fast path needs).
    */
   listeners: ListenerInfo[];
+  /** What moves the bytes: 'native' (with its thread count) or 'js'; `why` says why js runs, "" otherwise. */
+  relay: RelayInfo;
 }
 
 export function buildReport(opts: {
   version: string;
   startedAt: number;
-  workers: number;
   health: Pick<HealthCheck, 'state' | 'stateSince' | 'lastCheck'>;
   totals: BridgeSnapshot;
   cfg: Config;
   listeners: ListenerInfo[];
+  relay: RelayInfo;
 }): StatusReport {
   const now = Date.now();
   const { health, totals, cfg } = opts;
@@ -50,7 +53,7 @@ export function buildReport(opts: {
     pid: process.pid,
     startedAt: new Date(opts.startedAt).toISOString(),
     uptimeSeconds: Math.round((now - opts.startedAt) / 1000),
-    workers: opts.workers,
+    workers: 1,
     target: {
       path: cfg.target,
       state: health.state,
@@ -62,6 +65,7 @@ export function buildReport(opts: {
     bytes: { in: totals.bytesIn, out: totals.bytesOut },
     config,
     listeners: opts.listeners,
+    relay: opts.relay,
   };
 }
 
@@ -82,7 +86,8 @@ export function renderStatus(r: StatusReport): string {
     ['last check', check],
     ['sessions', `${r.sessions.active} active, ${r.sessions.waiting} waiting, ${r.sessions.total} served, ${r.sessions.failed} failed, ${r.sessions.denied} refused`],
     ['bytes', `${r.bytes.in} in (client → target), ${r.bytes.out} out`],
-    ['uptime', `${duration(r.uptimeSeconds)} (pid ${r.pid}, ${r.workers} ${r.workers === 1 ? 'process' : 'workers'}, sockbridge ${r.version})`],
+    ['relay', r.relay.kind === 'native' ? `native, ${r.relay.threads} threads` : `js (${r.relay.why})`],
+    ['uptime', `${duration(r.uptimeSeconds)} (pid ${r.pid}, sockbridge ${r.version})`],
   ];
   const config = Object.entries(r.config).map(([k, v]): [string, string] => [`  ${k}`, v]);
   const width = Math.max(...[...head, ...config].map(([k]) => k.length)) + 2;
@@ -106,7 +111,9 @@ export function renderMetrics(r: StatusReport): string {
   metric('sockbridge_connections_denied_total', 'counter', 'Clients refused by --allow/--deny or a failed TLS handshake.', r.sessions.denied);
   metric('sockbridge_received_bytes_total', 'counter', 'Bytes received from clients (and sent to the target).', r.bytes.in);
   metric('sockbridge_sent_bytes_total', 'counter', 'Bytes sent to clients (received from the target).', r.bytes.out);
-  metric('sockbridge_workers', 'gauge', 'Worker processes accepting clients.', r.workers);
+  metric('sockbridge_workers', 'gauge', 'Processes serving (always 1: the native relay uses threads).', r.workers);
+  metric('sockbridge_relay_native', 'gauge', 'Whether the native relay moves the bytes (1) or the TypeScript one (0).', r.relay.kind === 'native' ? 1 : 0);
+  metric('sockbridge_relay_threads', 'gauge', 'Threads relaying sessions.', r.relay.threads);
   metric('sockbridge_start_time_seconds', 'gauge', 'Start time of the service, in seconds since the epoch.', Math.floor(Date.parse(r.startedAt) / 1000));
   return out.join('\n') + '\n';
 }

@@ -1,14 +1,19 @@
-// The fast path: listeners.ts takes over accepting (it replaces the listening
-// handle's onconnection, a Node internal) so that clients read with `onread`
-// into the session's own buffers. Without that internal sockbridge still works,
-// only slower, so nothing else would notice a Node release that changed it:
-// this test does, through what the service itself reports.
+// Which path runs, as the service itself reports it. By default the native
+// relay accepts and relays (native-relay.ts); it falling back to the
+// TypeScript relay would only cost speed, so nothing else would notice.
+// The TypeScript relay (TLS, --relay js, no addon) has its own fast path:
+// listeners.ts takes over accepting (it replaces the listening handle's
+// onconnection, a Node internal) so that clients read with `onread` into the
+// session's own buffers; a Node release that changed that internal would
+// again only cost speed: this test notices that too.
 
 import assert from 'node:assert/strict';
 import net from 'node:net';
+import os from 'node:os';
 import { join } from 'node:path';
 import type { StatusReport } from '../src/status';
-import { echoServer, roundTrip, runBridge, startBridge, tempDir, testBothModes } from './helpers';
+import { test } from 'node:test';
+import { echoServer, roundTrip, runBridge, startBridge, tempDir } from './helpers';
 
 /** What this Node offers the fast path: the type of a listening TCP handle's onconnection. */
 async function onconnectionHere(): Promise<string> {
@@ -20,24 +25,43 @@ async function onconnectionHere(): Promise<string> {
   return type;
 }
 
-testBothModes('fast path: clients are accepted by sockbridge and read with onread, not through Node streams', async (t, mode) => {
+async function reportOf(t: { after(fn: () => void): void }, args: string[]): Promise<{ report: StatusReport; port: number; log: string }> {
   const dir = tempDir(t);
   const srv = await echoServer(join(dir, 'app.sock'));
   t.after(() => srv.close());
   const ctl = join(dir, 'bridge.ctl');
-  const bridge = await startBridge(t, [...mode, '--listen', '127.0.0.1:0', '--target', srv.path, '--control-socket', ctl]);
+  const bridge = await startBridge(t, [...args, '--listen', '127.0.0.1:0', '--target', srv.path, '--control-socket', ctl]);
   assert.equal((await roundTrip(bridge.port, 'fast?')).toString(), 'fast?');
   const r = await runBridge(['status', '--control-socket', ctl, '--json']);
   assert.equal(r.code, 0, r.stderr);
-  const report = JSON.parse(r.stdout) as StatusReport;
+  return { report: JSON.parse(r.stdout) as StatusReport, port: bridge.port, log: bridge.log() };
+}
+
+test('by default the native relay accepts and relays, with one thread per CPU', async (t) => {
+  const { report, log } = await reportOf(t, ['--relay', 'auto']);
+  assert.equal(report.relay.kind, 'native', `the native relay did not run: ${report.relay.why} (build it with npm ci: native/build/Release/relay.node)`);
+  assert.equal(report.relay.threads, Math.min(64, os.availableParallelism()));
+  assert.equal(report.listeners[0]?.accept, 'native');
+  assert.match(log, /\(native relay, \d+ threads?\)/);
+  assert.doesNotMatch(log, /relay-fallback|TypeScript relay, in one thread/);
+});
+
+test('relay-threads sets the native relay\'s thread count', async (t) => {
+  const { report } = await reportOf(t, ['--relay', 'native', '--relay-threads', '3']);
+  assert.deepEqual(report.relay, { kind: 'native', threads: 3, why: '' });
+});
+
+test('TypeScript relay fast path: clients are accepted by sockbridge and read with onread, not through Node streams', async (t) => {
+  const { report, port, log } = await reportOf(t, ['--relay', 'js']);
+  assert.equal(report.relay.kind, 'js');
 
   const hook = await onconnectionHere();
   const why = hook === 'function'
     ? 'this Node still has the handle\'s onconnection, so acceptWithOwnReads in src/listeners.ts no longer takes it over'
     : `net.Server's listening handle (server._handle) has no onconnection function any more (${hook}): ` +
       'acceptWithOwnReads in src/listeners.ts needs another way to build accepted sockets with onread';
-  assert.deepEqual(report.listeners.map((l) => l.address), [`127.0.0.1:${bridge.port}`]);
+  assert.deepEqual(report.listeners.map((l) => l.address), [`127.0.0.1:${port}`]);
   assert.equal(report.listeners[0]?.accept, 'onread',
     `Node.js ${process.version}: clients are accepted by Node's own path and read through its stream machinery (slower): ${why}`);
-  assert.doesNotMatch(bridge.log(), /read through Node's stream machinery/, 'no fallback warning when the fast path runs');
+  assert.doesNotMatch(log, /read through Node's stream machinery/, 'no fallback warning when the fast path runs');
 });

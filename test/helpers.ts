@@ -7,7 +7,7 @@ import { chmodSync, cpSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, read
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
-import { test, TestContext } from 'node:test';
+import type { TestContext } from 'node:test';
 
 export const ROOT = resolve(__dirname, '..', '..');
 export const BIN = join(ROOT, 'bin', 'sockbridge');
@@ -265,7 +265,8 @@ export async function startBridge(t: { after(fn: () => Promise<void> | void): vo
   for (const k of ['JOURNAL_STREAM', 'INVOCATION_ID', 'NOTIFY_SOCKET', 'LISTEN_FDS', 'LISTEN_PID', 'WATCHDOG_USEC']) {
     if (!opts.env || !(k in opts.env)) delete env[k];
   }
-  const argv = [...(opts.wrapper ?? []), process.execPath, binFor(opts.spawn?.uid, opts.spawn?.gid), '--log-target', 'stderr', ...args];
+  const relay = args.includes('--relay') || args.includes('--tls-cert') ? [] : ['--relay', TEST_RELAY];
+  const argv = [...(opts.wrapper ?? []), process.execPath, binFor(opts.spawn?.uid, opts.spawn?.gid), '--log-target', 'stderr', ...relay, ...args];
   const child = spawn(argv[0]!, argv.slice(1), { ...opts.spawn, env, stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr!.setEncoding('utf8');
@@ -324,10 +325,13 @@ export function freePort(): Promise<number> {
   });
 }
 
-/** Pin a behaviour down twice: with one process, and with a primary and two workers. */
-export function testBothModes(name: string, fn: (t: TestContext, mode: string[]) => Promise<void>): void {
-  for (const workers of ['1', '2']) test(`${name} [workers ${workers}]`, (t) => fn(t, ['--workers', workers]));
-}
+/**
+ * The relay a test's bridge runs unless its arguments name one: the native
+ * relay by default, forced (so that a relay that cannot load fails the test
+ * instead of falling back); `make unit` runs the relay tests again with
+ * SOCKBRIDGE_TEST_RELAY=js.
+ */
+export const TEST_RELAY = process.env['SOCKBRIDGE_TEST_RELAY'] === 'js' ? 'js' : 'native';
 
 /** The PIDs whose parent is `pid` (from /proc: no procps needed). */
 export function childPids(pid: number): number[] {

@@ -4,9 +4,9 @@ import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { bridgeToEcho, childPids, closedWithin, connect, readAll, roundTrip, startBridge, tempDir, testBothModes, unixServer, waitFor } from './helpers';
+import { bridgeToEcho, childPids, closedWithin, connect, echoServer, readAll, roundTrip, startBridge, tempDir, unixServer, waitFor } from './helpers';
 
-testBothModes('SIGTERM drains: open sessions finish, new clients are refused, exit 0', async (t, mode) => {
+test('SIGTERM drains: open sessions finish, new clients are refused, exit 0', async (t) => {
   const dir = tempDir(t);
   // The program answers only after the client's EOF: a session in progress.
   let received = 0;
@@ -16,7 +16,7 @@ testBothModes('SIGTERM drains: open sessions finish, new clients are refused, ex
     s.on('end', () => s.end(Buffer.concat(chunks)));
   });
   t.after(() => srv.close());
-  const bridge = await startBridge(t, [...mode, '--listen', '127.0.0.1:0', '--target', srv.path, '--drain-timeout', '10s']);
+  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', srv.path, '--drain-timeout', '10s']);
   const c = await connect(bridge.port);
   const reply = readAll(c);
   c.write('in flight');
@@ -32,8 +32,8 @@ testBothModes('SIGTERM drains: open sessions finish, new clients are refused, ex
   assert.equal(await bridge.exited, 0);
 });
 
-testBothModes('SIGTERM with a session that never ends: closed at drain-timeout, exit 0', async (t, mode) => {
-  const { bridge } = await bridgeToEcho(t, [...mode, '--listen', '127.0.0.1:0', '--drain-timeout', '300ms']);
+test('SIGTERM with a session that never ends: closed at drain-timeout, exit 0', async (t) => {
+  const { bridge } = await bridgeToEcho(t, ['--listen', '127.0.0.1:0', '--drain-timeout', '300ms']);
   const c = await connect(bridge.port);
   c.write('x');
   await new Promise<void>((r) => c.once('data', () => r()));
@@ -44,7 +44,7 @@ testBothModes('SIGTERM with a session that never ends: closed at drain-timeout, 
   assert.match(bridge.log(), /closed \(shutdown\)/);
 });
 
-testBothModes('SIGHUP reloads the config file: new sessions use the new target, the open one is untouched', async (t, mode) => {
+test('SIGHUP reloads the config file: new sessions use the new target, the open one is untouched', async (t) => {
   const dir = tempDir(t);
   const a = await unixServer(join(dir, 'a.sock'), (s) => { s.write('A:'); s.pipe(s); });
   const b = await unixServer(join(dir, 'b.sock'), (s) => { s.write('B:'); s.pipe(s); });
@@ -52,7 +52,7 @@ testBothModes('SIGHUP reloads the config file: new sessions use the new target, 
   t.after(() => b.close());
   const conf = join(dir, 'bridge.conf');
   writeFileSync(conf, `target = ${a.path}\nlisten = 127.0.0.1:0\n`);
-  const bridge = await startBridge(t, [...mode, '--config', conf]);
+  const bridge = await startBridge(t, ['--config', conf]);
 
   const open = await connect(bridge.port);
   let openData = '';
@@ -79,8 +79,8 @@ testBothModes('SIGHUP reloads the config file: new sessions use the new target, 
   assert.equal(bridge.child.exitCode, null, 'still running');
 });
 
-testBothModes('exit-idle-time: exits 0 after that long without a session, not while one runs', async (t, mode) => {
-  const { bridge } = await bridgeToEcho(t, [...mode, '--listen', '127.0.0.1:0', '--exit-idle-time', '600ms']);
+test('exit-idle-time: exits 0 after that long without a session, not while one runs', async (t) => {
+  const { bridge } = await bridgeToEcho(t, ['--listen', '127.0.0.1:0', '--exit-idle-time', '600ms']);
   const c = await connect(bridge.port);
   c.write('keep me');
   await new Promise((r) => setTimeout(r, 1200)); // an active session spans the idle time
@@ -91,42 +91,15 @@ testBothModes('exit-idle-time: exits 0 after that long without a session, not wh
   assert.equal(await bridge.exited, 0);
 });
 
-test('a worker that dies is replaced; the service keeps serving', async (t) => {
-  const { bridge } = await bridgeToEcho(t, ['--workers', '2', '--listen', '127.0.0.1:0']);
-  const workers = (): number[] => childPids(bridge.child.pid!);
-  const [victim] = workers();
-  process.kill(victim!, 'SIGKILL');
-  await bridge.waitForLog(new RegExp(`worker ${victim} exited \\(SIGKILL\\); starting a new one`));
-  await waitFor(() => workers().length === 2 && !workers().includes(victim!), 10_000, 'a replacement worker');
-  for (let i = 0; i < 10; i++) assert.equal((await roundTrip(bridge.port, `after ${i}`)).toString(), `after ${i}`);
-});
-
-/** SIGKILL the first child of `pid` not in `known` as soon as it exists: a worker before it could listen. */
-async function killNewWorker(pid: number, known: number[]): Promise<number> {
-  let victim: number | undefined;
-  await waitFor(() => (victim = childPids(pid).find((p) => !known.includes(p))) !== undefined, 10_000, 'a new worker process');
-  process.kill(victim!, 'SIGKILL');
-  return victim!;
-}
-
-test('a worker that dies before it listens fails the start with one line, instead of a start that never ends', async (t) => {
+test('workers = N, obsolete since the native relay, still starts: logged once, one process serves', async (t) => {
   const dir = tempDir(t);
-  const bridge = await startBridge(t, ['--workers', '2', '--listen', '127.0.0.1:0', '--target', join(dir, 'app.sock')], { waitListening: false });
-  const victim = await killNewWorker(bridge.child.pid!, []);
-  const others = childPids(bridge.child.pid!);
-  t.after(() => { for (const p of others) try { process.kill(p, 'SIGKILL'); } catch { /* gone */ } });
-  await bridge.waitForLog(new RegExp(`worker ${victim} exited \\(SIGKILL\\) before it listened \\[EWORKER\\]`), 10_000);
-  assert.equal(await bridge.exited, 70);
-  assert.doesNotMatch(bridge.log(), /listening on/);
-});
-
-test('a replacement worker that dies before it listens is replaced too: never a worker short', async (t) => {
-  const { bridge } = await bridgeToEcho(t, ['--workers', '2', '--listen', '127.0.0.1:0']);
-  const first = childPids(bridge.child.pid!);
-  process.kill(first[0]!, 'SIGKILL');
-  // Its replacement, killed as soon as it exists.
-  const replacement = await killNewWorker(bridge.child.pid!, first);
-  await bridge.waitForLog(new RegExp(`worker ${replacement} exited \\(SIGKILL\\); starting a new one`));
-  await waitFor(() => childPids(bridge.child.pid!).filter((p) => !first.includes(p) && p !== replacement).length === 1, 10_000, 'a second replacement');
-  for (let i = 0; i < 10; i++) assert.equal((await roundTrip(bridge.port, `after ${i}`)).toString(), `after ${i}`);
+  const srv = await echoServer(join(dir, 'app.sock'));
+  t.after(() => srv.close());
+  const conf = join(dir, 'bridge.conf');
+  writeFileSync(conf, `target = ${srv.path}\nlisten = 127.0.0.1:0\nworkers = 4\n`);
+  const bridge = await startBridge(t, ['--config', conf]);
+  for (let i = 0; i < 5; i++) assert.equal((await roundTrip(bridge.port, `w${i}`)).toString(), `w${i}`);
+  await bridge.waitForLog(/workers = 4 is obsolete and ignored/);
+  assert.equal(bridge.log().match(/is obsolete/g)?.length, 1, 'logged once');
+  assert.deepEqual(childPids(bridge.child.pid!), [], 'no worker processes');
 });

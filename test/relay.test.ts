@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { BridgeProcess, bridgeToEcho, childPids, connect, readAll, roundTrip, startBridge, tempDir, unixServer, waitFor } from './helpers';
+import { BridgeProcess, bridgeToEcho, connect, readAll, roundTrip, startBridge, tempDir, unixServer, waitFor } from './helpers';
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
@@ -140,7 +140,7 @@ test('a bursty slow reader still gets every byte from the program, in order', as
   const payload = randomBytes(12 * 1024 * 1024);
   const srv = await unixServer(join(dir, 'app.sock'), (s) => sendInOddPieces(s, payload));
   t.after(() => srv.close());
-  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', srv.path, '--check-interval', '0', '--workers', '1']);
+  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', srv.path, '--check-interval', '0']);
   const c = await connect(bridge.port);
   const got = await receiveWithStalls(c);
   c.destroy();
@@ -154,7 +154,7 @@ test('a bursty slow program still gets every byte from the client, in order', as
   let got: Promise<Buffer> | undefined;
   const srv = await unixServer(join(dir, 'app.sock'), (s) => { got = receiveWithStalls(s); });
   t.after(() => srv.close());
-  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', srv.path, '--check-interval', '0', '--workers', '1']);
+  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', srv.path, '--check-interval', '0']);
   const c = await connect(bridge.port);
   sendInOddPieces(c, payload);
   await waitFor(() => got !== undefined, 5000, 'the program to get the connection');
@@ -202,24 +202,17 @@ function receiveWithStalls(s: net.Socket): Promise<Buffer> {
 const RSS_GROWTH_LIMIT = 32 * 1024 * 1024;
 
 /**
- * The resident memory of the processes that relay, from now on: the primary's
- * workers when it has any (the primary itself relays nothing; with the default
- * --workers that is every machine with two CPUs or more), else the bridge itself.
- * assertBounded checks each one's growth since then and names the process.
+ * The resident memory of the bridge (one process: its relay threads, or its
+ * event loop, do the relaying), from now on; assertBounded checks its growth.
  */
 function relayMemory(bridge: BridgeProcess): { assertBounded(when: string): void } {
   const pid = bridge.child.pid!;
-  const workers = childPids(pid);
-  const relaying = workers.length > 0
-    ? workers.map((w) => ({ pid: w, what: `worker ${w} (of primary ${pid})`, before: rssOf(w) }))
-    : [{ pid, what: `bridge ${pid} (one process, no workers)`, before: rssOf(pid) }];
+  const before = rssOf(pid);
   const mib = (n: number): string => `${(n / 1048576).toFixed(1)} MiB`;
   return {
     assertBounded(when: string): void {
-      for (const { pid: p, what, before } of relaying) {
-        const rss = rssOf(p);
-        assert.ok(rss - before < RSS_GROWTH_LIMIT, `${what}: RSS grew from ${mib(before)} to ${mib(rss)} ${when}, more than ${mib(RSS_GROWTH_LIMIT)}`);
-      }
+      const rss = rssOf(pid);
+      assert.ok(rss - before < RSS_GROWTH_LIMIT, `bridge ${pid}: RSS grew from ${mib(before)} to ${mib(rss)} ${when}, more than ${mib(RSS_GROWTH_LIMIT)}`);
     },
   };
 }

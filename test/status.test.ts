@@ -8,7 +8,7 @@ import net from 'node:net';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import type { StatusReport } from '../src/status';
-import { echoServer, freePort, roundTrip, runBridge, startBridge, tempDir, testBothModes, waitFor } from './helpers';
+import { echoServer, freePort, roundTrip, runBridge, startBridge, tempDir, TEST_RELAY, waitFor } from './helpers';
 
 function httpGet(url: string): Promise<{ status: number; type: string; body: string }> {
   return new Promise((resolve, reject) => {
@@ -21,12 +21,12 @@ function httpGet(url: string): Promise<{ status: number; type: string; body: str
   });
 }
 
-testBothModes('status: the control socket reports state, counters and configuration for the whole service', async (t, mode) => {
+test('status: the control socket reports state, counters and configuration for the whole service', async (t) => {
   const dir = tempDir(t);
   const srv = await echoServer(join(dir, 'app.sock'));
   t.after(() => srv.close());
   const ctl = join(dir, 'bridge.ctl');
-  const bridge = await startBridge(t, [...mode, '--listen', '127.0.0.1:0', '--target', srv.path, '--control-socket', ctl]);
+  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', srv.path, '--control-socket', ctl]);
   assert.equal(statSync(ctl).mode & 0o777, 0o600, 'control socket must be private');
   for (let i = 0; i < 3; i++) assert.equal((await roundTrip(bridge.port, 'ping')).toString(), 'ping');
 
@@ -35,7 +35,7 @@ testBothModes('status: the control socket reports state, counters and configurat
     assert.equal(r.code, 0, r.stderr);
     return JSON.parse(r.stdout) as StatusReport;
   };
-  // Workers report once a second: wait for the counters to arrive.
+  // Sessions end in the relay's threads: wait for the counters to arrive.
   await waitFor(async () => (await json()).sessions.total === 3, 5000, 'three sessions counted');
   const report = await json();
   assert.equal(report.target.path, srv.path);
@@ -43,7 +43,8 @@ testBothModes('status: the control socket reports state, counters and configurat
   assert.equal(report.target.lastCheck?.ok, true);
   assert.deepEqual(report.sessions, { active: 0, waiting: 0, total: 3, failed: 0, denied: 0 });
   assert.deepEqual(report.bytes, { in: 12, out: 12 });
-  assert.equal(report.workers, Number(mode[1]));
+  assert.equal(report.workers, 1);
+  assert.equal(report.relay.kind, TEST_RELAY, 'the relay the test asked for');
   assert.equal(report.config['target'], srv.path);
   assert.equal(report.pid, bridge.child.pid);
 
@@ -54,12 +55,12 @@ testBothModes('status: the control socket reports state, counters and configurat
   assert.match(human.stdout, /^sessions\s+0 active, 0 waiting, 3 served, 0 failed, 0 refused$/m);
 });
 
-testBothModes('status: bytes of a session still open are counted, not only when it ends', async (t, mode) => {
+test('status: bytes of a session still open are counted, not only when it ends', async (t) => {
   const dir = tempDir(t);
   const srv = await echoServer(join(dir, 'app.sock'));
   t.after(() => srv.close());
   const ctl = join(dir, 'bridge.ctl');
-  const bridge = await startBridge(t, [...mode, '--listen', '127.0.0.1:0', '--target', srv.path, '--control-socket', ctl]);
+  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', srv.path, '--control-socket', ctl]);
   const c = await new Promise<net.Socket>((resolve) => { const s = net.connect(bridge.port, '127.0.0.1', () => resolve(s)); });
   t.after(() => c.destroy());
   let echoed = 0;
@@ -101,12 +102,12 @@ test('status: a service that is not running gives one line and exit 69', async (
   assert.match(r.stderr, /^sockbridge: cannot ask .*nothing\.ctl: ENOENT — is the service running/);
 });
 
-testBothModes('metrics: Prometheus text with conventional names and types', async (t, mode) => {
+test('metrics: Prometheus text with conventional names and types', async (t) => {
   const dir = tempDir(t);
   const srv = await echoServer(join(dir, 'app.sock'));
   t.after(() => srv.close());
   const port = await freePort();
-  const bridge = await startBridge(t, [...mode, '--listen', '127.0.0.1:0', '--target', srv.path, '--metrics-listen', `127.0.0.1:${port}`]);
+  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', srv.path, '--metrics-listen', `127.0.0.1:${port}`]);
   assert.equal((await roundTrip(bridge.port, 'abc')).toString(), 'abc');
   const url = `http://127.0.0.1:${port}/metrics`;
   await waitFor(async () => /^sockbridge_sessions_total 1$/m.test((await httpGet(url)).body), 5000, 'the session in the metrics');

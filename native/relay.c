@@ -1,0 +1,1058 @@
+// sockbridge's native relay: moves the bytes of plain (non-TLS) sessions.
+//
+// TypeScript decides, C moves bytes. JavaScript tells this file which sockets
+// to listen on, which accepted client to pair with which connected target and
+// with what timeouts, and when to close everything (drain, marked DOWN). This
+// file does the system calls: accept4(2) on the listening sockets, connect(2)
+// to the target when asked, and, per session, the relay loop. It reports
+// back in batches through one thread-safe function: a client accepted, a
+// session ended (reason, errno, bytes), a session to retry (the target reset
+// before its first byte; the client's bytes so far come back with it).
+//
+// Shape, after systemd's socket-proxyd.c: one struct per connection, one
+// function per step. A few threads, each with its own epoll set (level-
+// triggered, the interest of each fd derived from the buffer state, changed
+// only when that state changes) and its own read buffer: a read goes into the
+// thread's buffer and straight out to the other side; only what the other
+// side cannot take right now is copied into a per-direction pending buffer,
+// and while one is pending the source is not read (backpressure). EOF on one
+// side becomes shutdown(SHUT_WR) on the other; a session is done when both
+// directions are. Each thread owns its sessions: other threads (the
+// JavaScript one) talk to it only through its command queue and eventfd.
+
+#define _GNU_SOURCE
+#define NAPI_VERSION 8
+#include <node_api.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#define READ_SIZE (64 * 1024)
+/* The same limit as the TypeScript relay: a longer request is not retried. */
+#define REPLAY_LIMIT (64 * 1024)
+#define MAX_THREADS 64
+#define MAX_LISTENERS 16
+#define EVENTS_PER_WAIT 64
+/* Accepts per wakeup, so one busy listener cannot starve the sessions. */
+#define ACCEPT_BATCH 32
+/* After EMFILE and friends: stop accepting on this thread for a while
+   instead of spinning on a listening socket that stays readable. */
+#define ACCEPT_PAUSE_MS 100
+#define KEEPALIVE_IDLE_S 60
+
+/* Close reasons, in the order of CLOSE_REASONS in src/native-relay.ts. */
+enum reason { R_DONE, R_CLIENT_TIMEOUT, R_SERVER_TIMEOUT, R_CLIENT_ERROR, R_SERVER_ERROR, R_MARKED_DOWN, R_SHUTDOWN };
+/* Event kinds, as src/native-relay.ts reads them. */
+enum event_kind { EV_ACCEPT = 1, EV_ACCEPT_ERROR = 2, EV_END = 3, EV_RETRY = 4 };
+/* What an epoll entry points at. */
+enum pollable_kind { P_SIDE, P_LISTENER, P_WAKEUP };
+
+struct conn;
+struct thread;
+
+/* One socket of a session. */
+struct side {
+  enum pollable_kind kind; /* P_SIDE; first, as in every pollable */
+  int fd;
+  uint32_t interest;       /* what epoll watches for; meaningful while registered */
+  bool registered;
+  bool hup;                /* EPOLLHUP seen: reads never block now, and epoll would report it forever */
+  struct conn *conn;
+};
+
+/* Bytes read from one side that the other could not take yet. */
+struct pending {
+  char *data;
+  size_t len, off;
+};
+
+/* One direction: up is client → target, down is target → client. */
+struct direction {
+  struct pending pending;
+  bool eof;  /* the source said EOF */
+  bool shut; /* and the destination was shut down for writing */
+};
+
+struct conn {
+  struct side client, server;
+  struct direction up, down;
+  /* The client's bytes until the target's first byte, for a retry. */
+  char *replay;
+  size_t replay_len;
+  bool replaying;
+  bool client_spoke_last; /* who owes the next byte, for the timeout's name */
+  bool closed;            /* ended: only waits to be freed at the end of the loop turn */
+  uint32_t id;
+  uint32_t client_timeout, server_timeout; /* ms, 0 = none */
+  int64_t last_active;
+  uint64_t bytes_in, bytes_out;
+  struct conn *prev, *next; /* the thread's sessions */
+};
+
+struct listener {
+  enum pollable_kind kind; /* P_LISTENER */
+  int fd;
+  int index;
+  atomic_int leaving; /* threads still to leave it after unlisten; the last one closes it */
+};
+
+enum command_kind { C_START, C_CLOSE_ALL, C_LISTEN, C_UNLISTEN, C_PING, C_STOP };
+
+struct command {
+  enum command_kind kind;
+  struct conn *conn;  /* C_START */
+  int arg;            /* C_CLOSE_ALL: the reason; C_LISTEN/C_UNLISTEN: the listener index; C_PING: its number */
+  struct command *next;
+};
+
+struct thread {
+  pthread_t tid;
+  int epfd;
+  enum pollable_kind wakeup_kind; /* P_WAKEUP: the eventfd's epoll entry points here */
+  int wakeup_fd;
+  pthread_mutex_t lock;
+  struct command *head, *tail;
+  struct conn *conns;
+  struct conn *dead;  /* ended this turn; freed after the turn's events */
+  char *readbuf;
+  int64_t now;
+  uint32_t sweep_ms;  /* idle sweep interval, 0 while no session has a timeout */
+  int64_t next_sweep;
+  int64_t accept_paused_until;
+  bool accepting;     /* listeners in this thread's epoll set */
+  bool stopping;
+  atomic_int_fast64_t active;
+  atomic_uint_fast64_t bytes_in, bytes_out;
+  atomic_int answered; /* the last C_PING this thread ran (see js_alive) */
+};
+
+/* A message for JavaScript. */
+struct event {
+  enum event_kind kind;
+  int a, b, c;        /* ACCEPT: listener, fd, port; ACCEPT_ERROR: listener, errno; END: reason, errno; RETRY: fd, errno, client ended */
+  uint32_t id;
+  uint64_t bytes_in, bytes_out;
+  char addr[INET6_ADDRSTRLEN];
+  char *data;         /* RETRY: the replay bytes (owned) */
+  size_t len;
+  struct event *next;
+};
+
+static struct {
+  int nthreads;
+  struct thread threads[MAX_THREADS];
+  struct listener listeners[MAX_LISTENERS];
+  atomic_bool listener_used[MAX_LISTENERS]; /* read by the threads when they resume accepting */
+  unsigned cursor; /* where the next least-loaded search starts */
+  int ping;        /* the last C_PING sent */
+  napi_threadsafe_function tsfn;
+  pthread_mutex_t events_lock;
+  struct event *events_head, *events_tail;
+  bool running;
+} relay = { .events_lock = PTHREAD_MUTEX_INITIALIZER };
+
+/* ---- small helpers ---------------------------------------------------------------- */
+
+static int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void push_event(struct event *ev) {
+  pthread_mutex_lock(&relay.events_lock);
+  bool was_empty = relay.events_head == NULL;
+  if (relay.events_tail) relay.events_tail->next = ev;
+  else relay.events_head = ev;
+  relay.events_tail = ev;
+  pthread_mutex_unlock(&relay.events_lock);
+  /* One call per batch: the JavaScript side takes the whole queue each time. */
+  if (was_empty) napi_call_threadsafe_function(relay.tsfn, NULL, napi_tsfn_nonblocking);
+}
+
+static struct event *new_event(enum event_kind kind) {
+  struct event *ev = calloc(1, sizeof *ev);
+  if (ev) ev->kind = kind;
+  return ev;
+}
+
+static void send_command(struct thread *t, struct command *cmd) {
+  pthread_mutex_lock(&t->lock);
+  bool was_empty = t->head == NULL;
+  if (t->tail) t->tail->next = cmd;
+  else t->head = cmd;
+  t->tail = cmd;
+  pthread_mutex_unlock(&t->lock);
+  if (was_empty) {
+    uint64_t one = 1;
+    ssize_t unused = write(t->wakeup_fd, &one, sizeof one);
+    (void)unused; /* an eventfd write fails only on overflow, when the thread is awake anyway */
+  }
+}
+
+/* ---- one session's steps -------------------------------------------------------- */
+
+static void set_interest(struct thread *t, struct side *s, uint32_t want) {
+  if (s->hup) {
+    /* Level-triggered EPOLLHUP cannot be masked: leave the set, and let the
+       other side's events drive this one (its reads never block now). */
+    if (s->registered) epoll_ctl(t->epfd, EPOLL_CTL_DEL, s->fd, NULL);
+    s->registered = false;
+    return;
+  }
+  if (s->registered && s->interest == want) return;
+  struct epoll_event ev = { .events = want, .data.ptr = s };
+  epoll_ctl(t->epfd, s->registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, s->fd, &ev);
+  s->registered = true;
+  s->interest = want;
+}
+
+/* Read a side while its direction has nothing pending; write a side while it has. */
+static void update_interest(struct thread *t, struct conn *c) {
+  set_interest(t, &c->client, (!c->up.eof && !c->up.pending.len ? EPOLLIN : 0) | (c->down.pending.len ? EPOLLOUT : 0));
+  set_interest(t, &c->server, (!c->down.eof && !c->down.pending.len ? EPOLLIN : 0) | (c->up.pending.len ? EPOLLOUT : 0));
+}
+
+static void unlink_conn(struct thread *t, struct conn *c) {
+  if (c->prev) c->prev->next = c->next;
+  else t->conns = c->next;
+  if (c->next) c->next->prev = c->prev;
+  c->prev = NULL;
+  c->next = t->dead; /* freed at the end of this turn: events already fetched may point at it */
+  t->dead = c;
+  c->closed = true;
+  atomic_fetch_sub_explicit(&t->active, 1, memory_order_relaxed);
+}
+
+static void free_conn(struct conn *c) {
+  free(c->up.pending.data);
+  free(c->down.pending.data);
+  free(c->replay);
+  free(c);
+}
+
+static void conn_end(struct thread *t, struct conn *c, enum reason reason, int err) {
+  if (c->closed) return;
+  close(c->client.fd);
+  close(c->server.fd);
+  unlink_conn(t, c);
+  struct event *ev = new_event(EV_END);
+  if (!ev) return; /* out of memory: the session is gone, only its log line is lost */
+  ev->id = c->id;
+  ev->a = (int)reason;
+  ev->b = err;
+  ev->bytes_in = c->bytes_in;
+  ev->bytes_out = c->bytes_out;
+  push_event(ev);
+}
+
+/* The target reset before answering: give the client and its bytes back to JavaScript. */
+static void conn_retry(struct thread *t, struct conn *c, int err) {
+  struct event *ev = new_event(EV_RETRY);
+  if (!ev) return conn_end(t, c, R_SERVER_ERROR, err);
+  close(c->server.fd);
+  if (c->client.registered) epoll_ctl(t->epfd, EPOLL_CTL_DEL, c->client.fd, NULL);
+  unlink_conn(t, c);
+  ev->id = c->id;
+  ev->a = c->client.fd;
+  ev->b = err;
+  ev->c = c->up.eof;
+  ev->bytes_in = c->bytes_in;
+  ev->bytes_out = c->bytes_out;
+  ev->data = c->replay;
+  ev->len = c->replay_len;
+  c->replay = NULL;
+  push_event(ev);
+}
+
+static void side_failed(struct thread *t, struct conn *c, struct side *s, int err) {
+  bool server = s == &c->server;
+  if (server && c->replaying && (err == ECONNRESET || err == EPIPE)) return conn_retry(t, c, err);
+  conn_end(t, c, server ? R_SERVER_ERROR : R_CLIENT_ERROR, err);
+}
+
+static void stop_replay(struct conn *c) {
+  c->replaying = false;
+  free(c->replay);
+  c->replay = NULL;
+  c->replay_len = 0;
+}
+
+/* Bookkeeping for n bytes read from side s: counters, activity, the replay copy. */
+static void got(struct thread *t, struct conn *c, struct side *s, const char *data, size_t n) {
+  c->last_active = t->now;
+  if (s == &c->server) {
+    c->client_spoke_last = false;
+    if (c->replaying) stop_replay(c); /* it answered: the request can no longer be sent again */
+    return;
+  }
+  c->client_spoke_last = true;
+  c->bytes_in += n;
+  atomic_fetch_add_explicit(&t->bytes_in, n, memory_order_relaxed);
+  if (!c->replaying) return;
+  char *grown = c->replay_len + n <= REPLAY_LIMIT ? realloc(c->replay, c->replay_len + n) : NULL;
+  if (!grown) return stop_replay(c);
+  memcpy(grown + c->replay_len, data, n);
+  c->replay = grown;
+  c->replay_len += n;
+}
+
+/* Write to side s; returns the bytes taken (0 when full), or -1 after ending the session. */
+static ssize_t write_side(struct thread *t, struct conn *c, struct side *s, const char *data, size_t n) {
+  ssize_t w;
+  do w = send(s->fd, data, n, MSG_NOSIGNAL);
+  while (w < 0 && errno == EINTR);
+  if (w < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+    side_failed(t, c, s, errno);
+    return -1;
+  }
+  if (s == &c->client) {
+    c->bytes_out += (uint64_t)w;
+    atomic_fetch_add_explicit(&t->bytes_out, (uint64_t)w, memory_order_relaxed);
+  }
+  return w;
+}
+
+/* Send what waits for dst. Returns false if the session ended. */
+static bool flush(struct thread *t, struct conn *c, struct side *dst, struct pending *p) {
+  while (p->off < p->len) {
+    ssize_t w = write_side(t, c, dst, p->data + p->off, p->len - p->off);
+    if (w < 0) return false;
+    if (w == 0) return true;
+    p->off += (size_t)w;
+  }
+  free(p->data);
+  *p = (struct pending){ 0 };
+  return true;
+}
+
+/* Keep what dst did not take; the source is not read until it is sent. */
+static bool keep(struct thread *t, struct conn *c, struct pending *p, const char *data, size_t n) {
+  p->data = malloc(n);
+  if (!p->data) {
+    conn_end(t, c, c->client_spoke_last ? R_SERVER_ERROR : R_CLIENT_ERROR, ENOMEM);
+    return false;
+  }
+  memcpy(p->data, data, n);
+  p->len = n;
+  p->off = 0;
+  return true;
+}
+
+/* One direction: flush what is pending, then read src and write dst until
+   either would block. Returns false if the session ended. */
+static bool move(struct thread *t, struct conn *c, struct side *src, struct side *dst, struct direction *d) {
+  if (d->pending.len && !flush(t, c, dst, &d->pending)) return false;
+  while (!d->eof && !d->pending.len) {
+    ssize_t n;
+    do n = recv(src->fd, t->readbuf, READ_SIZE, 0);
+    while (n < 0 && errno == EINTR);
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      side_failed(t, c, src, errno);
+      return false;
+    }
+    if (n == 0) {
+      d->eof = true;
+      if (src == &c->server && c->replaying) stop_replay(c); /* its EOF is an answer too */
+      break;
+    }
+    got(t, c, src, t->readbuf, (size_t)n);
+    ssize_t w = write_side(t, c, dst, t->readbuf, (size_t)n);
+    if (w < 0) return false;
+    if (w < n && !keep(t, c, &d->pending, t->readbuf + w, (size_t)(n - w))) return false;
+    /* A short read emptied the socket; epoll says when there is more. A
+       socket out of the set (hup) is read until EOF instead. */
+    if (n < READ_SIZE && !src->hup) break;
+  }
+  if (d->eof && !d->pending.len && !d->shut) {
+    shutdown(dst->fd, SHUT_WR); /* ENOTCONN once the peer is gone changes nothing */
+    d->shut = true;
+  }
+  return true;
+}
+
+static void pump(struct thread *t, struct conn *c) {
+  if (!move(t, c, &c->client, &c->server, &c->up)) return;
+  if (!move(t, c, &c->server, &c->client, &c->down)) return;
+  if (c->up.shut && c->down.shut) return conn_end(t, c, R_DONE, 0);
+  update_interest(t, c);
+}
+
+static void side_event(struct thread *t, struct side *s, uint32_t events) {
+  struct conn *c = s->conn;
+  if (c->closed) return;
+  if (events & EPOLLERR) {
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err != 0) return side_failed(t, c, s, err);
+  }
+  if (events & EPOLLHUP) s->hup = true;
+  pump(t, c);
+}
+
+/* ---- a thread's own work ----------------------------------------------------------- */
+
+static void start_conn(struct thread *t, struct conn *c) {
+  c->last_active = t->now;
+  c->next = t->conns;
+  if (t->conns) t->conns->prev = c;
+  t->conns = c;
+  uint32_t shortest = c->client_timeout && c->server_timeout ? (c->client_timeout < c->server_timeout ? c->client_timeout : c->server_timeout)
+                                                              : c->client_timeout | c->server_timeout;
+  if (shortest) {
+    /* A twentieth of the shorter timeout within 10 ms–1 s, as the TypeScript
+       relay does: a session closes at most a tenth late. It only shrinks,
+       as older sessions keep their timeouts after a reload. */
+    uint32_t every = shortest / 20 < 10 ? 10 : shortest / 20 > 1000 ? 1000 : shortest / 20;
+    if (!t->sweep_ms || every < t->sweep_ms) {
+      t->sweep_ms = every;
+      t->next_sweep = t->now + every;
+    }
+  }
+  pump(t, c); /* sends the PROXY header and replay, reads what the client already sent */
+}
+
+static enum reason idle_reason(const struct conn *c) {
+  uint32_t cl = c->client_timeout, sv = c->server_timeout;
+  if (cl == sv) return c->client_spoke_last ? R_SERVER_TIMEOUT : R_CLIENT_TIMEOUT;
+  if (!cl) return R_SERVER_TIMEOUT;
+  if (!sv) return R_CLIENT_TIMEOUT;
+  return sv < cl ? R_SERVER_TIMEOUT : R_CLIENT_TIMEOUT;
+}
+
+/* client-timeout and server-timeout: every byte read on one side is written
+   to the other, so both sides are active at the same moments and the
+   shorter timeout decides; equal ones name the side that owes the next byte. */
+static void sweep(struct thread *t) {
+  for (struct conn *c = t->conns, *next; c; c = next) {
+    next = c->next;
+    uint32_t cl = c->client_timeout, sv = c->server_timeout;
+    uint32_t limit = cl && sv ? (cl < sv ? cl : sv) : cl | sv;
+    if (limit && t->now - c->last_active >= limit) conn_end(t, c, idle_reason(c), 0);
+  }
+  t->next_sweep = t->now + t->sweep_ms;
+}
+
+static void set_accepting(struct thread *t, bool on) {
+  if (t->accepting == on) return;
+  t->accepting = on;
+  for (int i = 0; i < MAX_LISTENERS; i++) {
+    if (!atomic_load(&relay.listener_used[i])) continue;
+    struct listener *l = &relay.listeners[i];
+    /* EPOLLEXCLUSIVE: a new client wakes one thread, not all of them. */
+    struct epoll_event ev = { .events = EPOLLIN | EPOLLEXCLUSIVE, .data.ptr = l };
+    if (on) epoll_ctl(t->epfd, EPOLL_CTL_ADD, l->fd, &ev);
+    else epoll_ctl(t->epfd, EPOLL_CTL_DEL, l->fd, NULL);
+  }
+}
+
+static void accept_some(struct thread *t, struct listener *l) {
+  for (int i = 0; i < ACCEPT_BATCH; i++) {
+    struct sockaddr_storage sa;
+    socklen_t len = sizeof sa;
+    int fd = accept4(l->fd, (struct sockaddr *)&sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR || errno == ECONNABORTED) return;
+      struct event *ev = new_event(EV_ACCEPT_ERROR);
+      if (ev) {
+        ev->a = l->index;
+        ev->b = errno;
+        push_event(ev);
+      }
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        set_accepting(t, false);
+        t->accept_paused_until = t->now + ACCEPT_PAUSE_MS;
+      }
+      return;
+    }
+    struct event *ev = new_event(EV_ACCEPT);
+    if (!ev) {
+      close(fd);
+      return;
+    }
+    ev->a = l->index;
+    ev->b = fd;
+    if (sa.ss_family == AF_INET6) {
+      struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&sa;
+      inet_ntop(AF_INET6, &in6->sin6_addr, ev->addr, sizeof ev->addr);
+      ev->c = ntohs(in6->sin6_port);
+    } else if (sa.ss_family == AF_INET) {
+      struct sockaddr_in *in4 = (struct sockaddr_in *)&sa;
+      inet_ntop(AF_INET, &in4->sin_addr, ev->addr, sizeof ev->addr);
+      ev->c = ntohs(in4->sin_port);
+    }
+    push_event(ev);
+  }
+}
+
+static void run_commands(struct thread *t) {
+  uint64_t count;
+  ssize_t unused = read(t->wakeup_fd, &count, sizeof count);
+  (void)unused;
+  pthread_mutex_lock(&t->lock);
+  struct command *cmd = t->head;
+  t->head = t->tail = NULL;
+  pthread_mutex_unlock(&t->lock);
+  while (cmd) {
+    struct command *next = cmd->next;
+    switch (cmd->kind) {
+    case C_START:
+      start_conn(t, cmd->conn);
+      break;
+    case C_CLOSE_ALL:
+      for (struct conn *c = t->conns, *n; c; c = n) {
+        n = c->next;
+        conn_end(t, c, (enum reason)cmd->arg, 0);
+      }
+      break;
+    case C_LISTEN:
+      if (t->accepting) { /* a paused thread adds it when it resumes */
+        struct listener *l = &relay.listeners[cmd->arg];
+        struct epoll_event ev = { .events = EPOLLIN | EPOLLEXCLUSIVE, .data.ptr = l };
+        epoll_ctl(t->epfd, EPOLL_CTL_ADD, l->fd, &ev);
+      }
+      break;
+    case C_UNLISTEN: {
+      struct listener *l = &relay.listeners[cmd->arg];
+      if (t->accepting) epoll_ctl(t->epfd, EPOLL_CTL_DEL, l->fd, NULL);
+      /* Closed by the last thread to leave it, so no thread can accept(2) on a closed or reused fd. */
+      if (atomic_fetch_sub(&l->leaving, 1) == 1) close(l->fd);
+      break;
+    }
+    case C_PING:
+      atomic_store(&t->answered, cmd->arg);
+      break;
+    case C_STOP:
+      t->stopping = true;
+      break;
+    }
+    free(cmd);
+    cmd = next;
+  }
+}
+
+static void free_dead(struct thread *t) {
+  while (t->dead) {
+    struct conn *c = t->dead;
+    t->dead = c->next;
+    free_conn(c);
+  }
+}
+
+static void *thread_main(void *arg) {
+  struct thread *t = arg;
+  struct epoll_event events[EVENTS_PER_WAIT];
+  t->now = now_ms();
+  while (!t->stopping) {
+    int timeout = -1;
+    if (t->sweep_ms) timeout = t->next_sweep > t->now ? (int)(t->next_sweep - t->now) : 0;
+    if (!t->accepting) {
+      int resume = t->accept_paused_until > t->now ? (int)(t->accept_paused_until - t->now) : 0;
+      if (timeout < 0 || resume < timeout) timeout = resume;
+    }
+    int n = epoll_wait(t->epfd, events, EVENTS_PER_WAIT, timeout);
+    t->now = now_ms();
+    for (int i = 0; i < n; i++) {
+      enum pollable_kind *kind = events[i].data.ptr;
+      if (*kind == P_WAKEUP) run_commands(t);
+      else if (*kind == P_LISTENER) accept_some(t, (struct listener *)kind);
+      else side_event(t, (struct side *)kind, events[i].events);
+    }
+    free_dead(t);
+    if (t->sweep_ms && t->now >= t->next_sweep) {
+      sweep(t);
+      free_dead(t);
+    }
+    if (!t->accepting && t->now >= t->accept_paused_until) set_accepting(t, true);
+  }
+  /* Stopped: JavaScript has drained or closed every session; whatever is left goes silently. */
+  for (struct conn *c = t->conns, *next; c; c = next) {
+    next = c->next;
+    close(c->client.fd);
+    close(c->server.fd);
+    free_conn(c);
+  }
+  t->conns = NULL;
+  return NULL;
+}
+
+/* ---- JavaScript side: the event batch -------------------------------------------- */
+
+static void deliver(napi_env env, napi_value callback, void *context, void *data) {
+  (void)context;
+  (void)data;
+  if (env == NULL) return; /* the function is being released */
+  pthread_mutex_lock(&relay.events_lock);
+  struct event *ev = relay.events_head;
+  relay.events_head = relay.events_tail = NULL;
+  pthread_mutex_unlock(&relay.events_lock);
+  napi_value undefined;
+  napi_get_undefined(env, &undefined);
+  while (ev) {
+    struct event *next = ev->next;
+    napi_value argv[6];
+    for (int i = 0; i < 6; i++) argv[i] = undefined;
+    napi_create_int32(env, ev->kind, &argv[0]);
+    switch (ev->kind) {
+    case EV_ACCEPT: /* (kind, listener, fd, address, port) */
+      napi_create_int32(env, ev->a, &argv[1]);
+      napi_create_int32(env, ev->b, &argv[2]);
+      napi_create_string_latin1(env, ev->addr, NAPI_AUTO_LENGTH, &argv[3]);
+      napi_create_int32(env, ev->c, &argv[4]);
+      break;
+    case EV_ACCEPT_ERROR: /* (kind, listener, errno) */
+      napi_create_int32(env, ev->a, &argv[1]);
+      napi_create_int32(env, ev->b, &argv[2]);
+      break;
+    case EV_END: /* (kind, id, reason, errno, bytes in, bytes out) */
+      napi_create_uint32(env, ev->id, &argv[1]);
+      napi_create_int32(env, ev->a, &argv[2]);
+      napi_create_int32(env, ev->b, &argv[3]);
+      napi_create_double(env, (double)ev->bytes_in, &argv[4]);
+      napi_create_double(env, (double)ev->bytes_out, &argv[5]);
+      break;
+    case EV_RETRY: { /* (kind, id, client fd, errno, replay bytes, client ended) */
+      void *copy;
+      napi_create_uint32(env, ev->id, &argv[1]);
+      napi_create_int32(env, ev->a, &argv[2]);
+      napi_create_int32(env, ev->b, &argv[3]);
+      napi_create_buffer_copy(env, ev->len, ev->len ? ev->data : "", &copy, &argv[4]);
+      napi_get_boolean(env, ev->c != 0, &argv[5]);
+      break;
+    }
+    }
+    napi_value result;
+    napi_status status = napi_call_function(env, undefined, callback, 6, argv, &result);
+    free(ev->data);
+    free(ev);
+    if (status == napi_pending_exception) {
+      napi_value err;
+      napi_get_and_clear_last_exception(env, &err);
+      napi_fatal_exception(env, err); /* the process's uncaughtException handler decides */
+    }
+    ev = next;
+  }
+}
+
+/* ---- JavaScript side: the functions ------------------------------------------------ */
+
+#define ARGS(n)                                                                      \
+  size_t argc = n;                                                                   \
+  napi_value argv[n];                                                                \
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL
+
+static int32_t int_arg(napi_env env, napi_value v) {
+  int32_t x = 0;
+  napi_get_value_int32(env, v, &x);
+  return x;
+}
+
+static napi_value int_result(napi_env env, int64_t x) {
+  napi_value v;
+  napi_create_int64(env, x, &v);
+  return v;
+}
+
+static napi_value undefined_result(napi_env env) {
+  napi_value v;
+  napi_get_undefined(env, &v);
+  return v;
+}
+
+/* init(threads, onEvent): start the threads. Returns 0 or -errno. */
+static napi_value js_init(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  if (relay.running) return int_result(env, -EALREADY);
+  int n = int_arg(env, argv[0]);
+  if (n < 1) n = 1;
+  if (n > MAX_THREADS) n = MAX_THREADS;
+  napi_value name;
+  napi_create_string_utf8(env, "sockbridge-relay", NAPI_AUTO_LENGTH, &name);
+  if (napi_create_threadsafe_function(env, argv[1], NULL, name, 0, 1, NULL, NULL, NULL, deliver, &relay.tsfn) != napi_ok) return int_result(env, -EINVAL);
+  for (int i = 0; i < n; i++) {
+    struct thread *t = &relay.threads[i];
+    memset(t, 0, sizeof *t);
+    t->wakeup_kind = P_WAKEUP;
+    t->epfd = epoll_create1(EPOLL_CLOEXEC);
+    t->wakeup_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    t->readbuf = malloc(READ_SIZE);
+    pthread_mutex_init(&t->lock, NULL);
+    struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &t->wakeup_kind };
+    if (t->epfd < 0 || t->wakeup_fd < 0 || !t->readbuf || epoll_ctl(t->epfd, EPOLL_CTL_ADD, t->wakeup_fd, &ev) < 0) return int_result(env, -ENOMEM);
+    t->accepting = true;
+    if (pthread_create(&t->tid, NULL, thread_main, t) != 0) return int_result(env, -EAGAIN);
+    relay.nthreads = i + 1;
+  }
+  relay.running = true;
+  return int_result(env, 0);
+}
+
+/* bindTcp(host or "", port): a bound (not yet listening) TCP socket. Returns the fd or -errno. */
+static napi_value js_bind_tcp(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  char host[256] = "";
+  size_t hlen;
+  napi_get_value_string_utf8(env, argv[0], host, sizeof host, &hlen);
+  char port[16];
+  snprintf(port, sizeof port, "%d", int_arg(env, argv[1]));
+  /* No host: the IPv6 wildcard with IPv4 mapped in, as Node binds, or IPv4 alone. */
+  struct addrinfo hints = { .ai_family = host[0] ? AF_UNSPEC : AF_INET6, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICSERV };
+  struct addrinfo *res;
+  int rc = getaddrinfo(host[0] ? host : NULL, port, &hints, &res);
+  if (rc != 0 && !host[0]) {
+    hints.ai_family = AF_INET;
+    rc = getaddrinfo(NULL, port, &hints, &res);
+  }
+  if (rc != 0) return int_result(env, rc == EAI_SYSTEM ? -errno : -EADDRNOTAVAIL);
+  int err = EADDRNOTAVAIL;
+  int fd = -1;
+  for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+    fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+      err = errno;
+      continue;
+    }
+    int on = 1, off = 0;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+    if (ai->ai_family == AF_INET6 && !host[0]) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof off);
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0) break;
+    err = errno;
+    close(fd);
+    fd = -1;
+  }
+  freeaddrinfo(res);
+  return int_result(env, fd >= 0 ? fd : -err);
+}
+
+/* listen(fd, backlog): listen and start accepting on every thread. Returns the listener index or -errno. */
+static napi_value js_listen(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int fd = int_arg(env, argv[0]);
+  int index = -1;
+  for (int i = 0; i < MAX_LISTENERS && index < 0; i++)
+    if (!atomic_load(&relay.listener_used[i]) && relay.listeners[i].fd <= 0 && atomic_load(&relay.listeners[i].leaving) == 0) index = i;
+  if (index < 0) return int_result(env, -EMFILE);
+  int on = 1, idle = KEEPALIVE_IDLE_S;
+  /* Set on the listening socket, Linux copies them to every accepted one:
+     no setsockopt(2) per connection. */
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+  setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+  setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+  int flags = fcntl(fd, F_GETFL);
+  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0 || listen(fd, int_arg(env, argv[1])) < 0) return int_result(env, -errno);
+  relay.listeners[index].kind = P_LISTENER;
+  relay.listeners[index].fd = fd;
+  relay.listeners[index].index = index;
+  atomic_store(&relay.listener_used[index], true);
+  for (int i = 0; i < relay.nthreads; i++) {
+    struct command *cmd = calloc(1, sizeof *cmd);
+    if (!cmd) return int_result(env, -ENOMEM);
+    cmd->kind = C_LISTEN;
+    cmd->arg = index;
+    send_command(&relay.threads[i], cmd);
+  }
+  return int_result(env, index);
+}
+
+/* localPort(fd): the port a socket is bound to, or -errno. */
+static napi_value js_local_port(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  struct sockaddr_storage sa;
+  socklen_t len = sizeof sa;
+  if (getsockname(int_arg(env, argv[0]), (struct sockaddr *)&sa, &len) < 0) return int_result(env, -errno);
+  return int_result(env, sa.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&sa)->sin6_port) : ntohs(((struct sockaddr_in *)&sa)->sin_port));
+}
+
+/* localAddress(fd): "address port" of a socket's own end (for the PROXY header), or "". */
+static napi_value js_local_address(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  struct sockaddr_storage sa;
+  socklen_t len = sizeof sa;
+  char text[INET6_ADDRSTRLEN + 8] = "";
+  if (getsockname(int_arg(env, argv[0]), (struct sockaddr *)&sa, &len) == 0) {
+    char addr[INET6_ADDRSTRLEN] = "";
+    int port = 0;
+    if (sa.ss_family == AF_INET6) {
+      inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&sa)->sin6_addr, addr, sizeof addr);
+      port = ntohs(((struct sockaddr_in6 *)&sa)->sin6_port);
+    } else if (sa.ss_family == AF_INET) {
+      inet_ntop(AF_INET, &((struct sockaddr_in *)&sa)->sin_addr, addr, sizeof addr);
+      port = ntohs(((struct sockaddr_in *)&sa)->sin_port);
+    }
+    snprintf(text, sizeof text, "%s %d", addr, port);
+  }
+  napi_value v;
+  napi_create_string_latin1(env, text, NAPI_AUTO_LENGTH, &v);
+  return v;
+}
+
+/* unlisten(index): stop accepting there and close the socket (new clients are refused, as by Node's server.close()). */
+static napi_value js_unlisten(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int index = int_arg(env, argv[0]);
+  if (index < 0 || index >= MAX_LISTENERS || !atomic_load(&relay.listener_used[index])) return undefined_result(env);
+  struct listener *l = &relay.listeners[index];
+  atomic_store(&relay.listener_used[index], false);
+  atomic_store(&l->leaving, relay.nthreads);
+  for (int i = 0; i < relay.nthreads; i++) {
+    struct command *cmd = calloc(1, sizeof *cmd);
+    if (!cmd) { /* cannot tell that thread: count it as gone (it may keep polling until stop) */
+      if (atomic_fetch_sub(&l->leaving, 1) == 1) close(l->fd);
+      continue;
+    }
+    cmd->kind = C_UNLISTEN;
+    cmd->arg = index;
+    send_command(&relay.threads[i], cmd);
+  }
+  return undefined_result(env);
+}
+
+/* connectUnix(path): a connected, non-blocking UNIX stream socket, or -errno.
+   A UNIX connect(2) completes at once or fails at once (EAGAIN: full backlog). */
+static napi_value js_connect_unix(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  struct sockaddr_un sa = { .sun_family = AF_UNIX };
+  size_t len;
+  if (napi_get_value_string_utf8(env, argv[0], sa.sun_path, sizeof sa.sun_path, &len) != napi_ok || len >= sizeof sa.sun_path - 1)
+    return int_result(env, -ENAMETOOLONG);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return int_result(env, -errno);
+  int rc;
+  do rc = connect(fd, (struct sockaddr *)&sa, sizeof sa);
+  while (rc < 0 && errno == EINTR);
+  if (rc < 0) {
+    int err = errno;
+    close(fd);
+    return int_result(env, -err);
+  }
+  return int_result(env, fd);
+}
+
+/* closeFd(fd): a client refused, queued and dropped, or not retried. */
+static napi_value js_close_fd(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  close(int_arg(env, argv[0]));
+  return undefined_result(env);
+}
+
+static bool buffer_arg(napi_env env, napi_value v, char **data, size_t *len) {
+  bool is;
+  *data = NULL;
+  *len = 0;
+  if (napi_is_buffer(env, v, &is) != napi_ok || !is) return true;
+  void *p;
+  if (napi_get_buffer_info(env, v, &p, len) != napi_ok) return false;
+  *data = p;
+  return true;
+}
+
+/* The thread with the fewest sessions, so that threads share the load as HAProxy's do. */
+static struct thread *least_loaded(void) {
+  struct thread *best = NULL;
+  int64_t fewest = INT64_MAX;
+  for (int i = 0; i < relay.nthreads; i++) {
+    struct thread *t = &relay.threads[(relay.cursor + (unsigned)i) % (unsigned)relay.nthreads];
+    int64_t n = atomic_load_explicit(&t->active, memory_order_relaxed);
+    if (n < fewest) {
+      fewest = n;
+      best = t;
+    }
+  }
+  relay.cursor++;
+  return best;
+}
+
+/* start(id, clientFd, serverFd, header, replay, clientTimeoutMs, serverTimeoutMs, mayRetry, clientEnded):
+   relay a connected pair. header (the PROXY header) and replay (the bytes of
+   a retried request) are sent to the target first. Returns 0 or -errno; on
+   an error the fds are still the caller's. */
+static napi_value js_start(napi_env env, napi_callback_info info) {
+  ARGS(9);
+  if (!relay.running) return int_result(env, -ENOTCONN);
+  char *header, *replay;
+  size_t header_len, replay_len;
+  if (!buffer_arg(env, argv[3], &header, &header_len) || !buffer_arg(env, argv[4], &replay, &replay_len)) return int_result(env, -EINVAL);
+  struct conn *c = calloc(1, sizeof *c);
+  struct command *cmd = calloc(1, sizeof *cmd);
+  char *first = header_len + replay_len ? malloc(header_len + replay_len) : NULL;
+  char *kept = replay_len ? malloc(replay_len) : NULL;
+  if (!c || !cmd || (header_len + replay_len && !first) || (replay_len && !kept)) {
+    free(c);
+    free(cmd);
+    free(first);
+    free(kept);
+    return int_result(env, -ENOMEM);
+  }
+  uint32_t id;
+  napi_get_value_uint32(env, argv[0], &id);
+  c->id = id;
+  c->client = (struct side){ .kind = P_SIDE, .fd = int_arg(env, argv[1]), .conn = c };
+  c->server = (struct side){ .kind = P_SIDE, .fd = int_arg(env, argv[2]), .conn = c };
+  c->client_timeout = (uint32_t)int_arg(env, argv[5]);
+  c->server_timeout = (uint32_t)int_arg(env, argv[6]);
+  bool may_retry, client_ended;
+  napi_get_value_bool(env, argv[7], &may_retry);
+  napi_get_value_bool(env, argv[8], &client_ended);
+  c->replaying = may_retry; /* no copy is kept for a session that will not be retried */
+  c->up.eof = client_ended;
+  c->client_spoke_last = replay_len > 0;
+  if (first) {
+    if (header_len) memcpy(first, header, header_len);
+    if (replay_len) memcpy(first + header_len, replay, replay_len);
+    c->up.pending = (struct pending){ .data = first, .len = header_len + replay_len };
+  }
+  if (kept) {
+    memcpy(kept, replay, replay_len);
+    c->replay = kept;
+    c->replay_len = replay_len;
+    c->bytes_in = replay_len; /* counted when first read */
+  }
+  struct thread *t = least_loaded();
+  atomic_fetch_add_explicit(&t->active, 1, memory_order_relaxed);
+  cmd->kind = C_START;
+  cmd->conn = c;
+  send_command(t, cmd);
+  return int_result(env, 0);
+}
+
+static napi_value js_close_all(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  for (int i = 0; i < relay.nthreads; i++) {
+    struct command *cmd = calloc(1, sizeof *cmd);
+    if (!cmd) continue;
+    cmd->kind = C_CLOSE_ALL;
+    cmd->arg = int_arg(env, argv[0]);
+    send_command(&relay.threads[i], cmd);
+  }
+  return undefined_result(env);
+}
+
+/* counters(): [bytes from clients, bytes to clients, open sessions], over all threads, live. */
+static napi_value js_counters(napi_env env, napi_callback_info info) {
+  (void)info;
+  double in = 0, out = 0, active = 0;
+  for (int i = 0; i < relay.nthreads; i++) {
+    in += (double)atomic_load_explicit(&relay.threads[i].bytes_in, memory_order_relaxed);
+    out += (double)atomic_load_explicit(&relay.threads[i].bytes_out, memory_order_relaxed);
+    active += (double)atomic_load_explicit(&relay.threads[i].active, memory_order_relaxed);
+  }
+  napi_value arr, v;
+  napi_create_array_with_length(env, 3, &arr);
+  napi_create_double(env, in, &v);
+  napi_set_element(env, arr, 0, v);
+  napi_create_double(env, out, &v);
+  napi_set_element(env, arr, 1, v);
+  napi_create_double(env, active, &v);
+  napi_set_element(env, arr, 2, v);
+  return arr;
+}
+
+/* alive(): whether every thread ran the previous ping (for the systemd
+   watchdog: a stuck thread stops it); sends the next one. */
+static napi_value js_alive(napi_env env, napi_callback_info info) {
+  (void)info;
+  bool all = true;
+  for (int i = 0; i < relay.nthreads; i++)
+    if (atomic_load(&relay.threads[i].answered) != relay.ping) all = false;
+  relay.ping++;
+  for (int i = 0; i < relay.nthreads; i++) {
+    struct command *cmd = calloc(1, sizeof *cmd);
+    if (!cmd) continue;
+    cmd->kind = C_PING;
+    cmd->arg = relay.ping;
+    send_command(&relay.threads[i], cmd);
+  }
+  napi_value v;
+  napi_get_boolean(env, all, &v);
+  return v;
+}
+
+/* stop(): end the threads (after the sessions were drained or closed), close the listeners, let Node exit. */
+static napi_value js_stop(napi_env env, napi_callback_info info) {
+  (void)info;
+  if (!relay.running) return undefined_result(env);
+  for (int i = 0; i < relay.nthreads; i++) {
+    struct command *cmd = calloc(1, sizeof *cmd);
+    if (cmd) {
+      cmd->kind = C_STOP;
+      send_command(&relay.threads[i], cmd);
+    }
+  }
+  for (int i = 0; i < relay.nthreads; i++) {
+    struct thread *t = &relay.threads[i];
+    pthread_join(t->tid, NULL);
+    free_dead(t);
+    for (struct command *cmd = t->head, *next; cmd; cmd = next) {
+      next = cmd->next;
+      if (cmd->kind == C_START) {
+        close(cmd->conn->client.fd);
+        close(cmd->conn->server.fd);
+        free_conn(cmd->conn);
+      }
+      free(cmd);
+    }
+    close(t->epfd);
+    close(t->wakeup_fd);
+    free(t->readbuf);
+    pthread_mutex_destroy(&t->lock);
+  }
+  for (int i = 0; i < MAX_LISTENERS; i++) {
+    /* Still listening (never unlistened): no thread polls it any more. */
+    if (atomic_load(&relay.listener_used[i])) close(relay.listeners[i].fd);
+    atomic_store(&relay.listener_used[i], false);
+    relay.listeners[i].fd = 0;
+    atomic_store(&relay.listeners[i].leaving, 0);
+  }
+  pthread_mutex_lock(&relay.events_lock);
+  struct event *ev = relay.events_head;
+  relay.events_head = relay.events_tail = NULL;
+  pthread_mutex_unlock(&relay.events_lock);
+  while (ev) {
+    struct event *next = ev->next;
+    if (ev->kind == EV_RETRY) close(ev->a);
+    if (ev->kind == EV_ACCEPT) close(ev->b);
+    free(ev->data);
+    free(ev);
+    ev = next;
+  }
+  relay.nthreads = 0;
+  relay.running = false;
+  napi_release_threadsafe_function(relay.tsfn, napi_tsfn_release);
+  return undefined_result(env);
+}
+
+static napi_value init_module(napi_env env, napi_value exports) {
+  const struct { const char *name; napi_callback fn; } fns[] = {
+    { "init", js_init }, { "bindTcp", js_bind_tcp }, { "listen", js_listen }, { "localPort", js_local_port },
+    { "localAddress", js_local_address }, { "unlisten", js_unlisten }, { "connectUnix", js_connect_unix },
+    { "closeFd", js_close_fd }, { "start", js_start }, { "closeAll", js_close_all }, { "counters", js_counters },
+    { "alive", js_alive }, { "stop", js_stop },
+  };
+  for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
+    napi_value f;
+    napi_create_function(env, fns[i].name, NAPI_AUTO_LENGTH, fns[i].fn, NULL, &f);
+    napi_set_named_property(env, exports, fns[i].name, f);
+  }
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init_module)

@@ -1,0 +1,136 @@
+// A session whose bytes the native relay moves: the same life as session.ts's
+// (accepted → held while connecting → relayed → one log entry), but once the
+// target is connected both fds belong to a relay thread, which reports back
+// only the end (reason, errno, bytes) or a retry (the target reset before its
+// first byte: the client and its bytes so far come back for a new connection).
+// Timeouts, backpressure and half-close happen in native/relay.c.
+
+import { addressLabel, plainAddress } from './address';
+import type { ConnectFailure, PendingConnect } from './backend';
+import type { AcceptedClient, NativeRelay, RelaySession } from './native-relay';
+import { proxyHeader } from './proxy-protocol';
+import { BridgedSession, CloseReason, recordSessionEnd, SessionContext, SessionSettings } from './session';
+
+export interface NativeContext extends SessionContext<number> {
+  readonly relay: NativeRelay;
+}
+
+const enum Phase {
+  Connecting,
+  Open,
+  Closed,
+}
+
+export class NativeSession implements BridgedSession, RelaySession {
+  private phase = Phase.Connecting;
+  private pending: PendingConnect<number> | undefined;
+  private reason: CloseReason | undefined;
+  private error: string | undefined;
+  private clientFd: number;
+  private retriesLeft: number;
+  /** The client's bytes kept by the relay for a retry (only after one). */
+  private replay: Buffer | undefined;
+  private clientEnded = false;
+  private bytesIn = 0;
+  private readonly startedAt = Date.now();
+  /** Taken when the session starts: a reload changes new sessions only. */
+  private readonly settings: SessionSettings;
+  readonly clientAddr: string;
+  readonly clientPort: number;
+
+  constructor(client: AcceptedClient, private readonly ctx: NativeContext) {
+    this.clientFd = client.fd;
+    this.clientAddr = plainAddress(client.addr);
+    this.clientPort = client.port;
+    this.settings = ctx.settings;
+    this.retriesLeft = this.settings.retries;
+    this.dial();
+  }
+
+  get connecting(): boolean {
+    return this.phase === Phase.Connecting;
+  }
+
+  /** Only a session still connecting is ours to close; the relay closes open ones (NativeRelay.closeAll). */
+  abort(reason: CloseReason): void {
+    if (this.phase !== Phase.Connecting) return;
+    this.reason ??= reason;
+    this.pending?.cancel();
+  }
+
+  private dial(): void {
+    this.phase = Phase.Connecting;
+    this.ctx.stats.held++;
+    this.pending = this.ctx.backend.connect((failure, fd, err) => this.onConnect(failure, fd, err), this.ctx.dialer);
+  }
+
+  private onConnect(failure: ConnectFailure | undefined, serverFd: number | undefined, err: NodeJS.ErrnoException | undefined): void {
+    this.pending = undefined;
+    this.ctx.stats.held--;
+    if (failure !== undefined || serverFd === undefined) {
+      this.reason ??= failure;
+      this.error ??= err?.code;
+      return this.close();
+    }
+    const { sendProxy, clientTimeout, serverTimeout } = this.settings;
+    // Every connection to the target, a retry's too, starts with the PROXY header.
+    const header = sendProxy === 'none' ? undefined : proxyHeader(sendProxy, this.endpoints());
+    const failed = this.ctx.relay.relay(this, this.clientFd, serverFd, {
+      header, replay: this.replay, clientTimeout, serverTimeout, mayRetry: this.retriesLeft > 0, clientEnded: this.clientEnded,
+    });
+    if (failed) {
+      this.ctx.relay.closeFd(serverFd);
+      this.reason ??= 'server-error';
+      this.error ??= failed.code;
+      return this.close();
+    }
+    this.phase = Phase.Open;
+    this.ctx.stats.active++;
+  }
+
+  ended(reason: CloseReason, error: string | undefined, bytesIn: number, bytesOut: number): void {
+    this.reason ??= reason;
+    this.error ??= error;
+    this.finish(true, bytesIn, bytesOut);
+  }
+
+  /**
+   * A reset before the target's first byte is what a restart does to the
+   * connections still queued on its old socket: nobody read them. Send the
+   * request again on a fresh connection, as a restart must cost clients nothing.
+   */
+  retry(clientFd: number, error: string, replay: Buffer, clientEnded: boolean, bytesIn: number): void {
+    this.ctx.stats.active--;
+    this.retriesLeft--;
+    this.clientFd = clientFd;
+    this.replay = replay;
+    this.clientEnded = clientEnded;
+    this.bytesIn = bytesIn;
+    if (this.ctx.logger.enabled('debug')) {
+      this.ctx.logger.debug(`session ${addressLabel(this.clientAddr, this.clientPort)}: target dropped the connection unanswered (${error}); sending the request again on a new one`);
+    }
+    this.dial();
+  }
+
+  /** Ended before (or between) relaying: the client's fd is still ours. */
+  private close(): void {
+    this.ctx.relay.closeFd(this.clientFd);
+    this.finish(false, this.bytesIn, 0);
+  }
+
+  private finish(wasOpen: boolean, bytesIn: number, bytesOut: number): void {
+    if (this.phase === Phase.Closed) return;
+    this.phase = Phase.Closed;
+    recordSessionEnd(this.ctx, {
+      clientAddr: this.clientAddr, clientPort: this.clientPort, startedAt: this.startedAt, reason: this.reason ?? 'done',
+      error: this.error, bytesIn, bytesOut, wasOpen,
+    }, false);
+    this.ctx.onClosed(this);
+  }
+
+  /** Both ends of the client's TCP connection, as the PROXY header names them. */
+  private endpoints(): { remoteAddress: string; remotePort: number; localAddress: string | undefined; localPort: number | undefined } {
+    const local = this.ctx.relay.localAddress(this.clientFd);
+    return { remoteAddress: this.clientAddr, remotePort: this.clientPort, localAddress: local?.address, localPort: local?.port };
+  }
+}
