@@ -59,10 +59,18 @@ function aptInstall(pkgs: string[]): boolean {
 
 /** Install whichever peers are missing. A failure only costs those peers their column. */
 export function installPeers(): void {
-  const missing = [...new Set(PACKAGES.filter(([file]) => !existsSync(file)).map(([, pkg]) => pkg))];
+  installMissing(PACKAGES);
+}
+
+/**
+ * Install the package of each file ([file, Debian package]) that is missing,
+ * non-interactively and only as root; otherwise one line says what will be n/a.
+ */
+export function installMissing(packages: [string, string][]): void {
+  const missing = [...new Set(packages.filter(([file]) => !existsSync(file)).map(([, pkg]) => pkg))];
   if (missing.length === 0) return;
   if (process.getuid && process.getuid() !== 0) {
-    console.log(`bench: not root, cannot install ${missing.join(' ')}; those columns will be n/a`);
+    console.log(`bench: not root, cannot install ${missing.join(' ')}; what needs them will be n/a`);
     return;
   }
   console.log(`bench: installing ${missing.join(' ')} with apt-get`);
@@ -131,14 +139,15 @@ function writeConfig(ctx: BridgeContext, name: string, text: string): string {
   return file;
 }
 
-/** Does this sockbridge build have a --workers option? */
-function sockbridgeHasWorkers(bin: string): boolean {
+/** Does this sockbridge build's --help list `option` (e.g. "--workers"; "--relay" is not "--relay-threads")? */
+export function sockbridgeHasOption(bin: string, option: string): boolean {
   const help = spawnSync(bin, ['--help'], { encoding: 'utf8', timeout: 20_000 });
-  return /--workers\b/.test(`${help.stdout ?? ''}${help.stderr ?? ''}`);
+  return new RegExp(`${option}(?![\\w-])`).test(`${help.stdout ?? ''}${help.stderr ?? ''}`);
 }
 
 export function allBridges(sockbridgeBin: string): Bridge[] {
-  const hasWorkers = sockbridgeHasWorkers(sockbridgeBin);
+  // Builds from before the native relay had no --relay: their second column is then n/a.
+  const hasRelay = sockbridgeHasOption(sockbridgeBin, '--relay');
   // Logging at sockbridge's default level (info: one line per session), on stderr.
   const sockbridge = (name: string, extra: string[]): Bridge => ({
     name,
@@ -150,8 +159,9 @@ export function allBridges(sockbridgeBin: string): Bridge[] {
   });
   return [
     { name: 'direct', unavailable: () => null, command: () => null },
-    sockbridge('sockbridge-1', hasWorkers ? ['--workers', '1'] : []),
     sockbridge('sockbridge', []),
+    // The TypeScript relay (TLS sessions, installs without the native addon): one thread.
+    { ...sockbridge('sockbridge-js', ['--relay', 'js']), unavailable: () => (hasRelay ? missingFile(sockbridgeBin) : 'this build has no --relay') },
     {
       name: 'haproxy',
       unavailable: () => missingFile(HAPROXY),

@@ -12,12 +12,12 @@
 // BRIDGES=a,b,c runs only those columns (for development).
 
 import { ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { join, resolve } from 'node:path';
 import { allBridges, Bridge, installPeers } from './bridges';
-import { delay, processTree, stopTree, treeCpuSeconds, treePssKiB, waitUntil } from './proc';
+import { canConnect, combine, freePort, machine, nproc, replies, runAsMain, runTool, startLogged, stop, track } from './common';
+import { delay, stopTree, treeCpuSeconds, treePssKiB, waitUntil } from './proc';
 import { Metrics, renderMarkdown, renderText, tableRows, Value, verdicts } from './report';
 
 const ROOT = resolve(__dirname, '..', '..');
@@ -57,28 +57,7 @@ function makePlan(): Plan {
   };
 }
 
-/** CPUs this process may use (what `nproc` says), the default worker count of sockbridge. */
-function nproc(): number {
-  const n = Number(spawnSync('nproc', { encoding: 'utf8' }).stdout);
-  return Number.isInteger(n) && n > 0 ? n : os.cpus().length;
-}
-
-// ---- child processes ---------------------------------------------------------------
-
-/** Everything started and not yet stopped, so a Ctrl-C still stops it all. */
-const live = new Set<ChildProcess>();
-
-function track(child: ChildProcess): ChildProcess {
-  live.add(child);
-  child.once('exit', () => live.delete(child));
-  return child;
-}
-
-async function stop(child: ChildProcess | null): Promise<void> {
-  if (!child) return;
-  await stopTree(child);
-  live.delete(child);
-}
+// ---- the load client ---------------------------------------------------------------
 
 type Json = Record<string, unknown>;
 
@@ -101,22 +80,11 @@ function num(j: Json | undefined, key: string): Value {
 }
 
 /** Run bench/bin/load to completion (killed after timeoutMs); its last JSON line. */
-function runLoad(args: string[], timeoutMs: number): Promise<Json> {
-  return new Promise((resolvePromise, reject) => {
-    const child = track(spawn(LOAD, args, { stdio: ['ignore', 'pipe', 'pipe'] }));
-    let stdout = '';
-    let stderr = '';
-    child.stdout?.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    // 'close', not 'exit': stdout may still hold the result when the process exits.
-    child.on('close', () => {
-      clearTimeout(timer);
-      const lines = parseLines(stdout);
-      if (lines.length > 0) resolvePromise(lines[lines.length - 1]);
-      else reject(new Error(`load ${args[0]} gave no result: ${stderr.trim() || 'killed after timeout'}`));
-    });
-  });
+async function runLoad(args: string[], timeoutMs: number): Promise<Json> {
+  const { stdout, stderr } = await runTool(LOAD, args, timeoutMs);
+  const lines = parseLines(stdout);
+  if (lines.length > 0) return lines[lines.length - 1];
+  throw new Error(`load ${args[0]} gave no result: ${stderr.trim() || 'killed after timeout'}`);
 }
 
 // ---- the test server behind every bridge ------------------------------------------
@@ -144,54 +112,10 @@ class TestServer {
   }
 }
 
-/** A client socket to a UNIX path or to 127.0.0.1:PORT. */
-function connectTo(address: string): net.Socket {
-  return address.startsWith('/') ? net.connect(address) : net.connect(Number(address.split(':')[1]), '127.0.0.1');
-}
-
-function canConnect(address: string): Promise<boolean> {
-  return new Promise((r) => {
-    const s = connectTo(address);
-    s.once('connect', () => {
-      s.destroy();
-      r(true);
-    });
-    s.once('error', () => r(false));
-  });
-}
-
 /** One 16-byte echo round trip through the bridge: it accepts and relays. */
 function echoesOnce(address: string, timeoutMs: number): Promise<boolean> {
-  return new Promise((r) => {
-    const s = connectTo(address);
-    const msg = 'ready-check-0123';
-    let got = '';
-    const done = (ok: boolean): void => {
-      clearTimeout(timer);
-      s.destroy();
-      r(ok);
-    };
-    const timer = setTimeout(() => done(false), timeoutMs);
-    s.once('connect', () => s.write(msg));
-    s.on('data', (d: Buffer) => {
-      got += d.toString();
-      if (got.length >= msg.length) done(got === msg);
-    });
-    s.once('error', () => done(false));
-    s.once('close', () => done(got === msg));
-  });
-}
-
-function freePort(): Promise<number> {
-  return new Promise((r, reject) => {
-    const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr ? addr.port : 0;
-      srv.close(() => r(port));
-    });
-  });
+  const msg = 'ready-check-0123';
+  return replies(address, msg, (got) => got.toString() === msg, timeoutMs);
 }
 
 // ---- one bridge, one workload ------------------------------------------------------
@@ -339,12 +263,7 @@ async function startLane(bridge: Bridge, plan: Plan, server: TestServer, tmp: st
   let child: ChildProcess | null = null;
   if (cmd) {
     mkdirSync(ctx.dir, { recursive: true });
-    const errFd = openSync(stderrFile, 'w');
-    try {
-      child = track(spawn(cmd.cmd, cmd.args, { stdio: ['ignore', errFd, errFd], cwd: ctx.dir }));
-    } finally {
-      closeSync(errFd);
-    }
+    child = startLogged(cmd, stderrFile, { cwd: ctx.dir });
   }
   const lane: Lane = { bridge, plan, server, child, address: cmd ? `127.0.0.1:${port}` : server.path, pid: child?.pid ?? null, raw: [], seconds: 0 };
   // Ready = it accepts and relays one echo (socket-proxyd only starts then).
@@ -366,25 +285,6 @@ async function runWorkload(lane: Lane, w: Workload, m: Metrics): Promise<void> {
   lane.seconds += (Date.now() - t0) / 1000;
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 === 1 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
-}
-
-/** The median of the passes (one disturbed pass does not move it); error counts add up. */
-function combine(passes: Metrics[]): Metrics {
-  const out: Metrics = {};
-  const keys = new Set(passes.flatMap((p) => Object.keys(p)));
-  for (const key of keys) {
-    const vals = passes.map((p) => p[key] ?? null);
-    if (vals.some((v) => v === null)) out[key] = null;
-    else if (key.endsWith('_errors')) out[key] = (vals as number[]).reduce((a, b) => a + b, 0);
-    else out[key] = median(vals as number[]);
-  }
-  return out;
-}
-
 /** Metrics computed from others once everything ran. */
 function derive(m: Metrics): void {
   const rr = RR_SIZES.map(([key]) => m[key]);
@@ -395,11 +295,6 @@ function derive(m: Metrics): void {
 }
 
 // ---- reporting ---------------------------------------------------------------------
-
-function machine(): string {
-  const model = /^model name\s*:\s*(.*)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? 'unknown CPU';
-  return `${nproc()} CPUs (nproc), ${model}, ${Math.round(os.totalmem() / 2 ** 30)} GiB, Linux ${os.release()}`;
-}
 
 function commandLine(plan: Plan): string {
   if (process.env.MAKELEVEL) return `${plan.quick ? 'QUICK=1 ' : ''}make bench`;
@@ -471,21 +366,6 @@ function buildHelpers(): void {
 /** The run's temporary directory, removed on an interrupt too. */
 let tmpDir: string | null = null;
 
-/** On an interrupt or a crash: SIGKILL every process tree we started, by PID. */
-function stopAllNow(): void {
-  for (const child of live) {
-    if (child.pid === undefined) continue;
-    for (const pid of processTree(child.pid)) {
-      try {
-        process.kill(pid, 'SIGKILL');
-      } catch {
-        // already gone
-      }
-    }
-  }
-  if (tmpDir) rmSync(tmpDir, { recursive: true, force: true });
-}
-
 async function main(): Promise<number> {
   const started = new Date();
   const plan = makePlan();
@@ -549,18 +429,6 @@ async function main(): Promise<number> {
   return 0;
 }
 
-for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(sig, () => {
-    stopAllNow();
-    process.exit(130);
-  });
-}
-
-main().then(
-  (code) => process.exit(code),
-  (e: unknown) => {
-    stopAllNow();
-    console.error(`bench: ${(e as Error).message}`);
-    process.exit(1);
-  },
-);
+runAsMain('bench', main, () => {
+  if (tmpDir) rmSync(tmpDir, { recursive: true, force: true });
+});
