@@ -160,6 +160,18 @@ export class Backend {
     this.closeWatcher();
   }
 
+  /**
+   * One attempt now, for a relay whose connect answers on the spot (the
+   * native relay: a UNIX connect(2) completes or fails at once): the
+   * connection, or undefined, and then connect() holds and retries as usual
+   * and reports the error. The common case needs no PendingConnect.
+   */
+  connectNow<C>(attempt: (path: string) => C | undefined): C | undefined {
+    const conn = attempt(this.settings.target);
+    if (conn !== undefined) this.liveResult(undefined, undefined);
+    return conn;
+  }
+
   /** Reach the target for one client, holding it while the target is away; `dialer` makes each attempt. */
   connect<C>(callback: ConnectCallback<C>, dialer: Dialer<C>): PendingConnect<C> {
     return new PendingConnect(this, this.settings.target, this.settings.connectTimeout, callback, dialer);

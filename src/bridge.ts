@@ -197,10 +197,7 @@ export class Bridge {
   private admit(client: Client): void {
     if (this.stopping) return this.drop(client);
     if (this.sessions.size === 0 && this.queued.length === 0) this.hooks.onBusyChange(true);
-    if (this.sessions.size < this.cfg.maxConn) {
-      this.sessions.add(this.open(client));
-      return;
-    }
+    if (this.sessions.size < this.cfg.maxConn) return this.open(client);
     // Over max-conn. The client waits here instead of in the kernel queue
     // (Node cannot stop polling a listening socket, and the native relay does
     // as the TypeScript one does): accepted, unread, not reset, and started
@@ -216,12 +213,16 @@ export class Bridge {
     this.queued.push(client);
   }
 
-  private open(client: Client): BridgedSession {
+  /** Counted first, then started: a native session can end before start() returns. */
+  private open(client: Client): void {
     if (client instanceof net.Socket) {
       client.off('error', noop);
-      return new Session(client, this.ctx!);
+      this.sessions.add(new Session(client, this.ctx!));
+      return;
     }
-    return new NativeSession(client, this.native!.ctx);
+    const session = new NativeSession(client, this.native!.ctx);
+    this.sessions.add(session);
+    session.start();
   }
 
   private drop(client: Client): void {
@@ -244,7 +245,7 @@ export class Bridge {
     while (this.queued.length > 0 && this.sessions.size < this.cfg.maxConn && !this.stopping) {
       const next = this.queued.shift()!;
       if (next instanceof net.Socket && next.destroyed) continue;
-      this.sessions.add(this.open(next));
+      this.open(next);
     }
     if (this.queued.length === 0) this.queueFullReported = false;
     if (this.sessions.size === 0) this.hooks.onBusyChange(false);

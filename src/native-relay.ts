@@ -112,6 +112,12 @@ export class NativeRelay {
     },
   };
 
+  /** connect(2) to the target now: the fd, or undefined (Backend.connectNow; the retries report the error). */
+  readonly connectNow = (path: string): number | undefined => {
+    const fd = this.addon.connectUnix(path);
+    return fd >= 0 ? fd : undefined;
+  };
+
   constructor(
     private readonly addon: RelayAddon,
     readonly threads: number,

@@ -44,6 +44,10 @@ export class NativeSession implements BridgedSession, RelaySession {
     this.clientPort = client.port;
     this.settings = ctx.settings;
     this.retriesLeft = this.settings.retries;
+  }
+
+  /** Called once the bridge counts the session (it may end at once). */
+  start(): void {
     this.dial();
   }
 
@@ -60,8 +64,11 @@ export class NativeSession implements BridgedSession, RelaySession {
 
   private dial(): void {
     this.phase = Phase.Connecting;
+    const { backend, relay } = this.ctx;
+    const fd = backend.connectNow(relay.connectNow);
+    if (fd !== undefined) return this.relayTo(fd);
     this.ctx.stats.held++;
-    this.pending = this.ctx.backend.connect((failure, fd, err) => this.onConnect(failure, fd, err), this.ctx.dialer);
+    this.pending = backend.connect((failure, serverFd, err) => this.onConnect(failure, serverFd, err), this.ctx.dialer);
   }
 
   private onConnect(failure: ConnectFailure | undefined, serverFd: number | undefined, err: NodeJS.ErrnoException | undefined): void {
@@ -72,6 +79,11 @@ export class NativeSession implements BridgedSession, RelaySession {
       this.error ??= err?.code;
       return this.close();
     }
+    this.relayTo(serverFd);
+  }
+
+  /** Connected: both fds go to the relay. */
+  private relayTo(serverFd: number): void {
     const { sendProxy, clientTimeout, serverTimeout } = this.settings;
     // Every connection to the target, a retry's too, starts with the PROXY header.
     const header = sendProxy === 'none' ? undefined : proxyHeader(sendProxy, this.endpoints());
