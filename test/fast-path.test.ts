@@ -13,7 +13,7 @@ import os from 'node:os';
 import { join } from 'node:path';
 import type { StatusReport } from '../src/status';
 import { test } from 'node:test';
-import { echoServer, roundTrip, runBridge, startBridge, tempDir } from './helpers';
+import { assertOneCleanLine, echoServer, roundTrip, runBridge, startBridge, tempDir } from './helpers';
 
 /** What this Node offers the fast path: the type of a listening TCP handle's onconnection. */
 async function onconnectionHere(): Promise<string> {
@@ -64,4 +64,25 @@ test('TypeScript relay fast path: clients are accepted by sockbridge and read wi
   assert.equal(report.listeners[0]?.accept, 'onread',
     `Node.js ${process.version}: clients are accepted by Node's own path and read through its stream machinery (slower): ${why}`);
   assert.doesNotMatch(log, /read through Node's stream machinery/, 'no fallback warning when the fast path runs');
+});
+
+test('a native relay that cannot load: relay = auto falls back with one warning and serves; relay = native refuses in one line (exit 72)', async (t) => {
+  const dir = tempDir(t);
+  const env = { SOCKBRIDGE_RELAY_ADDON: join(dir, 'missing', 'relay.node') };
+  const srv = await echoServer(join(dir, 'app.sock'));
+  t.after(() => srv.close());
+  const ctl = join(dir, 'bridge.ctl');
+  const bridge = await startBridge(t, ['--relay', 'auto', '--listen', '127.0.0.1:0', '--target', srv.path, '--control-socket', ctl], { env });
+  assert.equal((await roundTrip(bridge.port, 'still served')).toString(), 'still served');
+  const warnings = bridge.log().split('\n').filter((l) => /plain sessions use the TypeScript relay, in one thread: the native relay cannot be loaded \(Cannot find module/.test(l));
+  assert.equal(warnings.length, 1, bridge.log());
+  assert.doesNotMatch(bridge.log(), /\n\s+at /, 'no stack trace');
+  const r = await runBridge(['status', '--control-socket', ctl, '--json']);
+  const report = JSON.parse(r.stdout) as StatusReport;
+  assert.equal(report.relay.kind, 'js');
+  assert.match(report.relay.why, /cannot be loaded/);
+
+  const forced = await runBridge(['--relay', 'native', '--listen', '127.0.0.1:0', '--target', srv.path, '--log-target', 'stderr'], env);
+  assert.equal(forced.code, 72, forced.stderr);
+  assertOneCleanLine(forced.stderr, 'relay = native, but the native relay cannot be loaded', '[ERELAY_LOAD]');
 });

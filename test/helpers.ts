@@ -117,7 +117,7 @@ function readableInstallation(): string {
   const dir = mkdtempSync(join(tmpdir(), 'sockbridge-install-'));
   process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
   chmodSync(dir, 0o755);
-  for (const part of ['bin', 'dist', 'package.json']) cpSync(join(ROOT, part), join(dir, part), { recursive: true });
+  for (const part of ['bin', 'dist', 'package.json', 'native/build/Release/relay.node']) cpSync(join(ROOT, part), join(dir, part), { recursive: true });
   // Production packages only (typescript alone is ~20 MB): the top-level entries the lock file does not mark dev.
   const lock = JSON.parse(readFileSync(join(ROOT, 'package-lock.json'), 'utf8')) as { packages?: Record<string, { dev?: boolean }> };
   const dev = new Set(Object.entries(lock.packages ?? {}).filter(([, p]) => p.dev === true).map(([path]) => path));
@@ -309,7 +309,8 @@ export function runBridge(args: string[], env: NodeJS.ProcessEnv = {}): Promise<
     child.stdout.on('data', (d) => { stdout += d; });
     child.stderr.on('data', (d) => { stderr += d; });
     const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
-    child.on('exit', (code) => { clearTimeout(timer); resolve({ code, stdout, stderr }); });
+    // 'close', not 'exit': only then has all of stdout been read (a loaded machine shows the difference).
+    child.on('close', (code) => { clearTimeout(timer); resolve({ code, stdout, stderr }); });
   });
 }
 
