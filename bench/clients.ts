@@ -17,7 +17,7 @@ import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, 
 import os from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { allBridges, Bridge, installMissing, sockbridgeHasOption } from './bridges';
-import { combine, freePort, machine, nproc, replies, runAsMain, runTool, startLogged, stop, ToolResult } from './common';
+import { basePlan, BasePlan, combine, freePort, machine, replies, runAsMain, runTool, startLogged, stop, ToolResult } from './common';
 import { delay, treeCpuSeconds, waitUntil } from './proc';
 import { Metrics, renderMarkdown, renderText, Value } from './report';
 
@@ -36,27 +36,16 @@ const REDIS_TESTS = ['ping_inline', 'set', 'get'];
 const COMPARED = ['direct', 'sockbridge', 'haproxy'];
 const JS_RELAY = 'sockbridge-js';
 
-interface Plan {
-  quick: boolean;
-  /** Times every client runs on every bridge (median taken). */
-  passes: number;
+interface Plan extends BasePlan {
   /** redis-benchmark -n: requests per test. */
   redisRequests: number;
   /** pgbench -T: seconds per pgbench run. */
   pgSeconds: number;
-  /** HAProxy nbthread: sockbridge's default worker count. */
-  threads: number;
 }
 
 function makePlan(): Plan {
-  const quick = !!process.env.QUICK && process.env.QUICK !== '0';
-  return {
-    quick,
-    passes: quick ? 1 : 3,
-    redisRequests: quick ? 50_000 : 100_000,
-    pgSeconds: quick ? 4 : 8,
-    threads: nproc(),
-  };
+  const base = basePlan();
+  return { ...base, redisRequests: base.quick ? 50_000 : 100_000, pgSeconds: base.quick ? 4 : 8 };
 }
 
 // ---- the servers -------------------------------------------------------------------

@@ -162,6 +162,20 @@ export function freePort(): Promise<number> {
 // ---- the machine -------------------------------------------------------------------
 
 /** CPUs this process may use (what `nproc` says), the default worker count of sockbridge. */
+/** What every benchmark's plan starts from: QUICK=1 (one pass) or a full run (three, median taken), and the thread count HAProxy and nginx get. */
+export interface BasePlan {
+  quick: boolean;
+  /** Times each workload runs on each bridge (median taken). */
+  passes: number;
+  /** HAProxy nbthread and nginx worker_processes: sockbridge's default relay thread count. */
+  threads: number;
+}
+
+export function basePlan(): BasePlan {
+  const quick = !!process.env['QUICK'] && process.env['QUICK'] !== '0';
+  return { quick, passes: quick ? 1 : 3, threads: nproc() };
+}
+
 export function nproc(): number {
   const n = Number(spawnSync('nproc', { encoding: 'utf8' }).stdout);
   return Number.isInteger(n) && n > 0 ? n : os.cpus().length;

@@ -16,7 +16,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { join, resolve } from 'node:path';
 import { allBridges, Bridge, installPeers } from './bridges';
-import { canConnect, combine, freePort, machine, nproc, replies, runAsMain, runTool, startLogged, stop, track } from './common';
+import { basePlan, BasePlan, canConnect, combine, freePort, machine, replies, runAsMain, runTool, startLogged, stop, track } from './common';
 import { delay, stopTree, treeCpuSeconds, treePssKiB, waitUntil } from './proc';
 import { Metrics, renderMarkdown, renderText, tableRows, Value, verdicts } from './report';
 
@@ -27,10 +27,7 @@ const LOAD = join(BENCH, 'bin', 'load');
 const SERVER = join(BENCH, 'bin', 'server');
 const SOCKBRIDGE = join(ROOT, 'bin', 'sockbridge');
 
-interface Plan {
-  quick: boolean;
-  /** Times the ping-pong, bulk, request/response and churn workloads run (median taken). */
-  passes: number;
+interface Plan extends BasePlan {
   /** Seconds per ping-pong, bulk and churn workload, per pass. */
   seconds: number;
   /** Seconds per request/response size. */
@@ -39,21 +36,12 @@ interface Plan {
   verifyBytes: number;
   /** Ping-pong message size in bytes. */
   pingSize: number;
-  /** Threads/worker processes for HAProxy and nginx: sockbridge's default worker count. */
-  threads: number;
 }
 
 function makePlan(): Plan {
-  const quick = !!process.env.QUICK && process.env.QUICK !== '0';
+  const base = basePlan();
   return {
-    quick,
-    passes: quick ? 1 : 3,
-    seconds: 2,
-    reqSeconds: 1,
-    idleConns: quick ? 500 : 2000,
-    verifyBytes: (quick ? 32 : 256) * 1024 * 1024,
-    pingSize: 64,
-    threads: nproc(),
+    ...base, seconds: 2, reqSeconds: 1, idleConns: base.quick ? 500 : 2000, verifyBytes: (base.quick ? 32 : 256) * 1024 * 1024, pingSize: 64,
   };
 }
 

@@ -108,7 +108,7 @@ struct listener {
   enum pollable_kind kind; /* P_LISTENER */
   int fd;
   int index;
-  atomic_int leaving; /* threads still to leave it after unlisten; the last one closes it */
+  int leaving; /* threads still to leave it after unlisten (under relay.unlisten_lock); the last one closes it */
 };
 
 enum command_kind { C_START, C_CLOSE_ALL, C_LISTEN, C_UNLISTEN, C_PING, C_STOP };
@@ -161,10 +161,13 @@ static struct {
   unsigned cursor; /* where the next least-loaded search starts */
   int ping;        /* the last C_PING sent */
   napi_threadsafe_function tsfn;
+  napi_ref on_event;     /* the JavaScript handler, for events delivered at once (js_unlisten) */
+  pthread_mutex_t unlisten_lock;
+  pthread_cond_t unlisten_done;
   pthread_mutex_t events_lock;
   struct event *events_head, *events_tail;
   bool running;
-} relay = { .events_lock = PTHREAD_MUTEX_INITIALIZER };
+} relay = { .events_lock = PTHREAD_MUTEX_INITIALIZER, .unlisten_lock = PTHREAD_MUTEX_INITIALIZER, .unlisten_done = PTHREAD_COND_INITIALIZER };
 
 /* ---- small helpers ---------------------------------------------------------------- */
 
@@ -558,7 +561,12 @@ static void run_commands(struct thread *t) {
       struct listener *l = &relay.listeners[cmd->arg];
       if (t->accepting) epoll_ctl(t->epfd, EPOLL_CTL_DEL, l->fd, NULL);
       /* Closed by the last thread to leave it, so no thread can accept(2) on a closed or reused fd. */
-      if (atomic_fetch_sub(&l->leaving, 1) == 1) close(l->fd);
+      pthread_mutex_lock(&relay.unlisten_lock);
+      if (--l->leaving == 0) {
+        close(l->fd);
+        pthread_cond_broadcast(&relay.unlisten_done);
+      }
+      pthread_mutex_unlock(&relay.unlisten_lock);
       break;
     }
     case C_PING:
@@ -710,7 +718,9 @@ static napi_value js_init(napi_env env, napi_callback_info info) {
   if (n > MAX_THREADS) n = MAX_THREADS;
   napi_value name;
   napi_create_string_utf8(env, "sockbridge-relay", NAPI_AUTO_LENGTH, &name);
-  if (napi_create_threadsafe_function(env, argv[1], NULL, name, 0, 1, NULL, NULL, NULL, deliver, &relay.tsfn) != napi_ok) return int_result(env, -EINVAL);
+  if (napi_create_threadsafe_function(env, argv[1], NULL, name, 0, 1, NULL, NULL, NULL, deliver, &relay.tsfn) != napi_ok ||
+      napi_create_reference(env, argv[1], 1, &relay.on_event) != napi_ok)
+    return int_result(env, -EINVAL);
   for (int i = 0; i < n; i++) {
     struct thread *t = &relay.threads[i];
     memset(t, 0, sizeof *t);
@@ -772,7 +782,7 @@ static napi_value js_listen(napi_env env, napi_callback_info info) {
   int fd = int_arg(env, argv[0]);
   int index = -1;
   for (int i = 0; i < MAX_LISTENERS && index < 0; i++)
-    if (!atomic_load(&relay.listener_used[i]) && relay.listeners[i].fd <= 0 && atomic_load(&relay.listeners[i].leaving) == 0) index = i;
+    if (!atomic_load(&relay.listener_used[i]) && relay.listeners[i].fd <= 0) index = i;
   if (index < 0) return int_result(env, -EMFILE);
   int on = 1, idle = KEEPALIVE_IDLE_S;
   /* Set on the listening socket, Linux copies them to every accepted one:
@@ -828,24 +838,41 @@ static napi_value js_local_address(napi_env env, napi_callback_info info) {
   return v;
 }
 
-/* unlisten(index): stop accepting there and close the socket (new clients are refused, as by Node's server.close()). */
+/* unlisten(index): stop accepting there and close the socket (new clients are
+   refused, as by Node's server.close()). Returns once every thread has left
+   it, after delivering the clients accepted until then: nobody the kernel
+   accepted is left behind, and none is accepted later. */
+#define UNLISTEN_WAIT_S 2
 static napi_value js_unlisten(napi_env env, napi_callback_info info) {
   ARGS(1);
   int index = int_arg(env, argv[0]);
   if (index < 0 || index >= MAX_LISTENERS || !atomic_load(&relay.listener_used[index])) return undefined_result(env);
   struct listener *l = &relay.listeners[index];
   atomic_store(&relay.listener_used[index], false);
-  atomic_store(&l->leaving, relay.nthreads);
+  pthread_mutex_lock(&relay.unlisten_lock);
+  l->leaving = relay.nthreads;
+  pthread_mutex_unlock(&relay.unlisten_lock);
   for (int i = 0; i < relay.nthreads; i++) {
     struct command *cmd = calloc(1, sizeof *cmd);
     if (!cmd) { /* cannot tell that thread: count it as gone (it may keep polling until stop) */
-      if (atomic_fetch_sub(&l->leaving, 1) == 1) close(l->fd);
+      pthread_mutex_lock(&relay.unlisten_lock);
+      if (--l->leaving == 0) close(l->fd);
+      pthread_mutex_unlock(&relay.unlisten_lock);
       continue;
     }
     cmd->kind = C_UNLISTEN;
     cmd->arg = index;
     send_command(&relay.threads[i], cmd);
   }
+  /* Bounded, so that a stuck thread cannot hang the event loop (the watchdog reports that one). */
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += UNLISTEN_WAIT_S;
+  pthread_mutex_lock(&relay.unlisten_lock);
+  while (l->leaving > 0 && pthread_cond_timedwait(&relay.unlisten_done, &relay.unlisten_lock, &until) == 0) {}
+  pthread_mutex_unlock(&relay.unlisten_lock);
+  napi_value callback;
+  if (napi_get_reference_value(env, relay.on_event, &callback) == napi_ok) deliver(env, callback, NULL, NULL);
   return undefined_result(env);
 }
 
@@ -1043,7 +1070,7 @@ static napi_value js_stop(napi_env env, napi_callback_info info) {
     if (atomic_load(&relay.listener_used[i])) close(relay.listeners[i].fd);
     atomic_store(&relay.listener_used[i], false);
     relay.listeners[i].fd = 0;
-    atomic_store(&relay.listeners[i].leaving, 0);
+    relay.listeners[i].leaving = 0;
   }
   pthread_mutex_lock(&relay.events_lock);
   struct event *ev = relay.events_head;
@@ -1059,6 +1086,7 @@ static napi_value js_stop(napi_env env, napi_callback_info info) {
   }
   relay.nthreads = 0;
   relay.running = false;
+  napi_delete_reference(env, relay.on_event);
   napi_release_threadsafe_function(relay.tsfn, napi_tsfn_release);
   return undefined_result(env);
 }

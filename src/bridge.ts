@@ -324,13 +324,18 @@ export class Bridge {
 
   /** SIGTERM: stop accepting, let sessions finish up to drain-timeout, then close them. */
   stop(): Promise<void> {
-    this.stopping ??= this.drain();
+    if (!this.stopping) {
+      // Listeners first, while not yet stopping: the clients the native relay
+      // accepted until the listener closed are delivered now, and become
+      // sessions the drain serves, as Node's own accept would have made them.
+      for (const l of this.listeners) l.close();
+      this.stopping = this.drain();
+    }
     return this.stopping;
   }
 
   private async drain(): Promise<void> {
     this.notifier.stopping();
-    for (const l of this.listeners) l.close();
     for (const client of this.queued.splice(0)) this.drop(client);
     if (this.sessions.size > 0) {
       this.logger.notice(`stopping: waiting up to ${this.cfg.drainTimeout} ms for ${this.sessions.size} sessions to finish`, { EVENT: 'draining' });
