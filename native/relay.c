@@ -3,11 +3,13 @@
 // TypeScript decides, C moves bytes. JavaScript tells this file which sockets
 // to listen on, which accepted client to pair with which connected target and
 // with what timeouts, and when to close everything (drain, marked DOWN). This
-// file does the system calls: accept4(2) on the listening sockets, connect(2)
-// to the target when asked, and, per session, the relay loop. It reports
-// back in batches through one thread-safe function: a client accepted, a
-// session ended (reason, errno, bytes), a session to retry (the target reset
-// before its first byte; the client's bytes so far come back with it).
+// file does the system calls: accept4(2) on the listening sockets (in Node's
+// own event loop, so that JavaScript decides about each client at once, with
+// no hand-over between threads), connect(2) to the target when asked, and,
+// per session, the relay loop in its threads. These report back in batches
+// through one thread-safe function: a session ended (reason, errno, bytes),
+// a session to retry (the target reset before its first byte; the client's
+// bytes so far come back with it).
 //
 // Shape, after systemd's socket-proxyd.c: one struct per connection, one
 // function per step. A few threads, each with its own epoll set (level-
@@ -23,6 +25,9 @@
 #define _GNU_SOURCE
 #define NAPI_VERSION 8
 #include <node_api.h>
+/* Only uv_poll_t and uv_timer_t, on the loop napi_get_uv_event_loop() gives:
+   libuv keeps its ABI across 1.x, which every Node from 18 to 26 uses. */
+#include <uv.h>
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -50,8 +55,10 @@
 #define MAX_THREADS 64
 #define MAX_LISTENERS 16
 #define EVENTS_PER_WAIT 64
-/* After EMFILE and friends: stop accepting on this thread for a while
-   instead of spinning on a listening socket that stays readable. */
+/* Accepts per readiness callback, so that one busy listener cannot hold the event loop. */
+#define ACCEPT_BATCH 16
+/* After EMFILE and friends: stop accepting for a while instead of spinning
+   on a listening socket that stays readable. */
 #define ACCEPT_PAUSE_MS 100
 #define KEEPALIVE_IDLE_S 60
 
@@ -59,8 +66,9 @@
 enum reason { R_DONE, R_CLIENT_TIMEOUT, R_SERVER_TIMEOUT, R_CLIENT_ERROR, R_SERVER_ERROR, R_MARKED_DOWN, R_SHUTDOWN };
 /* Event kinds, as src/native-relay.ts reads them. */
 enum event_kind { EV_ACCEPT = 1, EV_ACCEPT_ERROR = 2, EV_END = 3, EV_RETRY = 4 };
+/* (EV_ACCEPT and EV_ACCEPT_ERROR come from the accept callback in the event loop, the others from the threads.) */
 /* What an epoll entry points at. */
-enum pollable_kind { P_SIDE, P_LISTENER, P_WAKEUP };
+enum pollable_kind { P_SIDE, P_WAKEUP };
 
 struct conn;
 struct thread;
@@ -104,19 +112,21 @@ struct conn {
   struct conn *prev, *next; /* the thread's sessions */
 };
 
+/* A listening socket, polled by Node's event loop (only the JavaScript thread touches it). */
 struct listener {
-  enum pollable_kind kind; /* P_LISTENER */
+  uv_poll_t poll;
+  uv_timer_t pause; /* resumes accepting after EMFILE and friends */
   int fd;
   int index;
-  int leaving; /* threads still to leave it after unlisten (under relay.unlisten_lock); the last one closes it */
+  bool used;
 };
 
-enum command_kind { C_START, C_CLOSE_ALL, C_LISTEN, C_UNLISTEN, C_PING, C_STOP };
+enum command_kind { C_START, C_CLOSE_ALL, C_PING, C_STOP };
 
 struct command {
   enum command_kind kind;
   struct conn *conn;  /* C_START */
-  int arg;            /* C_CLOSE_ALL: the reason; C_LISTEN/C_UNLISTEN: the listener index; C_PING: its number */
+  int arg;            /* C_CLOSE_ALL: the reason; C_PING: its number */
   struct command *next;
 };
 
@@ -133,8 +143,6 @@ struct thread {
   int64_t now;
   uint32_t sweep_ms;  /* idle sweep interval, 0 while no session has a timeout */
   int64_t next_sweep;
-  int64_t accept_paused_until;
-  bool accepting;     /* listeners in this thread's epoll set */
   bool stopping;
   atomic_int_fast64_t active;
   atomic_uint_fast64_t bytes_in, bytes_out;
@@ -144,10 +152,9 @@ struct thread {
 /* A message for JavaScript. */
 struct event {
   enum event_kind kind;
-  int a, b, c;        /* ACCEPT: listener, fd, port; ACCEPT_ERROR: listener, errno; END: reason, errno; RETRY: fd, errno, client ended */
+  int a, b, c;        /* END: reason, errno; RETRY: fd, errno, client ended */
   uint32_t id;
   uint64_t bytes_in, bytes_out;
-  char addr[INET6_ADDRSTRLEN];
   char *data;         /* RETRY: the replay bytes (owned) */
   size_t len;
   struct event *next;
@@ -157,17 +164,20 @@ static struct {
   int nthreads;
   struct thread threads[MAX_THREADS];
   struct listener listeners[MAX_LISTENERS];
-  atomic_bool listener_used[MAX_LISTENERS]; /* read by the threads when they resume accepting */
+  int nlisteners;  /* slots are not reused: listeners are opened once, at start */
   unsigned cursor; /* where the next least-loaded search starts */
   int ping;        /* the last C_PING sent */
   napi_threadsafe_function tsfn;
-  napi_ref on_event;     /* the JavaScript handler, for events delivered at once (js_unlisten) */
-  pthread_mutex_t unlisten_lock;
-  pthread_cond_t unlisten_done;
+  /* For the accept callbacks, which run in Node's event loop: */
+  napi_env env;
+  napi_ref on_event;       /* the JavaScript handler */
+  napi_ref resource;       /* the object the callback scope is opened for */
+  napi_async_context async;
+  uv_loop_t *loop;
   pthread_mutex_t events_lock;
   struct event *events_head, *events_tail;
   bool running;
-} relay = { .events_lock = PTHREAD_MUTEX_INITIALIZER, .unlisten_lock = PTHREAD_MUTEX_INITIALIZER, .unlisten_done = PTHREAD_COND_INITIALIZER };
+} relay = { .events_lock = PTHREAD_MUTEX_INITIALIZER };
 
 /* ---- small helpers ---------------------------------------------------------------- */
 
@@ -476,60 +486,6 @@ static void sweep(struct thread *t) {
   t->next_sweep = t->now + t->sweep_ms;
 }
 
-static void set_accepting(struct thread *t, bool on) {
-  if (t->accepting == on) return;
-  t->accepting = on;
-  for (int i = 0; i < MAX_LISTENERS; i++) {
-    if (!atomic_load(&relay.listener_used[i])) continue;
-    struct listener *l = &relay.listeners[i];
-    /* EPOLLEXCLUSIVE: a new client wakes one thread, not all of them. */
-    struct epoll_event ev = { .events = EPOLLIN | EPOLLEXCLUSIVE, .data.ptr = l };
-    if (on) epoll_ctl(t->epfd, EPOLL_CTL_ADD, l->fd, &ev);
-    else epoll_ctl(t->epfd, EPOLL_CTL_DEL, l->fd, NULL);
-  }
-}
-
-/* One accept(2) per readiness event: the listener is level-triggered, so
-   epoll reports it again while clients wait, and no call is spent on the
-   EAGAIN that ends a loop (measured: 0.6 accept4 per connection saved). */
-static void accept_one(struct thread *t, struct listener *l) {
-  struct sockaddr_storage sa;
-  socklen_t len = sizeof sa;
-  int fd = accept4(l->fd, (struct sockaddr *)&sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
-  if (fd < 0) {
-    int err = errno;
-    if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR || err == ECONNABORTED) return;
-    struct event *ev = new_event(EV_ACCEPT_ERROR);
-    if (ev) {
-      ev->a = l->index;
-      ev->b = err;
-      push_event(ev);
-    }
-    if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
-      set_accepting(t, false);
-      t->accept_paused_until = t->now + ACCEPT_PAUSE_MS;
-    }
-    return;
-  }
-  struct event *ev = new_event(EV_ACCEPT);
-  if (!ev) {
-    close(fd);
-    return;
-  }
-  ev->a = l->index;
-  ev->b = fd;
-  if (sa.ss_family == AF_INET6) {
-    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&sa;
-    inet_ntop(AF_INET6, &in6->sin6_addr, ev->addr, sizeof ev->addr);
-    ev->c = ntohs(in6->sin6_port);
-  } else if (sa.ss_family == AF_INET) {
-    struct sockaddr_in *in4 = (struct sockaddr_in *)&sa;
-    inet_ntop(AF_INET, &in4->sin_addr, ev->addr, sizeof ev->addr);
-    ev->c = ntohs(in4->sin_port);
-  }
-  push_event(ev);
-}
-
 static void run_commands(struct thread *t) {
   uint64_t count;
   ssize_t unused = read(t->wakeup_fd, &count, sizeof count);
@@ -550,25 +506,6 @@ static void run_commands(struct thread *t) {
         conn_end(t, c, (enum reason)cmd->arg, 0);
       }
       break;
-    case C_LISTEN:
-      if (t->accepting) { /* a paused thread adds it when it resumes */
-        struct listener *l = &relay.listeners[cmd->arg];
-        struct epoll_event ev = { .events = EPOLLIN | EPOLLEXCLUSIVE, .data.ptr = l };
-        epoll_ctl(t->epfd, EPOLL_CTL_ADD, l->fd, &ev);
-      }
-      break;
-    case C_UNLISTEN: {
-      struct listener *l = &relay.listeners[cmd->arg];
-      if (t->accepting) epoll_ctl(t->epfd, EPOLL_CTL_DEL, l->fd, NULL);
-      /* Closed by the last thread to leave it, so no thread can accept(2) on a closed or reused fd. */
-      pthread_mutex_lock(&relay.unlisten_lock);
-      if (--l->leaving == 0) {
-        close(l->fd);
-        pthread_cond_broadcast(&relay.unlisten_done);
-      }
-      pthread_mutex_unlock(&relay.unlisten_lock);
-      break;
-    }
     case C_PING:
       atomic_store(&t->answered, cmd->arg);
       break;
@@ -596,16 +533,11 @@ static void *thread_main(void *arg) {
   while (!t->stopping) {
     int timeout = -1;
     if (t->sweep_ms) timeout = t->next_sweep > t->now ? (int)(t->next_sweep - t->now) : 0;
-    if (!t->accepting) {
-      int resume = t->accept_paused_until > t->now ? (int)(t->accept_paused_until - t->now) : 0;
-      if (timeout < 0 || resume < timeout) timeout = resume;
-    }
     int n = epoll_wait(t->epfd, events, EVENTS_PER_WAIT, timeout);
     t->now = now_ms();
     for (int i = 0; i < n; i++) {
       enum pollable_kind *kind = events[i].data.ptr;
       if (*kind == P_WAKEUP) run_commands(t);
-      else if (*kind == P_LISTENER) accept_one(t, (struct listener *)kind);
       else side_event(t, (struct side *)kind, events[i].events);
     }
     free_dead(t);
@@ -613,7 +545,6 @@ static void *thread_main(void *arg) {
       sweep(t);
       free_dead(t);
     }
-    if (!t->accepting && t->now >= t->accept_paused_until) set_accepting(t, true);
   }
   /* Stopped: JavaScript has drained or closed every session; whatever is left goes silently. */
   for (struct conn *c = t->conns, *next; c; c = next) {
@@ -644,16 +575,6 @@ static void deliver(napi_env env, napi_value callback, void *context, void *data
     for (int i = 0; i < 6; i++) argv[i] = undefined;
     napi_create_int32(env, ev->kind, &argv[0]);
     switch (ev->kind) {
-    case EV_ACCEPT: /* (kind, listener, fd, address, port) */
-      napi_create_int32(env, ev->a, &argv[1]);
-      napi_create_int32(env, ev->b, &argv[2]);
-      napi_create_string_latin1(env, ev->addr, NAPI_AUTO_LENGTH, &argv[3]);
-      napi_create_int32(env, ev->c, &argv[4]);
-      break;
-    case EV_ACCEPT_ERROR: /* (kind, listener, errno) */
-      napi_create_int32(env, ev->a, &argv[1]);
-      napi_create_int32(env, ev->b, &argv[2]);
-      break;
     case EV_END: /* (kind, id, reason, errno, bytes in, bytes out) */
       napi_create_uint32(env, ev->id, &argv[1]);
       napi_create_int32(env, ev->a, &argv[2]);
@@ -670,6 +591,9 @@ static void deliver(napi_env env, napi_value callback, void *context, void *data
       napi_get_boolean(env, ev->c != 0, &argv[5]);
       break;
     }
+    case EV_ACCEPT:
+    case EV_ACCEPT_ERROR:
+      break; /* sent by on_acceptable, never queued */
     }
     napi_value result;
     napi_status status = napi_call_function(env, undefined, callback, 6, argv, &result);
@@ -718,9 +642,13 @@ static napi_value js_init(napi_env env, napi_callback_info info) {
   if (n > MAX_THREADS) n = MAX_THREADS;
   napi_value name;
   napi_create_string_utf8(env, "sockbridge-relay", NAPI_AUTO_LENGTH, &name);
+  napi_value resource;
   if (napi_create_threadsafe_function(env, argv[1], NULL, name, 0, 1, NULL, NULL, NULL, deliver, &relay.tsfn) != napi_ok ||
-      napi_create_reference(env, argv[1], 1, &relay.on_event) != napi_ok)
+      napi_create_reference(env, argv[1], 1, &relay.on_event) != napi_ok || napi_create_object(env, &resource) != napi_ok ||
+      napi_create_reference(env, resource, 1, &relay.resource) != napi_ok ||
+      napi_async_init(env, resource, name, &relay.async) != napi_ok || napi_get_uv_event_loop(env, &relay.loop) != napi_ok)
     return int_result(env, -EINVAL);
+  relay.env = env;
   for (int i = 0; i < n; i++) {
     struct thread *t = &relay.threads[i];
     memset(t, 0, sizeof *t);
@@ -731,7 +659,6 @@ static napi_value js_init(napi_env env, napi_callback_info info) {
     pthread_mutex_init(&t->lock, NULL);
     struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &t->wakeup_kind };
     if (t->epfd < 0 || t->wakeup_fd < 0 || !t->readbuf || epoll_ctl(t->epfd, EPOLL_CTL_ADD, t->wakeup_fd, &ev) < 0) return int_result(env, -ENOMEM);
-    t->accepting = true;
     if (pthread_create(&t->tid, NULL, thread_main, t) != 0) return int_result(env, -EAGAIN);
     relay.nthreads = i + 1;
   }
@@ -776,34 +703,115 @@ static napi_value js_bind_tcp(napi_env env, napi_callback_info info) {
   return int_result(env, fd >= 0 ? fd : -err);
 }
 
-/* listen(fd, backlog): listen and start accepting on every thread. Returns the listener index or -errno. */
+/* ---- JavaScript side: accepting, in Node's event loop ------------------------------- */
+
+/* Call the JavaScript handler; exceptions go to the process's uncaughtException handler. */
+static void call_handler(napi_env env, napi_value callback, napi_value *argv) {
+  napi_value undefined, result;
+  napi_get_undefined(env, &undefined);
+  if (napi_call_function(env, undefined, callback, 6, argv, &result) == napi_pending_exception) {
+    napi_value err;
+    napi_get_and_clear_last_exception(env, &err);
+    napi_fatal_exception(env, err);
+  }
+}
+
+static void on_acceptable(uv_poll_t *poll, int status, int events);
+
+static void resume_accepting(uv_timer_t *timer) {
+  struct listener *l = timer->data;
+  if (l->used) uv_poll_start(&l->poll, UV_READABLE, on_acceptable);
+}
+
+/* The listening socket is readable: accept what waits (up to ACCEPT_BATCH)
+   and hand each client to JavaScript, which decides at once. Inside one
+   callback scope, so that process.nextTick and promises run after the batch. */
+static void on_acceptable(uv_poll_t *poll, int status, int events) {
+  (void)events;
+  struct listener *l = poll->data;
+  napi_env env = relay.env;
+  napi_handle_scope scope;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+  napi_value callback, resource;
+  napi_callback_scope cscope;
+  napi_get_reference_value(env, relay.on_event, &callback);
+  napi_get_reference_value(env, relay.resource, &resource);
+  if (napi_open_callback_scope(env, resource, relay.async, &cscope) != napi_ok) {
+    napi_close_handle_scope(env, scope);
+    return;
+  }
+  for (int i = 0; i < ACCEPT_BATCH && l->used; i++) {
+    struct sockaddr_storage sa;
+    socklen_t len = sizeof sa;
+    int fd = status < 0 ? -1 : accept4(l->fd, (struct sockaddr *)&sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    int err = status < 0 ? -status : errno;
+    napi_value argv[6];
+    napi_get_undefined(env, &argv[5]);
+    for (int k = 1; k < 6; k++) argv[k] = argv[5];
+    if (fd < 0) {
+      if (status == 0 && (err == EAGAIN || err == EWOULDBLOCK || err == EINTR || err == ECONNABORTED)) break;
+      napi_create_int32(env, EV_ACCEPT_ERROR, &argv[0]); /* (kind, listener, errno) */
+      napi_create_int32(env, l->index, &argv[1]);
+      napi_create_int32(env, err, &argv[2]);
+      call_handler(env, callback, argv);
+      if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+        uv_poll_stop(&l->poll);
+        uv_timer_start(&l->pause, resume_accepting, ACCEPT_PAUSE_MS, 0);
+      }
+      break;
+    }
+    char addr[INET6_ADDRSTRLEN] = "";
+    int port = 0;
+    if (sa.ss_family == AF_INET6) {
+      inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&sa)->sin6_addr, addr, sizeof addr);
+      port = ntohs(((struct sockaddr_in6 *)&sa)->sin6_port);
+    } else if (sa.ss_family == AF_INET) {
+      inet_ntop(AF_INET, &((struct sockaddr_in *)&sa)->sin_addr, addr, sizeof addr);
+      port = ntohs(((struct sockaddr_in *)&sa)->sin_port);
+    }
+    napi_create_int32(env, EV_ACCEPT, &argv[0]); /* (kind, listener, fd, address, port) */
+    napi_create_int32(env, l->index, &argv[1]);
+    napi_create_int32(env, fd, &argv[2]);
+    napi_create_string_latin1(env, addr, NAPI_AUTO_LENGTH, &argv[3]);
+    napi_create_int32(env, port, &argv[4]);
+    call_handler(env, callback, argv);
+  }
+  napi_close_callback_scope(env, cscope);
+  napi_close_handle_scope(env, scope);
+}
+
+/* listen(fd, backlog): listen and start accepting. Returns the listener index or -errno. */
 static napi_value js_listen(napi_env env, napi_callback_info info) {
   ARGS(2);
+  if (!relay.running) return int_result(env, -ENOTCONN);
+  if (relay.nlisteners >= MAX_LISTENERS) return int_result(env, -EMFILE);
   int fd = int_arg(env, argv[0]);
-  int index = -1;
-  for (int i = 0; i < MAX_LISTENERS && index < 0; i++)
-    if (!atomic_load(&relay.listener_used[i]) && relay.listeners[i].fd <= 0) index = i;
-  if (index < 0) return int_result(env, -EMFILE);
   int on = 1, idle = KEEPALIVE_IDLE_S;
   /* Set on the listening socket, Linux copies them to every accepted one:
      no setsockopt(2) per connection. */
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
   setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
   setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
-  int flags = fcntl(fd, F_GETFL);
-  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0 || listen(fd, int_arg(env, argv[1])) < 0) return int_result(env, -errno);
-  relay.listeners[index].kind = P_LISTENER;
-  relay.listeners[index].fd = fd;
-  relay.listeners[index].index = index;
-  atomic_store(&relay.listener_used[index], true);
-  for (int i = 0; i < relay.nthreads; i++) {
-    struct command *cmd = calloc(1, sizeof *cmd);
-    if (!cmd) return int_result(env, -ENOMEM);
-    cmd->kind = C_LISTEN;
-    cmd->arg = index;
-    send_command(&relay.threads[i], cmd);
-  }
-  return int_result(env, index);
+  if (listen(fd, int_arg(env, argv[1])) < 0) return int_result(env, -errno);
+  struct listener *l = &relay.listeners[relay.nlisteners];
+  if (uv_poll_init_socket(relay.loop, &l->poll, fd) != 0) return int_result(env, -EINVAL); /* it also sets O_NONBLOCK */
+  uv_timer_init(relay.loop, &l->pause);
+  l->poll.data = l;
+  l->pause.data = l;
+  l->fd = fd;
+  l->index = relay.nlisteners++;
+  l->used = true;
+  uv_poll_start(&l->poll, UV_READABLE, on_acceptable);
+  return int_result(env, l->index);
+}
+
+/* Stop polling and close the socket; its handles are closed too (their memory is static). */
+static void close_listener(struct listener *l) {
+  if (!l->used) return;
+  l->used = false;
+  uv_close((uv_handle_t *)&l->poll, NULL);
+  uv_close((uv_handle_t *)&l->pause, NULL);
+  close(l->fd);
 }
 
 /* localPort(fd): the port a socket is bound to, or -errno. */
@@ -839,40 +847,12 @@ static napi_value js_local_address(napi_env env, napi_callback_info info) {
 }
 
 /* unlisten(index): stop accepting there and close the socket (new clients are
-   refused, as by Node's server.close()). Returns once every thread has left
-   it, after delivering the clients accepted until then: nobody the kernel
-   accepted is left behind, and none is accepted later. */
-#define UNLISTEN_WAIT_S 2
+   refused, as by Node's server.close()). Synchronous: accepting happens in
+   this thread, so nobody is accepted after it returns. */
 static napi_value js_unlisten(napi_env env, napi_callback_info info) {
   ARGS(1);
   int index = int_arg(env, argv[0]);
-  if (index < 0 || index >= MAX_LISTENERS || !atomic_load(&relay.listener_used[index])) return undefined_result(env);
-  struct listener *l = &relay.listeners[index];
-  atomic_store(&relay.listener_used[index], false);
-  pthread_mutex_lock(&relay.unlisten_lock);
-  l->leaving = relay.nthreads;
-  pthread_mutex_unlock(&relay.unlisten_lock);
-  for (int i = 0; i < relay.nthreads; i++) {
-    struct command *cmd = calloc(1, sizeof *cmd);
-    if (!cmd) { /* cannot tell that thread: count it as gone (it may keep polling until stop) */
-      pthread_mutex_lock(&relay.unlisten_lock);
-      if (--l->leaving == 0) close(l->fd);
-      pthread_mutex_unlock(&relay.unlisten_lock);
-      continue;
-    }
-    cmd->kind = C_UNLISTEN;
-    cmd->arg = index;
-    send_command(&relay.threads[i], cmd);
-  }
-  /* Bounded, so that a stuck thread cannot hang the event loop (the watchdog reports that one). */
-  struct timespec until;
-  clock_gettime(CLOCK_REALTIME, &until);
-  until.tv_sec += UNLISTEN_WAIT_S;
-  pthread_mutex_lock(&relay.unlisten_lock);
-  while (l->leaving > 0 && pthread_cond_timedwait(&relay.unlisten_done, &relay.unlisten_lock, &until) == 0) {}
-  pthread_mutex_unlock(&relay.unlisten_lock);
-  napi_value callback;
-  if (napi_get_reference_value(env, relay.on_event, &callback) == napi_ok) deliver(env, callback, NULL, NULL);
+  if (index >= 0 && index < relay.nlisteners) close_listener(&relay.listeners[index]);
   return undefined_result(env);
 }
 
@@ -1065,13 +1045,7 @@ static napi_value js_stop(napi_env env, napi_callback_info info) {
     free(t->readbuf);
     pthread_mutex_destroy(&t->lock);
   }
-  for (int i = 0; i < MAX_LISTENERS; i++) {
-    /* Still listening (never unlistened): no thread polls it any more. */
-    if (atomic_load(&relay.listener_used[i])) close(relay.listeners[i].fd);
-    atomic_store(&relay.listener_used[i], false);
-    relay.listeners[i].fd = 0;
-    relay.listeners[i].leaving = 0;
-  }
+  for (int i = 0; i < relay.nlisteners; i++) close_listener(&relay.listeners[i]);
   pthread_mutex_lock(&relay.events_lock);
   struct event *ev = relay.events_head;
   relay.events_head = relay.events_tail = NULL;
@@ -1079,13 +1053,14 @@ static napi_value js_stop(napi_env env, napi_callback_info info) {
   while (ev) {
     struct event *next = ev->next;
     if (ev->kind == EV_RETRY) close(ev->a);
-    if (ev->kind == EV_ACCEPT) close(ev->b);
     free(ev->data);
     free(ev);
     ev = next;
   }
   relay.nthreads = 0;
   relay.running = false;
+  napi_async_destroy(env, relay.async);
+  napi_delete_reference(env, relay.resource);
   napi_delete_reference(env, relay.on_event);
   napi_release_threadsafe_function(relay.tsfn, napi_tsfn_release);
   return undefined_result(env);

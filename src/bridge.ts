@@ -325,9 +325,7 @@ export class Bridge {
   /** SIGTERM: stop accepting, let sessions finish up to drain-timeout, then close them. */
   stop(): Promise<void> {
     if (!this.stopping) {
-      // Listeners first, while not yet stopping: the clients the native relay
-      // accepted until the listener closed are delivered now, and become
-      // sessions the drain serves, as Node's own accept would have made them.
+      // Listeners first: both relays accept in this thread, so nobody is accepted after this.
       for (const l of this.listeners) l.close();
       this.stopping = this.drain();
     }

@@ -1,6 +1,7 @@
 // The native relay (native/relay.c) as the rest of sockbridge sees it: the
-// addon loaded once, its listeners, its connect(2), and its events routed to
-// the sessions they belong to. Everything here only carries out decisions
+// addon loaded once, its listeners (accepted clients arrive in this thread,
+// from Node's own event loop), its connect(2), and its threads' events routed
+// to the sessions they belong to. Everything here only carries out decisions
 // made elsewhere (bridge.ts: who is admitted; backend.ts: when to connect
 // and retry; native-session.ts: what a session's end means).
 
