@@ -705,6 +705,22 @@ static napi_value js_bind_tcp(napi_env env, napi_callback_info info) {
 
 /* ---- JavaScript side: accepting, in Node's event loop ------------------------------- */
 
+/* An IPv4 or IPv6 address as text into addr ("" for another family); returns the port. */
+static int format_address(const struct sockaddr_storage *sa, char addr[INET6_ADDRSTRLEN]) {
+  addr[0] = '\0';
+  if (sa->ss_family == AF_INET6) {
+    const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+    inet_ntop(AF_INET6, &in6->sin6_addr, addr, INET6_ADDRSTRLEN);
+    return ntohs(in6->sin6_port);
+  }
+  if (sa->ss_family == AF_INET) {
+    const struct sockaddr_in *in4 = (const struct sockaddr_in *)sa;
+    inet_ntop(AF_INET, &in4->sin_addr, addr, INET6_ADDRSTRLEN);
+    return ntohs(in4->sin_port);
+  }
+  return 0;
+}
+
 /* Call the JavaScript handler; exceptions go to the process's uncaughtException handler. */
 static void call_handler(napi_env env, napi_value callback, napi_value *argv) {
   napi_value undefined, result;
@@ -760,15 +776,8 @@ static void on_acceptable(uv_poll_t *poll, int status, int events) {
       }
       break;
     }
-    char addr[INET6_ADDRSTRLEN] = "";
-    int port = 0;
-    if (sa.ss_family == AF_INET6) {
-      inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&sa)->sin6_addr, addr, sizeof addr);
-      port = ntohs(((struct sockaddr_in6 *)&sa)->sin6_port);
-    } else if (sa.ss_family == AF_INET) {
-      inet_ntop(AF_INET, &((struct sockaddr_in *)&sa)->sin_addr, addr, sizeof addr);
-      port = ntohs(((struct sockaddr_in *)&sa)->sin_port);
-    }
+    char addr[INET6_ADDRSTRLEN];
+    int port = format_address(&sa, addr);
     napi_create_int32(env, EV_ACCEPT, &argv[0]); /* (kind, listener, fd, address, port) */
     napi_create_int32(env, l->index, &argv[1]);
     napi_create_int32(env, fd, &argv[2]);
@@ -814,31 +823,15 @@ static void close_listener(struct listener *l) {
   close(l->fd);
 }
 
-/* localPort(fd): the port a socket is bound to, or -errno. */
-static napi_value js_local_port(napi_env env, napi_callback_info info) {
-  ARGS(1);
-  struct sockaddr_storage sa;
-  socklen_t len = sizeof sa;
-  if (getsockname(int_arg(env, argv[0]), (struct sockaddr *)&sa, &len) < 0) return int_result(env, -errno);
-  return int_result(env, sa.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&sa)->sin6_port) : ntohs(((struct sockaddr_in *)&sa)->sin_port));
-}
-
-/* localAddress(fd): "address port" of a socket's own end (for the PROXY header), or "". */
+/* localAddress(fd): "address port" of a socket's own end (the PROXY header; the port --listen bound), or "". */
 static napi_value js_local_address(napi_env env, napi_callback_info info) {
   ARGS(1);
   struct sockaddr_storage sa;
   socklen_t len = sizeof sa;
   char text[INET6_ADDRSTRLEN + 8] = "";
   if (getsockname(int_arg(env, argv[0]), (struct sockaddr *)&sa, &len) == 0) {
-    char addr[INET6_ADDRSTRLEN] = "";
-    int port = 0;
-    if (sa.ss_family == AF_INET6) {
-      inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&sa)->sin6_addr, addr, sizeof addr);
-      port = ntohs(((struct sockaddr_in6 *)&sa)->sin6_port);
-    } else if (sa.ss_family == AF_INET) {
-      inet_ntop(AF_INET, &((struct sockaddr_in *)&sa)->sin_addr, addr, sizeof addr);
-      port = ntohs(((struct sockaddr_in *)&sa)->sin_port);
-    }
+    char addr[INET6_ADDRSTRLEN];
+    int port = format_address(&sa, addr);
     snprintf(text, sizeof text, "%s %d", addr, port);
   }
   napi_value v;
@@ -1068,8 +1061,8 @@ static napi_value js_stop(napi_env env, napi_callback_info info) {
 
 static napi_value init_module(napi_env env, napi_value exports) {
   const struct { const char *name; napi_callback fn; } fns[] = {
-    { "init", js_init }, { "bindTcp", js_bind_tcp }, { "listen", js_listen }, { "localPort", js_local_port },
-    { "localAddress", js_local_address }, { "unlisten", js_unlisten }, { "connectUnix", js_connect_unix },
+    { "init", js_init }, { "bindTcp", js_bind_tcp }, { "listen", js_listen }, { "localAddress", js_local_address },
+    { "unlisten", js_unlisten }, { "connectUnix", js_connect_unix },
     { "closeFd", js_close_fd }, { "start", js_start }, { "closeAll", js_close_all }, { "counters", js_counters },
     { "alive", js_alive }, { "stop", js_stop },
   };

@@ -17,7 +17,6 @@ interface RelayAddon {
   init(threads: number, onEvent: (kind: number, a: number, b: number, c: unknown, d: unknown, e: unknown) => void): number;
   bindTcp(host: string, port: number): number;
   listen(fd: number, backlog: number): number;
-  localPort(fd: number): number;
   localAddress(fd: number): string;
   unlisten(index: number): void;
   connectUnix(path: string): number;
@@ -142,7 +141,7 @@ export class NativeRelay {
         fd = this.addon.bindTcp(spec.target.host ?? '', spec.target.port);
         if (fd < 0) throw listenError(spec.label, getSystemErrorName(fd));
       }
-      const port = this.addon.localPort(fd);
+      const port = this.localAddress(fd)?.port;
       const index = this.addon.listen(fd, backlog);
       if (index < 0) throw listenError(spec.label, getSystemErrorName(index));
       const label = 'fd' in spec.target ? spec.label : `${hostLabel(spec.target.host)}:${port}`;
