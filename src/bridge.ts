@@ -16,9 +16,9 @@ import { addressLabel, plainAddress } from './address';
 import { Backend, Reporter } from './backend';
 import { InstallError } from './errors';
 import type { BackendState } from './health';
-import { acceptErrorLog, checkDescriptorBudget, Listener, ListenerInfo, listenSpecs, openListeners, PassedSocket } from './listeners';
+import { checkDescriptorBudget, Listener, ListenerInfo, listenSpecs, openListeners, PassedSocket } from './listeners';
 import type { Logger } from './log';
-import { AcceptedClient, defaultThreads, loadRelayAddon, NativeRelay } from './native-relay';
+import { AcceptedClient, defaultThreads, LOAD_FAILED, loadRelayAddon, NativeRelay, RelayAddon } from './native-relay';
 import { NativeContext, NativeSession } from './native-session';
 import type { Notifier } from './notify';
 import { Config, formatValue, OPTIONS } from './options';
@@ -58,17 +58,17 @@ export interface RelayInfo {
  * --relay and the config decide; a missing or broken addon falls back to the
  * TypeScript relay with a reason (logged once), unless --relay native asked for it.
  */
-export function chooseRelay(cfg: Config, load = loadRelayAddon): { info: RelayInfo; relay?: ReturnType<typeof loadRelayAddon> } {
+export function chooseRelay(cfg: Config): { info: RelayInfo; addon?: RelayAddon } {
   const threads = cfg.relayThreads || defaultThreads();
   // TLS is terminated by Node's tls module, so those sessions stay in JavaScript, whatever relay says.
   if (cfg.tlsCert !== '') return { info: { kind: 'js', threads: 1, why: 'TLS sessions use the TypeScript relay' } };
   if (cfg.relay === 'js') return { info: { kind: 'js', threads: 1, why: 'relay = js' } };
-  const addon = load();
-  if (typeof addon !== 'string') return { info: { kind: 'native', threads, why: '' }, relay: addon };
+  const addon = loadRelayAddon();
+  if (typeof addon !== 'string') return { info: { kind: 'native', threads, why: '' }, addon };
   if (cfg.relay === 'native') {
-    throw new InstallError('ERELAY_LOAD', `relay = native, but the native relay cannot be loaded (${addon}): rebuild it (npm ci, or make build) or set relay = auto`);
+    throw new InstallError('ERELAY_LOAD', `relay = native, but ${LOAD_FAILED} (${addon}): rebuild it (npm ci, or make build) or set relay = auto`);
   }
-  return { info: { kind: 'js', threads: 1, why: `the native relay cannot be loaded (${addon})` } };
+  return { info: { kind: 'js', threads: 1, why: `${LOAD_FAILED} (${addon})` } };
 }
 
 /** A client waiting for a free slot under max-conn: a socket (TypeScript relay) or an fd (native). */
@@ -82,8 +82,8 @@ export class Bridge {
   private readonly sessions = new Set<BridgedSession>();
   /** Clients accepted while max-conn sessions run: they wait, unread, in arrival order. */
   private readonly queued: Client[] = [];
-  /** Exactly one of these two: the TypeScript relay's context, or the native relay and its context. */
-  private readonly ctx: SessionContext | undefined;
+  /** The sessions' context: the TypeScript relay's (no native), or the native relay's. */
+  private readonly ctx: SessionContext | NativeContext;
   private readonly native: { relay: NativeRelay; ctx: NativeContext } | undefined;
   private statusTimer: NodeJS.Timeout | undefined;
   private idleSweep: { timer: NodeJS.Timeout; every: number } | undefined;
@@ -103,19 +103,13 @@ export class Bridge {
     this.backend = new Backend(cfg, logger, problems, { onErrorLimit: hooks.onErrorLimit });
     this.access = new AccessList(cfg.allow, cfg.deny);
     this.tls = TlsTerminator.load(cfg);
-    const { info, relay: addon } = chooseRelay(cfg);
+    const { info, addon } = chooseRelay(cfg);
     this.relayInfo = info;
     const shared = { backend: this.backend, logger, stats: this.stats, settings: cfg, onClosed: (s: BridgedSession) => this.onSessionClosed(s) };
-    if (addon !== undefined && typeof addon !== 'string') {
-      const errorLogs = new Map<Listener, (err: NodeJS.ErrnoException) => void>();
-      const relay = new NativeRelay(addon, info.threads, {
-        accepted: (_listener, client) => this.acceptNative(client),
-        acceptFailed: (listener, err) => {
-          if (!errorLogs.has(listener)) errorLogs.set(listener, acceptErrorLog(listener.label, logger));
-          errorLogs.get(listener)!(err);
-        },
-      });
+    if (addon) {
+      const relay = new NativeRelay(addon, info.threads, logger, (client) => this.acceptNative(client));
       this.native = { relay, ctx: { ...shared, dialer: relay.dialer, relay } };
+      this.ctx = this.native.ctx;
     } else {
       this.ctx = { ...shared, dialer: socketDialer };
     }
@@ -185,7 +179,6 @@ export class Bridge {
 
   /** A client the native relay accepted: the same policy, on an fd. */
   private acceptNative(client: AcceptedClient): void {
-    if (this.stopping) return this.drop(client);
     if (!this.access.permits(client.addr)) {
       this.refused(client.addr, client.port);
       return this.drop(client);
@@ -217,7 +210,7 @@ export class Bridge {
   private open(client: Client): void {
     if (client instanceof net.Socket) {
       client.off('error', noop);
-      this.sessions.add(new Session(client, this.ctx!));
+      this.sessions.add(new Session(client, this.ctx as SessionContext));
       return;
     }
     const session = new NativeSession(client, this.native!.ctx);
@@ -306,8 +299,7 @@ export class Bridge {
     this.notifier.reloading();
     announceReload(this.logger, this.cfg, next);
     this.cfg = next;
-    if (this.ctx) this.ctx.settings = next;
-    if (this.native) this.native.ctx.settings = next;
+    this.ctx.settings = next;
     this.sweepIdleSessions(next);
     this.access = new AccessList(next.allow, next.deny);
     try {
@@ -379,7 +371,7 @@ export function logListening(logger: Logger, listeners: ListenerInfo[], target: 
   logger.notice(`listening on ${addresses}, forwarding to ${target} (${how})`,
     { EVENT: 'listening', TARGET: target, RELAY: relay.kind, RELAY_THREADS: relay.threads, ACCEPT_PATH: listeners.map((l) => l.accept).join(' ') });
   // Falling back costs every core but one: worth a line of its own, unless asked for (relay = js) or needed (TLS).
-  if (relay.kind === 'js' && relay.why.startsWith('the native relay')) {
+  if (relay.kind === 'js' && relay.why.startsWith(LOAD_FAILED)) {
     logger.warning(`plain sessions use the TypeScript relay, in one thread: ${relay.why}; set relay = js to silence this, or rebuild it (npm ci)`,
       { EVENT: 'relay-fallback', ERROR: relay.why });
   }

@@ -9,11 +9,12 @@ import os from 'node:os';
 import { join } from 'node:path';
 import { getSystemErrorName } from 'node:util';
 import type { Dialer } from './backend';
-import { Listener, listenError, ListenSpec } from './listeners';
+import { acceptErrorLog, Listener, listenError, ListenSpec } from './listeners';
+import type { Logger } from './log';
 import type { CloseReason } from './session';
 
 /** The addon's functions (native/relay.c, js_* functions). Negative numbers are -errno. */
-interface RelayAddon {
+export interface RelayAddon {
   init(threads: number, onEvent: (kind: number, a: number, b: number, c: unknown, d: unknown, e: unknown) => void): number;
   bindTcp(host: string, port: number): number;
   listen(fd: number, backlog: number): number;
@@ -58,10 +59,8 @@ export interface RelaySession {
   retry(clientFd: number, error: string, replay: Buffer, clientEnded: boolean, bytesIn: number): void;
 }
 
-export interface RelayHandlers {
-  accepted(listener: Listener, client: AcceptedClient): void;
-  acceptFailed(listener: Listener, err: NodeJS.ErrnoException): void;
-}
+/** Why the native relay is not used, when the addon cannot load (the rest of the sentence is the loader's). */
+export const LOAD_FAILED = 'the native relay cannot be loaded';
 
 /** An errno from the addon as Node reports errors: code, errno, syscall. */
 export function errnoError(negativeErrno: number, syscall: string, what: string): NodeJS.ErrnoException {
@@ -87,7 +86,8 @@ export function defaultThreads(): number {
 
 export class NativeRelay {
   private readonly sessions = new Map<number, RelaySession>();
-  private listeners: Listener[] = [];
+  /** By the addon's listener index, with each one's (rate-limited) accept-error log. */
+  private listeners: { listener: Listener; acceptFailed: (err: NodeJS.ErrnoException) => void }[] = [];
   private nextId = 1;
   private running = false;
 
@@ -121,7 +121,8 @@ export class NativeRelay {
   constructor(
     private readonly addon: RelayAddon,
     readonly threads: number,
-    private readonly handlers: RelayHandlers,
+    private readonly logger: Logger,
+    private readonly accepted: (client: AcceptedClient) => void,
   ) {}
 
   start(): void {
@@ -132,7 +133,7 @@ export class NativeRelay {
 
   /** Bind (for --listen) or take (from systemd) each listening socket; the threads accept on all of them. */
   openListeners(specs: ListenSpec[], backlog: number): Listener[] {
-    const opened: Listener[] = [];
+    const opened: NativeRelay['listeners'] = [];
     for (const spec of specs) {
       let fd: number;
       if ('fd' in spec.target) {
@@ -145,10 +146,10 @@ export class NativeRelay {
       const index = this.addon.listen(fd, backlog);
       if (index < 0) throw listenError(spec.label, getSystemErrorName(index));
       const label = 'fd' in spec.target ? spec.label : `${hostLabel(spec.target.host)}:${port}`;
-      opened[index] = { label, accept: 'native', close: () => this.addon.unlisten(index) };
+      opened[index] = { listener: { label, accept: 'native', close: () => this.addon.unlisten(index) }, acceptFailed: acceptErrorLog(label, this.logger) };
     }
     this.listeners = opened;
-    return opened.filter((l) => l !== undefined);
+    return opened.map((l) => l.listener);
   }
 
   /** Relay a connected pair; returns the error when the relay could not take it (the fds stay the caller's). */
@@ -198,15 +199,11 @@ export class NativeRelay {
 
   private onEvent(kind: number, a: number, b: number, c: unknown, d: unknown, e: unknown): void {
     switch (kind) {
-      case EV_ACCEPT: {
-        const listener = this.listeners[a];
-        if (listener) this.handlers.accepted(listener, { fd: b, addr: c as string, port: d as number });
-        else this.addon.closeFd(b);
-        return;
-      }
+      case EV_ACCEPT:
+        return this.accepted({ fd: b, addr: c as string, port: d as number });
       case EV_ACCEPT_ERROR: {
-        const listener = this.listeners[a];
-        if (listener) this.handlers.acceptFailed(listener, errnoError(-b, 'accept', listener.label));
+        const l = this.listeners[a];
+        if (l) l.acceptFailed(errnoError(-b, 'accept', l.listener.label));
         return;
       }
       case EV_END: {

@@ -79,15 +79,23 @@ interface Program {
   path: string;
   /** Every line the program printed so far. */
   lines: string[];
-  /** Connections it counted (reset or answered). */
-  connections(): number;
+  /**
+   * Exactly n connections counted (reset or answered). Waits first: the program prints a line
+   * after it answered or closed, so the client can see that before we see the line.
+   */
+  expectConnections(n: number): Promise<void>;
   child: ChildProcess;
 }
 
 async function startProgram(t: { after(fn: () => void): void }, dir: string, resets: number, length: number, mode = ''): Promise<Program> {
   const path = join(dir, 'app.sock');
   const { child, lines } = await pythonProgram(t, PROGRAM, [path, String(resets), String(length), ...(mode ? [mode] : [])]);
-  return { path, lines, child, connections: () => lines.filter((l) => /^conn \d+ (reset|echo)/.test(l)).length };
+  const connections = (): number => lines.filter((l) => /^conn \d+ (reset|echo)/.test(l)).length;
+  const expectConnections = async (n: number): Promise<void> => {
+    await waitFor(() => connections() >= n, 5000, `${n} connections counted by the program`);
+    assert.equal(connections(), n, lines.join('\n'));
+  };
+  return { path, lines, child, expectConnections };
 }
 
 /** Everything the client receives until the bridge closes the connection (with a FIN or a reset). */
@@ -120,9 +128,7 @@ test('default --retries (3): a request reset unanswered twice is sent again and 
   const reply = readAll(c);
   c.end(request);
   assert.equal((await reply).toString(), 'status\n');
-  // The reply can reach the client before the program's line reaches us.
-  await waitFor(() => program.connections() >= 3, 5000, `3 connections counted by the program`);
-  assert.equal(program.connections(), 3, program.lines.join('\n'));
+  await program.expectConnections(3);
   assert.match(program.lines.join('\n'), /conn 1 reset, 7 bytes unread\nconn 2 reset, 7 bytes unread\nconn 3 echo 7/);
   await bridge.waitForLog(sessionEnd(clientPort, '\\(done\\), 7 bytes in, 7 bytes out'));
   const resent = bridge.log().split('\n').filter((l) => l.includes(`session 127.0.0.1:${clientPort}: target dropped the connection unanswered (ECONNRESET); sending the request again`));
@@ -136,9 +142,7 @@ test('--retries 3 is exact: three resets are still answered (4 connections), a f
     const reply = readAll(c);
     c.end(request);
     assert.equal((await reply).toString(), 'ping');
-    // The reply can reach the client before the program's line reaches us.
-    await waitFor(() => program.connections() >= 4, 5000, `4 connections counted by the program`);
-    assert.equal(program.connections(), 4, program.lines.join('\n'));
+    await program.expectConnections(4);
   });
   await t.test('4 resets', async (t) => {
     const { program, bridge, c, clientPort } = await scenario(t, { resets: 4, request, args: ['--retries', '3'] });
@@ -146,9 +150,7 @@ test('--retries 3 is exact: three resets are still answered (4 connections), a f
     c.end(request);
     assert.equal((await result).data.length, 0, 'no reply');
     await bridge.waitForLog(sessionEnd(clientPort, '\\(server-error ECONNRESET\\), 4 bytes in, 0 bytes out'));
-    // The reply can reach the client before the program's line reaches us.
-    await waitFor(() => program.connections() >= 4, 5000, `4 connections counted by the program`);
-    assert.equal(program.connections(), 4, program.lines.join('\n'));
+    await program.expectConnections(4);
   });
 });
 
@@ -161,9 +163,7 @@ test('--retries 1 with two resets: the session closes without a reply, logged as
   assert.equal(data.length, 0, `got a reply: ${data}`);
   await bridge.waitForLog(sessionEnd(clientPort, '\\(server-error ECONNRESET\\), 7 bytes in, 0 bytes out'));
   // The session is closed: no retry can come after this.
-  // The reply can reach the client before the program's line reaches us.
-  await waitFor(() => program.connections() >= 2, 5000, `2 connections counted by the program`);
-  assert.equal(program.connections(), 2, program.lines.join('\n'));
+  await program.expectConnections(2);
 });
 
 test('--retries 0: a reset request is never sent again', async (t) => {
@@ -173,9 +173,7 @@ test('--retries 0: a reset request is never sent again', async (t) => {
   c.end(request);
   assert.equal((await result).data.length, 0, 'no reply');
   await bridge.waitForLog(sessionEnd(clientPort, '\\(server-error ECONNRESET\\), 7 bytes in, 0 bytes out'));
-  // The reply can reach the client before the program's line reaches us.
-  await waitFor(() => program.connections() >= 1, 5000, `1 connections counted by the program`);
-  assert.equal(program.connections(), 1, program.lines.join('\n'));
+  await program.expectConnections(1);
 });
 
 test('a reset after the first reply byte is not resent: the program answered', async (t) => {
@@ -190,9 +188,7 @@ test('a reset after the first reply byte is not resent: the program answered', a
   program.child.stdin!.write('reset\n');
   assert.equal((await result).data.toString(), 'x', 'the byte the program sent, and nothing more');
   await bridge.waitForLog(sessionEnd(clientPort, '\\(server-error ECONNRESET\\), 7 bytes in, 1 bytes out'));
-  // The reply can reach the client before the program's line reaches us.
-  await waitFor(() => program.connections() >= 1, 5000, `1 connections counted by the program`);
-  assert.equal(program.connections(), 1, program.lines.join('\n'));
+  await program.expectConnections(1);
 });
 
 // REPLAY_LIMIT is 64 KiB and inclusive: "only while the client has sent at most 64 KiB".
@@ -205,9 +201,7 @@ for (const size of [64 * 1024 - 1, 64 * 1024]) {
     const got = await reply;
     assert.equal(got.length, size);
     assert.ok(got.equals(request), 'the reply is the request, byte for byte');
-    // The reply can reach the client before the program's line reaches us.
-    await waitFor(() => program.connections() >= 2, 5000, `2 connections counted by the program`);
-    assert.equal(program.connections(), 2, program.lines.join('\n'));
+    await program.expectConnections(2);
     assert.match(program.lines.join('\n'), new RegExp(`conn 1 reset, ${size} bytes unread`));
     await bridge.waitForLog(sessionEnd(clientPort, `\\(done\\), ${size} bytes in, ${size} bytes out`));
   });
@@ -222,9 +216,7 @@ for (const size of [64 * 1024 + 1, 65 * 1024 + 1]) {
     assert.equal((await result).data.length, 0, 'no reply');
     await bridge.waitForLog(sessionEnd(clientPort, `\\(server-error ECONNRESET\\), ${size} bytes in, 0 bytes out`));
     assert.match(program.lines.join('\n'), new RegExp(`conn 1 reset, ${size} bytes unread`));
-    // The reply can reach the client before the program's line reaches us.
-    await waitFor(() => program.connections() >= 1, 5000, `1 connections counted by the program`);
-    assert.equal(program.connections(), 1, program.lines.join('\n'));
+    await program.expectConnections(1);
   });
 }
 
