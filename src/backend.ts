@@ -41,6 +41,8 @@ export class PendingConnect<C> {
   private timer: NodeJS.Timeout | undefined;
   private delay = BACKOFF_FIRST_MS;
   private cancelAttempt: (() => void) | undefined;
+  /** The socket file changed while an attempt was in flight: if it fails, try again at once. */
+  private wokenDuringAttempt = false;
   private done = false;
   private readonly deadline: number;
   private lastError: NodeJS.ErrnoException | undefined;
@@ -58,7 +60,11 @@ export class PendingConnect<C> {
 
   /** The socket file changed: try now instead of at the end of the backoff. */
   wake(): void {
-    if (this.done || this.cancelAttempt) return;
+    if (this.done) return;
+    if (this.cancelAttempt) {
+      this.wokenDuringAttempt = true;
+      return;
+    }
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
     this.delay = BACKOFF_FIRST_MS;
@@ -83,6 +89,11 @@ export class PendingConnect<C> {
       const kind = classifyConnectError(err.code);
       this.backend.liveResult(kind, err);
       if (kind === 'other') return this.finish('target-error', err);
+      if (this.wokenDuringAttempt && Date.now() < this.deadline) {
+        this.wokenDuringAttempt = false;
+        this.delay = BACKOFF_FIRST_MS;
+        return this.attempt();
+      }
       // Absent, exhausted and denied all pass: a program that binds and then
       // chmods its socket (socat's mode=, group=) is root-only for a moment.
       this.retryLater();
@@ -98,10 +109,12 @@ export class PendingConnect<C> {
     // Exponential, capped, with jitter so held clients do not retry in lockstep.
     const wait = Math.min(remaining, this.delay * (0.8 + Math.random() * 0.4));
     this.delay = Math.min(this.delay * 2, BACKOFF_MAX_MS);
+    // A waiter until connected or given up, attempts included: the directory
+    // watch stays open (closed between attempts, it could miss the file
+    // appearing, and the client would wait for its next backoff step).
     this.backend.addWaiter(this);
     this.timer = setTimeout(() => {
       this.timer = undefined;
-      this.backend.removeWaiter(this);
       this.attempt();
     }, wait);
   }
