@@ -9,7 +9,8 @@
 // per session, the relay loop in its threads. These report back in batches
 // through one thread-safe function: a session ended (reason, errno, bytes),
 // a session to retry (the target reset before its first byte; the client's
-// bytes so far come back with it).
+// bytes so far come back with it), a session handed back for a restart (its
+// buffers emptied, its fds open, for systemd's fd store: src/handover.ts).
 //
 // Shape, after systemd's socket-proxyd.c: one struct per connection, one
 // function per step. A few threads, each with its own epoll set (level-
@@ -38,11 +39,14 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -65,7 +69,7 @@
 /* Close reasons, in the order of CLOSE_REASONS in src/native-relay.ts. */
 enum reason { R_DONE, R_CLIENT_TIMEOUT, R_SERVER_TIMEOUT, R_CLIENT_ERROR, R_SERVER_ERROR, R_MARKED_DOWN, R_SHUTDOWN };
 /* Event kinds, as src/native-relay.ts reads them. */
-enum event_kind { EV_ACCEPT = 1, EV_ACCEPT_ERROR = 2, EV_END = 3, EV_RETRY = 4 };
+enum event_kind { EV_ACCEPT = 1, EV_ACCEPT_ERROR = 2, EV_END = 3, EV_RETRY = 4, EV_HANDED = 5, EV_HANDOVER_DONE = 6 };
 /* (EV_ACCEPT and EV_ACCEPT_ERROR come from the accept callback in the event loop, the others from the threads.) */
 /* What an epoll entry points at. */
 enum pollable_kind { P_SIDE, P_WAKEUP };
@@ -105,6 +109,7 @@ struct conn {
   bool replaying;
   bool client_spoke_last; /* who owes the next byte, for the timeout's name */
   bool closed;            /* ended: only waits to be freed at the end of the loop turn */
+  bool handing;           /* a restart takes it: not read any more, handed back once its buffers are empty */
   uint32_t id;
   uint32_t client_timeout, server_timeout; /* ms, 0 = none */
   int64_t last_active;
@@ -121,12 +126,12 @@ struct listener {
   bool used;
 };
 
-enum command_kind { C_START, C_CLOSE_ALL, C_PING, C_STOP };
+enum command_kind { C_START, C_CLOSE_ALL, C_PING, C_STOP, C_HANDOVER };
 
 struct command {
   enum command_kind kind;
   struct conn *conn;  /* C_START */
-  int arg;            /* C_CLOSE_ALL: the reason; C_PING: its number */
+  int arg;            /* C_CLOSE_ALL: the reason; C_PING: its number; C_HANDOVER: the grace in ms */
   struct command *next;
 };
 
@@ -144,6 +149,9 @@ struct thread {
   uint32_t sweep_ms;  /* idle sweep interval, 0 while no session has a timeout */
   int64_t next_sweep;
   bool stopping;
+  bool handing_over;  /* C_HANDOVER ran: sessions still emptying their buffers */
+  int64_t handover_deadline;
+  int index;
   atomic_int_fast64_t active;
   atomic_uint_fast64_t bytes_in, bytes_out;
   atomic_int answered; /* the last C_PING this thread ran (see js_alive) */
@@ -152,7 +160,8 @@ struct thread {
 /* A message for JavaScript. */
 struct event {
   enum event_kind kind;
-  int a, b, c;        /* END: reason, errno; RETRY: fd, errno, client ended */
+  int a, b, c;        /* END: reason, errno; RETRY: fd, errno, client ended; HANDED: client fd, server fd, directions done;
+                         HANDOVER_DONE: thread, sessions closed */
   uint32_t id;
   uint64_t bytes_in, bytes_out;
   char *data;         /* RETRY: the replay bytes (owned) */
@@ -167,6 +176,7 @@ static struct {
   int nlisteners;  /* slots are not reused: listeners are opened once, at start */
   unsigned cursor; /* where the next least-loaded search starts */
   int ping;        /* the last C_PING sent */
+  atomic_int handover_budget; /* sessions the fd store can still take (C_HANDOVER) */
   napi_threadsafe_function tsfn;
   /* For the accept callbacks, which run in Node's event loop: */
   napi_env env;
@@ -237,8 +247,9 @@ static void set_interest(struct thread *t, struct side *s, uint32_t want) {
 
 /* Read a side while its direction has nothing pending; write a side while it has. */
 static void update_interest(struct thread *t, struct conn *c) {
-  set_interest(t, &c->client, (!c->up.eof && !c->up.pending.len ? EPOLLIN : 0) | (c->down.pending.len ? EPOLLOUT : 0));
-  set_interest(t, &c->server, (!c->down.eof && !c->down.pending.len ? EPOLLIN : 0) | (c->up.pending.len ? EPOLLOUT : 0));
+  bool reads = !c->handing;
+  set_interest(t, &c->client, (reads && !c->up.eof && !c->up.pending.len ? EPOLLIN : 0) | (c->down.pending.len ? EPOLLOUT : 0));
+  set_interest(t, &c->server, (reads && !c->down.eof && !c->down.pending.len ? EPOLLIN : 0) | (c->up.pending.len ? EPOLLOUT : 0));
 }
 
 static void unlink_conn(struct thread *t, struct conn *c) {
@@ -372,7 +383,7 @@ static bool keep(struct thread *t, struct conn *c, struct pending *p, const char
    either would block. Returns false if the session ended. */
 static bool move(struct thread *t, struct conn *c, struct side *src, struct side *dst, struct direction *d) {
   if (d->pending.len && !flush(t, c, dst, &d->pending)) return false;
-  while (!d->eof && !d->pending.len) {
+  while (!d->eof && !d->pending.len && !c->handing) {
     ssize_t n;
     do n = recv(src->fd, t->readbuf, READ_SIZE, 0);
     while (n < 0 && errno == EINTR);
@@ -441,6 +452,69 @@ static void side_event(struct thread *t, struct side *s, uint32_t events) {
     if (!move(t, c, s, peer, client ? &c->up : &c->down)) return;
   }
   settle(t, c);
+}
+
+/* ---- a restart: sessions handed back ----------------------------------------------- */
+
+/* Its buffers are empty, every byte in flight sits in the kernel: the fds go
+   back to JavaScript, open, with what the next process needs to go on. */
+static void conn_hand_back(struct thread *t, struct conn *c) {
+  struct event *ev = new_event(EV_HANDED);
+  if (!ev) return conn_end(t, c, R_SHUTDOWN, ENOMEM);
+  if (c->client.registered) epoll_ctl(t->epfd, EPOLL_CTL_DEL, c->client.fd, NULL);
+  if (c->server.registered) epoll_ctl(t->epfd, EPOLL_CTL_DEL, c->server.fd, NULL);
+  unlink_conn(t, c);
+  ev->id = c->id;
+  ev->a = c->client.fd;
+  ev->b = c->server.fd;
+  ev->c = (c->up.shut ? 1 : 0) | (c->down.shut ? 2 : 0);
+  ev->bytes_in = c->bytes_in;
+  ev->bytes_out = c->bytes_out;
+  if (c->replaying) { /* not answered yet: the next process may still send the request again */
+    ev->data = c->replay;
+    ev->len = c->replay_len;
+    c->replay = NULL;
+  }
+  push_event(ev);
+}
+
+/* C_HANDOVER: take the sessions the fd store has room for (the others are
+   relayed on, and drained); stop reading them. */
+static void begin_handover(struct thread *t, int grace_ms) {
+  t->handing_over = true;
+  t->handover_deadline = t->now + grace_ms;
+  for (struct conn *c = t->conns; c; c = c->next) {
+    if (atomic_fetch_sub(&relay.handover_budget, 1) <= 0) continue;
+    c->handing = true;
+    update_interest(t, c);
+  }
+}
+
+/* After each turn of a handover: hand back every session whose buffers are
+   empty; at the deadline close those whose peer would not take their bytes.
+   Then tell JavaScript this thread is done. */
+static void handover_step(struct thread *t) {
+  bool late = t->now >= t->handover_deadline, waiting = false;
+  int closed = 0;
+  for (struct conn *c = t->conns, *next; c; c = next) {
+    next = c->next;
+    if (!c->handing) continue;
+    if (!c->up.pending.len && !c->down.pending.len) {
+      conn_hand_back(t, c);
+    } else if (late) {
+      conn_end(t, c, R_SHUTDOWN, 0);
+      closed++;
+    } else {
+      waiting = true;
+    }
+  }
+  if (waiting) return;
+  t->handing_over = false;
+  struct event *ev = new_event(EV_HANDOVER_DONE);
+  if (!ev) return; /* JavaScript's own deadline ends the wait */
+  ev->a = t->index;
+  ev->b = closed;
+  push_event(ev);
 }
 
 /* ---- a thread's own work ----------------------------------------------------------- */
@@ -512,6 +586,9 @@ static void run_commands(struct thread *t) {
     case C_STOP:
       t->stopping = true;
       break;
+    case C_HANDOVER:
+      begin_handover(t, cmd->arg);
+      break;
     }
     free(cmd);
     cmd = next;
@@ -533,6 +610,10 @@ static void *thread_main(void *arg) {
   while (!t->stopping) {
     int timeout = -1;
     if (t->sweep_ms) timeout = t->next_sweep > t->now ? (int)(t->next_sweep - t->now) : 0;
+    if (t->handing_over) {
+      int left = t->handover_deadline > t->now ? (int)(t->handover_deadline - t->now) : 0;
+      if (timeout < 0 || left < timeout) timeout = left;
+    }
     int n = epoll_wait(t->epfd, events, EVENTS_PER_WAIT, timeout);
     t->now = now_ms();
     for (int i = 0; i < n; i++) {
@@ -540,6 +621,7 @@ static void *thread_main(void *arg) {
       if (*kind == P_WAKEUP) run_commands(t);
       else side_event(t, (struct side *)kind, events[i].events);
     }
+    if (t->handing_over) handover_step(t);
     free_dead(t);
     if (t->sweep_ms && t->now >= t->next_sweep) {
       sweep(t);
@@ -591,6 +673,28 @@ static void deliver(napi_env env, napi_value callback, void *context, void *data
       napi_get_boolean(env, ev->c != 0, &argv[5]);
       break;
     }
+    case EV_HANDED: { /* (kind, id, [client fd, server fd, directions done], replay bytes or undefined, bytes in, bytes out) */
+      napi_value fds, v;
+      napi_create_uint32(env, ev->id, &argv[1]);
+      napi_create_array_with_length(env, 3, &fds);
+      int parts[3] = { ev->a, ev->b, ev->c };
+      for (uint32_t i = 0; i < 3; i++) {
+        napi_create_int32(env, parts[i], &v);
+        napi_set_element(env, fds, i, v);
+      }
+      argv[2] = fds;
+      if (ev->data) {
+        void *copy;
+        napi_create_buffer_copy(env, ev->len, ev->data, &copy, &argv[3]);
+      }
+      napi_create_double(env, (double)ev->bytes_in, &argv[4]);
+      napi_create_double(env, (double)ev->bytes_out, &argv[5]);
+      break;
+    }
+    case EV_HANDOVER_DONE: /* (kind, thread, sessions closed) */
+      napi_create_int32(env, ev->a, &argv[1]);
+      napi_create_int32(env, ev->b, &argv[2]);
+      break;
     case EV_ACCEPT:
     case EV_ACCEPT_ERROR:
       break; /* sent by on_acceptable, never queued */
@@ -652,6 +756,7 @@ static napi_value js_init(napi_env env, napi_callback_info info) {
   for (int i = 0; i < n; i++) {
     struct thread *t = &relay.threads[i];
     memset(t, 0, sizeof *t);
+    t->index = i;
     t->wakeup_kind = P_WAKEUP;
     t->epfd = epoll_create1(EPOLL_CLOEXEC);
     t->wakeup_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -890,7 +995,7 @@ static bool buffer_arg(napi_env env, napi_value v, char **data, size_t *len) {
 
 /* The thread with the fewest sessions, so that threads share the load as HAProxy's do. */
 static struct thread *least_loaded(void) {
-  struct thread *best = NULL;
+  struct thread *best = &relay.threads[0]; /* relay.running: there is at least one */
   int64_t fewest = INT64_MAX;
   for (int i = 0; i < relay.nthreads; i++) {
     struct thread *t = &relay.threads[(relay.cursor + (unsigned)i) % (unsigned)relay.nthreads];
@@ -902,6 +1007,24 @@ static struct thread *least_loaded(void) {
   }
   relay.cursor++;
   return best;
+}
+
+/* A session for a thread: the one with the fewest. */
+static void dispatch(struct conn *c, struct command *cmd) {
+  struct thread *t = least_loaded();
+  atomic_fetch_add_explicit(&t->active, 1, memory_order_relaxed);
+  cmd->kind = C_START;
+  cmd->conn = c;
+  send_command(t, cmd);
+}
+
+/* What start and resume share: (id, clientFd, serverFd, ..., clientTimeoutMs, serverTimeoutMs) at argv[0, 1, 2] and [timeouts, timeouts + 1]. */
+static void fill_conn(napi_env env, struct conn *c, napi_value *argv, int timeouts) {
+  napi_get_value_uint32(env, argv[0], &c->id);
+  c->client = (struct side){ .kind = P_SIDE, .fd = int_arg(env, argv[1]), .conn = c };
+  c->server = (struct side){ .kind = P_SIDE, .fd = int_arg(env, argv[2]), .conn = c };
+  c->client_timeout = (uint32_t)int_arg(env, argv[timeouts]);
+  c->server_timeout = (uint32_t)int_arg(env, argv[timeouts + 1]);
 }
 
 /* start(id, clientFd, serverFd, header, replay, clientTimeoutMs, serverTimeoutMs, mayRetry, clientEnded):
@@ -925,13 +1048,7 @@ static napi_value js_start(napi_env env, napi_callback_info info) {
     free(kept);
     return int_result(env, -ENOMEM);
   }
-  uint32_t id;
-  napi_get_value_uint32(env, argv[0], &id);
-  c->id = id;
-  c->client = (struct side){ .kind = P_SIDE, .fd = int_arg(env, argv[1]), .conn = c };
-  c->server = (struct side){ .kind = P_SIDE, .fd = int_arg(env, argv[2]), .conn = c };
-  c->client_timeout = (uint32_t)int_arg(env, argv[5]);
-  c->server_timeout = (uint32_t)int_arg(env, argv[6]);
+  fill_conn(env, c, argv, 5);
   bool may_retry, client_ended;
   napi_get_value_bool(env, argv[7], &may_retry);
   napi_get_value_bool(env, argv[8], &client_ended);
@@ -949,11 +1066,46 @@ static napi_value js_start(napi_env env, napi_callback_info info) {
     c->replay_len = replay_len;
     c->bytes_in = replay_len; /* counted when first read */
   }
-  struct thread *t = least_loaded();
-  atomic_fetch_add_explicit(&t->active, 1, memory_order_relaxed);
-  cmd->kind = C_START;
-  cmd->conn = c;
-  send_command(t, cmd);
+  dispatch(c, cmd);
+  return int_result(env, 0);
+}
+
+/* resume(id, clientFd, serverFd, replay, clientTimeoutMs, serverTimeoutMs, directionsDone, bytesIn, bytesOut):
+   relay on a session a previous process handed over (EV_HANDED's values).
+   replay: the client's bytes already sent, kept for a retry (the target has
+   not answered yet), or undefined. Returns 0 or -errno, as start. */
+static napi_value js_resume(napi_env env, napi_callback_info info) {
+  ARGS(9);
+  if (!relay.running) return int_result(env, -ENOTCONN);
+  char *replay;
+  size_t replay_len;
+  if (!buffer_arg(env, argv[3], &replay, &replay_len)) return int_result(env, -EINVAL);
+  struct conn *c = calloc(1, sizeof *c);
+  struct command *cmd = calloc(1, sizeof *cmd);
+  char *kept = replay_len ? malloc(replay_len) : NULL;
+  if (!c || !cmd || (replay_len && !kept)) {
+    free(c);
+    free(cmd);
+    free(kept);
+    return int_result(env, -ENOMEM);
+  }
+  fill_conn(env, c, argv, 4);
+  int done = int_arg(env, argv[6]);
+  /* A direction already done stays done: its shutdown(2) was sent, and the start's pump repeats it harmlessly. */
+  c->up.eof = c->up.shut = (done & 1) != 0;
+  c->down.eof = c->down.shut = (done & 2) != 0;
+  double in = 0, out = 0;
+  napi_get_value_double(env, argv[7], &in);
+  napi_get_value_double(env, argv[8], &out);
+  c->bytes_in = (uint64_t)in; /* the session's own counts; the threads' totals count this process's bytes */
+  c->bytes_out = (uint64_t)out;
+  if (kept) {
+    memcpy(kept, replay, replay_len);
+    c->replay = kept;
+    c->replay_len = replay_len;
+    c->replaying = true;
+  }
+  dispatch(c, cmd);
   return int_result(env, 0);
 }
 
@@ -967,6 +1119,130 @@ static napi_value js_close_all(napi_env env, napi_callback_info info) {
     send_command(&relay.threads[i], cmd);
   }
   return undefined_result(env);
+}
+
+/* handover(graceMs, sessions): a restart. Every thread stops reading the
+   sessions it is given (up to `sessions` in all: what the fd store holds),
+   hands each back (EV_HANDED) once its buffers are empty, closes those still
+   full after graceMs, and then says it is done (EV_HANDOVER_DONE). The other
+   sessions are relayed on. Returns the number of threads (of DONE events). */
+static napi_value js_handover(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  atomic_store(&relay.handover_budget, int_arg(env, argv[1]));
+  for (int i = 0; i < relay.nthreads; i++) {
+    struct command *cmd = calloc(1, sizeof *cmd);
+    if (!cmd) return int_result(env, -ENOMEM);
+    cmd->kind = C_HANDOVER;
+    cmd->arg = int_arg(env, argv[0]);
+    send_command(&relay.threads[i], cmd);
+  }
+  return int_result(env, relay.nthreads);
+}
+
+/* ---- systemd's fd store ------------------------------------------------------------ */
+
+/* The notify socket's address: a path, or "@name" in the abstract namespace. */
+static socklen_t notify_address(napi_env env, napi_value v, struct sockaddr_un *sa) {
+  *sa = (struct sockaddr_un){ .sun_family = AF_UNIX };
+  size_t len;
+  if (napi_get_value_string_utf8(env, v, sa->sun_path, sizeof sa->sun_path, &len) != napi_ok || len == 0 || len >= sizeof sa->sun_path - 1) return 0;
+  if (sa->sun_path[0] == '@') sa->sun_path[0] = '\0';
+  return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + (sa->sun_path[0] ? 1 : 0));
+}
+
+/* One datagram to the notify socket, with fds attached (SCM_RIGHTS). */
+static int notify_with_fds(const struct sockaddr_un *sa, socklen_t salen, const char *text, const int *fds, size_t nfds) {
+  int sock = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (sock < 0) return -errno;
+  struct iovec iov = { .iov_base = (void *)text, .iov_len = strlen(text) };
+  size_t space = nfds ? CMSG_SPACE(sizeof(int) * nfds) : 0;
+  char *control = space ? calloc(1, space) : NULL;
+  if (space && !control) {
+    close(sock);
+    return -ENOMEM;
+  }
+  struct msghdr msg = { .msg_name = (void *)sa, .msg_namelen = salen, .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = space };
+  if (nfds) {
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+    memcpy(CMSG_DATA(cm), fds, sizeof(int) * nfds);
+  }
+  ssize_t rc;
+  do rc = sendmsg(sock, &msg, MSG_NOSIGNAL);
+  while (rc < 0 && errno == EINTR);
+  int err = rc < 0 ? -errno : 0;
+  free(control);
+  close(sock);
+  return err;
+}
+
+/* notifyWithFds(socket, text, fds): sd_pid_notify_with_fds(3), e.g.
+   "FDSTORE=1\nFDNAME=sb" with up to 253 fds (SCM_MAX_FD). Returns 0 or -errno. */
+static napi_value js_notify_with_fds(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  struct sockaddr_un sa;
+  socklen_t salen = notify_address(env, argv[0], &sa);
+  if (!salen) return int_result(env, -EINVAL);
+  char text[256];
+  size_t tlen;
+  if (napi_get_value_string_utf8(env, argv[1], text, sizeof text, &tlen) != napi_ok) return int_result(env, -EINVAL);
+  uint32_t n = 0;
+  napi_get_array_length(env, argv[2], &n);
+  if (n > 253) return int_result(env, -E2BIG);
+  int fds[253];
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value v;
+    napi_get_element(env, argv[2], i, &v);
+    fds[i] = int_arg(env, v);
+  }
+  return int_result(env, notify_with_fds(&sa, salen, text, fds, n));
+}
+
+/* barrier(socket, timeoutMs): sd_notify_barrier(3). systemd closes the pipe
+   end sent with BARRIER=1 once it has processed every earlier message (the
+   stored fds are safe then). Returns 0 or -errno (-ETIMEDOUT). */
+static napi_value js_barrier(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  struct sockaddr_un sa;
+  socklen_t salen = notify_address(env, argv[0], &sa);
+  if (!salen) return int_result(env, -EINVAL);
+  int pipefd[2];
+  if (pipe2(pipefd, O_CLOEXEC) < 0) return int_result(env, -errno);
+  int rc = notify_with_fds(&sa, salen, "BARRIER=1", &pipefd[1], 1);
+  close(pipefd[1]);
+  if (rc == 0) {
+    struct pollfd p = { .fd = pipefd[0], .events = 0 };
+    int n;
+    do n = poll(&p, 1, int_arg(env, argv[1]));
+    while (n < 0 && errno == EINTR);
+    rc = n < 0 ? -errno : n == 0 ? -ETIMEDOUT : 0;
+  }
+  close(pipefd[0]);
+  return int_result(env, rc);
+}
+
+/* memfd(name, bytes): a memory file holding bytes (the handover state), or -errno. */
+static napi_value js_memfd(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  char name[64];
+  size_t nlen, len;
+  char *data;
+  if (napi_get_value_string_utf8(env, argv[0], name, sizeof name, &nlen) != napi_ok || !buffer_arg(env, argv[1], &data, &len)) return int_result(env, -EINVAL);
+  int fd = memfd_create(name, MFD_CLOEXEC);
+  if (fd < 0) return int_result(env, -errno);
+  for (size_t off = 0; off < len;) {
+    ssize_t w = pwrite(fd, data + off, len - off, (off_t)off);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) {
+      int err = w < 0 ? errno : EIO;
+      close(fd);
+      return int_result(env, -err);
+    }
+    off += (size_t)w;
+  }
+  return int_result(env, fd);
 }
 
 /* counters(): [bytes from clients, bytes to clients, open sessions], over all threads, live. */
@@ -1045,7 +1321,8 @@ static napi_value js_stop(napi_env env, napi_callback_info info) {
   pthread_mutex_unlock(&relay.events_lock);
   while (ev) {
     struct event *next = ev->next;
-    if (ev->kind == EV_RETRY) close(ev->a);
+    if (ev->kind == EV_RETRY || ev->kind == EV_HANDED) close(ev->a);
+    if (ev->kind == EV_HANDED) close(ev->b);
     free(ev->data);
     free(ev);
     ev = next;
@@ -1063,8 +1340,9 @@ static napi_value init_module(napi_env env, napi_value exports) {
   const struct { const char *name; napi_callback fn; } fns[] = {
     { "init", js_init }, { "bindTcp", js_bind_tcp }, { "listen", js_listen }, { "localAddress", js_local_address },
     { "unlisten", js_unlisten }, { "connectUnix", js_connect_unix },
-    { "closeFd", js_close_fd }, { "start", js_start }, { "closeAll", js_close_all }, { "counters", js_counters },
-    { "alive", js_alive }, { "stop", js_stop },
+    { "closeFd", js_close_fd }, { "start", js_start }, { "resume", js_resume }, { "closeAll", js_close_all },
+    { "counters", js_counters }, { "alive", js_alive }, { "stop", js_stop }, { "handover", js_handover },
+    { "notifyWithFds", js_notify_with_fds }, { "barrier", js_barrier }, { "memfd", js_memfd },
   };
   for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
     napi_value f;

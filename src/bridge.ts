@@ -8,13 +8,16 @@
 // the native one (native-relay.ts: C threads accept and relay; sessions in
 // native-session.ts) or the TypeScript one (Node's event loop; sessions in
 // session.ts), which TLS sessions always use. Every decision is made here
-// either way.
+// either way. A restart hands the native relay's sessions to the next
+// process through systemd's fd store (handover(), adopt(); handover.ts).
 
+import { closeSync } from 'node:fs';
 import net from 'node:net';
 import { AccessList } from './access';
 import { addressLabel, plainAddress } from './address';
 import { Backend, Reporter } from './backend';
-import { InstallError } from './errors';
+import { HandoverError, InstallError } from './errors';
+import { Adopted, CarriedClient, CarriedSession, decodeState, FD_NAME, readState, splitPassed, STATE_NAME, store, storeCapacity, storeNeeded } from './handover';
 import type { BackendState } from './health';
 import { checkDescriptorBudget, Listener, ListenerInfo, listenSpecs, openListeners, PassedSocket } from './listeners';
 import type { Logger } from './log';
@@ -92,6 +95,8 @@ export class Bridge {
   private backendState: BackendState = 'INIT';
   private access: AccessList;
   private tls: TlsTerminator | undefined;
+  /** Bytes counted by the processes before this one (a restart's handover): the counters go on from there. */
+  private carriedBytes = { bytesIn: 0, bytesOut: 0 };
 
   constructor(
     private cfg: Config,
@@ -126,6 +131,8 @@ export class Bridge {
     let { bytesIn, bytesOut } = s;
     if (this.native) {
       ({ bytesIn, bytesOut } = this.native.relay.counters());
+      bytesIn += this.carriedBytes.bytesIn;
+      bytesOut += this.carriedBytes.bytesOut;
     } else {
       for (const session of this.sessions) {
         const live = session as Session;
@@ -138,15 +145,20 @@ export class Bridge {
 
   /** Start accepting; the caller logs where. */
   async start(passed: PassedSocket[]): Promise<void> {
-    const specs = listenSpecs(passed, this.cfg.listen);
+    const { listeners, carried, state } = splitPassed(passed);
+    const specs = listenSpecs(listeners, this.cfg.listen);
     if (this.native) {
       this.native.relay.start();
+      // Before the listeners: the clients a previous process held go first.
+      this.adopt(carried, state);
       this.listeners = this.native.relay.openListeners(specs, this.cfg.backlog);
     } else {
+      this.adopt(carried, state);
       this.listeners = await openListeners(specs, this.cfg.backlog, this.logger, (socket) => this.accept(socket));
       this.sweepIdleSessions(this.cfg);
     }
     checkDescriptorBudget(this.cfg.maxConn, this.logger);
+    this.checkStoreBudget(this.cfg);
     this.statusTimer = setInterval(() => this.publishStatus(), STATUS_EVERY_MS);
     this.statusTimer.unref();
     this.publishStatus();
@@ -175,6 +187,148 @@ export class Bridge {
       this.stats.denied++;
       this.logger.warning(`TLS handshake with ${addressLabel(addr, port)} failed, client refused: ${reason}`, { EVENT: 'tls-refused', CLIENT_ADDR: addr, CLIENT_PORT: port, ERROR: reason });
     });
+  }
+
+  // ---- a restart: handing over, taking over ----------------------------------------------
+
+  /**
+   * What a previous process left in systemd's fd store (handover.ts): its
+   * sessions relayed on, its waiting clients admitted first, its counters
+   * continued. A state this version cannot read closes those connections
+   * cleanly, and says so once; the service itself goes on.
+   */
+  private adopt(fds: number[], stateFd: number | undefined): void {
+    if (fds.length === 0 && stateFd === undefined) return;
+    // systemd keeps what it stored until told: each connection would stay open after its session ended.
+    this.notifier.forgetStored([FD_NAME, STATE_NAME]);
+    const closeAll = (why: string, fields: Record<string, string | number>): void => {
+      for (const fd of fds) closeFd(fd);
+      this.logger.error(`${why}: closed the ${fds.length} connections a previous process handed over`, { EVENT: 'handover-refused', ...fields });
+    };
+    if (stateFd === undefined) return closeAll('the fd store holds connections but no state for them', { CODE: 'EHANDOVER_STATE' });
+    if (!this.native) return closeAll(`${this.relayInfo.why}, and only the native relay takes sessions over`, { CODE: 'EHANDOVER_RELAY' });
+    let adopted: Adopted;
+    try {
+      adopted = decodeState(readState(stateFd), fds);
+    } catch (err) {
+      if (!(err instanceof HandoverError)) throw err;
+      return closeAll(err.message, { CODE: err.code });
+    } finally {
+      closeFd(stateFd);
+    }
+    const { handover: { sessions, waiting, totals }, lost } = adopted;
+    Object.assign(this.stats, { total: totals.total, failed: totals.failed, denied: totals.denied });
+    this.carriedBytes = { bytesIn: totals.bytesIn, bytesOut: totals.bytesOut };
+    let failed = 0;
+    for (const carried of sessions) {
+      const session = new NativeSession({ fd: carried.clientFd, addr: carried.addr, port: carried.port }, this.native.ctx, carried);
+      if (session.resume(carried)) {
+        failed++;
+        closeFd(carried.clientFd);
+        closeFd(carried.serverFd);
+        continue;
+      }
+      this.sessions.add(session);
+    }
+    for (const carried of waiting) this.admit({ fd: carried.clientFd, addr: carried.addr, port: carried.port, carried });
+    if (this.sessions.size > 0 || this.queued.length > 0) this.hooks.onBusyChange(true);
+    const gone = lost + failed;
+    this.logger.notice(`took over ${sessions.length - failed} sessions and ${waiting.length} waiting clients from the previous process` +
+      (gone > 0 ? `; ${gone} stored connections had closed meanwhile (their peer went away) and were dropped` : ''),
+    { EVENT: 'handover-adopted', SESSIONS: sessions.length - failed, WAITING: waiting.length, DROPPED: gone });
+  }
+
+  /** systemd ≥ 254 says how many fds the store holds; a service that could not hand everything over says so at start and reload. */
+  private checkStoreBudget(cfg: Config): void {
+    if (!this.notifier.active || !this.native) return;
+    const needed = storeNeeded(cfg.maxConn, cfg.backlog);
+    const capacity = storeCapacity(process.env);
+    if (needed <= capacity) return;
+    this.logger.warning(`max-conn ${cfg.maxConn} and backlog ${cfg.backlog} need ${needed} fds in systemd's fd store for a restart without a gap, ` +
+      `but it holds ${capacity}: raise FileDescriptorStoreMax= (systemctl edit bridge.service); on a restart, sessions beyond it are drained`,
+    { EVENT: 'fdstore-too-small', NEEDED: needed, CAPACITY: capacity });
+  }
+
+  /**
+   * A restart (SIGUSR2, the units' RestartKillSignal=): stop accepting, let
+   * every plain session empty its buffers (restart-grace at most), put its
+   * fds and those of the waiting clients into systemd's fd store with the
+   * state, and resolve once systemd holds them: the next process goes on
+   * with them. TLS sessions cannot be carried (their state lives in
+   * OpenSSL): they get restart-grace, then close, as new clients wait behind
+   * this process. Without an fd store (not under systemd, or the TypeScript
+   * relay, which cannot pass fds) this is a stop.
+   */
+  handover(): Promise<void> {
+    if (this.stopping) return this.stopping;
+    const socket = this.notifier.socket;
+    if (!this.native || socket === undefined) {
+      const why = !this.native ? `${this.relayInfo.why}, and only the native relay can hand sessions over` : 'not run by systemd: no fd store';
+      this.logger.notice(`restart requested, but ${why}: draining as on a stop`, { EVENT: 'handover-unavailable' });
+      return this.stop();
+    }
+    for (const l of this.listeners) l.close();
+    this.stopping = this.handOver(this.native.relay, socket);
+    return this.stopping;
+  }
+
+  private async handOver(relay: NativeRelay, socket: string): Promise<void> {
+    this.notifier.stopping();
+    const grace = this.cfg.restartGrace;
+    const deadline = Date.now() + grace;
+    // Two fds per session; whatever room is left goes to the waiting clients.
+    const capacity = storeCapacity(process.env) - 1;
+    const full = await relay.handover(grace, Math.floor(capacity / 2));
+    const sessions: CarriedSession[] = [];
+    const waiting: CarriedClient[] = [];
+    for (const s of [...this.sessions]) {
+      if (!(s instanceof NativeSession)) continue;
+      const carried = s.carry();
+      if (!carried) continue;
+      this.sessions.delete(s);
+      if ('serverFd' in carried) sessions.push(carried);
+      else waiting.push(carried);
+    }
+    for (const client of this.queued.splice(0)) {
+      if (client instanceof net.Socket) {
+        client.destroy();
+        continue;
+      }
+      waiting.push(client.carried ?? {
+        clientFd: client.fd, addr: client.addr, port: client.port, startedAt: Date.now(), bytesIn: 0, replay: undefined,
+        clientEnded: false, retriesLeft: this.cfg.retries,
+      });
+    }
+    const room = Math.max(0, capacity - 2 * sessions.length);
+    const refused = waiting.splice(room);
+    for (const c of refused) relay.closeFd(c.clientFd);
+    // The TypeScript relay's sessions (TLS) go on for what is left of the grace.
+    const tls = [...this.sessions].filter((s) => !(s instanceof NativeSession));
+    await this.waitFor(() => tls.every((s) => !this.sessions.has(s)), deadline - Date.now());
+    let closedTls = 0;
+    for (const s of tls) {
+      if (!this.sessions.has(s)) continue;
+      closedTls++;
+      s.abort('shutdown');
+    }
+    const { total, failed, denied } = this.stats;
+    const { bytesIn, bytesOut } = this.snapshot();
+    const error = store(relay.fdStore, socket, { sessions, waiting, totals: { total, failed, denied, bytesIn, bytesOut } });
+    // systemd holds its own copies now: closing ours closes no connection (or, if storing failed, all of them).
+    for (const c of [...sessions, ...waiting]) relay.closeFd(c.clientFd);
+    for (const c of sessions) relay.closeFd(c.serverFd);
+    if (error) {
+      this.logger.error(`restart: the fd store did not take the sessions (${error}): closed ${sessions.length} sessions and ${waiting.length} waiting clients`,
+        { EVENT: 'handover-failed', ERRNO: error });
+    } else {
+      const extra = [full > 0 ? `${full} sessions whose peer took no bytes for restart-grace` : '', refused.length > 0 ? `${refused.length} waiting clients beyond the fd store` : '']
+        .filter(Boolean);
+      this.logger.notice(`handed over ${sessions.length} sessions, ${waiting.length} held clients; closed ${closedTls} TLS sessions` +
+        (extra.length ? `, ${extra.join(', ')}` : ''),
+      { EVENT: 'handover', SESSIONS: sessions.length, WAITING: waiting.length, CLOSED_TLS: closedTls, CLOSED_FULL: full, CLOSED_WAITING: refused.length });
+    }
+    // What the store had no room for is drained, as on a stop.
+    await this.drain();
   }
 
   /** A client the native relay accepted: the same policy, on an fd. */
@@ -213,7 +367,7 @@ export class Bridge {
       this.sessions.add(new Session(client, this.ctx as SessionContext));
       return;
     }
-    const session = new NativeSession(client, this.native!.ctx);
+    const session = new NativeSession(client, this.native!.ctx, client.carried);
     this.sessions.add(session);
     session.start();
   }
@@ -309,6 +463,7 @@ export class Bridge {
       this.logger.error(`TLS files not reloaded, keeping the previous certificate: ${(err as Error).message}`, { EVENT: 'reload-failed' });
     }
     this.backend.configure(next);
+    this.checkStoreBudget(next);
     this.logger.setLevel(next.logLevel);
     this.publishStatus();
     this.notifier.ready();
@@ -345,10 +500,14 @@ export class Bridge {
   }
 
   private waitForSessions(timeoutMs: number): Promise<boolean> {
+    return this.waitFor(() => this.sessions.size === 0, timeoutMs);
+  }
+
+  private waitFor(done: () => boolean, timeoutMs: number): Promise<boolean> {
     return new Promise((resolve) => {
       const deadline = Date.now() + timeoutMs;
       const poll = (): void => {
-        if (this.sessions.size === 0) return resolve(true);
+        if (done()) return resolve(true);
         if (Date.now() >= deadline) return resolve(false);
         setTimeout(poll, 20);
       };
@@ -358,6 +517,14 @@ export class Bridge {
 }
 
 function noop(): void {}
+
+function closeFd(fd: number): void {
+  try {
+    closeSync(fd);
+  } catch {
+    // closed already: nothing to release
+  }
+}
 
 /** The STATUS= line. */
 export function statusLine(state: BackendState, s: BridgeSnapshot): string {

@@ -49,6 +49,11 @@ export class ListenError extends SockbridgeError {
   readonly exitCode = EXIT_CONFIG;
 }
 
+/** What a previous process left in the fd store cannot be taken over: its fds are closed, the service goes on. */
+export class HandoverError extends SockbridgeError {
+  readonly exitCode = EXIT_SOFTWARE;
+}
+
 /** A value the operator wrote is wrong; the caller adds where it came from. */
 export class BadValue extends Error {}
 

@@ -9,6 +9,7 @@ import os from 'node:os';
 import { join } from 'node:path';
 import { getSystemErrorName } from 'node:util';
 import type { Dialer } from './backend';
+import type { CarriedClient, FdStoreCalls } from './handover';
 import { acceptErrorLog, Listener, listenError, ListenSpec } from './listeners';
 import type { Logger } from './log';
 import type { CloseReason } from './session';
@@ -24,10 +25,16 @@ export interface RelayAddon {
   closeFd(fd: number): void;
   start(id: number, clientFd: number, serverFd: number, header: Buffer | undefined, replay: Buffer | undefined,
     clientTimeoutMs: number, serverTimeoutMs: number, mayRetry: boolean, clientEnded: boolean): number;
+  resume(id: number, clientFd: number, serverFd: number, replay: Buffer | undefined, clientTimeoutMs: number, serverTimeoutMs: number,
+    directionsDone: number, bytesIn: number, bytesOut: number): number;
   closeAll(reason: number): void;
   counters(): [number, number, number];
   alive(): boolean;
   stop(): void;
+  handover(graceMs: number, sessions: number): number;
+  notifyWithFds(socket: string, text: string, fds: number[]): number;
+  barrier(socket: string, timeoutMs: number): number;
+  memfd(name: string, bytes: Buffer): number;
 }
 
 /** Event kinds and close reasons, numbered as in native/relay.c. */
@@ -35,6 +42,8 @@ const EV_ACCEPT = 1;
 const EV_ACCEPT_ERROR = 2;
 const EV_END = 3;
 const EV_RETRY = 4;
+const EV_HANDED = 5;
+const EV_HANDOVER_DONE = 6;
 const CLOSE_REASONS: readonly CloseReason[] = ['done', 'client-timeout', 'server-timeout', 'client-error', 'server-error', 'marked-down', 'shutdown'];
 
 /**
@@ -50,6 +59,8 @@ export interface AcceptedClient {
   fd: number;
   addr: string;
   port: number;
+  /** A client a previous process was serving when it restarted (handover.ts). */
+  carried?: CarriedClient;
 }
 
 /** What the relay tells a session. */
@@ -57,6 +68,26 @@ export interface RelaySession {
   ended(reason: CloseReason, error: string | undefined, bytesIn: number, bytesOut: number): void;
   /** The target reset before its first byte: the client's fd and bytes are ours again. */
   retry(clientFd: number, error: string, replay: Buffer, clientEnded: boolean, bytesIn: number): void;
+  /** A restart took it (NativeRelay.handover): both fds are ours again, open, the buffers empty. */
+  handed(handed: HandedBack): void;
+}
+
+/** A session the relay gave back for a restart: what the next process needs to relay on. */
+export interface HandedBack {
+  clientFd: number;
+  serverFd: number;
+  /** 1: client → target done (shut down), 2: target → client done. */
+  directionsDone: number;
+  /** The client's bytes already sent, for a retry, while the target has not answered. */
+  replay: Buffer | undefined;
+  bytesIn: number;
+  bytesOut: number;
+}
+
+/** What resume() needs of a session a previous process handed over. */
+export interface ResumedPair extends HandedBack {
+  clientTimeout: number;
+  serverTimeout: number;
 }
 
 /** Why the native relay is not used, when the addon cannot load (the rest of the sentence is the loader's). */
@@ -90,6 +121,9 @@ export class NativeRelay {
   private listeners: { listener: Listener; acceptFailed: (err: NodeJS.ErrnoException) => void }[] = [];
   private nextId = 1;
   private running = false;
+  /** A restart is taking the sessions (handover): nothing new is started from then on. */
+  private handing: { threadsLeft: number; closed: number; done: (closed: number) => void } | undefined;
+  private handedOver = false;
 
   /** Each connect(2) is one synchronous call: a UNIX connect completes or fails at once. */
   readonly dialer: Dialer<number> = {
@@ -156,12 +190,45 @@ export class NativeRelay {
   relay(session: RelaySession, clientFd: number, serverFd: number, opts: {
     header: Buffer | undefined; replay: Buffer | undefined; clientTimeout: number; serverTimeout: number; mayRetry: boolean; clientEnded: boolean;
   }): NodeJS.ErrnoException | undefined {
-    const id = this.nextId;
-    this.nextId = this.nextId >= 0xffff_ffff ? 1 : this.nextId + 1;
+    const id = this.takeId();
     const rc = this.addon.start(id, clientFd, serverFd, opts.header, opts.replay, opts.clientTimeout, opts.serverTimeout, opts.mayRetry, opts.clientEnded);
     if (rc < 0) return errnoError(rc, 'relay', '');
     this.sessions.set(id, session);
     return undefined;
+  }
+
+  /** Relay on a session a previous process handed over (handover.ts); returns the error as relay() does. */
+  resume(session: RelaySession, pair: ResumedPair): NodeJS.ErrnoException | undefined {
+    const id = this.takeId();
+    const rc = this.addon.resume(id, pair.clientFd, pair.serverFd, pair.replay, pair.clientTimeout, pair.serverTimeout,
+      pair.directionsDone, pair.bytesIn, pair.bytesOut);
+    if (rc < 0) return errnoError(rc, 'relay', '');
+    this.sessions.set(id, session);
+    return undefined;
+  }
+
+  /** The addon's fd-store calls (handover.ts stores with them). */
+  get fdStore(): FdStoreCalls {
+    return this.addon;
+  }
+
+  /** Whether a restart took (or is taking) the sessions: a session must not start relaying then. */
+  get handingOver(): boolean {
+    return this.handedOver;
+  }
+
+  /**
+   * A restart: the threads stop reading up to `sessions` sessions, give each
+   * back (RelaySession.handed) once its buffers are empty, and close those
+   * still full after graceMs (ended 'shutdown'). The others are relayed on.
+   * Resolves with how many were closed, once every thread is done.
+   */
+  handover(graceMs: number, sessions: number): Promise<number> {
+    return new Promise((resolve) => {
+      this.handedOver = true;
+      this.handing = { threadsLeft: this.threads, closed: 0, done: resolve };
+      this.addon.handover(graceMs, sessions);
+    });
   }
 
   /** The local end of an accepted client ("address port"), for the PROXY header. */
@@ -177,6 +244,12 @@ export class NativeRelay {
   /** Close every relayed session (drain timeout, target marked DOWN); their ends arrive as events. */
   closeAll(reason: 'marked-down' | 'shutdown'): void {
     this.addon.closeAll(CLOSE_REASONS.indexOf(reason));
+  }
+
+  private takeId(): number {
+    const id = this.nextId;
+    this.nextId = this.nextId >= 0xffff_ffff ? 1 : this.nextId + 1;
+    return id;
   }
 
   /** Bytes from and to clients so far, open sessions included: the threads count as they relay. */
@@ -219,6 +292,26 @@ export class NativeRelay {
         this.sessions.delete(a);
         const replay = d as Buffer;
         session.retry(b, getSystemErrorName(-(c as number)), replay, e as boolean, replay.length);
+        return;
+      }
+      case EV_HANDED: {
+        const [clientFd, serverFd, directionsDone] = b as unknown as [number, number, number];
+        const session = this.sessions.get(a);
+        if (!session) {
+          this.addon.closeFd(clientFd);
+          return this.addon.closeFd(serverFd);
+        }
+        this.sessions.delete(a);
+        session.handed({ clientFd, serverFd, directionsDone, replay: c as Buffer | undefined, bytesIn: d as number, bytesOut: e as number });
+        return;
+      }
+      case EV_HANDOVER_DONE: {
+        const h = this.handing;
+        if (!h) return;
+        h.closed += b;
+        if (--h.threadsLeft > 0) return;
+        this.handing = undefined;
+        h.done(h.closed);
       }
     }
   }

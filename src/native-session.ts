@@ -3,11 +3,14 @@
 // target is connected both fds belong to a relay thread, which reports back
 // only the end (reason, errno, bytes) or a retry (the target reset before its
 // first byte: the client and its bytes so far come back for a new connection).
-// Timeouts, backpressure and half-close happen in native/relay.c.
+// Timeouts, backpressure and half-close happen in native/relay.c. A restart
+// carries a session to the next process (carry(), then resume() there:
+// handover.ts).
 
 import { addressLabel, plainAddress } from './address';
 import type { ConnectFailure, PendingConnect } from './backend';
-import type { AcceptedClient, NativeRelay, RelaySession } from './native-relay';
+import type { CarriedClient, CarriedSession } from './handover';
+import type { AcceptedClient, HandedBack, NativeRelay, RelaySession } from './native-relay';
 import { proxyHeader } from './proxy-protocol';
 import { BridgedSession, CloseReason, recordSessionEnd, SessionContext, SessionSettings } from './session';
 
@@ -32,18 +35,27 @@ export class NativeSession implements BridgedSession, RelaySession {
   private replay: Buffer | undefined;
   private clientEnded = false;
   private bytesIn = 0;
-  private readonly startedAt = Date.now();
+  private readonly startedAt: number;
+  /** Given back by the relay for a restart (handed), to be carried. */
+  private handedBack: HandedBack | undefined;
   /** Taken when the session starts: a reload changes new sessions only. */
   private readonly settings: SessionSettings;
   readonly clientAddr: string;
   readonly clientPort: number;
 
-  constructor(client: AcceptedClient, private readonly ctx: NativeContext) {
+  /** carried: a client a previous process was serving (handover.ts), with its bytes and retries so far. */
+  constructor(client: AcceptedClient, private readonly ctx: NativeContext, carried?: CarriedClient) {
     this.clientFd = client.fd;
     this.clientAddr = plainAddress(client.addr);
     this.clientPort = client.port;
     this.settings = ctx.settings;
-    this.retriesLeft = this.settings.retries;
+    this.retriesLeft = carried?.retriesLeft ?? this.settings.retries;
+    this.startedAt = carried?.startedAt ?? Date.now();
+    if (carried) {
+      this.replay = carried.replay;
+      this.clientEnded = carried.clientEnded;
+      this.bytesIn = carried.bytesIn;
+    }
   }
 
   /** Called once the bridge counts the session (it may end at once). */
@@ -65,6 +77,8 @@ export class NativeSession implements BridgedSession, RelaySession {
   private dial(): void {
     this.phase = Phase.Connecting;
     const { backend, relay } = this.ctx;
+    // A restart is under way: this client waits for the next process (carry()).
+    if (relay.handingOver) return;
     const fd = backend.connectNow(relay.connectNow);
     if (fd !== undefined) return this.relayTo(fd);
     this.ctx.stats.held++;
@@ -72,6 +86,7 @@ export class NativeSession implements BridgedSession, RelaySession {
   }
 
   private onConnect(failure: ConnectFailure | undefined, serverFd: number | undefined, err: NodeJS.ErrnoException | undefined): void {
+    if (this.phase === Phase.Closed) return; // carried (its cancel lands here): the fd goes on
     this.pending = undefined;
     this.ctx.stats.held--;
     if (failure !== undefined || serverFd === undefined) {
@@ -98,6 +113,47 @@ export class NativeSession implements BridgedSession, RelaySession {
     }
     this.phase = Phase.Open;
     this.ctx.stats.active++;
+  }
+
+  /** A session a previous process handed over: relayed on from where it was. */
+  resume(carried: CarriedSession): NodeJS.ErrnoException | undefined {
+    const { clientTimeout, serverTimeout } = this.settings;
+    const failed = this.ctx.relay.resume(this, { ...carried, clientTimeout, serverTimeout });
+    if (failed) return failed;
+    this.phase = Phase.Open;
+    this.ctx.stats.active++;
+    return undefined;
+  }
+
+  handed(h: HandedBack): void {
+    this.handedBack = h;
+  }
+
+  /**
+   * For a restart: what the next process needs to go on with this client,
+   * which leaves this process (no log line here: its end is logged where it
+   * ends). undefined for a session the relay still moves bytes for (the
+   * store had no room for it): it is drained.
+   */
+  carry(): CarriedSession | CarriedClient | undefined {
+    const client = {
+      clientFd: this.clientFd, addr: this.clientAddr, port: this.clientPort, startedAt: this.startedAt, bytesIn: this.bytesIn,
+      replay: this.replay, clientEnded: this.clientEnded, retriesLeft: this.retriesLeft,
+    };
+    const h = this.handedBack;
+    if (h) {
+      this.phase = Phase.Closed;
+      this.ctx.stats.active--;
+      return { ...client, serverFd: h.serverFd, replay: h.replay, bytesIn: h.bytesIn, bytesOut: h.bytesOut, directionsDone: h.directionsDone };
+    }
+    if (this.phase !== Phase.Connecting) return undefined;
+    this.phase = Phase.Closed;
+    if (this.pending) {
+      this.ctx.stats.held--;
+      this.pending.cancel();
+      this.pending = undefined;
+    }
+    return client;
   }
 
   ended(reason: CloseReason, error: string | undefined, bytesIn: number, bytesOut: number): void {

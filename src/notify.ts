@@ -10,11 +10,13 @@ export class Notifier {
   private lastStatus = '';
   private watchdogTimer: NodeJS.Timeout | undefined;
 
-  private constructor(private readonly sd: SdNotify | undefined) {}
+  /** socket: NOTIFY_SOCKET, where the fd store is reached too (handover.ts). */
+  private constructor(private readonly sd: SdNotify | undefined, readonly socket: string | undefined) {}
 
   /** Throws InstallError when systemd wants notifications and the addon cannot load. */
   static fromEnv(env: NodeJS.ProcessEnv): Notifier {
-    return new Notifier(env['NOTIFY_SOCKET'] ? loadAddon<SdNotify>('sd-notify') : undefined);
+    const socket = env['NOTIFY_SOCKET'] || undefined;
+    return new Notifier(socket ? loadAddon<SdNotify>('sd-notify') : undefined, socket);
   }
 
   get active(): boolean {
@@ -39,6 +41,11 @@ export class Notifier {
 
   stopping(): void {
     this.sd?.sendState('STOPPING=1');
+  }
+
+  /** FDSTOREREMOVE: systemd keeps stored fds until told, and a connection closes only when its last holder closes it. */
+  forgetStored(names: string[]): void {
+    for (const name of names) this.sd?.sendState(`FDSTOREREMOVE=1\nFDNAME=${name}`);
   }
 
   /**

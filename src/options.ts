@@ -24,6 +24,7 @@ export interface Config {
   onMarkedDown: 'none' | 'shutdown-sessions';
   errorLimit: number;
   drainTimeout: number;
+  restartGrace: number;
   exitIdleTime: number;
   logLevel: LogLevel;
   logTarget: 'auto' | 'journal' | 'stderr';
@@ -211,6 +212,10 @@ export const OPTIONS: readonly AnyOption[] = [
   {
     name: 'drain-timeout', key: 'drainTimeout', ...durationOpt, default: 10_000, reloadable: true,
     help: 'On SIGTERM, how long active sessions may finish before they are closed.',
+  },
+  {
+    name: 'restart-grace', key: 'restartGrace', ...durationOpt, default: 1000, reloadable: true,
+    help: 'On a restart (SIGUSR2, the unit\'s RestartKillSignal=), how long sessions may take to empty their buffers before they are handed to the next process, and how long TLS sessions, which cannot be handed over, may go on before they are closed. New clients wait this long at most.',
   },
   {
     name: 'exit-idle-time', key: 'exitIdleTime', ...durationOpt, default: 0, reloadable: true,

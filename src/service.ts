@@ -1,6 +1,7 @@
 // What main.ts runs: the bridge with its health checks, exit-idle-time and
 // operator endpoints, one process whatever the CPU count (the native relay's
-// threads use the cores). It answers reload (SIGHUP) and stop (SIGTERM).
+// threads use the cores). It answers reload (SIGHUP), stop (SIGTERM) and
+// restart (SIGUSR2: hand the sessions to the next process).
 
 import type http from 'node:http';
 import type net from 'node:net';
@@ -77,6 +78,14 @@ export class Service {
   async stop(): Promise<void> {
     this.idle.stop();
     await this.bridge.stop();
+    this.endpoints.stop();
+    this.health.stop();
+  }
+
+  /** A restart: the sessions go to the next process (Bridge.handover). */
+  async handover(): Promise<void> {
+    this.idle.stop();
+    await this.bridge.handover();
     this.endpoints.stop();
     this.health.stop();
   }

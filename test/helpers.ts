@@ -226,7 +226,7 @@ export function servedAgain(port: number, timeoutMs: number, what: string): Prom
 /** Resolves when the peer closes (or resets) the connection; rejects if it stays open past timeoutMs. */
 export function closedWithin(s: net.Socket, timeoutMs: number): Promise<void> {
   return new Promise((resolve, reject) => {
-    if (s.destroyed) return resolve();
+    if (s.destroyed || s.readableEnded) return resolve(); // (its FIN may have arrived before this call)
     const timer = setTimeout(() => reject(new Error(`connection still open after ${timeoutMs} ms`)), timeoutMs);
     s.on('error', () => {});
     s.resume();

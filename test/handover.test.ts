@@ -1,0 +1,193 @@
+// Restarts without a gap, outside systemd: test/programs/fake-systemd.py plays
+// systemd's part (the listening socket, the notify socket, the fd store), a
+// restart sends SIGUSR2 as the units' RestartKillSignal= does, and the next
+// sockbridge process gets the listener and the stored fds back through
+// LISTEN_FDS, shuffled, as systemd passes them. The real systemd does the same
+// in the booted containers of test/e2e/run.sh.
+
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import type net from 'node:net';
+import { join } from 'node:path';
+import { test, type TestContext } from 'node:test';
+import { BIN, closedWithin, connect, echoServer, ROOT, roundTrip, tempDir, waitFor } from './helpers';
+
+interface SdEvent {
+  event: 'listening' | 'ready' | 'exited' | 'removed' | 'status';
+  text?: string;
+  port?: number;
+  gen?: number;
+  pid?: number;
+  code?: number;
+  stored?: Record<string, number>;
+  name?: string;
+  count?: number;
+}
+
+interface FakeSystemd {
+  port: number;
+  events: SdEvent[];
+  send(command: 'restart' | 'restart-corrupt' | 'stop'): void;
+  next(pred: (e: SdEvent) => boolean, what: string, timeoutMs?: number): Promise<SdEvent>;
+  log(gen: number): string;
+  /** Wait for a line in a generation's log (sockbridge writes its stderr lines once per event-loop turn). */
+  waitLog(gen: number, pattern: RegExp): Promise<void>;
+}
+
+/** fake-systemd.py running sockbridge with `args`; it and every bridge it started are stopped by PID when the test ends. */
+async function fakeSystemd(t: TestContext, dir: string, args: string[]): Promise<FakeSystemd> {
+  const script = join(ROOT, 'test', 'programs', 'fake-systemd.py');
+  // The handover needs the native relay (its fd passing): forced, so that one that cannot load fails here.
+  const child = spawn('python3', [script, dir, process.execPath, BIN, '--log-target', 'stderr', '--relay', 'native', ...args],
+    { stdio: ['pipe', 'pipe', 'inherit'] });
+  const events: SdEvent[] = [];
+  let buf = '';
+  child.stdout!.setEncoding('utf8');
+  child.stdout!.on('data', (d: string) => {
+    buf += d;
+    for (let i; (i = buf.indexOf('\n')) >= 0; buf = buf.slice(i + 1)) events.push(JSON.parse(buf.slice(0, i)) as SdEvent);
+  });
+  t.after(async () => {
+    const bridges = events.filter((e) => e.event === 'ready').map((e) => e.pid!);
+    child.stdin!.end();
+    await waitFor(() => child.exitCode !== null || child.signalCode !== null, 20_000, 'fake-systemd.py to stop its bridge and exit').catch(() => child.kill('SIGKILL'));
+    for (const pid of bridges) {
+      try { process.kill(pid, 'SIGKILL'); } catch { /* stopped already */ }
+    }
+  });
+  const next = async (pred: (e: SdEvent) => boolean, what: string, timeoutMs = 15_000): Promise<SdEvent> => {
+    await waitFor(() => events.some(pred) || child.exitCode !== null, timeoutMs, what);
+    const e = events.find(pred);
+    if (!e) throw new Error(`fake-systemd.py exited (${child.exitCode}) before ${what}; events: ${JSON.stringify(events)}`);
+    return e;
+  };
+  const log = (gen: number): string => readFileSync(join(dir, `gen-${gen}.log`), 'utf8');
+  const listening = await next((e) => e.event === 'listening', 'the listening socket');
+  await next((e) => e.event === 'ready' && e.gen === 1, 'READY=1 from the first bridge');
+  return {
+    port: listening.port!, events, next,
+    send: (command) => child.stdin!.write(`${command}\n`),
+    log,
+    waitLog: (gen, pattern) => waitFor(() => pattern.test(log(gen)), 5000, `${pattern} in the log of bridge ${gen}`).catch((err: Error) => {
+      throw new Error(`${err.message}; its log:\n${log(gen)}`);
+    }),
+  };
+}
+
+/** A client that keeps sending numbered chunks and collects the echo. */
+function talker(s: net.Socket): { sent: () => Buffer; received: () => Buffer; say(n: number): void } {
+  const out: Buffer[] = [];
+  const back: Buffer[] = [];
+  s.on('data', (c: Buffer) => back.push(c));
+  return {
+    sent: () => Buffer.concat(out),
+    received: () => Buffer.concat(back),
+    say: (n) => {
+      const chunk = Buffer.from(`chunk ${n} ${'x'.repeat(n % 97)}\n`);
+      out.push(chunk);
+      s.write(chunk);
+    },
+  };
+}
+
+test('a restart hands an open session to the next process mid-stream: nothing lost, nothing repeated, counters go on', async (t) => {
+  const dir = tempDir(t);
+  const srv = await echoServer(join(dir, 'app.sock'));
+  t.after(() => srv.close());
+  const sd = await fakeSystemd(t, dir, ['--target', srv.path, '--check-interval', '0']);
+  const c = await connect(sd.port);
+  const talk = talker(c);
+  let n = 0;
+  for (; n < 20; n++) talk.say(n);
+  await waitFor(() => talk.received().length === talk.sent().length, 5000, 'the first echoes');
+
+  sd.send('restart');
+  // The client goes on talking throughout: what it sends meanwhile waits in the kernel.
+  const during = setInterval(() => talk.say(n++), 5);
+  const ready2 = await sd.next((e) => e.event === 'ready' && e.gen === 2, 'READY=1 from the second bridge');
+  clearInterval(during);
+  for (const end = n + 20; n < end; n++) talk.say(n);
+  await waitFor(() => talk.received().length >= talk.sent().length, 10_000, 'every echo, through the second bridge');
+  assert.equal(talk.received().toString(), talk.sent().toString(), 'the echo is what was sent, in order, once');
+
+  const exited = sd.events.find((e) => e.event === 'exited' && e.gen === 1)!;
+  assert.equal(exited.code, 0);
+  assert.deepEqual(exited.stored, { 'sb': 2, 'sb-state': 1 }, 'both fds of the session and the state were stored');
+  assert.notEqual(ready2.pid, sd.events.find((e) => e.event === 'ready' && e.gen === 1)!.pid);
+  await sd.waitLog(1, /handed over 1 sessions, 0 held clients; closed 0 TLS sessions/);
+  await sd.waitLog(2, /took over 1 sessions and 0 waiting clients from the previous process/);
+  // Taken back: the second bridge empties the store, or the connections would outlive their sessions.
+  await sd.next((e) => e.event === 'removed' && e.name === 'sb' && e.count === 2, 'FDSTOREREMOVE of the session fds');
+  await sd.next((e) => e.event === 'removed' && e.name === 'sb-state' && e.count === 1, 'FDSTOREREMOVE of the state');
+
+  // New clients are served by the second bridge, and the session ends there with all its bytes counted.
+  assert.equal((await roundTrip(sd.port, 'new client')).toString(), 'new client');
+  const total = talk.sent().length;
+  c.end();
+  await closedWithin(c, 5000);
+  await sd.waitLog(2, new RegExp(`closed \\(done\\), ${total} bytes in, ${total} bytes out`));
+
+  sd.send('stop');
+  const stopped = await sd.next((e) => e.event === 'exited' && e.gen === 2, 'the second bridge to stop');
+  assert.equal(stopped.code, 0);
+  assert.deepEqual(stopped.stored, {}, 'a stop leaves nothing in the store');
+});
+
+test('a client held for an absent target is carried across a restart and served when the target appears', async (t) => {
+  const dir = tempDir(t);
+  const path = join(dir, 'app.sock');
+  const sd = await fakeSystemd(t, dir, ['--target', path, '--check-interval', '0', '--connect-timeout', '20s']);
+  const c = await connect(sd.port);
+  const reply: Buffer[] = [];
+  c.on('data', (d: Buffer) => reply.push(d));
+  c.write('waited for');
+  await sd.next((e) => e.event === 'status' && e.gen === 1 && /1 waiting/.test(e.text!), 'STATUS= to count the held client');
+  sd.send('restart');
+  await sd.next((e) => e.event === 'ready' && e.gen === 2, 'READY=1 from the second bridge');
+  await sd.waitLog(1, /handed over 0 sessions, 1 held clients/);
+  await sd.waitLog(2, /took over 0 sessions and 1 waiting clients/);
+  const srv = await echoServer(path);
+  t.after(() => srv.close());
+  await waitFor(() => Buffer.concat(reply).toString() === 'waited for', 10_000, 'the held client to be served by the second bridge');
+  c.destroy();
+});
+
+test('many sessions carried at once, each verified afterwards', async (t) => {
+  const dir = tempDir(t);
+  const srv = await echoServer(join(dir, 'app.sock'));
+  t.after(() => srv.close());
+  const sd = await fakeSystemd(t, dir, ['--target', srv.path, '--check-interval', '0']);
+  const COUNT = 300;
+  const clients = await Promise.all(Array.from({ length: COUNT }, () => connect(sd.port)));
+  t.after(() => { for (const c of clients) c.destroy(); });
+  const talks = clients.map(talker);
+  talks.forEach((talk, i) => talk.say(i));
+  await waitFor(() => talks.every((talk) => talk.received().length === talk.sent().length), 10_000, 'every first echo');
+  sd.send('restart');
+  await sd.next((e) => e.event === 'ready' && e.gen === 2, 'READY=1 from the second bridge');
+  await sd.waitLog(1, new RegExp(`handed over ${COUNT} sessions`));
+  talks.forEach((talk, i) => talk.say(i + 1000));
+  await waitFor(() => talks.every((talk) => talk.received().length === talk.sent().length), 10_000, 'every echo after the restart');
+  for (const talk of talks) assert.equal(talk.received().toString(), talk.sent().toString());
+  for (const c of clients) c.destroy();
+});
+
+test('a handover state of a version it does not know is refused cleanly: its connections closed, new clients served', async (t) => {
+  const dir = tempDir(t);
+  const srv = await echoServer(join(dir, 'app.sock'));
+  t.after(() => srv.close());
+  const sd = await fakeSystemd(t, dir, ['--target', srv.path, '--check-interval', '0']);
+  const c = await connect(sd.port);
+  const talk = talker(c);
+  talk.say(1);
+  await waitFor(() => talk.received().length === talk.sent().length, 5000, 'the first echo');
+  sd.send('restart-corrupt');
+  await sd.next((e) => e.event === 'ready' && e.gen === 2, 'READY=1 from the second bridge');
+  await closedWithin(c, 5000);
+  await sd.waitLog(2, /handover state has format/);
+  const refused = sd.log(2).split('\n').filter((l) => /handover state has format sockbridge-handover version 999/.test(l));
+  assert.equal(refused.length, 1, `one line about the refused state:\n${sd.log(2)}`);
+  assert.match(refused[0]!, /closed the 2 connections a previous process handed over/);
+  assert.equal((await roundTrip(sd.port, 'still here')).toString(), 'still here');
+});
