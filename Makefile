@@ -52,8 +52,8 @@ unit: build
 	node --test dist/test/*.test.js
 	SOCKBRIDGE_TEST_RELAY=js node --test $(RELAY_TESTS)
 
-# The relay tests against the native relay built with AddressSanitizer and
-# UBSan (any report aborts the bridge, which fails its test). Node itself is
+# The relay tests and the handover's (which always use the native relay)
+# against the native relay built with AddressSanitizer and UBSan (any report aborts the bridge, which fails its test). Node itself is
 # not instrumented: ASan's runtime is preloaded, and leaks are left to
 # test/soak.test.ts (Node's own allocations would drown them).
 ASAN_RELAY := build/asan/relay.node
@@ -65,7 +65,7 @@ $(ASAN_RELAY): native/relay.c
 test-asan: build $(ASAN_RELAY)
 	LD_PRELOAD=$$(cc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1 \
 		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 SOCKBRIDGE_RELAY_ADDON=$(abspath $(ASAN_RELAY)) \
-		node --test $(RELAY_TESTS)
+		node --test $(RELAY_TESTS) dist/test/handover.test.js
 
 # The unit/functional suite under Node 18, 20, 22, 24 and 26 in turn (official
 # builds from the npm registry, cached in /var/cache/sockbridge/node; addons

@@ -254,31 +254,62 @@ export class Bridge {
    * every plain session empty its buffers (restart-grace at most), put its
    * fds and those of the waiting clients into systemd's fd store with the
    * state, and resolve once systemd holds them: the next process goes on
-   * with them. TLS sessions cannot be carried (their state lives in
-   * OpenSSL): they get restart-grace, then close, as new clients wait behind
-   * this process. Without an fd store (not under systemd, or the TypeScript
-   * relay, which cannot pass fds) this is a stop.
+   * with them. The TypeScript relay's sessions (TLS: their state lives in
+   * OpenSSL) cannot be carried: they get restart-grace, then close, as
+   * systemd starts the next process, and new clients are served, only once
+   * this one has exited. Not under systemd (no fd store), this is a stop.
    */
   handover(): Promise<void> {
     if (this.stopping) return this.stopping;
     const socket = this.notifier.socket;
-    if (!this.native || socket === undefined) {
-      const why = !this.native ? `${this.relayInfo.why}, and only the native relay can hand sessions over` : 'not run by systemd: no fd store';
-      this.logger.notice(`restart requested, but ${why}: draining as on a stop`, { EVENT: 'handover-unavailable' });
+    if (socket === undefined) {
+      this.logger.notice('restart requested, but not run by systemd (no fd store to hand sessions to): draining as on a stop', { EVENT: 'handover-unavailable' });
       return this.stop();
     }
     for (const l of this.listeners) l.close();
-    this.stopping = this.handOver(this.native.relay, socket);
+    this.stopping = this.handOver(socket);
     return this.stopping;
   }
 
-  private async handOver(relay: NativeRelay, socket: string): Promise<void> {
+  private async handOver(socket: string): Promise<void> {
     this.notifier.stopping();
     const grace = this.cfg.restartGrace;
     const deadline = Date.now() + grace;
+    const relay = this.native?.relay;
     // Two fds per session; whatever room is left goes to the waiting clients.
     const capacity = storeCapacity(process.env) - 1;
-    const full = await relay.handover(grace, Math.floor(capacity / 2));
+    const full = relay ? await relay.handover(grace, Math.floor(capacity / 2)) : 0;
+    const { sessions, waiting } = this.carryAll();
+    const refused = waiting.splice(Math.max(0, capacity - 2 * sessions.length));
+    for (const c of refused) closeFd(c.clientFd);
+    const closed = await this.closeUncarried(deadline);
+    let error: string | undefined;
+    if (relay && sessions.length + waiting.length > 0) {
+      const { total, failed, denied } = this.stats;
+      const { bytesIn, bytesOut } = this.snapshot();
+      error = store(relay.fdStore, socket, { sessions, waiting, totals: { total, failed, denied, bytesIn, bytesOut } });
+      // systemd holds its own copies now: closing ours closes no connection (or, if storing failed, all of them).
+      for (const c of [...sessions, ...waiting]) closeFd(c.clientFd);
+      for (const c of sessions) closeFd(c.serverFd);
+    }
+    if (error) {
+      this.logger.error(`restart: the fd store did not take the sessions (${error}): closed ${sessions.length} sessions and ${waiting.length} waiting clients`,
+        { EVENT: 'handover-failed', ERRNO: error });
+    } else {
+      // Only TLS sessions live in the TypeScript relay, unless relay = js (or the addon could not load) put every session there.
+      const what = this.tls || closed === 0 ? 'TLS sessions' : 'sessions of the TypeScript relay';
+      const extra = [full > 0 ? `${full} sessions whose peer took no bytes for restart-grace` : '', refused.length > 0 ? `${refused.length} waiting clients beyond the fd store` : '']
+        .filter(Boolean);
+      this.logger.notice(`handed over ${sessions.length} sessions, ${waiting.length} held clients; closed ${closed} ${what}` +
+        (extra.length ? `, ${extra.join(', ')}` : ''),
+      { EVENT: 'handover', SESSIONS: sessions.length, WAITING: waiting.length, CLOSED_TLS: closed, CLOSED_FULL: full, CLOSED_WAITING: refused.length });
+    }
+    // What the store had no room for is drained, as on a stop.
+    await this.drain();
+  }
+
+  /** After the relay's handover: every native session it gave back, every waiting client, as the next process needs them. */
+  private carryAll(): { sessions: CarriedSession[]; waiting: CarriedClient[] } {
     const sessions: CarriedSession[] = [];
     const waiting: CarriedClient[] = [];
     for (const s of [...this.sessions]) {
@@ -299,36 +330,16 @@ export class Bridge {
         clientEnded: false, retriesLeft: this.cfg.retries,
       });
     }
-    const room = Math.max(0, capacity - 2 * sessions.length);
-    const refused = waiting.splice(room);
-    for (const c of refused) relay.closeFd(c.clientFd);
-    // The TypeScript relay's sessions (TLS) go on for what is left of the grace.
-    const tls = [...this.sessions].filter((s) => !(s instanceof NativeSession));
-    await this.waitFor(() => tls.every((s) => !this.sessions.has(s)), deadline - Date.now());
-    let closedTls = 0;
-    for (const s of tls) {
-      if (!this.sessions.has(s)) continue;
-      closedTls++;
-      s.abort('shutdown');
-    }
-    const { total, failed, denied } = this.stats;
-    const { bytesIn, bytesOut } = this.snapshot();
-    const error = store(relay.fdStore, socket, { sessions, waiting, totals: { total, failed, denied, bytesIn, bytesOut } });
-    // systemd holds its own copies now: closing ours closes no connection (or, if storing failed, all of them).
-    for (const c of [...sessions, ...waiting]) relay.closeFd(c.clientFd);
-    for (const c of sessions) relay.closeFd(c.serverFd);
-    if (error) {
-      this.logger.error(`restart: the fd store did not take the sessions (${error}): closed ${sessions.length} sessions and ${waiting.length} waiting clients`,
-        { EVENT: 'handover-failed', ERRNO: error });
-    } else {
-      const extra = [full > 0 ? `${full} sessions whose peer took no bytes for restart-grace` : '', refused.length > 0 ? `${refused.length} waiting clients beyond the fd store` : '']
-        .filter(Boolean);
-      this.logger.notice(`handed over ${sessions.length} sessions, ${waiting.length} held clients; closed ${closedTls} TLS sessions` +
-        (extra.length ? `, ${extra.join(', ')}` : ''),
-      { EVENT: 'handover', SESSIONS: sessions.length, WAITING: waiting.length, CLOSED_TLS: closedTls, CLOSED_FULL: full, CLOSED_WAITING: refused.length });
-    }
-    // What the store had no room for is drained, as on a stop.
-    await this.drain();
+    return { sessions, waiting };
+  }
+
+  /** The TypeScript relay's sessions go on until the deadline, then close; returns how many were closed. */
+  private async closeUncarried(deadline: number): Promise<number> {
+    const uncarried = [...this.sessions].filter((s) => !(s instanceof NativeSession));
+    await this.waitFor(() => uncarried.every((s) => !this.sessions.has(s)), deadline - Date.now());
+    const open = uncarried.filter((s) => this.sessions.has(s));
+    for (const s of open) s.abort('shutdown');
+    return open.length;
   }
 
   /** A client the native relay accepted: the same policy, on an fd. */

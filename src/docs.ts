@@ -79,6 +79,7 @@ export function renderMan(version: string): string {
     '.SH SIGNALS',
     '.TP\n.B SIGHUP\nReload the config file; open sessions are kept, new ones use the new settings.',
     '.TP\n.B SIGTERM, SIGINT\nStop accepting, let sessions finish for up to \\fB\\-\\-drain\\-timeout\\fR, exit 0.',
+    '.TP\n.B SIGUSR2\nRestart without a gap (the units send it on \\fBsystemctl restart\\fR and package upgrades, as RestartKillSignal=): stop accepting, let each plain session empty its buffers for up to \\fB\\-\\-restart\\-grace\\fR, hand its connections and every waiting client to systemd\'s file descriptor store, exit 0; the next process takes them over and relays on. TLS sessions cannot be carried: they are closed after \\fB\\-\\-restart\\-grace\\fR. Outside systemd (no fd store) this is a stop, as SIGTERM.',
     '.SH EXIT STATUS',
     '0 on success, 64 for a bad command line, 78 for a bad configuration, 69 when status cannot reach the service, 70 for an internal error.',
     '.SH FILES',

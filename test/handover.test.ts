@@ -6,12 +6,13 @@
 // in the booted containers of test/e2e/run.sh.
 
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import type net from 'node:net';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
-import { BIN, closedWithin, connect, echoServer, ROOT, roundTrip, tempDir, waitFor } from './helpers';
+import tls from 'node:tls';
+import { BIN, bridgeToEcho, closedWithin, connect, echoServer, ROOT, roundTrip, tempDir, waitFor } from './helpers';
 
 interface SdEvent {
   event: 'listening' | 'ready' | 'exited' | 'removed' | 'status';
@@ -190,4 +191,35 @@ test('a handover state of a version it does not know is refused cleanly: its con
   assert.equal(refused.length, 1, `one line about the refused state:\n${sd.log(2)}`);
   assert.match(refused[0]!, /closed the 2 connections a previous process handed over/);
   assert.equal((await roundTrip(sd.port, 'still here')).toString(), 'still here');
+});
+
+test('TLS sessions cannot be carried: on a restart they get restart-grace, then close, and the next process starts at once', async (t) => {
+  const dir = tempDir(t);
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'server.key', '-out', 'server.crt',
+    '-days', '2', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'], { cwd: dir, stdio: 'ignore' });
+  const srv = await echoServer(join(dir, 'app.sock'));
+  t.after(() => srv.close());
+  const sd = await fakeSystemd(t, dir, ['--target', srv.path, '--check-interval', '0', '--tls-cert', join(dir, 'server.crt'),
+    '--tls-key', join(dir, 'server.key'), '--restart-grace', '500ms', '--drain-timeout', '30s']);
+  const c = tls.connect({ host: '127.0.0.1', port: sd.port, ca: readFileSync(join(dir, 'server.crt')) });
+  t.after(() => c.destroy());
+  const echoed = new Promise<string>((resolve) => c.once('data', (d: Buffer) => resolve(d.toString())));
+  c.write('secure');
+  assert.equal(await echoed, 'secure');
+  const t0 = Date.now();
+  sd.send('restart');
+  await closedWithin(c, 5000);
+  await sd.next((e) => e.event === 'ready' && e.gen === 2, 'READY=1 from the second bridge');
+  const took = Date.now() - t0;
+  // restart-grace (500 ms) and the start of the next process, not drain-timeout (30 s).
+  assert.ok(took < 5000, `the restart took ${took} ms`);
+  await sd.waitLog(1, /handed over 0 sessions, 0 held clients; closed 1 TLS sessions/);
+});
+
+test('SIGUSR2 outside systemd (no fd store): a stop, draining', async (t) => {
+  const { bridge } = await bridgeToEcho(t, ['--listen', '127.0.0.1:0']);
+  assert.equal((await roundTrip(bridge.port, 'before')).toString(), 'before');
+  bridge.child.kill('SIGUSR2');
+  await bridge.waitForLog(/restart requested, but not run by systemd \(no fd store to hand sessions to\): draining as on a stop/);
+  assert.equal(await bridge.exited, 0);
 });
