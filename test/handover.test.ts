@@ -29,7 +29,7 @@ interface SdEvent {
 interface FakeSystemd {
   port: number;
   events: SdEvent[];
-  send(command: 'restart' | 'restart-corrupt' | 'stop'): void;
+  send(command: 'restart' | 'restart-corrupt' | 'handover' | 'start' | 'stop'): void;
   next(pred: (e: SdEvent) => boolean, what: string, timeoutMs?: number): Promise<SdEvent>;
   log(gen: number): string;
   /** Wait for a line in a generation's log (sockbridge writes its stderr lines once per event-loop turn). */
@@ -37,11 +37,11 @@ interface FakeSystemd {
 }
 
 /** fake-systemd.py running sockbridge with `args`; it and every bridge it started are stopped by PID when the test ends. */
-async function fakeSystemd(t: TestContext, dir: string, args: string[]): Promise<FakeSystemd> {
+async function fakeSystemd(t: TestContext, dir: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<FakeSystemd> {
   const script = join(ROOT, 'test', 'programs', 'fake-systemd.py');
   // The handover needs the native relay (its fd passing): forced, so that one that cannot load fails here.
   const child = spawn('python3', [script, dir, process.execPath, BIN, '--log-target', 'stderr', '--relay', 'native', ...args],
-    { stdio: ['pipe', 'pipe', 'inherit'] });
+    { stdio: ['pipe', 'pipe', 'inherit'], env: { ...process.env, ...env } });
   const events: SdEvent[] = [];
   let buf = '';
   child.stdout!.setEncoding('utf8');
@@ -222,4 +222,79 @@ test('SIGUSR2 outside systemd (no fd store): a stop, draining', async (t) => {
   bridge.child.kill('SIGUSR2');
   await bridge.waitForLog(/restart requested, but not run by systemd \(no fd store to hand sessions to\): draining as on a stop/);
   assert.equal(await bridge.exited, 0);
+});
+
+test('a connection whose peer went away while no process ran is dropped by the next process, and logged once', async (t) => {
+  const dir = tempDir(t);
+  const srv = await echoServer(join(dir, 'app.sock'));
+  t.after(() => srv.close());
+  const sd = await fakeSystemd(t, dir, ['--target', srv.path, '--check-interval', '0']);
+  const [stays, leaves] = await Promise.all([connect(sd.port), connect(sd.port)]);
+  const talks = [talker(stays!), talker(leaves!)];
+  talks.forEach((talk, i) => talk.say(i));
+  await waitFor(() => talks.every((talk) => talk.received().length === talk.sent().length), 5000, 'the first echoes');
+  sd.send('handover');
+  await sd.next((e) => e.event === 'exited' && e.gen === 1, 'the first bridge to hand over and exit');
+  leaves!.resetAndDestroy(); // while no process runs: systemd drops that stored fd (POLLHUP)
+  await waitFor(() => leaves!.destroyed, 5000, 'the reset');
+  sd.send('start');
+  await sd.next((e) => e.event === 'ready' && e.gen === 2, 'READY=1 from the second bridge');
+  await sd.waitLog(2, /took over 1 sessions and 0 waiting clients from the previous process; 1 stored connections had closed meanwhile/);
+  talks[0]!.say(10);
+  await waitFor(() => talks[0]!.received().length === talks[0]!.sent().length, 5000, 'the other session, relayed on');
+  assert.equal(talks[0]!.received().toString(), talks[0]!.sent().toString());
+  stays!.destroy();
+});
+
+test('clients queued over max-conn are carried in order, and start as sessions end in the next process', async (t) => {
+  const dir = tempDir(t);
+  const srv = await echoServer(join(dir, 'app.sock'));
+  t.after(() => srv.close());
+  const sd = await fakeSystemd(t, dir, ['--target', srv.path, '--check-interval', '0', '--max-conn', '1']);
+  const first = await connect(sd.port);
+  const firstTalk = talker(first);
+  firstTalk.say(1);
+  await waitFor(() => firstTalk.received().length === firstTalk.sent().length, 5000, 'the first session');
+  const second = await connect(sd.port);
+  const secondTalk = talker(second);
+  secondTalk.say(2); // unread: it waits in the queue
+  await sd.next((e) => e.event === 'status' && e.gen === 1 && /1 active, 1 waiting/.test(e.text!), 'STATUS= to count the queued client');
+  sd.send('restart');
+  await sd.next((e) => e.event === 'ready' && e.gen === 2, 'READY=1 from the second bridge');
+  await sd.waitLog(1, /handed over 1 sessions, 1 held clients/);
+  await sd.waitLog(2, /took over 1 sessions and 1 waiting clients/);
+  firstTalk.say(3);
+  await waitFor(() => firstTalk.received().length === firstTalk.sent().length, 5000, 'the first session, relayed on');
+  assert.equal(secondTalk.received().length, 0, 'still queued: max-conn 1');
+  first.end();
+  await closedWithin(first, 5000);
+  await waitFor(() => secondTalk.received().length === secondTalk.sent().length, 5000, 'the queued client, started once the first ended');
+  assert.equal(secondTalk.received().toString(), secondTalk.sent().toString());
+  second.destroy();
+});
+
+test('an fd store too small for max-conn: a warning at start, and on a restart what does not fit is drained', async (t) => {
+  const dir = tempDir(t);
+  const srv = await echoServer(join(dir, 'app.sock'));
+  t.after(() => srv.close());
+  // $FDSTORE (systemd ≥ 254) says the store holds 3 fds: the state and one session.
+  const sd = await fakeSystemd(t, dir, ['--target', srv.path, '--check-interval', '0', '--max-conn', '2', '--backlog', '1'], { FDSTORE: '3' });
+  await sd.waitLog(1, /max-conn 2 and backlog 1 need 6 fds in systemd's fd store for a restart without a gap, but it holds 3: raise FileDescriptorStoreMax=/);
+  const clients = await Promise.all([connect(sd.port), connect(sd.port)]);
+  const talks = clients.map(talker);
+  talks.forEach((talk, i) => talk.say(i));
+  await waitFor(() => talks.every((talk) => talk.received().length === talk.sent().length), 5000, 'the first echoes');
+  sd.send('restart');
+  await sd.waitLog(1, /handed over 1 sessions, 0 held clients/);
+  // The drained one is still relayed by the first bridge; the carried one waits for the second.
+  talks.forEach((talk, i) => talk.say(i + 10));
+  await waitFor(() => talks.some((talk) => talk.received().length === talk.sent().length), 5000, 'the session that did not fit, relayed on by the first bridge');
+  const drained = talks.findIndex((talk) => talk.received().length === talk.sent().length);
+  clients[drained]!.end();
+  await closedWithin(clients[drained]!, 5000);
+  await sd.next((e) => e.event === 'ready' && e.gen === 2, 'READY=1 from the second bridge, once the drained session ended');
+  const carried = talks[1 - drained]!;
+  await waitFor(() => carried.received().length === carried.sent().length, 5000, 'the carried session, relayed on by the second bridge');
+  assert.equal(carried.received().toString(), carried.sent().toString());
+  for (const c of clients) c.destroy();
 });

@@ -18,6 +18,10 @@ Commands on stdin, one per line:
                       the exit, start the next generation with the listener
                       and every stored fd, in an order of its own (as systemd)
     restart-corrupt   the same, but the stored state claims a future version
+    handover          only the first half of a restart: SIGUSR2, wait for the exit
+    start             the second half: the next generation (stored fds whose
+                      connection is gone, POLLHUP or POLLERR, are dropped
+                      first, as systemd drops them whenever they happen)
     stop              SIGTERM, wait, exit (so does the end of stdin)
 """
 
@@ -54,8 +58,20 @@ class Service:
         self.gen = 0
         self.pid = None
 
+    def drop_hung_up(self):
+        kept = []
+        for fd, name in self.store:
+            p = select.poll()
+            p.register(fd, 0)  # POLLHUP and POLLERR are reported whatever is asked
+            if p.poll(0):
+                os.close(fd)
+            else:
+                kept.append((fd, name))
+        self.store = kept
+
     def start(self, corrupt=False):
         self.gen += 1
+        self.drop_hung_up()
         stored = list(self.store)
         random.shuffle(stored)  # systemd's order is its own: the service matches by name
         if corrupt:
@@ -64,11 +80,11 @@ class Service:
         log = os.open(os.path.join(self.directory, f"gen-{self.gen}.log"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         pid = os.fork()
         if pid == 0:
+            os.dup2(log, 2)
             # Out of the way first, so that moving one into place never overwrites another.
             high = [os.dup(fd) for fd, _ in fds]
             for i, fd in enumerate(high):
                 os.dup2(fd, 3 + i)
-            os.dup2(log, 2)
             env = dict(os.environ)
             env.update(LISTEN_FDS=str(len(fds)), LISTEN_PID=str(os.getpid()),
                        LISTEN_FDNAMES=":".join(name for _, name in fds), NOTIFY_SOCKET=self.notify_path)
@@ -156,6 +172,10 @@ def main():
                 if line in ("restart", "restart-corrupt"):
                     service.stop_child(signal.SIGUSR2)
                     service.start(corrupt=line == "restart-corrupt")
+                elif line == "handover":
+                    service.stop_child(signal.SIGUSR2)
+                elif line == "start":
+                    service.start()
                 elif line == "stop" or line == "":
                     break
             if service.pid is not None and service.exited():
