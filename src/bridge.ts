@@ -17,7 +17,9 @@ import { AccessList } from './access';
 import { addressLabel, plainAddress } from './address';
 import { Backend, Reporter } from './backend';
 import { HandoverError, InstallError } from './errors';
-import { Adopted, CarriedClient, CarriedSession, decodeState, FD_NAME, readState, splitPassed, STATE_NAME, store, storeCapacity, storeNeeded } from './handover';
+import {
+  Adopted, CarriedClient, CarriedSession, decodeState, FD_NAME, readState, splitPassed, STATE_NAME, store, storeCapacity, storeNeeded, StoreOutcome, unbundleAll,
+} from './handover';
 import type { BackendState } from './health';
 import { checkDescriptorBudget, Listener, ListenerInfo, listenSpecs, openListeners, PassedSocket } from './listeners';
 import type { Logger } from './log';
@@ -197,55 +199,70 @@ export class Bridge {
    * continued. A state this version cannot read closes those connections
    * cleanly, and says so once; the service itself goes on.
    */
-  private adopt(fds: number[], stateFd: number | undefined): void {
-    if (fds.length === 0 && stateFd === undefined) return;
+  private adopt(bundles: number[], stateFd: number | undefined): void {
+    if (bundles.length === 0 && stateFd === undefined) return;
     // systemd keeps what it stored until told: each connection would stay open after its session ended.
     this.notifier.forgetStored([FD_NAME, STATE_NAME]);
-    const closeAll = (why: string, fields: Record<string, string | number>): void => {
+    const refuse = (why: string, code: string, fds: number[]): void => {
       for (const fd of fds) closeFd(fd);
-      this.logger.error(`${why}: closed the ${fds.length} connections a previous process handed over`, { EVENT: 'handover-refused', ...fields });
+      if (stateFd !== undefined) closeFd(stateFd);
+      this.logger.error(`${why}: closed the ${fds.length} connections a previous process handed over`, { EVENT: 'handover-refused', CODE: code });
     };
-    if (stateFd === undefined) return closeAll('the fd store holds connections but no state for them', { CODE: 'EHANDOVER_STATE' });
-    if (!this.native) return closeAll(`${this.relayInfo.why}, and only the native relay takes sessions over`, { CODE: 'EHANDOVER_RELAY' });
+    // Closing a bundle unread closes what it carries.
+    if (!this.native) return refuse(`${this.relayInfo.why}, and only the native relay takes sessions over`, 'EHANDOVER_RELAY', bundles);
+    const calls = this.native.relay.fdStore;
+    const fds = unbundleAll(calls, bundles);
+    if (stateFd === undefined) return refuse('the fd store holds connections but no state for them', 'EHANDOVER_STATE', fds);
     let adopted: Adopted;
     try {
       adopted = decodeState(readState(stateFd), fds);
     } catch (err) {
       if (!(err instanceof HandoverError)) throw err;
-      return closeAll(err.message, { CODE: err.code });
-    } finally {
-      closeFd(stateFd);
+      return refuse(err.message, err.code, fds);
     }
-    const { handover: { sessions, waiting, totals }, lost } = adopted;
+    closeFd(stateFd);
+    const { handover: { sessions, waiting, totals } } = adopted;
+    let gone = adopted.lost;
     Object.assign(this.stats, { total: totals.total, failed: totals.failed, denied: totals.denied });
     this.carriedBytes = { bytesIn: totals.bytesIn, bytesOut: totals.bytesOut };
-    let failed = 0;
+    let resumed = 0;
     for (const carried of sessions) {
       const session = new NativeSession({ fd: carried.clientFd, addr: carried.addr, port: carried.port }, this.native.ctx, carried);
-      if (session.resume(carried)) {
-        failed++;
+      // A connection reset (or shut down both ways) while no process ran is dropped, as systemd drops such stored fds.
+      if (calls.peerGone(carried.clientFd) || session.resume(carried)) {
+        gone++;
         closeFd(carried.clientFd);
         closeFd(carried.serverFd);
         continue;
       }
+      resumed++;
       this.sessions.add(session);
     }
-    for (const carried of waiting) this.admit({ fd: carried.clientFd, addr: carried.addr, port: carried.port, carried });
+    let admitted = 0;
+    for (const carried of waiting) {
+      if (calls.peerGone(carried.clientFd)) {
+        gone++;
+        closeFd(carried.clientFd);
+        continue;
+      }
+      admitted++;
+      this.admit({ fd: carried.clientFd, addr: carried.addr, port: carried.port, carried });
+    }
     if (this.sessions.size > 0 || this.queued.length > 0) this.hooks.onBusyChange(true);
-    const gone = lost + failed;
-    this.logger.notice(`took over ${sessions.length - failed} sessions and ${waiting.length} waiting clients from the previous process` +
+    this.logger.notice(`took over ${resumed} sessions and ${admitted} waiting clients from the previous process` +
       (gone > 0 ? `; ${gone} stored connections had closed meanwhile (their peer went away) and were dropped` : ''),
-    { EVENT: 'handover-adopted', SESSIONS: sessions.length - failed, WAITING: waiting.length, DROPPED: gone });
+    { EVENT: 'handover-adopted', SESSIONS: resumed, WAITING: admitted, DROPPED: gone });
   }
 
-  /** systemd ≥ 254 says how many fds the store holds; a service that could not hand everything over says so at start and reload. */
+  /** A service that could not carry everything across a restart says so at start and reload (handover.ts: storeCapacity). */
   private checkStoreBudget(cfg: Config): void {
     if (!this.notifier.active || !this.native) return;
     const needed = storeNeeded(cfg.maxConn, cfg.backlog);
     const capacity = storeCapacity(process.env);
     if (needed <= capacity) return;
-    this.logger.warning(`max-conn ${cfg.maxConn} and backlog ${cfg.backlog} need ${needed} fds in systemd's fd store for a restart without a gap, ` +
-      `but it holds ${capacity}: raise FileDescriptorStoreMax= (systemctl edit bridge.service); on a restart, sessions beyond it are drained`,
+    this.logger.warning(`max-conn ${cfg.maxConn} and backlog ${cfg.backlog} may need ${needed} connections carried across a restart, ` +
+      `but systemd's fd store carries ${capacity} (8096 per entry of FileDescriptorStoreMax= but one): raise FileDescriptorStoreMax= ` +
+      '(systemctl edit bridge.service); on a restart, sessions beyond it are drained',
     { EVENT: 'fdstore-too-small', NEEDED: needed, CAPACITY: capacity });
   }
 
@@ -277,32 +294,37 @@ export class Bridge {
     const deadline = Date.now() + grace;
     const relay = this.native?.relay;
     // Two fds per session; whatever room is left goes to the waiting clients.
-    const capacity = storeCapacity(process.env) - 1;
+    const capacity = storeCapacity(process.env);
     const full = relay ? await relay.handover(grace, Math.floor(capacity / 2)) : 0;
     const { sessions, waiting } = this.carryAll();
     const refused = waiting.splice(Math.max(0, capacity - 2 * sessions.length));
     for (const c of refused) closeFd(c.clientFd);
     const closed = await this.closeUncarried(deadline);
-    let error: string | undefined;
+    let outcome: StoreOutcome = { stored: true, confirmed: true };
     if (relay && sessions.length + waiting.length > 0) {
       const { total, failed, denied } = this.stats;
       const { bytesIn, bytesOut } = this.snapshot();
-      error = store(relay.fdStore, socket, { sessions, waiting, totals: { total, failed, denied, bytesIn, bytesOut } });
-      // systemd holds its own copies now: closing ours closes no connection (or, if storing failed, all of them).
+      outcome = store(relay.fdStore, socket, { sessions, waiting, totals: { total, failed, denied, bytesIn, bytesOut } });
+      // systemd holds its own copies now: closing ours closes no connection (unless nothing reached it).
       for (const c of [...sessions, ...waiting]) closeFd(c.clientFd);
       for (const c of sessions) closeFd(c.serverFd);
     }
-    if (error) {
-      this.logger.error(`restart: the fd store did not take the sessions (${error}): closed ${sessions.length} sessions and ${waiting.length} waiting clients`,
-        { EVENT: 'handover-failed', ERRNO: error });
-    } else {
+    const counts = { SESSIONS: sessions.length, WAITING: waiting.length };
+    if (!outcome.stored) {
+      this.logger.error(`restart: the sessions could not be put into the fd store (${outcome.error}): closed ${sessions.length} sessions and ${waiting.length} waiting clients`,
+        { EVENT: 'handover-failed', ERRNO: outcome.error, ...counts });
+    } else if (!outcome.confirmed) {
+      this.logger.warning(`restart: systemd did not confirm it holds the ${sessions.length} sessions and ${waiting.length} waiting clients (${outcome.error}); ` +
+        'the next process takes over what reached the store', { EVENT: 'handover-unconfirmed', ERRNO: outcome.error, ...counts });
+    }
+    if (outcome.stored) {
       // Only TLS sessions live in the TypeScript relay, unless relay = js (or the addon could not load) put every session there.
       const what = this.tls || closed === 0 ? 'TLS sessions' : 'sessions of the TypeScript relay';
       const extra = [full > 0 ? `${full} sessions whose peer took no bytes for restart-grace` : '', refused.length > 0 ? `${refused.length} waiting clients beyond the fd store` : '']
         .filter(Boolean);
       this.logger.notice(`handed over ${sessions.length} sessions, ${waiting.length} held clients; closed ${closed} ${what}` +
         (extra.length ? `, ${extra.join(', ')}` : ''),
-      { EVENT: 'handover', SESSIONS: sessions.length, WAITING: waiting.length, CLOSED_TLS: closed, CLOSED_FULL: full, CLOSED_WAITING: refused.length });
+      { EVENT: 'handover', ...counts, CLOSED_TLS: closed, CLOSED_FULL: full, CLOSED_WAITING: refused.length });
     }
     // What the store had no room for is drained, as on a stop.
     await this.drain();

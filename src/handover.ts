@@ -6,27 +6,29 @@
 // (sd_pid_notify_with_fds) and taking them back. Deciding what to carry is
 // bridge.ts's; stopping and restarting the byte moving, native-relay.ts's.
 //
-// Every carried fd has the same short name (FD_NAME): LISTEN_FDNAMES is one
-// environment string, and execve(2) refuses one longer than 128 KiB (max-conn
-// 4096 carries ~8,200 fds). The state names each fd by its inode number
-// instead, which fstat(2) gives in both processes: systemd passes the fds
-// back in an order of its own.
+// The connections do not go into the store one by one: systemd compares
+// every fd it is given with every fd it holds, and 4,001 of them kept PID 1
+// busy for 5 to 9 s (and the next process waiting). They travel in bundles
+// instead (native/relay.c's bundle(): up to 8,096 fds in flight inside a
+// socket pair), and the store holds a few bundles and the state. The state
+// names each connection by its inode number, which fstat(2) gives in both
+// processes, so nothing depends on the order fds come back in.
 
 import { closeSync, fstatSync, readSync } from 'node:fs';
 import { getSystemErrorName } from 'node:util';
 import { HandoverError } from './errors';
 import type { PassedSocket } from './listeners';
 
-/** The name of every carried connection in the store, and of the state. */
+/** The name of every bundle in the store, and of the state (LISTEN_FDNAMES is one string: short names). */
 export const FD_NAME = 'sb';
 export const STATE_NAME = 'sb-state';
 const FORMAT = 'sockbridge-handover';
 /** Bump when a field changes meaning; a process refuses a version it does not know. */
 export const STATE_VERSION = 1;
 /** FileDescriptorStoreMax= in the shipped units; systemd ≥ 254 passes the real one as $FDSTORE. */
-export const SHIPPED_STORE_MAX = 16384;
-/** SCM_MAX_FD: the most fds one message may carry. */
-const FDS_PER_MESSAGE = 253;
+export const SHIPPED_STORE_MAX = 16;
+/** The most fds in one bundle (native/relay.c: FDS_PER_MESSAGE × BUNDLE_MESSAGES). */
+const BUNDLE_FDS = 253 * 32;
 const BARRIER_TIMEOUT_MS = 5000;
 
 /** A client carried across a restart that was still waiting (held for the target, or queued over max-conn). */
@@ -67,15 +69,20 @@ export interface Handover {
   totals: CarriedTotals;
 }
 
-/** How many fds the store holds: $FDSTORE where systemd says it (≥ 254), else what the shipped unit sets. */
+/**
+ * How many connections' fds the store can carry: one entry is the state, each
+ * other one a bundle. The store's size is $FDSTORE where systemd says it
+ * (≥ 254), else what the shipped unit sets.
+ */
 export function storeCapacity(env: NodeJS.ProcessEnv): number {
   const n = Number(env['FDSTORE']);
-  return Number.isInteger(n) && n > 0 ? n : SHIPPED_STORE_MAX;
+  const entries = Number.isInteger(n) && n >= 0 && env['FDSTORE'] !== '' ? n : SHIPPED_STORE_MAX;
+  return Math.max(0, entries - 1) * BUNDLE_FDS;
 }
 
-/** The fds a full service would store: two per session, one per queued client, the state. */
+/** The fds a full service would carry: two per session, one per queued client. */
 export function storeNeeded(maxConn: number, backlog: number): number {
-  return 2 * maxConn + backlog + 1;
+  return 2 * maxConn + backlog;
 }
 
 // ---- the state, as it travels --------------------------------------------------
@@ -166,31 +173,50 @@ export interface FdStoreCalls {
   notifyWithFds(socket: string, text: string, fds: number[]): number;
   barrier(socket: string, timeoutMs: number): number;
   memfd(name: string, bytes: Buffer): number;
+  bundle(fds: number[]): number;
+  unbundle(fd: number): number[];
+  peerGone(fd: number): boolean;
   closeFd(fd: number): void;
 }
 
+/** What store() did: nothing reached systemd (the connections are still only ours), or it did, confirmed or not. */
+export type StoreOutcome = { stored: true; confirmed: true } | { stored: true; confirmed: false; error: string } | { stored: false; error: string };
+
 /**
- * Put every carried fd and the state into systemd's store, then wait for the
- * barrier: once it returns, systemd holds them all, and this process may exit.
- * Returns the errno name of what failed, or undefined.
+ * Put every carried fd, in bundles, and the state into systemd's store, then
+ * wait for the barrier: once it returns, systemd holds them all, and this
+ * process may exit.
  */
-export function store(calls: FdStoreCalls, notifySocket: string, h: Handover): string | undefined {
+export function store(calls: FdStoreCalls, notifySocket: string, h: Handover): StoreOutcome {
   const fds = [...h.sessions.flatMap((s) => [s.clientFd, s.serverFd]), ...h.waiting.map((c) => c.clientFd)];
-  const state = calls.memfd(STATE_NAME, encodeState(h));
-  if (state < 0) return errnoName(state);
+  const entries: number[] = [];
   try {
-    for (let i = 0; i < fds.length; i += FDS_PER_MESSAGE) {
-      const rc = calls.notifyWithFds(notifySocket, `FDSTORE=1\nFDNAME=${FD_NAME}`, fds.slice(i, i + FDS_PER_MESSAGE));
-      if (rc < 0) return errnoName(rc);
+    for (let i = 0; i < fds.length; i += BUNDLE_FDS) {
+      const bundle = calls.bundle(fds.slice(i, i + BUNDLE_FDS));
+      if (bundle < 0) return { stored: false, error: errnoName(bundle) };
+      entries.push(bundle);
     }
-    // A memfd cannot be polled: FDPOLL=0 (systemd ≥ 246), or systemd would refuse it.
+    const state = calls.memfd(STATE_NAME, encodeState(h));
+    if (state < 0) return { stored: false, error: errnoName(state) };
+    entries.push(state);
+    // FDPOLL=0 (systemd ≥ 246): a bundle's sending end is closed, which systemd's poll would take for a hang-up.
+    const bundles = entries.slice(0, -1);
+    if (bundles.length > 0) {
+      const rc = calls.notifyWithFds(notifySocket, `FDSTORE=1\nFDNAME=${FD_NAME}\nFDPOLL=0`, bundles);
+      if (rc < 0) return { stored: false, error: errnoName(rc) };
+    }
     const rc = calls.notifyWithFds(notifySocket, `FDSTORE=1\nFDNAME=${STATE_NAME}\nFDPOLL=0`, [state]);
-    if (rc < 0) return errnoName(rc);
+    if (rc < 0) return { stored: true, confirmed: false, error: errnoName(rc) };
     const barrier = calls.barrier(notifySocket, BARRIER_TIMEOUT_MS);
-    return barrier < 0 ? errnoName(barrier) : undefined;
+    return barrier < 0 ? { stored: true, confirmed: false, error: errnoName(barrier) } : { stored: true, confirmed: true };
   } finally {
-    calls.closeFd(state);
+    for (const fd of entries) calls.closeFd(fd);
   }
+}
+
+/** The connections in the bundles a previous process stored, in the order it put them in. */
+export function unbundleAll(calls: Pick<FdStoreCalls, 'unbundle'>, bundles: number[]): number[] {
+  return bundles.flatMap((b) => calls.unbundle(b).filter((fd) => fd >= 0));
 }
 
 /** The passed fds split: the listeners, and what a previous process stored (its connections and state). */

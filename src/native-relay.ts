@@ -35,6 +35,9 @@ export interface RelayAddon {
   notifyWithFds(socket: string, text: string, fds: number[]): number;
   barrier(socket: string, timeoutMs: number): number;
   memfd(name: string, bytes: Buffer): number;
+  bundle(fds: number[]): number;
+  unbundle(fd: number): number[];
+  peerGone(fd: number): boolean;
 }
 
 /** Event kinds and close reasons, numbered as in native/relay.c. */

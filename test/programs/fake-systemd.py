@@ -6,7 +6,7 @@
 Listens on 127.0.0.1 (a free port) as a .socket unit would, runs COMMAND as
 the service with that socket (LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID) and a
 notify socket (NOTIFY_SOCKET), and keeps an fd store: FDSTORE=1 with FDNAME=,
-FDSTOREREMOVE=1, BARRIER=1 as sd_notify(3) describes them. Each generation's
+FDPOLL=0, FDSTOREREMOVE=1, BARRIER=1 as sd_notify(3) describes them. Each generation's
 stderr goes to DIR/gen-N.log. Prints one JSON object per line on stdout:
 {"event": "listening", "port": P}, {"event": "ready", "gen": N, "pid": PID},
 {"event": "exited", "gen": N, "code": C, "stored": {NAME: COUNT}},
@@ -55,12 +55,16 @@ class Service:
         self.notify.bind(self.notify_path)
         self.notify.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         self.store = []  # [(fd, name)]
+        self.unpolled = set()  # fds stored with FDPOLL=0
         self.gen = 0
         self.pid = None
 
     def drop_hung_up(self):
         kept = []
         for fd, name in self.store:
+            if fd in self.unpolled:
+                kept.append((fd, name))
+                continue
             p = select.poll()
             p.register(fd, 0)  # POLLHUP and POLLERR are reported whatever is asked
             if p.poll(0):
@@ -115,11 +119,14 @@ class Service:
                 os.close(fd)  # processed every earlier message: closing it tells the service
         elif fields.get("FDSTORE") == "1":
             self.store.extend((fd, fields.get("FDNAME", "stored")) for fd in fds)
+            if fields.get("FDPOLL") == "0":
+                self.unpolled.update(fds)
         elif fields.get("FDSTOREREMOVE") == "1":
             name = fields.get("FDNAME")
             gone = [fd for fd, n in self.store if n == name]
             for fd in gone:
                 os.close(fd)
+                self.unpolled.discard(fd)
             self.store = [(fd, n) for fd, n in self.store if n != name]
             emit(event="removed", name=name, count=len(gone))
         else:
