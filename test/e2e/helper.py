@@ -17,6 +17,32 @@
   hold HOST PORT NAME DIR      one session kept open: a round trip, then
                                DIR/ready; waits for DIR/go, then a second
                                round trip on the same connection.
+  talk HOST PORT NAME DIR      one session that sends a numbered line every
+                               100 ms and checks each echo byte for byte,
+                               until DIR/stop; then half-closes and checks
+                               that no byte more comes back. DIR/progress:
+                               lines so far; prints and writes DIR/result:
+                               "lines=N bytes=N worst_echo_ms=N error=..."
+  arrivals HOST PORT NAME DIR  a new client every 50 ms (a thread each: the
+                               greeting, one round trip) until DIR/stop;
+                               DIR/progress: clients done; prints and writes
+                               DIR/result: "clients=N ok=N failed=N
+                               unfinished=N worst_first_byte_ms=N errors=..."
+  many HOST PORT NAME N DIR    N sessions open at once (RLIMIT_NOFILE raised
+                               to its hard limit): the greeting and a round
+                               trip on each, DIR/ready, waits for DIR/go,
+                               then a second round trip on every one.
+  request HOST PORT NAME       one session that sends its request before the
+                               greeting arrives (a held client's), then reads
+                               the greeting and the echo.
+  tls-idle HOST PORT NAME CA CERT KEY DIR
+                               a TLS session: a round trip, DIR/ready, then
+                               idle until the bridge closes it; writes the
+                               wall-clock time of the close to DIR/closed.
+  journal-event EVENT PID COND...
+                               checks the journal (JSON on stdin) holds an
+                               EVENT= entry of process PID with every COND,
+                               NAME=VALUE or NAME>=NUMBER.
   journal-session-end PAYLOAD  checks the journal (JSON on stdin) holds a
                                session-end entry with every field, for a
                                session that sent PAYLOAD bytes.
@@ -28,6 +54,8 @@ Every wait here is bounded: sockets have timeouts, polls have deadlines.
 import grp
 import json
 import os
+import re
+import resource
 import signal
 import socket
 import sys
@@ -44,6 +72,7 @@ def backend(path, group, name, chmod_delay_ms=None):
     mode (bound under a temporary name, then renamed into place). Set: bound
     at PATH directly and given its group and mode only that much later, as
     programs that bind, then chmod/chown do (socat's mode=, group=)."""
+    raise_nofile()  # 2,000 sessions at once ("many") need more than 1024 fds
     os.makedirs(os.path.dirname(path), exist_ok=True)
     try:
         os.unlink(path)
@@ -106,6 +135,12 @@ def backend(path, group, name, chmod_delay_ms=None):
     for t in sessions:
         t.join(max(0.0, deadline - time.monotonic()))
     print(f"backend {name} stopped", flush=True)
+
+
+def raise_nofile():
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
 
 
 # --- clients ----------------------------------------------------------------
@@ -230,6 +265,178 @@ def hold(host, port, name, directory, max_seconds=60):
     print("held session: round trips before and after ok")
 
 
+def write_file(directory, name, text):
+    tmp = os.path.join(directory, name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, os.path.join(directory, name))
+
+
+def talk(host, port, name, directory, max_seconds=120):
+    """One session, a numbered line every 100 ms, every echo checked in order:
+    a lost, repeated or changed byte is a mismatch; an error or EOF fails."""
+    stop_file = os.path.join(directory, "stop")
+    end = time.monotonic() + float(max_seconds)
+    lines = sent = 0
+    worst_ms = 0.0
+    error = "none"
+    try:
+        with connect(host, port) as s:
+            greet(s, name)
+            next_at = time.monotonic()
+            while not os.path.exists(stop_file):
+                if time.monotonic() > end:
+                    raise TimeoutError(f"no {stop_file} after {max_seconds} s")
+                line = f"{lines + 1:06d} {name} {'.' * (lines % 64)}\n".encode()
+                t0 = time.monotonic()
+                s.sendall(line)
+                back = read_exactly(s, len(line))
+                if back != line:
+                    raise ValueError(f"line {lines + 1}: sent {line!r}, got back {back!r} (after {sent} good bytes)")
+                worst_ms = max(worst_ms, (time.monotonic() - t0) * 1000)
+                lines += 1
+                sent += len(line)
+                write_file(directory, "progress", f"{lines}\n")
+                next_at += 0.1
+                time.sleep(max(0.0, next_at - time.monotonic()))
+            # The end: the backend sees EOF and closes; nothing more may come back.
+            s.shutdown(socket.SHUT_WR)
+            extra = s.recv(65536)
+            if extra:
+                raise ValueError(f"{len(extra)} bytes more than were sent came back: {extra[:40]!r}")
+    except Exception as e:  # every kind of failure counts
+        error = f"{type(e).__name__}: {e}"
+    result = f"lines={lines} bytes={sent} worst_echo_ms={worst_ms:.0f} error={error}"
+    write_file(directory, "result", result + "\n")
+    print(result)
+    sys.exit(0 if error == "none" and lines > 0 else 1)
+
+
+def arrivals(host, port, name, directory, max_seconds=120):
+    """A new client every 50 ms, each in a thread of its own: connect, the
+    greeting (its first byte timed from before the connect), one round trip.
+    Every failure is counted, none retried."""
+    stop_file = os.path.join(directory, "stop")
+    end = time.monotonic() + float(max_seconds)
+    lock = threading.Lock()
+    counts = {"ok": 0, "failed": 0}
+    worst = [0.0, 0]  # ms, client number
+    errors = {}
+
+    def client(n):
+        t0 = time.monotonic()
+        try:
+            with connect(host, port) as s:
+                first = s.recv(1)
+                if not first:
+                    raise ConnectionError("closed before the first byte")
+                ms = (time.monotonic() - t0) * 1000
+                rest = read_line(s)
+                if first.decode() + rest != f"backend={name}":
+                    raise ValueError(f"unexpected greeting {first.decode() + rest!r}")
+                echo(s, make_payload(100 + n % 400, n))
+            with lock:
+                counts["ok"] += 1
+                if ms > worst[0]:
+                    worst[:] = [ms, n]
+        except Exception as e:
+            key = type(e).__name__
+            with lock:
+                counts["failed"] += 1
+                errors[key] = errors.get(key, 0) + 1
+                if counts["failed"] <= 5:
+                    print(f"client {n} failed after {(time.monotonic() - t0) * 1000:.0f} ms: {key}: {e}",
+                          file=sys.stderr, flush=True)
+
+    threads = []
+    next_at = time.monotonic()
+    while not os.path.exists(stop_file) and time.monotonic() < end:
+        t = threading.Thread(target=client, args=(len(threads) + 1,), daemon=True)
+        t.start()
+        threads.append(t)
+        with lock:
+            done = counts["ok"] + counts["failed"]
+        write_file(directory, "progress", f"{done}\n")
+        next_at += 0.05
+        time.sleep(max(0.0, next_at - time.monotonic()))
+    deadline = time.monotonic() + IO_TIMEOUT + 5
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    unfinished = sum(t.is_alive() for t in threads)
+    with lock:
+        err = ",".join(f"{k}:{v}" for k, v in sorted(errors.items())) or "none"
+        result = (f"clients={len(threads)} ok={counts['ok']} failed={counts['failed']} unfinished={unfinished} "
+                  f"worst_first_byte_ms={worst[0]:.0f} (client {worst[1]}) errors={err}")
+        good = counts["failed"] == 0 and unfinished == 0 and counts["ok"] > 0
+    write_file(directory, "result", result + "\n")
+    print(result, flush=True)
+    os._exit(0 if good else 1)  # (an unfinished thread must not hold the exit)
+
+
+def many(host, port, name, count, directory, max_seconds=120):
+    """COUNT sessions open at once, each checked before and after DIR/go."""
+    count = int(count)
+    limit = raise_nofile()
+    socks = []
+    i = 0
+    try:
+        for i in range(count):
+            socks.append(connect(host, port))
+            greet(socks[i], name)
+            echo(socks[i], make_payload(100 + i % 200, i))
+        write_file(directory, "ready", f"{count}\n")
+        end = time.monotonic() + float(max_seconds)
+        go = os.path.join(directory, "go")
+        while not os.path.exists(go):
+            if time.monotonic() > end:
+                raise TimeoutError("no go signal")
+            time.sleep(0.05)
+        for i, s in enumerate(socks):
+            echo(s, make_payload(300 + i % 200, i + 1))
+    except Exception as e:
+        sys.exit(f"session {i + 1} of {count} (RLIMIT_NOFILE {limit}): {type(e).__name__}: {e}")
+    finally:
+        for s in socks:
+            s.close()
+    print(f"{count} sessions: the greeting and a round trip on each, then a second round trip on every one")
+
+
+def request(host, port, name, size=777):
+    """The request first, as a client that does not wait for the greeting."""
+    payload = make_payload(int(size), 5)
+    t0 = time.monotonic()
+    with connect(host, port) as s:
+        s.sendall(payload)
+        greet(s, name)
+        back = read_exactly(s, len(payload))
+        if back != payload:
+            raise ValueError("echo mismatch")
+    print(f"request answered after {time.monotonic() - t0:.1f} s: backend={name}, {size} bytes echoed")
+
+
+def tls_idle(host, port, name, cafile, certfile, keyfile, directory, max_seconds=30):
+    """A TLS session left idle until the bridge closes it (an EOF, with or
+    without close_notify, or a reset); fails if it is still open after
+    MAX_SECONDS or anything arrives instead."""
+    import ssl
+    ctx = ssl.create_default_context(cafile=cafile)
+    ctx.load_cert_chain(certfile, keyfile)
+    with connect(host, port) as raw, ctx.wrap_socket(raw, server_hostname=host) as s:
+        greet(s, name)
+        echo(s, make_payload(300, 3))
+        write_file(directory, "ready", "")
+        s.settimeout(float(max_seconds))
+        try:
+            data = s.recv(1)
+            if data:
+                raise ValueError(f"unexpected bytes on the idle session: {data!r}")
+            how = "EOF"
+        except (ConnectionResetError, ssl.SSLError) as e:
+            how = type(e).__name__
+        write_file(directory, "closed", f"{time.time():.3f}\n")
+    print(f"idle TLS session closed by the bridge ({how})")
+
+
 # --- journal checks -----------------------------------------------------------
 
 def journal_entries():
@@ -256,6 +463,38 @@ def journal_session_end(payload):
     sys.exit(f"no EVENT=session-end entry with BYTES_IN={payload}")
 
 
+def journal_event(event, pid, *conds):
+    """An EVENT=event entry logged by process PID ("-": any) with every COND:
+    NAME=VALUE (as text) or NAME>=NUMBER."""
+    checks = []
+    for cond in conds:
+        m = re.fullmatch(r"([A-Z_]+)(>=|=)(.*)", cond)
+        if not m:
+            sys.exit(f"not a condition: {cond!r}")
+        checks.append(m.groups())
+
+    def holds(e, field, op, value):
+        if field not in e:
+            return False
+        if op == "=":
+            return str(e[field]) == value
+        try:
+            return float(e[field]) >= float(value)
+        except ValueError:
+            return False
+
+    seen = []
+    for e in journal_entries():
+        if e.get("EVENT") != event or (pid != "-" and str(e.get("_PID")) != pid):
+            continue
+        if all(holds(e, *c) for c in checks):
+            fields = " ".join(f"{f}={e.get(f)}" for f, _, _ in checks)
+            print(f"{event} (PID {e.get('_PID')}): {e.get('MESSAGE')} [{fields}]")
+            return
+        seen.append(e.get("MESSAGE"))
+    sys.exit(f"no EVENT={event} entry of PID {pid} with {' '.join(conds)}; saw: {seen}")
+
+
 def journal_reloaded(change):
     """CHANGE: "name=value" (or "name"), one of the entry's CHANGED words."""
     for e in journal_entries():
@@ -276,6 +515,12 @@ COMMANDS = {
     "journal-reloaded": journal_reloaded,
     "tls-roundtrip": tls_roundtrip,
     "journal-tls-refused": journal_tls_refused,
+    "talk": talk,
+    "arrivals": arrivals,
+    "many": many,
+    "request": request,
+    "tls-idle": tls_idle,
+    "journal-event": journal_event,
 }
 
 if __name__ == "__main__":

@@ -10,10 +10,16 @@
 # (--private-network: only its own loopback), installs the package there as
 # an operator would, and checks socket activation, the journal, backend
 # restarts (also one whose socket file is group-accessible only late),
-# service restarts, the watchdog, reload, a second instance, `sockbridge
-# status`, the sandbox score (also with the metrics drop-in), a crash loop,
-# upgrade and removal. On Debian 13 it first checks that the Debian 12 build
-# is refused by apt and, forced in, fails once with one clear line.
+# service restarts, restarts without a gap (RestartKillSignal=SIGUSR2: a
+# talking session and a stream of new clients across two restarts, a client
+# held for an absent backend, 2,000 open sessions, all handed to the next
+# process through systemd's fd store; a TLS session closed after
+# restart-grace; a stop that drains and leaves the store empty), the
+# watchdog, reload, a second instance, `sockbridge status`, the sandbox
+# score (also with the metrics drop-in), TLS, a crash loop, an upgrade to a
+# higher version (the package repacked, a session carried across it) and
+# removal. On Debian 13 it first checks that the Debian 12 build is refused
+# by apt and, forced in, fails once with one clear line.
 # Prints one line per step, "e2e-SUITE: N passed, N failed" per release and,
 # last, "e2e: N passed, N failed" for all of them.
 # Exits 0 with one "e2e: skipped: ..." line where it cannot run (not root,
@@ -32,6 +38,8 @@ source "$repo/scripts/rootfs.sh"
 RUNTIME_PACKAGES=(nodejs python3 procps iproute2)
 WATCHDOG_SEC=10       # bridge.service's WatchdogSec=
 RESTART_SEC=1         # bridge.service's RestartSec=
+RESTART_GRACE=1       # bridge.conf's restart-grace (the default, 1s)
+MAX_FIRST_BYTE_MS=3000  # a new client's wait across a restart, at most
 MAX_EXPOSURE=1.5      # systemd-analyze security, at most
 
 NSPAWN_PID=
@@ -232,6 +240,54 @@ finish_loop() {
     wait "$pid"
 }
 
+# --- restarts without a gap (RestartKillSignal=SIGUSR2, the fd store) -------
+
+# start_client DIR COMMAND ARGS...: a helper.py client in the background,
+# DIR (as the container sees it) its last argument; its files are in
+# $WORK/shared/DIR, stopped and checked with finish_loop DIR.
+start_client() {
+    local dir=$1; shift
+    mkdir -p "$WORK/shared/$dir"
+    c_bg timeout 150 python3 "$H" "$@" "/mnt/shared/$dir" >"$WORK/shared/$dir/out" 2>&1
+    echo $! >"$WORK/shared/$dir/pid"
+}
+# wait_more DIR N: DIR's progress (lines, clients) grew by N.
+wait_more() {
+    local target
+    target=$(($(loop_count "$1") + $2))
+    poll 30 loop_reached "$1" "$target"
+}
+
+# restart_bridge: a timed `systemctl restart bridge.service`; sets OLD_PID,
+# NEW_PID and RESTART_S (seconds) and fails unless MainPID changed.
+restart_bridge() {
+    local t0
+    OLD_PID=$(main_pid bridge.service)
+    t0=$(now)
+    c timeout 60 systemctl restart bridge.service
+    RESTART_S=$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }')
+    NEW_PID=$(main_pid bridge.service)
+    echo "systemctl restart: ${RESTART_S}s, MainPID $OLD_PID -> $NEW_PID"
+    [ "$OLD_PID" != "$NEW_PID" ]
+    [ "$NEW_PID" != 0 ]
+}
+
+# journal_event EVENT PID COND...: helper.py's journal-event check on what
+# process PID logged (matched by _PID: the old process has exited).
+journal_event() {
+    local event=$1 pid=$2; shift 2
+    c sh -c "journalctl -o json --no-pager _PID=$pid EVENT=$event |
+        python3 $H journal-event $event $pid $(printf "'%s' " "$@")"
+}
+
+fdstore() { c systemctl show -P NFileDescriptorStore bridge.service; }
+fdstore_empty() { [ "$(fdstore)" = 0 ]; }
+# At least one client held waiting (for the target) by bridge.service.
+bridge_holds_client() {
+    c sockbridge status --json |
+        python3 -c 'import json, sys; sys.exit(json.load(sys.stdin)["sessions"]["waiting"] < 1)'
+}
+
 step_install() {
     # The dependencies are in the root already: no network needed.
     c apt-get install -y -q -o Dpkg::Use-Pty=0 /mnt/build/"$DEB_NAME"
@@ -360,6 +416,104 @@ step_service_restart() {
     finish_loop restart
 }
 
+step_restart_no_gap() {
+    local r restarts=() worst
+    start_client talk talk 127.0.0.1 12345 main
+    start_client arrivals arrivals 127.0.0.1 12345 main
+    wait_more talk 5
+    wait_more arrivals 10
+    for r in 1 2; do
+        restart_bridge
+        restarts+=("${RESTART_S}s (MainPID $OLD_PID -> $NEW_PID)")
+        # Both through the new process: the talking session goes on, new
+        # clients are served.
+        wait_more talk 5
+        wait_more arrivals 10
+        poll 10 journal_event handover "$OLD_PID" 'SESSIONS>=1'
+        journal_event handover "$OLD_PID" 'SESSIONS>=1'
+        journal_event handover-adopted "$NEW_PID" 'SESSIONS>=1'
+    done
+    finish_loop talk
+    finish_loop arrivals
+    grep -q ' error=none$' "$WORK/shared/talk/result"
+    worst=$(sed -n 's/.*worst_first_byte_ms=\([0-9]*\).*/\1/p' "$WORK/shared/arrivals/result")
+    echo "restarts took ${restarts[0]}, ${restarts[1]};" \
+        "worst first byte of a new client ${worst} ms (at most $MAX_FIRST_BYTE_MS)"
+    [ "$worst" -lt "$MAX_FIRST_BYTE_MS" ]
+}
+
+step_restart_held_client() {
+    local client
+    # (A held client waits connect-timeout, 5s by default, for the target:
+    # raised, so a slow machine cannot fail the step by the clock alone.)
+    trap 'c systemctl start program.service
+          c sed -i "/^connect-timeout = 30s/d" /etc/sockbridge/bridge.conf
+          c systemctl reload bridge.service' EXIT
+    c sh -c 'echo "connect-timeout = 30s" >>/etc/sockbridge/bridge.conf'
+    c systemctl reload bridge.service
+    poll 15 journal_has journal-reloaded connect-timeout=30s
+    c systemctl stop program.service
+    not c test -e /var/program/program.cmd
+    # The request goes out at once; the bridge holds the client.
+    c_bg timeout 40 python3 "$H" request 127.0.0.1 12345 main >"$WORK/held-client.log" 2>&1
+    client=$!
+    poll 10 bridge_holds_client
+    restart_bridge
+    poll 10 bridge_holds_client
+    c systemctl start program.service
+    wait_exit "$client" 30
+    wait "$client" || { cat "$WORK/held-client.log"; return 1; }
+    poll 10 journal_event handover "$OLD_PID" WAITING=1
+    journal_event handover-adopted "$NEW_PID" WAITING=1
+    journal_event handover "$OLD_PID" WAITING=1
+    cat "$WORK/held-client.log"
+}
+
+step_restart_many() {
+    local n=2000
+    start_client many many 127.0.0.1 12345 main "$n"
+    poll 90 test -e "$WORK/shared/many/ready"
+    restart_bridge
+    touch "$WORK/shared/many/go"
+    finish_loop many
+    poll 10 journal_event handover "$OLD_PID" "SESSIONS>=$n"
+    journal_event handover "$OLD_PID" "SESSIONS>=$n"
+    journal_event handover-adopted "$NEW_PID" "SESSIONS>=$n"
+    echo "the restart with $n open sessions took ${RESTART_S}s"
+}
+
+step_fdstore_empty() {
+    local pid after_restart after_stop
+    # While the new process runs after a restart: it took everything out.
+    start_client keep1 hold 127.0.0.1 12345 main
+    poll 20 test -e "$WORK/shared/keep1/ready"
+    restart_bridge
+    poll 10 fdstore_empty
+    touch "$WORK/shared/keep1/go"
+    finish_loop keep1
+    after_restart=$(fdstore)
+    # A stop drains (SIGTERM): an open session goes on until it ends, and
+    # nothing is left in the store.
+    start_client keep2 hold 127.0.0.1 12345 main
+    poll 20 test -e "$WORK/shared/keep2/ready"
+    pid=$(main_pid bridge.service)
+    c systemctl --no-block stop bridge.service
+    poll 10 is_state bridge.service deactivating
+    touch "$WORK/shared/keep2/go"
+    finish_loop keep2
+    poll 15 is_state bridge.service inactive
+    after_stop=$(fdstore)
+    [ "$after_stop" = 0 ]
+    poll 10 journal_event signal "$pid" SIGNAL=SIGTERM
+    not journal_event handover "$pid"
+    # The socket still listens: the next client starts the service again.
+    is_state bridge.socket active
+    roundtrip 127.0.0.1 12345 main
+    poll 10 is_state bridge.service active
+    echo "NFileDescriptorStore $after_restart after the restart, $after_stop after the stop" \
+        "(SIGTERM: drained, an open session finished, nothing handed over)"
+}
+
 step_watchdog() {
     local pid1 t0 pid2 client limit
     roundtrip 127.0.0.1 12345 main
@@ -465,8 +619,11 @@ make_certs() {
      chmod 644 client.key) >/dev/null 2>&1
 }
 
-step_tls() {
-    make_certs
+TLS_CLIENT=(/mnt/shared/tls/ca.crt /mnt/shared/tls/client.crt /mnt/shared/tls/client.key)
+# tls_on: bridge.service with TLS (a client certificate required); undone
+# when the step ends.
+tls_on() {
+    [ -e "$WORK/shared/tls/ca.crt" ] || make_certs
     trap 'c rm -f /etc/systemd/system/bridge.service.d/tls.conf
           c sed -i "/^tls-/d" /etc/sockbridge/bridge.conf
           c systemctl daemon-reload; c systemctl restart bridge.service' EXIT
@@ -479,14 +636,36 @@ step_tls() {
     c sh -c 'printf "tls-cert = tls.crt\ntls-key = tls.key\ntls-ca = clients-ca.crt\n" >>/etc/sockbridge/bridge.conf'
     c systemctl daemon-reload
     c systemctl restart bridge.service
-    poll 15 c timeout 10 python3 "$H" tls-roundtrip 127.0.0.1 12345 main /mnt/shared/tls/ca.crt \
-        /mnt/shared/tls/client.crt /mnt/shared/tls/client.key
-    c timeout 10 python3 "$H" tls-roundtrip 127.0.0.1 12345 main /mnt/shared/tls/ca.crt \
-        /mnt/shared/tls/client.crt /mnt/shared/tls/client.key
+    poll 15 c timeout 10 python3 "$H" tls-roundtrip 127.0.0.1 12345 main "${TLS_CLIENT[@]}"
+}
+
+step_tls() {
+    tls_on
+    c timeout 10 python3 "$H" tls-roundtrip 127.0.0.1 12345 main "${TLS_CLIENT[@]}"
     # Without a client certificate: refused, never reaching the backend, logged.
     not c timeout 10 python3 "$H" tls-roundtrip 127.0.0.1 12345 main /mnt/shared/tls/ca.crt
     poll 10 journal_has journal-tls-refused ""
     journal_has journal-tls-refused ""
+}
+
+step_tls_restart() {
+    local t0 client closed_after
+    tls_on
+    start_client tlsidle tls-idle 127.0.0.1 12345 main "${TLS_CLIENT[@]}"
+    client=$(cat "$WORK/shared/tlsidle/pid")
+    poll 15 test -e "$WORK/shared/tlsidle/ready"
+    t0=$(now)
+    restart_bridge
+    # Not carried: closed by the bridge once restart-grace is over.
+    wait_exit "$client" 10 || { echo "the idle TLS session is still open 10s after the restart began"; return 1; }
+    wait "$client" || { cat "$WORK/shared/tlsidle/out"; return 1; }
+    closed_after=$(awk -v a="$t0" -v b="$(cat "$WORK/shared/tlsidle/closed")" 'BEGIN { printf "%.2f", b - a }')
+    poll 10 journal_event handover "$OLD_PID" CLOSED_TLS=1
+    journal_event handover "$OLD_PID" CLOSED_TLS=1
+    echo "$(cat "$WORK/shared/tlsidle/out") ${closed_after}s after the restart began" \
+        "(restart-grace ${RESTART_GRACE}s); the restart took ${RESTART_S}s"
+    awk -v c="$closed_after" -v g="$RESTART_GRACE" 'BEGIN { exit !(c >= g - 0.1 && c < g + 3) }'
+    awk -v r="$RESTART_S" 'BEGIN { exit !(r < 3) }'
 }
 
 exposure() {
@@ -539,11 +718,31 @@ step_crash_loop() {
     roundtrip 127.0.0.1 12345 main
 }
 
+# The release's package with a higher version (Version: ...+e2e1), repacked
+# on the host, no rebuild: prints its file name, in $WORK/shared.
+make_upgrade_deb() {
+    local tree=$WORK/repack version
+    rm -rf "$tree"
+    dpkg-deb -R "$repo/build/$DEB_NAME" "$tree"
+    sed -i 's/^Version: .*/&+e2e1/' "$tree/DEBIAN/control"
+    version=$(sed -n 's/^Version: //p' "$tree/DEBIAN/control")
+    dpkg --compare-versions "$version" gt "$(dpkg-deb -f "$repo/build/$DEB_NAME" Version)"
+    dpkg-deb -b "$tree" "$WORK/shared/sockbridge_${version}.deb" >/dev/null
+    rm -rf "$tree"
+    echo "sockbridge_${version}.deb"
+}
+
 step_upgrade() {
-    local pid1 pid2
+    local pid1 pid2 deb version
+    deb=$(make_upgrade_deb)
+    version=$(dpkg-deb -f "$WORK/shared/$deb" Version)
     roundtrip 127.0.0.1 12345 main
+    # A session talking through the upgrade.
+    start_client upgrade talk 127.0.0.1 12345 main
+    wait_more upgrade 5
     pid1=$(main_pid bridge.service)
-    c dpkg -i /mnt/build/"$DEB_NAME"
+    c dpkg -i "/mnt/shared/$deb"
+    [ "$(c dpkg -s sockbridge | sed -n 's/^Version: //p')" = "$version" ]
     [ "$(c systemctl is-enabled bridge.socket)" = enabled ]
     [ "$(c systemctl is-enabled bridge@2345.socket)" = enabled ]
     is_state bridge.socket active
@@ -552,9 +751,15 @@ step_upgrade() {
     # The running service was restarted onto the new files.
     poll 20 is_state bridge.service active
     pid2=$(main_pid bridge.service)
-    echo "MainPID $pid1 -> $pid2"
     [ "$pid1" != "$pid2" ]
     roundtrip 127.0.0.1 12345 main
+    # The talking session went over to the new version's process.
+    wait_more upgrade 5
+    poll 10 journal_event handover "$pid1" 'SESSIONS>=1'
+    journal_event handover-adopted "$pid2" 'SESSIONS>=1'
+    finish_loop upgrade
+    journal_event handover "$pid1" 'SESSIONS>=1'
+    echo "upgraded to $version, MainPID $pid1 -> $pid2"
 }
 
 step_remove_purge() {
@@ -574,7 +779,10 @@ step_remove_purge() {
 
 # The package of a release in build/: sockbridge_<version>~debNu1_<arch>.deb.
 deb_of() {
-    local debs=("$repo"/build/sockbridge_*~deb"$(suite_number "$1")"u1_*.deb)
+    # This tree's version (debian/changelog), not an older build left in build/.
+    local version debs
+    version=$(sed -n '1s/^[^(]*(\([^)]*\)).*/\1/p' "$repo/debian/changelog")
+    debs=("$repo"/build/sockbridge_"$version"~deb"$(suite_number "$1")"u1_*.deb)
     [ -e "${debs[0]}" ] && basename "${debs[0]}"
 }
 
@@ -657,6 +865,10 @@ run_suite() {
     step "4 backend restart under load: no failed session" step_backend_restart
     step "4b backend socket chmod'ed after bind: no failed session" step_backend_late_chmod
     step "5 service restart under load: no refused connection" step_service_restart
+    step "5b two restarts: talking session, new clients, no gap" step_restart_no_gap
+    step "5c restart carries a client held for an absent backend" step_restart_held_client
+    step "5d restart carries 2,000 open sessions" step_restart_many
+    step "5e fd store empty after a restart and after a stop" step_fdstore_empty
     step "6 watchdog kills frozen service, port accepts" step_watchdog
     step "7 reload applies config, open session survives" step_reload
     step "8 second instance bridge@2345 beside bridge" step_second_instance
@@ -664,8 +876,9 @@ run_suite() {
     step "9 systemd-analyze security <= $MAX_EXPOSURE, verify" step_security
     step "9b metrics with the documented drop-in, still <= $MAX_EXPOSURE" step_metrics
     step "9c TLS, keys by LoadCredential=, client certificate required" step_tls
+    step "9d restart closes an idle TLS session after restart-grace" step_tls_restart
     step "12 crash loop (bad config) never wedges the socket" step_crash_loop
-    step "11 reinstall (upgrade) keeps socket enabled" step_upgrade
+    step "11 upgrade (higher version) keeps socket, hands over session" step_upgrade
     step "10 remove stops all, purge removes conffile" step_remove_purge
 
     echo "e2e-$SUITE: $PASSED passed, $FAILED failed"
