@@ -136,6 +136,8 @@ struct command {
   enum command_kind kind;
   struct conn *conn;  /* C_START */
   int arg;            /* C_CLOSE_ALL: the reason; C_PING: its number; C_HANDOVER: the grace in ms */
+  uint32_t *ids;      /* C_CLOSE_ALL: only these sessions (sorted; owned), or all when NULL */
+  size_t nids;
   struct command *next;
 };
 
@@ -564,6 +566,11 @@ static void sweep(struct thread *t) {
   t->next_sweep = t->now + t->sweep_ms;
 }
 
+static int compare_ids(const void *a, const void *b) {
+  uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+  return x < y ? -1 : x > y;
+}
+
 static void run_commands(struct thread *t) {
   uint64_t count;
   ssize_t unused = read(t->wakeup_fd, &count, sizeof count);
@@ -581,8 +588,10 @@ static void run_commands(struct thread *t) {
     case C_CLOSE_ALL:
       for (struct conn *c = t->conns, *n; c; c = n) {
         n = c->next;
-        conn_end(t, c, (enum reason)cmd->arg, 0);
+        if (!cmd->ids || bsearch(&c->id, cmd->ids, cmd->nids, sizeof *cmd->ids, compare_ids))
+          conn_end(t, c, (enum reason)cmd->arg, 0);
       }
+      free(cmd->ids);
       break;
     case C_PING:
       atomic_store(&t->answered, cmd->arg);
@@ -1113,16 +1122,39 @@ static napi_value js_resume(napi_env env, napi_callback_info info) {
   return int_result(env, 0);
 }
 
+/* closeAll(reason, ids): close every relayed session, or only those whose ids
+   the array names (the sessions of a target marked DOWN). */
 static napi_value js_close_all(napi_env env, napi_callback_info info) {
-  ARGS(1);
+  ARGS(2);
+  bool is_array = false;
+  napi_is_array(env, argv[1], &is_array);
+  uint32_t n = 0;
+  if (is_array) napi_get_array_length(env, argv[1], &n);
+  uint32_t *ids = is_array ? malloc(sizeof *ids * (n ? n : 1)) : NULL;
+  if (is_array && !ids) return int_result(env, -ENOMEM);
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value v;
+    napi_get_element(env, argv[1], i, &v);
+    napi_get_value_uint32(env, v, &ids[i]);
+  }
+  if (ids) qsort(ids, n, sizeof *ids, compare_ids);
   for (int i = 0; i < relay.nthreads; i++) {
     struct command *cmd = calloc(1, sizeof *cmd);
-    if (!cmd) continue;
+    uint32_t *copy = ids ? malloc(sizeof *ids * (n ? n : 1)) : NULL;
+    if (!cmd || (ids && !copy)) {
+      free(cmd);
+      free(copy);
+      continue;
+    }
+    if (copy) memcpy(copy, ids, sizeof *ids * n);
     cmd->kind = C_CLOSE_ALL;
     cmd->arg = int_arg(env, argv[0]);
+    cmd->ids = copy;
+    cmd->nids = n;
     send_command(&relay.threads[i], cmd);
   }
-  return undefined_result(env);
+  free(ids);
+  return int_result(env, 0);
 }
 
 /* handover(graceMs, sessions): a restart. Every thread stops reading the
@@ -1410,6 +1442,7 @@ static napi_value js_stop(napi_env env, napi_callback_info info) {
         close(cmd->conn->server.fd);
         free_conn(cmd->conn);
       }
+      if (cmd->kind == C_CLOSE_ALL) free(cmd->ids);
       free(cmd);
     }
     close(t->epfd);

@@ -1,29 +1,35 @@
-// Reaching the target UNIX socket for clients, holding them while it is
-// missing or restarting. (Health checks, which mark it UP or DOWN, are in health.ts.)
+// Reaching a target UNIX socket for clients, holding them while none can
+// take them. (Which targets there are, and in which order to try them, is
+// targets.ts's; health checks, which mark each UP or DOWN, are in health.ts.)
 //
 // Every client gets its own fresh connect(2), so a socket file that was deleted
-// and recreated is picked up by the very next attempt. While the file is gone
-// or refusing, a client is held: retried with a short capped backoff, and woken
-// at once when the file reappears in its directory, until connect-timeout.
+// and recreated is picked up by the very next attempt. One attempt is a round
+// over the targets in the pool's order: the first that accepts gets the
+// client. While every one is missing or refusing, the client is held: the
+// round is retried with a short capped backoff, and at once when a socket
+// file appears in a targets' directory or a target comes UP, until
+// connect-timeout.
 
 import { FSWatcher, watch } from 'node:fs';
-import { basename, dirname } from 'node:path';
-import { BackendFailure, classifyConnectError } from './errors';
+import { basename, dirname, join } from 'node:path';
+import { classifyConnectError } from './errors';
+import type { BackendState } from './health';
 import type { Logger } from './log';
 import type { Config } from './options';
+import { Target, TargetPool, TargetSettings } from './targets';
 
-export type BackendSettings = Pick<Config, 'target' | 'connectTimeout' | 'errorLimit'>;
+export type BackendSettings = Pick<Config, 'connectTimeout'> & TargetSettings;
 
-/** Why a client never reached the target. */
+/** Why a client never reached a target. */
 export type ConnectFailure = 'connect-timeout' | 'target-denied' | 'target-error' | 'cancelled';
 
 export interface ConnectCallback<C> {
-  (failure: ConnectFailure, conn: undefined, error: NodeJS.ErrnoException | undefined): void;
-  (failure: undefined, conn: C, error: undefined): void;
+  (failure: ConnectFailure, conn: undefined, error: NodeJS.ErrnoException | undefined, target: undefined): void;
+  (failure: undefined, conn: C, error: undefined, target: Target): void;
 }
 
 /**
- * One connect(2) attempt to the target, however the relay holds connections:
+ * One connect(2) attempt to a target, however the relay holds connections:
  * a net.Socket (the TypeScript relay) or a bare fd (the native one). Exactly
  * one of ok and fail is called, always asynchronously, unless the returned
  * function cancelled the attempt first.
@@ -34,14 +40,13 @@ export interface Dialer<C> {
 
 const BACKOFF_FIRST_MS = 5;
 const BACKOFF_MAX_MS = 200;
-const REPORT_AGAIN_AFTER_MS = 10_000;
 
-/** One client's way to the target: attempt, wait, attempt again, until the deadline. */
+/** One client's way to a target: a round over the targets, wait, again, until the deadline. */
 export class PendingConnect<C> {
   private timer: NodeJS.Timeout | undefined;
   private delay = BACKOFF_FIRST_MS;
   private cancelAttempt: (() => void) | undefined;
-  /** The socket file changed while an attempt was in flight: if it fails, try again at once. */
+  /** A socket file changed or a target came UP while a round was in flight: if it fails, go again at once. */
   private wokenDuringAttempt = false;
   private done = false;
   private readonly deadline: number;
@@ -49,16 +54,16 @@ export class PendingConnect<C> {
 
   constructor(
     private readonly backend: Backend,
-    private readonly target: string,
     timeoutMs: number,
     private readonly callback: ConnectCallback<C>,
     private readonly dialer: Dialer<C>,
+    private readonly avoid: Target | undefined,
   ) {
     this.deadline = Date.now() + timeoutMs;
     this.attempt();
   }
 
-  /** The socket file changed: try now instead of at the end of the backoff. */
+  /** Something changed: try now instead of at the end of the backoff. */
   wake(): void {
     if (this.done) return;
     if (this.cancelAttempt) {
@@ -79,27 +84,37 @@ export class PendingConnect<C> {
   }
 
   private attempt(): void {
-    this.cancelAttempt = this.dialer.attempt(this.target, (conn) => {
+    this.round(this.backend.pool.candidates(this.avoid), 0, true);
+  }
+
+  /** Try targets[i], then the next; `other`: every failure so far was of no kind worth waiting for. */
+  private round(targets: Target[], i: number, other: boolean): void {
+    const target = targets[i];
+    if (target === undefined) return this.roundFailed(targets.length > 0 && other);
+    this.cancelAttempt = this.dialer.attempt(target.path, (conn) => {
       this.cancelAttempt = undefined;
-      this.backend.liveResult(undefined, undefined);
-      this.finishOk(conn);
+      target.liveResult(undefined, undefined);
+      this.finishOk(conn, target);
     }, (err) => {
       this.cancelAttempt = undefined;
       this.lastError = err;
       const kind = classifyConnectError(err.code);
-      this.backend.liveResult(kind, err);
-      if (kind === 'other') return this.finish('target-error', err);
-      if (this.wokenDuringAttempt && Date.now() < this.deadline) {
-        this.wokenDuringAttempt = false;
-        this.delay = BACKOFF_FIRST_MS;
-        return this.attempt();
-      }
-      // Absent, exhausted and denied all pass: a program that binds and then
-      // chmods its socket (socat's mode=, group=) is root-only for a moment.
-      this.retryLater();
+      target.liveResult(kind, err);
+      this.round(targets, i + 1, other && kind === 'other');
     });
   }
 
+  private roundFailed(onlyOther: boolean): void {
+    if (onlyOther) return this.finish('target-error', this.lastError);
+    if (this.wokenDuringAttempt && Date.now() < this.deadline) {
+      this.wokenDuringAttempt = false;
+      this.delay = BACKOFF_FIRST_MS;
+      return this.attempt();
+    }
+    // Absent, exhausted and denied all pass: a program that binds and then
+    // chmods its socket (socat's mode=, group=) is root-only for a moment.
+    this.retryLater();
+  }
   private retryLater(): void {
     const remaining = this.deadline - Date.now();
     if (remaining <= 0) {
@@ -119,10 +134,10 @@ export class PendingConnect<C> {
     }, wait);
   }
 
-  private finishOk(conn: C): void {
+  private finishOk(conn: C, target: Target): void {
     this.done = true;
     this.backend.removeWaiter(this);
-    this.callback(undefined, conn, undefined);
+    this.callback(undefined, conn, undefined, target);
   }
 
   private finish(failure: ConnectFailure, err: NodeJS.ErrnoException | undefined): void {
@@ -130,162 +145,118 @@ export class PendingConnect<C> {
     this.done = true;
     if (this.timer) clearTimeout(this.timer);
     this.backend.removeWaiter(this);
-    this.callback(failure, undefined, err);
+    this.callback(failure, undefined, err, undefined);
   }
 }
 
 export interface BackendEvents {
-  /** --error-limit consecutive connect errors from client traffic: the target should be marked DOWN. */
-  onErrorLimit(reason: string): void;
+  /** A target changed state (health checks, --error-limit). */
+  onTargetState(target: Target, state: BackendState): void;
 }
 
 export class Backend {
+  readonly pool: TargetPool;
   private settings: BackendSettings;
   private readonly waiters = new Set<{ wake(): void }>();
-  private watcher: FSWatcher | undefined;
-  private liveErrors = 0;
+  /** While clients are held: a watch on each directory holding a configured target. */
+  private watchers = new Map<string, FSWatcher>();
 
-  constructor(
-    settings: BackendSettings,
-    private readonly logger: Logger,
-    private readonly problems: Reporter,
-    private readonly events: BackendEvents,
-  ) {
+  constructor(settings: BackendSettings, private readonly logger: Logger, private readonly events: BackendEvents) {
     this.settings = settings;
+    this.pool = new TargetPool(settings, logger, {
+      onState: (target, state) => {
+        if (state === 'UP') this.wakeAll();
+        this.events.onTargetState(target, state);
+      },
+      onChange: () => {
+        if (this.waiters.size > 0) this.openWatchers();
+        this.wakeAll();
+      },
+    });
   }
 
-  get target(): string {
-    return this.settings.target;
+  start(): void {
+    this.pool.start();
   }
 
   /** New settings (SIGHUP) apply to new connections. */
   configure(settings: BackendSettings): void {
-    const moved = settings.target !== this.settings.target;
     this.settings = settings;
-    if (moved) {
-      this.closeWatcher();
-      this.problems.reset();
-      if (this.waiters.size > 0) this.openWatcher();
-    }
+    this.closeWatchers();
+    this.pool.configure(settings);
   }
 
   stop(): void {
-    this.closeWatcher();
+    this.closeWatchers();
+    this.pool.stop();
   }
 
   /**
-   * One attempt now, for a relay whose connect answers on the spot (the
-   * native relay: a UNIX connect(2) completes or fails at once): the
-   * connection, or undefined, and then connect() holds and retries as usual
-   * and reports the error. The common case needs no PendingConnect.
+   * One attempt now, on the first target of a round, for a relay whose
+   * connect answers on the spot (the native relay: a UNIX connect(2)
+   * completes or fails at once): the connection and its target, or
+   * undefined, and then connect() goes round the targets, holds and retries
+   * as usual and reports the errors. The common case needs no PendingConnect.
    */
-  connectNow<C>(attempt: (path: string) => C | undefined): C | undefined {
-    const conn = attempt(this.settings.target);
-    if (conn !== undefined) this.liveResult(undefined, undefined);
-    return conn;
+  connectNow<C>(attempt: (path: string) => C | undefined, avoid?: Target): { conn: C; target: Target } | undefined {
+    const target = this.pool.candidates(avoid)[0];
+    if (target === undefined) return undefined;
+    const conn = attempt(target.path);
+    if (conn === undefined) return undefined;
+    target.liveResult(undefined, undefined);
+    return { conn, target };
   }
 
-  /** Reach the target for one client, holding it while the target is away; `dialer` makes each attempt. */
-  connect<C>(callback: ConnectCallback<C>, dialer: Dialer<C>): PendingConnect<C> {
-    return new PendingConnect(this, this.settings.target, this.settings.connectTimeout, callback, dialer);
+  /** Reach a target for one client, holding it while none can take it; `dialer` makes each attempt. */
+  connect<C>(callback: ConnectCallback<C>, dialer: Dialer<C>, avoid?: Target): PendingConnect<C> {
+    return new PendingConnect(this, this.settings.connectTimeout, callback, dialer, avoid);
   }
 
-  // ---- waiting for the socket file ------------------------------------------
+  // ---- waiting for socket files ---------------------------------------------
 
   addWaiter(p: { wake(): void }): void {
     this.waiters.add(p);
-    if (!this.watcher) this.openWatcher();
+    if (this.watchers.size === 0) this.openWatchers();
   }
 
   removeWaiter(p: { wake(): void }): void {
-    if (this.waiters.delete(p) && this.waiters.size === 0) this.closeWatcher();
+    if (this.waiters.delete(p) && this.waiters.size === 0) this.closeWatchers();
   }
 
-  private openWatcher(): void {
-    const name = basename(this.settings.target);
-    try {
-      // A directory watch sees the file being created, which a watch on the
-      // (deleted) file itself cannot.
-      this.watcher = watch(dirname(this.settings.target), { persistent: false }, (_event, file) => {
-        if (file === null || String(file) === name) this.wakeAll();
-      });
-      this.watcher.on('error', () => this.closeWatcher());
-    } catch {
-      this.watcher = undefined; // directory missing too: the backoff alone finds it
+  /** A directory watch sees a socket file being created, which a watch on the (deleted) file itself cannot. (--target-dir watches its own.) */
+  private openWatchers(): void {
+    const byDir = new Map<string, Set<string>>();
+    for (const t of this.pool.current) {
+      if (t.fromDir) continue;
+      const names = byDir.get(dirname(t.path)) ?? new Set<string>();
+      names.add(basename(t.path));
+      byDir.set(dirname(t.path), names);
+    }
+    for (const [dir, names] of byDir) {
+      if (this.watchers.has(dir)) continue;
+      try {
+        const w = watch(dir, { persistent: false }, (_event, file) => {
+          if (file !== null && !names.has(String(file))) return;
+          if (this.logger.enabled('debug')) this.logger.debug(`${file === null ? dir : join(dir, String(file))} changed: retrying ${this.waiters.size} held clients now`);
+          this.wakeAll();
+        });
+        w.on('error', () => {
+          w.close();
+          this.watchers.delete(dir);
+        });
+        this.watchers.set(dir, w);
+      } catch {
+        // directory missing too: the backoff alone finds it
+      }
     }
   }
 
-  private closeWatcher(): void {
-    this.watcher?.close();
-    this.watcher = undefined;
+  private closeWatchers(): void {
+    for (const w of this.watchers.values()) w.close();
+    this.watchers.clear();
   }
 
   private wakeAll(): void {
-    if (this.logger.enabled('debug')) this.logger.debug(`${this.settings.target} changed: retrying ${this.waiters.size} held clients now`);
     for (const p of [...this.waiters]) p.wake();
-  }
-
-  /** Outcome of a connect attempt made for a client: problem reports and --error-limit. */
-  liveResult(kind: BackendFailure | undefined, err: NodeJS.ErrnoException | undefined): void {
-    if (kind === undefined) {
-      this.liveErrors = 0;
-      this.problems.report(this.settings.target, undefined);
-      return;
-    }
-    this.problems.report(this.settings.target, err);
-    if (this.settings.errorLimit > 0 && ++this.liveErrors >= this.settings.errorLimit) {
-      this.liveErrors = 0;
-      this.events.onErrorLimit(`${this.settings.errorLimit} consecutive connect errors from client traffic (${err?.code ?? 'error'})`);
-    }
-  }
-}
-
-/** Where connect problems go: logged here, or (in a worker) sent to the primary. */
-export interface Reporter {
-  report(target: string, err: Pick<NodeJS.ErrnoException, 'code' | 'message'> | undefined): void;
-  reset(): void;
-}
-
-/**
- * Connect problems are logged once per change (and each code at most once per
- * interval, as they can alternate), never once per client or per retry.
- */
-export class ProblemReporter implements Reporter {
-  private reported: string | undefined;
-  private readonly reportedAt = new Map<string, number>();
-
-  constructor(private readonly logger: Logger) {}
-
-  reset(): void {
-    this.reported = undefined;
-  }
-
-  report(target: string, err: Pick<NodeJS.ErrnoException, 'code' | 'message'> | undefined): void {
-    const code = err?.code;
-    if (code === this.reported) return;
-    this.reported = code;
-    if (code === undefined) return;
-    const now = Date.now();
-    if (now - (this.reportedAt.get(code) ?? -Infinity) < REPORT_AGAIN_AFTER_MS) return;
-    this.reportedAt.set(code, now);
-    const fields = { TARGET: target, ERRNO: code };
-    switch (classifyConnectError(code)) {
-      case 'denied':
-        this.logger.error(
-          `EBACKEND_PERM: cannot connect to ${target}: permission denied (${code}) — give the service the socket's group ` +
-          `(SupplementaryGroups= in bridge.service, or run sockbridge as a member of it) and make the socket group-writable`, fields);
-        return;
-      case 'absent': {
-        const why = code === 'ENOENT' ? 'does not exist' : code === 'ECONNREFUSED' ? 'refuses connections (no program listening)'
-          : code === 'ECONNRESET' ? 'reset the connection (restarting)' : 'has a full accept queue';
-        this.logger.warning(`target ${target} ${why} (${code}); clients are held up to connect-timeout while waiting for it`, fields);
-        return;
-      }
-      case 'exhausted':
-        this.logger.error(`cannot connect to ${target}: out of file descriptors or memory (${code}); clients are held and retried — raise LimitNOFILE= or lower --max-conn`, fields);
-        return;
-      case 'other':
-        this.logger.error(`cannot connect to ${target} (${code}: ${err!.message}); check the target option`, fields);
-    }
   }
 }

@@ -1,8 +1,8 @@
-// The accepting side of the service: listeners → sessions → backend, with
-// max-conn, STATUS=, reload and drain. Health checks and exit-idle-time
-// belong to the caller (service.ts), which reports the target's state through
-// onBackendState() and hears about sessions coming and going through
-// onBusyChange().
+// The accepting side of the service: listeners → sessions → backend (the
+// targets, their health checks and the holding of clients: backend.ts,
+// targets.ts), with max-conn, STATUS=, reload and drain. Exit-idle-time
+// belongs to the caller (service.ts), which hears about sessions coming and
+// going through onBusyChange().
 //
 // One of two relays moves the bytes, chosen once at start (chooseRelay):
 // the native one (native-relay.ts: C threads accept and relay; sessions in
@@ -15,18 +15,19 @@ import { closeSync } from 'node:fs';
 import net from 'node:net';
 import { AccessList } from './access';
 import { addressLabel, plainAddress } from './address';
-import { Backend, Reporter } from './backend';
+import { Backend } from './backend';
 import { HandoverError, InstallError } from './errors';
 import {
   Adopted, CarriedClient, CarriedSession, decodeState, FD_NAME, readState, splitPassed, STATE_NAME, store, storeCapacity, storeNeeded, StoreOutcome, unbundleAll,
 } from './handover';
 import type { BackendState } from './health';
+import type { Target, TargetPool } from './targets';
 import { checkDescriptorBudget, Listener, ListenerInfo, listenSpecs, openListeners, PassedSocket } from './listeners';
 import type { Logger } from './log';
 import { AcceptedClient, defaultThreads, LOAD_FAILED, loadRelayAddon, NativeRelay, RelayAddon } from './native-relay';
 import { NativeContext, NativeSession } from './native-session';
 import type { Notifier } from './notify';
-import { Config, formatValue, OPTIONS } from './options';
+import { applyReload, Config, formatValue, OPTIONS } from './options';
 import { BridgedSession, idleSweepInterval, Session, SessionContext, socketDialer } from './session';
 import { Stats } from './stats';
 import { TlsTerminator } from './tls';
@@ -34,8 +35,6 @@ import { TlsTerminator } from './tls';
 const STATUS_EVERY_MS = 1000;
 
 export interface BridgeHooks {
-  /** --error-limit reached: whoever runs the health checks marks the target DOWN. */
-  onErrorLimit(reason: string): void;
   /** Sessions went from none to some, or back (exit-idle-time). */
   onBusyChange(busy: boolean): void;
 }
@@ -94,7 +93,6 @@ export class Bridge {
   private idleSweep: { timer: NodeJS.Timeout; every: number } | undefined;
   private stopping: Promise<void> | undefined;
   private queueFullReported = false;
-  private backendState: BackendState = 'INIT';
   private access: AccessList;
   private tls: TlsTerminator | undefined;
   /** Bytes counted by the processes before this one (a restart's handover): the counters go on from there. */
@@ -104,10 +102,9 @@ export class Bridge {
     private cfg: Config,
     private readonly logger: Logger,
     private readonly notifier: Notifier,
-    problems: Reporter,
     private readonly hooks: BridgeHooks,
   ) {
-    this.backend = new Backend(cfg, logger, problems, { onErrorLimit: hooks.onErrorLimit });
+    this.backend = new Backend(cfg, logger, { onTargetState: (target, state) => this.onTargetState(target, state) });
     this.access = new AccessList(cfg.allow, cfg.deny);
     this.tls = TlsTerminator.load(cfg);
     const { info, addon } = chooseRelay(cfg);
@@ -147,6 +144,7 @@ export class Bridge {
 
   /** Start accepting; the caller logs where. */
   async start(passed: PassedSocket[]): Promise<void> {
+    this.backend.start();
     const { listeners, carried, state } = splitPassed(passed);
     const specs = listenSpecs(listeners, this.cfg.listen);
     if (this.native) {
@@ -452,39 +450,56 @@ export class Bridge {
     this.idleSweep = { timer, every };
   }
 
-  /** Close every session, or only those connected to the target (marked DOWN); returns how many. */
-  private closeSessions(reason: 'marked-down' | 'shutdown', connectingToo: boolean): number {
-    let closed = 0;
-    for (const s of [...this.sessions]) {
-      if (s.connecting && !connectingToo) continue;
-      closed++;
-      s.abort(reason); // a native session closes here only while connecting: the relay closes the open ones
-    }
+  /** Close every session (drain timeout), connecting ones too. */
+  private closeSessions(reason: 'shutdown'): void {
+    for (const s of [...this.sessions]) s.abort(reason); // a native session closes here only while connecting: the relay closes the open ones
     this.native?.relay.closeAll(reason);
-    return closed;
   }
 
-  // ---- backend state ---------------------------------------------------------
+  /** --on-marked-down shutdown-sessions: close the sessions on one target; returns how many. */
+  private closeSessionsOn(target: Target): number {
+    const on = [...this.sessions].filter((s) => !s.connecting && s.target === target);
+    for (const s of on) s.abort('marked-down');
+    this.native?.relay.closeWhere('marked-down', (s) => (s as NativeSession).target === target);
+    return on.length;
+  }
 
-  onBackendState(state: BackendState): void {
-    this.backendState = state;
+  // ---- targets ---------------------------------------------------------------
+
+  private onTargetState(target: Target, state: BackendState): void {
     this.publishStatus();
     if (state === 'DOWN' && this.cfg.onMarkedDown === 'shutdown-sessions') {
-      const closed = this.closeSessions('marked-down', false);
-      if (closed > 0) this.logger.warning(`closed ${closed} sessions because the target was marked DOWN (on-marked-down shutdown-sessions)`, { EVENT: 'shutdown-sessions' });
+      const closed = this.closeSessionsOn(target);
+      if (closed > 0) {
+        const which = this.backend.pool.several ? `target ${target.path}` : 'the target';
+        this.logger.warning(`closed ${closed} sessions because ${which} was marked DOWN (on-marked-down shutdown-sessions)`,
+          { EVENT: 'shutdown-sessions', TARGET: target.path });
+      }
     }
+  }
+
+  /** `sockbridge drain TARGET` and `enable`: the target, or undefined when there is none by that path. */
+  setDrained(path: string, drained: boolean): Target | undefined {
+    const t = this.backend.pool.setDrained(path, drained);
+    this.publishStatus();
+    return t;
   }
 
   private publishStatus(): void {
-    this.notifier.status(statusLine(this.backendState, this.snapshot()));
+    this.notifier.status(statusLine(this.backend.pool, this.snapshot()));
   }
 
   // ---- reload and stop -----------------------------------------------------------
 
-  /** SIGHUP: new settings for new sessions; open sessions keep running untouched. */
-  reload(next: Config): void {
+  /**
+   * SIGHUP: new settings for new sessions; open sessions keep running
+   * untouched. Options that need a restart keep their running values (and
+   * say so): returns the configuration now in effect.
+   */
+  reload(requested: Config): Config {
     this.notifier.reloading();
-    announceReload(this.logger, this.cfg, next);
+    announceReload(this.logger, this.cfg, requested);
+    const next = applyReload(this.cfg, requested);
     this.cfg = next;
     this.ctx.settings = next;
     this.sweepIdleSessions(next);
@@ -500,6 +515,7 @@ export class Bridge {
     this.logger.setLevel(next.logLevel);
     this.publishStatus();
     this.notifier.ready();
+    return next;
   }
 
   /** SIGTERM: stop accepting, let sessions finish up to drain-timeout, then close them. */
@@ -520,7 +536,7 @@ export class Bridge {
       const finished = await this.waitForSessions(this.cfg.drainTimeout);
       if (!finished) {
         this.logger.warning(`drain-timeout reached: closing ${this.sessions.size} sessions`, { EVENT: 'drain-timeout' });
-        this.closeSessions('shutdown', true);
+        this.closeSessions('shutdown');
         await this.waitForSessions(1000);
       }
     }
@@ -559,10 +575,17 @@ function closeFd(fd: number): void {
   }
 }
 
-/** The STATUS= line. */
-export function statusLine(state: BackendState, s: BridgeSnapshot): string {
-  const target = state === 'INIT' ? 'checking' : state;
-  return `target ${target}; ${s.active} active, ${s.waiting} waiting, ${s.total} served, ${s.failed} failed`;
+/** The STATUS= line: "target UP; …" with one target, "2/3 targets UP; …" with several. */
+export function statusLine(pool: Pick<TargetPool, 'current' | 'several'>, s: BridgeSnapshot): string {
+  const targets = pool.current;
+  let head: string;
+  if (!pool.several && targets.length === 1) {
+    const state = targets[0]!.state;
+    head = `target ${state === 'INIT' ? 'checking' : state}`;
+  } else {
+    head = `${targets.filter((t) => t.state === 'UP').length}/${targets.length} targets UP`;
+  }
+  return `${head}; ${s.active} active, ${s.waiting} waiting, ${s.total} served, ${s.failed} failed`;
 }
 
 export function logListening(logger: Logger, listeners: ListenerInfo[], target: string, relay: RelayInfo): void {

@@ -7,8 +7,8 @@ import { BadValue, ConfigError, UsageError } from './errors';
 import { TlsTerminator } from './tls';
 import { Config, OptionSpec, OPTIONS, defaults, findOption } from './options';
 
-export type Command = 'run' | 'check-config' | 'status' | 'generate';
-const COMMANDS: readonly Command[] = ['run', 'check-config', 'status', 'generate'];
+export type Command = 'run' | 'check-config' | 'status' | 'drain' | 'enable' | 'generate';
+const COMMANDS: readonly Command[] = ['run', 'check-config', 'status', 'drain', 'enable', 'generate'];
 
 export interface CommandLine {
   command: Command;
@@ -16,7 +16,7 @@ export interface CommandLine {
   args: string[];
   help: boolean;
   version: boolean;
-  /** status: which instance, and whether to print JSON. */
+  /** status, drain, enable: which instance; status: whether to print JSON. */
   instance: string | undefined;
   json: boolean;
   configPath: string | undefined;
@@ -139,25 +139,55 @@ function setOption<K extends keyof Config>(cfg: Config, spec: OptionSpec<K>, raw
 export function loadConfig(cli: CommandLine): Config {
   const cfg = defaults();
   const file = cli.configPath === undefined ? new Map<string, FileValue[]>() : readConfigFile(cli.configPath);
+  /** Where each option given was last set: its error, as that source reports one. */
+  const given = new Map<string, RawValue>();
   for (const spec of OPTIONS) {
     const fromFile = file.get(spec.name);
     if (fromFile) {
-      setOption(cfg, spec, fromFile.map(({ value, where }) => ({
+      const raws = fromFile.map(({ value, where }) => ({
         value,
         label: spec.name,
         fail: (msg: string): never => { throw new ConfigError('ECONFIG_VALUE', `${where}: ${msg}`); },
-      })));
+      }));
+      setOption(cfg, spec, raws);
+      given.set(spec.name, raws[raws.length - 1]!);
     }
     const fromCli = cli.values.get(spec.name);
     if (fromCli) {
-      setOption(cfg, spec, fromCli.map((value) => ({
+      const raws = fromCli.map((value) => ({
         value,
         label: `--${spec.name}`,
         fail: (msg: string): never => { throw new UsageError('EUSAGE_VALUE', msg); },
-      })));
+      }));
+      setOption(cfg, spec, raws);
+      given.set(spec.name, raws[raws.length - 1]!);
     }
   }
+  resolveTargets(cfg, given);
   return cfg;
+}
+
+/**
+ * The built-in target is the default only for a bridge given no --target and
+ * no --target-dir; a backup needs something to back up; a socket is one
+ * target (twice would count it twice in every round and for --balance).
+ */
+function resolveTargets(cfg: Config, given: Map<string, RawValue>): void {
+  if (!given.has('target') && given.has('target-dir') && cfg.targetDir !== '') cfg.target = [];
+  const backup = given.get('backup-target');
+  if (backup && cfg.backupTarget.length > 0 && !given.has('target') && cfg.targetDir === '') {
+    backup.fail(`${backup.label} needs a regular target to back up: give --target (or target-dir) too`);
+  }
+  const seen = new Set<string>();
+  for (const [name, paths] of [['target', cfg.target], ['backup-target', cfg.backupTarget]] as const) {
+    for (const path of paths) {
+      if (seen.has(path)) {
+        const raw = given.get(name)!;
+        raw.fail(`target ${path} is given twice (${raw.label}); give each socket once`);
+      }
+      seen.add(path);
+    }
+  }
 }
 
 /** Everything about a configuration that can be checked before running it. */
@@ -171,14 +201,16 @@ export function validate(cfg: Config): void {
  * must be a socket: a regular file there is a typo an operator wants to hear about.
  */
 export function checkTarget(cfg: Config): void {
-  let isSocket: boolean;
-  try {
-    isSocket = statSync(cfg.target).isSocket();
-  } catch {
-    return; // missing (or unreadable parent): reported at run time, waited for
-  }
-  if (!isSocket) {
-    throw new ConfigError('ECONFIG_TARGET_NOT_SOCKET', `target ${cfg.target} exists but is not a socket; point target at the UNIX socket the program listens on`);
+  for (const path of [...cfg.target, ...cfg.backupTarget]) {
+    let isSocket: boolean;
+    try {
+      isSocket = statSync(path).isSocket();
+    } catch {
+      continue; // missing (or unreadable parent): reported at run time, waited for
+    }
+    if (!isSocket) {
+      throw new ConfigError('ECONFIG_TARGET_NOT_SOCKET', `target ${path} exists but is not a socket; point target at the UNIX socket the program listens on`);
+    }
   }
 }
 

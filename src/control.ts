@@ -1,7 +1,9 @@
 // The control socket, HAProxy's "stats socket": a UNIX socket in the service's
-// runtime directory (mode 0600) answering `status` with the StatusReport as
-// JSON. `sockbridge status` is its client. Also the optional Prometheus
-// endpoint (--metrics-listen), serving the same report as metrics.
+// runtime directory (mode 0600) answering one command per connection, in
+// JSON: `status` (the StatusReport), `drain TARGET` and `enable TARGET` (as
+// HAProxy's `set server … state drain|ready`). `sockbridge status`, `drain`
+// and `enable` are its clients. Also the optional Prometheus endpoint
+// (--metrics-listen), serving the same report as metrics.
 
 import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
 import http from 'node:http';
@@ -13,7 +15,27 @@ import { parseListen } from './options';
 import { renderMetrics, StatusReport } from './status';
 
 const COMMAND_TIMEOUT_MS = 2000;
-const MAX_COMMAND_BYTES = 256;
+const MAX_COMMAND_BYTES = 512;
+
+/** What the control socket can do besides reporting. */
+export interface ControlActions {
+  report(): StatusReport;
+  /** drain (true) or enable (false) a target; false when there is no target by that path. */
+  setDrained(path: string, drained: boolean): boolean;
+}
+
+/** One command line → its JSON answer. */
+export function answer(command: string, actions: ControlActions): string {
+  if (command === 'status') return JSON.stringify(actions.report());
+  const m = /^(drain|enable) (.+)$/.exec(command);
+  if (m) {
+    const [, verb, path] = m as unknown as [string, string, string];
+    if (actions.setDrained(path, verb === 'drain')) return JSON.stringify({ ok: true, target: path, drained: verb === 'drain' });
+    const known = actions.report().targets.filter((t) => t.current).map((t) => t.path);
+    return JSON.stringify({ error: `no target ${path}; the targets are: ${known.join(', ') || 'none yet'}` });
+  }
+  return JSON.stringify({ error: `unknown command "${command}"; the commands are "status", "drain TARGET" and "enable TARGET"` });
+}
 
 /** --control-socket "auto": systemd's RuntimeDirectory= (/run/sockbridge) if set, else none. */
 export function controlPath(setting: string, env: NodeJS.ProcessEnv): string | undefined {
@@ -32,7 +54,7 @@ export function instanceControlPath(instance: string): string {
   return instance === 'bridge' ? '/run/sockbridge/bridge.ctl' : `/run/sockbridge@${instance}/bridge.ctl`;
 }
 
-export async function startControlServer(path: string, report: () => StatusReport, logger: Logger): Promise<net.Server> {
+export async function startControlServer(path: string, actions: ControlActions, logger: Logger): Promise<net.Server> {
   removeStaleSocket(path);
   const server = net.createServer((conn) => {
     conn.setTimeout(COMMAND_TIMEOUT_MS, () => conn.destroy());
@@ -45,8 +67,7 @@ export async function startControlServer(path: string, report: () => StatusRepor
       if (nl < 0 && input.length < MAX_COMMAND_BYTES) return;
       const command = input.slice(0, nl < 0 ? MAX_COMMAND_BYTES : nl).trim();
       conn.removeAllListeners('data');
-      if (command === 'status') conn.end(JSON.stringify(report()) + '\n');
-      else conn.end(JSON.stringify({ error: `unknown command "${command}"; the only command is "status"` }) + '\n');
+      conn.end(answer(command, actions) + '\n');
     });
   });
   await new Promise<void>((resolve, reject) => {
@@ -67,18 +88,18 @@ function removeStaleSocket(path: string): void {
   }
 }
 
-/** The client side, for `sockbridge status`. */
-export function queryStatus(path: string): Promise<StatusReport> {
+/** The client side, for `sockbridge status`, `drain` and `enable`: the parsed JSON answer. */
+export function queryControl(path: string, command: string): Promise<unknown> {
   return new Promise((resolve, reject) => {
     const conn = net.createConnection({ path });
     let out = '';
     conn.setEncoding('utf8');
     conn.setTimeout(COMMAND_TIMEOUT_MS, () => conn.destroy(new Error('no answer within 2 s')));
-    conn.on('connect', () => conn.write('status\n'));
+    conn.on('connect', () => conn.write(`${command}\n`));
     conn.on('data', (d: string) => { out += d; });
     conn.on('end', () => {
       try {
-        resolve(JSON.parse(out) as StatusReport);
+        resolve(JSON.parse(out) as unknown);
       } catch {
         reject(new Error(`unexpected answer: ${out.slice(0, 200)}`));
       }

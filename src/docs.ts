@@ -7,6 +7,8 @@ const USAGE = `Usage: sockbridge [options]              run the bridge
        sockbridge check-config [options]  validate and print the effective configuration
        sockbridge status [--instance NAME] [--json]
                                           ask a running service (its control socket) how it is
+       sockbridge drain|enable TARGET [--instance NAME]
+                                          no new sessions to TARGET (open ones finish), or again
        sockbridge generate config|man|markdown
                                           print the commented config file, the man page, or the README table`;
 
@@ -69,6 +71,7 @@ export function renderMan(version: string): string {
     '.B sockbridge\n[\\fIoptions\\fR]',
     '.br\n.B sockbridge check\\-config\n[\\fIoptions\\fR]',
     '.br\n.B sockbridge status\n[\\fB\\-\\-instance\\fR \\fINAME\\fR] [\\fB\\-\\-json\\fR]',
+    '.br\n.B sockbridge drain\n|\n.B enable\n\\fITARGET\\fR [\\fB\\-\\-instance\\fR \\fINAME\\fR]',
     '.SH DESCRIPTION',
     roff(SUMMARY),
     'Under systemd it takes its listening sockets from the socket unit (LISTEN_FDS), reports READY, STATUS, WATCHDOG and STOPPING, and logs structured entries to the journal; elsewhere it binds \\fB\\-\\-listen\\fR itself and logs to standard error.',

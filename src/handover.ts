@@ -52,6 +52,8 @@ export interface CarriedSession extends CarriedClient {
   bytesOut: number;
   /** 1: client → target done, 2: target → client done. */
   directionsDone: number;
+  /** The target's path (a reader that predates it finds no such field, and counts the session on no target). */
+  target: string | undefined;
 }
 
 /** The counters that go on from where they were. */
@@ -89,7 +91,7 @@ export function storeNeeded(maxConn: number, backlog: number): number {
 
 type Inode = number;
 interface ClientRecord { c: Inode; a: string; p: number; t: number; i: number; r?: string; e: boolean; n: number }
-interface SessionRecord extends ClientRecord { s: Inode; o: number; d: number }
+interface SessionRecord extends ClientRecord { s: Inode; o: number; d: number; g?: string }
 interface StateFile { format: string; version: number; sessions: SessionRecord[]; waiting: ClientRecord[]; totals: CarriedTotals }
 
 function inode(fd: number): Inode {
@@ -105,7 +107,7 @@ function clientRecord(c: CarriedClient): ClientRecord {
 export function encodeState(h: Handover): Buffer {
   const file: StateFile = {
     format: FORMAT, version: STATE_VERSION, totals: h.totals, waiting: h.waiting.map(clientRecord),
-    sessions: h.sessions.map((s) => ({ ...clientRecord(s), s: inode(s.serverFd), o: s.bytesOut, d: s.directionsDone })),
+    sessions: h.sessions.map((s) => ({ ...clientRecord(s), s: inode(s.serverFd), o: s.bytesOut, d: s.directionsDone, ...(s.target === undefined ? {} : { g: s.target }) })),
   };
   return Buffer.from(JSON.stringify(file));
 }
@@ -155,7 +157,7 @@ export function decodeState(bytes: Buffer, fds: number[]): Adopted {
       if (s !== undefined) closeQuietly(s);
       continue;
     }
-    sessions.push({ ...client(r, c), serverFd: s, bytesOut: r.o, directionsDone: r.d });
+    sessions.push({ ...client(r, c), serverFd: s, bytesOut: r.o, directionsDone: r.d, target: r.g });
   }
   const waiting: CarriedClient[] = [];
   for (const r of file.waiting) {

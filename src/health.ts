@@ -1,17 +1,17 @@
 // Health checks as in HAProxy's `check inter 2000 rise 2 fall 3`: a probe
 // connect every check-interval; `rise` consecutive successes mark the target
 // UP, `fall` consecutive failures mark it DOWN. --error-limit can mark it DOWN
-// from client traffic too (markDown). One authority per service: with several
-// workers, the primary runs it and tells the workers.
+// from client traffic too (markDown). One per target (targets.ts).
 
 import net from 'node:net';
-import type { Reporter } from './backend';
+import type { Reporter } from './problems';
 import type { Logger } from './log';
 import type { Config } from './options';
 
 export type BackendState = 'INIT' | 'UP' | 'DOWN';
 
-export type HealthSettings = Pick<Config, 'target' | 'connectTimeout' | 'checkInterval' | 'rise' | 'fall'>;
+/** One target's path, and the checks' settings. */
+export type HealthSettings = Pick<Config, 'connectTimeout' | 'checkInterval' | 'rise' | 'fall'> & { target: string };
 
 export interface CheckResult {
   ok: boolean;

@@ -3,7 +3,7 @@
 
 import { validate, CommandLine, loadConfig, parseCommandLine } from './config';
 import { renderConfigFile, renderHelp, renderMan, renderMarkdownTable } from './docs';
-import { instanceControlPath, queryStatus } from './control';
+import { instanceControlPath, queryControl } from './control';
 import { EXIT_OK, EXIT_SOFTWARE, SockbridgeError, UnavailableError, UsageError } from './errors';
 import { takeSystemdSockets } from './listeners';
 import { createLogger, Logger } from './log';
@@ -13,19 +13,32 @@ import { Service } from './service';
 import { renderStatus, StatusReport } from './status';
 import { VERSION } from './version';
 
-async function status(cli: CommandLine): Promise<void> {
+/** One command to the running service through its control socket (control.ts). */
+async function ask(cli: CommandLine, command: string): Promise<unknown> {
   const setting = cli.values.get('control-socket')?.[0];
   const path = setting && setting !== 'auto' ? setting : instanceControlPath(cli.instance ?? 'bridge');
-  let report: StatusReport;
   try {
-    report = await queryStatus(path);
+    return await queryControl(path, command);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     const hint = code === 'ENOENT' ? 'is the service running (systemctl status bridge.service)? name another with --instance or --control-socket'
       : code === 'EACCES' ? 'the control socket is for root and the service user: use sudo' : 'is the service healthy?';
     throw new UnavailableError('ESTATUS', `cannot ask ${path}: ${code ?? (err as Error).message} — ${hint}`);
   }
+}
+
+async function status(cli: CommandLine): Promise<void> {
+  const report = await ask(cli, 'status') as StatusReport;
   process.stdout.write(cli.json ? JSON.stringify(report, null, 2) + '\n' : renderStatus(report));
+}
+
+/** `sockbridge drain TARGET` / `enable TARGET`: no new sessions on it (open ones finish), or again. */
+async function setDrained(cli: CommandLine, verb: 'drain' | 'enable'): Promise<void> {
+  const path = cli.args[0];
+  if (path === undefined || cli.args.length > 1) throw new UsageError('EUSAGE_TARGET', `${verb} needs one target, the socket's path as "sockbridge status" lists it`);
+  const reply = await ask(cli, `${verb} ${path}`) as { ok?: boolean; error?: string };
+  if (!reply.ok) throw new UsageError('EUSAGE_TARGET', reply.error ?? `the service did not ${verb} ${path}`);
+  process.stdout.write(`${path}: ${verb === 'drain' ? 'drained (no new sessions; open ones finish)' : 'enabled'}\n`);
 }
 
 function checkConfig(cli: CommandLine): void {
@@ -116,6 +129,7 @@ function main(argv: string[]): void {
     if (cli.command === 'check-config') return checkConfig(cli);
     if (cli.command === 'generate') return generate(cli.args[0]);
     if (cli.command === 'status') return void status(cli).catch(fail);
+    if (cli.command === 'drain' || cli.command === 'enable') return void setDrained(cli, cli.command).catch(fail);
   } catch (err) {
     fail(err);
   }

@@ -27,7 +27,7 @@ export interface RelayAddon {
     clientTimeoutMs: number, serverTimeoutMs: number, mayRetry: boolean, clientEnded: boolean): number;
   resume(id: number, clientFd: number, serverFd: number, replay: Buffer | undefined, clientTimeoutMs: number, serverTimeoutMs: number,
     directionsDone: number, bytesIn: number, bytesOut: number): number;
-  closeAll(reason: number): void;
+  closeAll(reason: number, ids: number[] | undefined): number;
   counters(): [number, number, number];
   alive(): boolean;
   stop(): void;
@@ -244,9 +244,15 @@ export class NativeRelay {
     this.addon.closeFd(fd);
   }
 
-  /** Close every relayed session (drain timeout, target marked DOWN); their ends arrive as events. */
-  closeAll(reason: 'marked-down' | 'shutdown'): void {
-    this.addon.closeAll(CLOSE_REASONS.indexOf(reason));
+  /** Close every relayed session (drain timeout); their ends arrive as events. */
+  closeAll(reason: 'shutdown'): void {
+    this.addon.closeAll(CLOSE_REASONS.indexOf(reason), undefined);
+  }
+
+  /** Close the relayed sessions `which` picks (a target marked DOWN: its sessions). */
+  closeWhere(reason: 'marked-down', which: (session: RelaySession) => boolean): void {
+    const ids = [...this.sessions].filter(([, s]) => which(s)).map(([id]) => id);
+    if (ids.length > 0) this.addon.closeAll(CLOSE_REASONS.indexOf(reason), ids);
   }
 
   private takeId(): number {

@@ -10,6 +10,7 @@
 import { addressLabel, plainAddress } from './address';
 import type { ConnectFailure, PendingConnect } from './backend';
 import type { CarriedClient, CarriedSession } from './handover';
+import type { Target } from './targets';
 import type { AcceptedClient, HandedBack, NativeRelay, RelaySession } from './native-relay';
 import { proxyHeader } from './proxy-protocol';
 import { BridgedSession, CloseReason, recordSessionEnd, SessionContext, SessionSettings } from './session';
@@ -27,6 +28,8 @@ const enum Phase {
 export class NativeSession implements BridgedSession, RelaySession {
   private phase = Phase.Connecting;
   private pending: PendingConnect<number> | undefined;
+  /** The target it is connected to (or was, before a retry: that one is avoided). */
+  target: Target | undefined;
   private reason: CloseReason | undefined;
   private error: string | undefined;
   private clientFd: number;
@@ -79,26 +82,26 @@ export class NativeSession implements BridgedSession, RelaySession {
     const { backend, relay } = this.ctx;
     // A restart is under way: this client waits for the next process (carry()).
     if (relay.handingOver) return;
-    const fd = backend.connectNow(relay.connectNow);
-    if (fd !== undefined) return this.relayTo(fd);
+    const now = backend.connectNow(relay.connectNow, this.target);
+    if (now !== undefined) return this.relayTo(now.conn, now.target);
     this.ctx.stats.held++;
-    this.pending = backend.connect((failure, serverFd, err) => this.onConnect(failure, serverFd, err), this.ctx.dialer);
+    this.pending = backend.connect((failure, serverFd, err, target) => this.onConnect(failure, serverFd, err, target), this.ctx.dialer, this.target);
   }
 
-  private onConnect(failure: ConnectFailure | undefined, serverFd: number | undefined, err: NodeJS.ErrnoException | undefined): void {
+  private onConnect(failure: ConnectFailure | undefined, serverFd: number | undefined, err: NodeJS.ErrnoException | undefined, target: Target | undefined): void {
     if (this.phase === Phase.Closed) return; // carried (its cancel lands here): the fd goes on
     this.pending = undefined;
     this.ctx.stats.held--;
-    if (failure !== undefined || serverFd === undefined) {
+    if (failure !== undefined || serverFd === undefined || target === undefined) {
       this.reason ??= failure;
       this.error ??= err?.code;
       return this.close();
     }
-    this.relayTo(serverFd);
+    this.relayTo(serverFd, target);
   }
 
   /** Connected: both fds go to the relay. */
-  private relayTo(serverFd: number): void {
+  private relayTo(serverFd: number, target: Target): void {
     const { sendProxy, clientTimeout, serverTimeout } = this.settings;
     // Every connection to the target, a retry's too, starts with the PROXY header.
     const header = sendProxy === 'none' ? undefined : proxyHeader(sendProxy, this.endpoints());
@@ -113,6 +116,8 @@ export class NativeSession implements BridgedSession, RelaySession {
     }
     this.phase = Phase.Open;
     this.ctx.stats.active++;
+    this.target = target;
+    target.opened();
   }
 
   /** A session a previous process handed over: relayed on from where it was. */
@@ -122,6 +127,9 @@ export class NativeSession implements BridgedSession, RelaySession {
     if (failed) return failed;
     this.phase = Phase.Open;
     this.ctx.stats.active++;
+    // The target it was on, if it is still one (counted there; a retry avoids it).
+    this.target = carried.target === undefined ? undefined : this.ctx.backend.pool.find(carried.target);
+    this.target?.opened();
     return undefined;
   }
 
@@ -144,7 +152,8 @@ export class NativeSession implements BridgedSession, RelaySession {
     if (h) {
       this.phase = Phase.Closed;
       this.ctx.stats.active--;
-      return { ...client, serverFd: h.serverFd, replay: h.replay, bytesIn: h.bytesIn, bytesOut: h.bytesOut, directionsDone: h.directionsDone };
+      return { ...client, serverFd: h.serverFd, replay: h.replay, bytesIn: h.bytesIn, bytesOut: h.bytesOut, directionsDone: h.directionsDone,
+        target: this.target?.path };
     }
     if (this.phase !== Phase.Connecting) return undefined;
     this.phase = Phase.Closed;
@@ -169,6 +178,7 @@ export class NativeSession implements BridgedSession, RelaySession {
    */
   retry(clientFd: number, error: string, replay: Buffer, clientEnded: boolean, bytesIn: number): void {
     this.ctx.stats.active--;
+    this.target?.released();
     this.retriesLeft--;
     this.clientFd = clientFd;
     this.replay = replay;
@@ -191,7 +201,7 @@ export class NativeSession implements BridgedSession, RelaySession {
     this.phase = Phase.Closed;
     recordSessionEnd(this.ctx, {
       clientAddr: this.clientAddr, clientPort: this.clientPort, startedAt: this.startedAt, reason: this.reason ?? 'done',
-      error: this.error, bytesIn, bytesOut, wasOpen,
+      error: this.error, bytesIn, bytesOut, wasOpen, target: this.target,
     }, false);
     this.ctx.onClosed(this);
   }

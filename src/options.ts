@@ -3,6 +3,8 @@
 // derived from OPTIONS below: add an option here and nowhere else.
 
 import { parseCidrs } from './access';
+import { statSync } from 'node:fs';
+import { basename, dirname } from 'node:path';
 import { BadValue } from './errors';
 
 export type LogLevel = 'debug' | 'info' | 'notice' | 'warning' | 'error';
@@ -11,7 +13,10 @@ export const LOG_LEVELS: readonly LogLevel[] = ['debug', 'info', 'notice', 'warn
 /** The effective configuration. Durations are milliseconds; 0 means "off" where the help says so. */
 export interface Config {
   listen: string[];
-  target: string;
+  target: string[];
+  backupTarget: string[];
+  targetDir: string;
+  balance: 'first' | 'roundrobin' | 'leastconn';
   connectTimeout: number;
   retries: number;
   clientTimeout: number;
@@ -60,6 +65,17 @@ export interface OptionSpec<K extends keyof Config> {
 
 export type AnyOption = { [K in keyof Config]: OptionSpec<K> }[keyof Config];
 
+function keep<K extends keyof Config>(to: Config, from: Config, key: K): void {
+  to[key] = from[key];
+}
+
+/** A reloaded configuration as it runs: the new values of reloadable options, the running values of the others. */
+export function applyReload(running: Config, requested: Config): Config {
+  const next: Config = { ...requested };
+  for (const o of OPTIONS) if (!o.reloadable) keep(next, running, o.key);
+  return next;
+}
+
 // ---- value types ----------------------------------------------------------
 
 const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
@@ -104,6 +120,42 @@ export function parseListen(raw: string): { host: string | undefined; port: numb
   return { host, port };
 }
 
+/** --target-dir: a directory (every socket in it) or a glob on the file name ("/run/app/*.sock"). */
+export function parseTargetDir(pattern: string): { dir: string; match: (name: string) => boolean } {
+  const name = basename(pattern);
+  if (pattern.endsWith('/') || !/[*?[]/.test(name)) return { dir: pattern.replace(/\/+$/, '') || '/', match: () => true };
+  const re = new RegExp(`^${name.replace(/[.+^${}()|\\]/g, '\\$&').replace(/\*/g, '[^/]*').replace(/\?/g, '[^/]')}$`);
+  return { dir: dirname(pattern), match: (n) => re.test(n) };
+}
+
+/** What the bridge reaches when neither --target nor --target-dir is given. */
+export const DEFAULT_TARGET = '/var/program/program.cmd';
+const BALANCES = ['first', 'roundrobin', 'leastconn'] as const;
+
+function socketPath(raw: string): string {
+  const path = raw.trim();
+  if (path === '') throw new BadValue('expected the path of a UNIX socket');
+  // sun_path holds 108 bytes including the terminating NUL.
+  if (Buffer.byteLength(path) > 107) throw new BadValue('a UNIX socket path is at most 107 bytes; use a shorter path or a symlinked directory');
+  return path;
+}
+
+/** A directory (or a glob's directory) that exists must be one: a typo an operator wants to hear about at once. */
+function parseTargetDirOption(raw: string): string {
+  const pattern = raw.trim();
+  if (pattern === '') return '';
+  if (!pattern.startsWith('/')) throw new BadValue('expected an absolute directory ("/run/app/") or a glob on the file name ("/run/app/*.sock")');
+  const { dir } = parseTargetDir(pattern);
+  let isDir = true;
+  try {
+    isDir = statSync(dir).isDirectory();
+  } catch {
+    // missing: waited for
+  }
+  if (!isDir) throw new BadValue(`${dir} exists but is not a directory; name the directory holding the sockets`);
+  return pattern;
+}
+
 const optionalPath = { type: 'path', parse: (raw: string) => raw.trim(), format: String } as const;
 const durationOpt = { type: 'duration', parse: parseDuration, format: formatDuration } as const;
 const countOpt = (min: number, max: number) =>
@@ -120,15 +172,29 @@ export const OPTIONS: readonly AnyOption[] = [
     combine: (values) => values.flat(),
   },
   {
-    name: 'target', key: 'target', type: 'path', default: '/var/program/program.cmd', reloadable: true,
-    help: 'The UNIX stream socket each client is connected to. It may be missing or recreated at any time: clients wait for it.',
-    parse: (raw) => {
-      const path = raw.trim();
-      if (path === '') throw new BadValue('expected the path of a UNIX socket');
-      // sun_path holds 108 bytes including the terminating NUL.
-      if (Buffer.byteLength(path) > 107) throw new BadValue('a UNIX socket path is at most 107 bytes; use a shorter path or a symlinked directory');
-      return path;
-    },
+    name: 'target', key: 'target', type: 'path', default: [DEFAULT_TARGET], reloadable: true,
+    help: 'The UNIX stream socket each client is connected to; repeat for several (each health-checked on its own, chosen by --balance). It may be missing or recreated at any time: clients wait for it. Not used by default when --target-dir is given.',
+    parse: (raw) => [socketPath(raw)],
+    format: (v) => v.join(', '),
+    combine: (values) => values.flat(),
+  },
+  {
+    name: 'backup-target', key: 'backupTarget', type: 'path', default: [], reloadable: true,
+    help: 'A socket used only while no regular target can take a client (all marked DOWN, or a client\'s connects to every one just failed), as HAProxy\'s "backup"; repeat for several. New sessions go back to the regular targets as soon as one accepts.',
+    parse: (raw) => [socketPath(raw)],
+    format: (v) => v.join(', '),
+    combine: (values) => values.flat(),
+  },
+  {
+    name: 'target-dir', key: 'targetDir', type: 'directory or glob', default: '', reloadable: true,
+    help: 'Every UNIX socket in this directory ("/run/app/") or matching this glob on the file name ("/run/app/*.sock") is a target, joining when its file appears and leaving when it goes; ordered by name. A missing directory is waited for.',
+    parse: parseTargetDirOption,
+    format: String,
+  },
+  {
+    name: 'balance', key: 'balance', type: BALANCES.join('|'), default: 'roundrobin', reloadable: true,
+    help: 'How new sessions are spread over the UP targets: "roundrobin" in turn (the default, as in HAProxy: instances of one program share the load), "leastconn" to the one with the fewest open sessions (for long sessions), "first" to the first UP one in the order given (the others are spares).',
+    parse: (raw) => oneOf(BALANCES, raw),
     format: String,
   },
   {

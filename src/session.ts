@@ -22,6 +22,7 @@ import type { Fields, Logger } from './log';
 import type { Config } from './options';
 import { proxyHeader } from './proxy-protocol';
 import type { Stats } from './stats';
+import type { Target } from './targets';
 
 export type SessionSettings = Pick<Config, 'clientTimeout' | 'serverTimeout' | 'retries' | 'sendProxy'>;
 
@@ -48,8 +49,10 @@ export interface SessionContext<C = net.Socket> {
 
 /** What the bridge sees of a session, whichever relay moves its bytes. */
 export interface BridgedSession {
-  /** Still waiting for the target. */
+  /** Still waiting for a target. */
   readonly connecting: boolean;
+  /** The target it is connected to, once it is. */
+  readonly target: Target | undefined;
   /** Close it now: only while connecting for a native session (the relay closes open ones all at once). */
   abort(reason: CloseReason): void;
 }
@@ -65,6 +68,8 @@ export interface SessionEnd {
   bytesOut: number;
   /** It reached the target (so it counted as active). */
   wasOpen: boolean;
+  /** The target it reached (the one it was last on, after retries), if any. */
+  target: Target | undefined;
 }
 
 /** The counters and the one log entry of every session, whichever relay ran it. */
@@ -73,6 +78,10 @@ export function recordSessionEnd(ctx: Pick<SessionContext<unknown>, 'stats' | 'l
   const { reason, bytesIn, bytesOut, error } = end;
   if (end.wasOpen) stats.active--;
   stats.total++;
+  if (end.wasOpen && end.target) {
+    end.target.ended(end.reason !== 'done');
+    if (!end.target.current) ctx.backend.pool.prune();
+  }
   // The native relay counts its bytes live, in its threads (see Bridge.snapshot).
   if (countBytes) {
     stats.bytesIn += bytesIn;
@@ -89,7 +98,7 @@ export function recordSessionEnd(ctx: Pick<SessionContext<unknown>, 'stats' | 'l
     BYTES_OUT: bytesOut,
     DURATION_MS: Date.now() - end.startedAt,
     REASON: reason,
-    TARGET: ctx.backend.target,
+    TARGET: end.target?.path ?? ctx.backend.pool.describe(),
   };
   if (error) fields['ERRNO'] = error;
   const why = reason === 'connect-timeout' ? ': the target did not accept within connect-timeout' : '';
@@ -125,6 +134,8 @@ export class Session implements BridgedSession {
   private phase = Phase.Connecting;
   private server: BridgedSocket | undefined;
   private pending: PendingConnect<net.Socket> | undefined;
+  /** The target it is connected to (or was, before a retry: that one is avoided). */
+  target: Target | undefined;
   private reason: CloseReason | undefined;
   private error: string | undefined;
   private clientClosed = false;
@@ -196,10 +207,10 @@ export class Session implements BridgedSession {
   private dial(): void {
     this.phase = Phase.Connecting;
     this.ctx.stats.held++;
-    this.pending = this.ctx.backend.connect((failure, server, err) => this.onConnect(failure, server, err), this.ctx.dialer);
+    this.pending = this.ctx.backend.connect((failure, server, err, target) => this.onConnect(failure, server, err, target), this.ctx.dialer, this.target);
   }
 
-  private onConnect(failure: ConnectFailure | undefined, socket: net.Socket | undefined, err: NodeJS.ErrnoException | undefined): void {
+  private onConnect(failure: ConnectFailure | undefined, socket: net.Socket | undefined, err: NodeJS.ErrnoException | undefined, target: Target | undefined): void {
     this.pending = undefined;
     this.ctx.stats.held--;
     if (failure !== undefined || socket === undefined) {
@@ -223,6 +234,8 @@ export class Session implements BridgedSession {
     this.phase = Phase.Open;
     this.busy = true;
     this.ctx.stats.active++;
+    this.target = target;
+    target?.opened();
 
     if (!this.relaying) {
       this.relaying = true;
@@ -323,6 +336,7 @@ export class Session implements BridgedSession {
     old.destroy();
     this.server = undefined;
     this.ctx.stats.active--;
+    this.target?.released();
     this.client.pause();
     if (this.ctx.logger.enabled('debug')) {
       this.ctx.logger.debug(`session ${addressLabel(this.clientAddr, this.clientPort)}: target dropped the connection unanswered (${err.code}); sending the request again on a new one`);
@@ -381,7 +395,7 @@ export class Session implements BridgedSession {
     this.phase = Phase.Closed;
     recordSessionEnd(this.ctx, {
       clientAddr: this.clientAddr, clientPort: this.clientPort, startedAt: this.startedAt, reason: this.reason ?? 'done',
-      error: this.error, bytesIn: this.client.bytesRead, bytesOut: this.client.bytesWritten, wasOpen,
+      error: this.error, bytesIn: this.client.bytesRead, bytesOut: this.client.bytesWritten, wasOpen, target: this.target,
     }, true);
     this.ctx.onClosed(this);
   }

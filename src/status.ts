@@ -3,7 +3,7 @@
 // Prometheus text format.
 
 import type { BridgeSnapshot, RelayInfo } from './bridge';
-import type { HealthCheck } from './health';
+import type { Target, TargetPool } from './targets';
 import type { ListenerInfo } from './listeners';
 import { Config, formatValue, OPTIONS } from './options';
 
@@ -15,13 +15,10 @@ export interface StatusReport {
   uptimeSeconds: number;
   /** Processes serving: always 1 since the native relay (kept for scripts that read it). */
   workers: number;
-  target: {
-    path: string;
-    state: 'INIT' | 'UP' | 'DOWN';
-    stateSince: string;
-    secondsInState: number;
-    lastCheck: { ok: boolean; detail: string; at: string } | null;
-  };
+  /** The first target (with several, each is in `targets`). */
+  target: TargetRow;
+  /** Every target: configured ones (regular first, then backups), and removed ones with sessions left. */
+  targets: (TargetRow & TargetCounters)[];
   sessions: { active: number; waiting: number; total: number; failed: number; denied: number };
   bytes: { in: number; out: number };
   config: Record<string, string>;
@@ -35,17 +32,46 @@ export interface StatusReport {
   relay: RelayInfo;
 }
 
+export interface TargetRow {
+  path: string;
+  state: 'INIT' | 'UP' | 'DOWN';
+  stateSince: string;
+  secondsInState: number;
+  lastCheck: { ok: boolean; detail: string; at: string } | null;
+}
+
+export interface TargetCounters {
+  role: 'regular' | 'backup';
+  /** `sockbridge drain`: no new sessions. */
+  drained: boolean;
+  /** Still configured (false: removed by a reload or gone from --target-dir, its sessions finishing). */
+  current: boolean;
+  active: number;
+  total: number;
+  failed: number;
+}
+
+function targetRow(t: Target, now: number): TargetRow & TargetCounters {
+  return {
+    path: t.path, state: t.state, stateSince: new Date(t.stateSince).toISOString(), secondsInState: Math.round((now - t.stateSince) / 1000),
+    lastCheck: t.lastCheck ? { ok: t.lastCheck.ok, detail: t.lastCheck.detail, at: new Date(t.lastCheck.at).toISOString() } : null,
+    role: t.role, drained: t.drained, current: t.current, active: t.active, total: t.total, failed: t.failed,
+  };
+}
+
 export function buildReport(opts: {
   version: string;
   startedAt: number;
-  health: Pick<HealthCheck, 'state' | 'stateSince' | 'lastCheck'>;
+  targets: Pick<TargetPool, 'all' | 'describe'>;
   totals: BridgeSnapshot;
   cfg: Config;
   listeners: ListenerInfo[];
   relay: RelayInfo;
 }): StatusReport {
   const now = Date.now();
-  const { health, totals, cfg } = opts;
+  const { totals, cfg } = opts;
+  const targets = opts.targets.all.map((t) => targetRow(t, now));
+  const first = targets[0];
   const config: Record<string, string> = {};
   for (const o of OPTIONS) config[o.name] = formatValue(o, cfg);
   return {
@@ -54,13 +80,11 @@ export function buildReport(opts: {
     startedAt: new Date(opts.startedAt).toISOString(),
     uptimeSeconds: Math.round((now - opts.startedAt) / 1000),
     workers: 1,
-    target: {
-      path: cfg.target,
-      state: health.state,
-      stateSince: new Date(health.stateSince).toISOString(),
-      secondsInState: Math.round((now - health.stateSince) / 1000),
-      lastCheck: health.lastCheck ? { ok: health.lastCheck.ok, detail: health.lastCheck.detail, at: new Date(health.lastCheck.at).toISOString() } : null,
-    },
+    // (A --target-dir without sockets yet has no first target: the pattern, nothing to check.)
+    target: first
+      ? { path: first.path, state: first.state, stateSince: first.stateSince, secondsInState: first.secondsInState, lastCheck: first.lastCheck }
+      : { path: opts.targets.describe(), state: 'DOWN', stateSince: new Date(opts.startedAt).toISOString(), secondsInState: Math.round((now - opts.startedAt) / 1000), lastCheck: null },
+    targets,
     sessions: { active: totals.active, waiting: totals.waiting, total: totals.total, failed: totals.failed, denied: totals.denied },
     bytes: { in: totals.bytesIn, out: totals.bytesOut },
     config,
@@ -90,9 +114,15 @@ export function renderStatus(r: StatusReport): string {
     ['uptime', `${duration(r.uptimeSeconds)} (pid ${r.pid}, sockbridge ${r.version})`],
   ];
   const config = Object.entries(r.config).map(([k, v]): [string, string] => [`  ${k}`, v]);
-  const width = Math.max(...[...head, ...config].map(([k]) => k.length)) + 2;
+  // One row per target, as HAProxy's "show stat", when there are several.
+  const several = r.targets.length > 1 || r.targets.some((t) => t.role === 'backup' || !t.current);
+  const targets = several ? r.targets.map((t): [string, string] => [`  ${t.path}`, [
+    `${t.state}${t.drained ? ' (drained)' : ''}${t.role === 'backup' ? ' backup' : ''}${t.current ? '' : ' (removed)'} for ${duration(t.secondsInState)}`,
+    `${t.active} active, ${t.total} served, ${t.failed} failed`,
+  ].join(', ')]) : [];
+  const width = Math.max(...[...head, ...targets, ...config].map(([k]) => k.length)) + 2;
   const line = ([k, v]: [string, string]): string => `${k.padEnd(width)}${v}`;
-  return [...head.map(line), 'configuration', ...config.map(line)].join('\n') + '\n';
+  return [...head.map(line), ...(several ? ['targets', ...targets.map(line)] : []), 'configuration', ...config.map(line)].join('\n') + '\n';
 }
 
 /** Prometheus text exposition format, version 0.0.4. */
@@ -114,6 +144,15 @@ export function renderMetrics(r: StatusReport): string {
   metric('sockbridge_workers', 'gauge', 'Processes serving (always 1: the native relay uses threads).', r.workers);
   metric('sockbridge_relay_native', 'gauge', 'Whether the native relay moves the bytes (1) or the TypeScript one (0).', r.relay.kind === 'native' ? 1 : 0);
   metric('sockbridge_relay_threads', 'gauge', 'Threads relaying sessions.', r.relay.threads);
+  const perTarget = (name: string, type: 'gauge' | 'counter', help: string, value: (t: StatusReport['targets'][number]) => number): void => {
+    out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
+    for (const t of r.targets) out.push(`${name}{target="${t.path.replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"} ${value(t)}`);
+  };
+  perTarget('sockbridge_target_up', 'gauge', 'Whether each target is marked UP (1) or not (0).', (t) => (t.state === 'UP' ? 1 : 0));
+  perTarget('sockbridge_target_drained', 'gauge', 'Whether each target is drained (sockbridge drain): no new sessions.', (t) => (t.drained ? 1 : 0));
+  perTarget('sockbridge_target_sessions_active', 'gauge', 'Sessions connected to each target now.', (t) => t.active);
+  perTarget('sockbridge_target_sessions_total', 'counter', 'Sessions ended on each target.', (t) => t.total);
+  perTarget('sockbridge_target_sessions_failed_total', 'counter', 'Sessions on each target that ended on an error or timeout.', (t) => t.failed);
   metric('sockbridge_start_time_seconds', 'gauge', 'Start time of the service, in seconds since the epoch.', Math.floor(Date.parse(r.startedAt) / 1000));
   return out.join('\n') + '\n';
 }

@@ -1,0 +1,58 @@
+// Connect problems with a target, logged once per change (not once per client
+// or per retry): each target has its own reporter (targets.ts), which its
+// health check and its clients' connects share.
+
+import { classifyConnectError } from './errors';
+import type { Logger } from './log';
+
+const REPORT_AGAIN_AFTER_MS = 10_000;
+
+/** Where a target's connect problems go. */
+export interface Reporter {
+  report(target: string, err: Pick<NodeJS.ErrnoException, 'code' | 'message'> | undefined): void;
+  reset(): void;
+}
+
+/**
+ * Connect problems are logged once per change (and each code at most once per
+ * interval, as they can alternate), never once per client or per retry.
+ */
+export class ProblemReporter implements Reporter {
+  private reported: string | undefined;
+  private readonly reportedAt = new Map<string, number>();
+
+  constructor(private readonly logger: Logger) {}
+
+  reset(): void {
+    this.reported = undefined;
+  }
+
+  report(target: string, err: Pick<NodeJS.ErrnoException, 'code' | 'message'> | undefined): void {
+    const code = err?.code;
+    if (code === this.reported) return;
+    this.reported = code;
+    if (code === undefined) return;
+    const now = Date.now();
+    if (now - (this.reportedAt.get(code) ?? -Infinity) < REPORT_AGAIN_AFTER_MS) return;
+    this.reportedAt.set(code, now);
+    const fields = { TARGET: target, ERRNO: code };
+    switch (classifyConnectError(code)) {
+      case 'denied':
+        this.logger.error(
+          `EBACKEND_PERM: cannot connect to ${target}: permission denied (${code}) — give the service the socket's group ` +
+          `(SupplementaryGroups= in bridge.service, or run sockbridge as a member of it) and make the socket group-writable`, fields);
+        return;
+      case 'absent': {
+        const why = code === 'ENOENT' ? 'does not exist' : code === 'ECONNREFUSED' ? 'refuses connections (no program listening)'
+          : code === 'ECONNRESET' ? 'reset the connection (restarting)' : 'has a full accept queue';
+        this.logger.warning(`target ${target} ${why} (${code}); clients are held up to connect-timeout while waiting for it`, fields);
+        return;
+      }
+      case 'exhausted':
+        this.logger.error(`cannot connect to ${target}: out of file descriptors or memory (${code}); clients are held and retried — raise LimitNOFILE= or lower --max-conn`, fields);
+        return;
+      case 'other':
+        this.logger.error(`cannot connect to ${target} (${code}: ${err!.message}); check the target option`, fields);
+    }
+  }
+}

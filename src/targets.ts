@@ -1,0 +1,333 @@
+// The targets a bridge reaches, and which one a new session tries first:
+// every --target (in the order given), every socket of --target-dir (ordered
+// by name, joining and leaving as their files come and go), and the
+// --backup-target sockets, used while no regular target can take a client.
+// Each target has its own health check (health.ts), its own connect-problem
+// log and --error-limit count, its own counters, and may be drained by the
+// operator (`sockbridge drain`). Holding and retrying clients is backend.ts's;
+// this file only says, for one connect round, in which order to try.
+
+import { Dirent, FSWatcher, readdirSync, watch } from 'node:fs';
+import { join } from 'node:path';
+import { ProblemReporter } from './problems';
+import type { BackendFailure } from './errors';
+import { HealthCheck } from './health';
+import type { BackendState, CheckResult } from './health';
+import type { Logger } from './log';
+import { Config, parseTargetDir } from './options';
+
+export type TargetRole = 'regular' | 'backup';
+export type TargetSettings = Pick<Config, 'target' | 'backupTarget' | 'targetDir' | 'balance' | 'connectTimeout' | 'checkInterval' | 'rise' | 'fall' | 'errorLimit'>;
+
+const DIR_RETRY_MS = 1000;
+
+/** One socket sessions can be sent to. */
+export class Target {
+  active = 0;
+  total = 0;
+  failed = 0;
+  drained = false;
+  /** Still configured (a removed target keeps its open sessions until they end). */
+  current = true;
+  readonly problems: ProblemReporter;
+  private liveErrors = 0;
+  private errorLimit: number;
+  private readonly health: HealthCheck;
+
+  constructor(
+    readonly path: string,
+    readonly role: TargetRole,
+    readonly fromDir: boolean,
+    settings: TargetSettings,
+    logger: Logger,
+    private readonly onState: (t: Target, state: BackendState) => void,
+  ) {
+    this.problems = new ProblemReporter(logger);
+    this.health = new HealthCheck({ ...settings, target: path }, logger, this.problems, (state) => this.onState(this, state));
+    this.errorLimit = settings.errorLimit;
+  }
+
+  get state(): BackendState {
+    return this.health.state;
+  }
+
+  get stateSince(): number {
+    return this.health.stateSince;
+  }
+
+  get lastCheck(): CheckResult | undefined {
+    return this.health.lastCheck;
+  }
+
+  start(): void {
+    this.health.start();
+  }
+
+  stop(): void {
+    this.health.stop();
+  }
+
+  configure(settings: TargetSettings): void {
+    this.errorLimit = settings.errorLimit;
+    this.health.configure({ ...settings, target: this.path });
+  }
+
+  /** The outcome of a connect made for a client: problem reports, and --error-limit for this target. */
+  liveResult(kind: BackendFailure | undefined, err: NodeJS.ErrnoException | undefined): void {
+    this.problems.report(this.path, err);
+    if (kind === undefined) {
+      this.liveErrors = 0;
+      return;
+    }
+    if (this.errorLimit > 0 && ++this.liveErrors >= this.errorLimit) {
+      this.liveErrors = 0;
+      this.health.markDown(`${this.errorLimit} consecutive connect errors from client traffic (${err?.code ?? 'error'})`);
+    }
+  }
+
+  /** A session connected to it started relaying; ended() when it ends. */
+  opened(): void {
+    this.active++;
+  }
+
+  ended(failed: boolean): void {
+    this.active--;
+    this.total++;
+    if (failed) this.failed++;
+  }
+
+  /** Its connection was dropped unanswered and the session retries (on another target, if there is one). */
+  released(): void {
+    this.active--;
+  }
+}
+
+/** The sockets of a --target-dir, watched: `onChange` gets the sorted paths whenever they may have changed. */
+class TargetDir {
+  private watcher: FSWatcher | undefined;
+  private retry: NodeJS.Timeout | undefined;
+  private scheduled = false;
+  private readonly dir: string;
+  private readonly match: (name: string) => boolean;
+
+  constructor(readonly pattern: string, private readonly onChange: (paths: string[]) => void) {
+    ({ dir: this.dir, match: this.match } = parseTargetDir(pattern));
+  }
+
+  start(): void {
+    this.watchDir();
+    this.scan();
+  }
+
+  stop(): void {
+    this.watcher?.close();
+    this.watcher = undefined;
+    if (this.retry) clearInterval(this.retry);
+    this.retry = undefined;
+  }
+
+  private watchDir(): void {
+    try {
+      this.watcher = watch(this.dir, { persistent: false }, () => this.scheduleScan());
+      this.watcher.on('error', () => this.lost());
+      if (this.retry) clearInterval(this.retry);
+      this.retry = undefined;
+    } catch {
+      this.lost();
+    }
+  }
+
+  /** The directory is missing (or went away): clients are held, and it is looked for again every second. */
+  private lost(): void {
+    this.watcher?.close();
+    this.watcher = undefined;
+    this.scheduleScan();
+    if (this.retry) return;
+    this.retry = setInterval(() => {
+      this.watchDir();
+      this.scan();
+    }, DIR_RETRY_MS);
+    this.retry.unref();
+  }
+
+  private scheduleScan(): void {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    setImmediate(() => {
+      this.scheduled = false;
+      this.scan();
+    });
+  }
+
+  private scan(): void {
+    let entries: Dirent[];
+    try {
+      entries = readdirSync(this.dir, { withFileTypes: true });
+    } catch {
+      if (this.watcher) this.lost(); // removed while watched (an instance's RuntimeDirectory=)
+      return this.onChange([]);
+    }
+    this.onChange(entries.filter((e) => e.isSocket() && this.match(e.name)).map((e) => join(this.dir, e.name)).sort());
+  }
+}
+
+export interface PoolEvents {
+  /** A target changed state (health checks, --error-limit). */
+  onState(target: Target, state: BackendState): void;
+  /** The set of targets, or a target's usability, changed: held clients should try again now. */
+  onChange(): void;
+}
+
+export class TargetPool {
+  /** Every target by path: the configured ones first (in order), then those of --target-dir, then the backups. */
+  private targets: Target[] = [];
+  private readonly drained = new Set<string>();
+  private dir: TargetDir | undefined;
+  private dirPaths: string[] = [];
+  private turn = 0;
+  private running = false;
+  private settings: TargetSettings;
+
+  constructor(settings: TargetSettings, private readonly logger: Logger, private readonly events: PoolEvents) {
+    this.settings = settings;
+    this.rebuild();
+  }
+
+  /** The targets now configured, regular ones first (for status, STATUS=, metrics). */
+  get current(): Target[] {
+    return this.targets.filter((t) => t.current);
+  }
+
+  /** Also removed targets that still have open sessions. */
+  get all(): Target[] {
+    return this.targets;
+  }
+
+  get several(): boolean {
+    return this.settings.targetDir !== '' || this.current.length > 1;
+  }
+
+  /** A short name of what is reached, for logs: the one path, or the list. */
+  describe(): string {
+    const s = this.settings;
+    return [...s.target, ...(s.targetDir ? [s.targetDir] : []), ...s.backupTarget.map((b) => `${b} (backup)`)].join(', ');
+  }
+
+  find(path: string): Target | undefined {
+    return this.targets.find((t) => t.path === path);
+  }
+
+  start(): void {
+    this.running = true;
+    for (const t of this.current) t.start();
+    this.dir?.start();
+  }
+
+  stop(): void {
+    this.running = false;
+    this.dir?.stop();
+    for (const t of this.targets) t.stop();
+  }
+
+  /** SIGHUP: the new set of targets for new sessions; sessions on a removed one run on. */
+  configure(settings: TargetSettings): void {
+    const dirChanged = settings.targetDir !== this.settings.targetDir;
+    this.settings = settings;
+    if (dirChanged) {
+      this.dir?.stop();
+      this.dir = undefined;
+      this.dirPaths = [];
+    }
+    this.rebuild();
+    for (const t of this.current) t.configure(settings);
+    if (dirChanged && this.running) this.dir?.start();
+    this.events.onChange();
+  }
+
+  /** `sockbridge drain TARGET` (true) and `enable` (false): kept across reloads. Returns the target, if there is one by that path. */
+  setDrained(path: string, drained: boolean): Target | undefined {
+    const t = this.find(path);
+    if (!t || !t.current) return undefined;
+    if (drained) this.drained.add(path);
+    else this.drained.delete(path);
+    t.drained = drained;
+    this.logger.notice(`target ${path} ${drained ? 'drained: no new sessions, open ones finish' : 'enabled again'}`,
+      { EVENT: drained ? 'target-drained' : 'target-enabled', TARGET: path });
+    this.events.onChange();
+    return t;
+  }
+
+  /**
+   * The order one connect round tries the targets in. The usable regular
+   * targets (not DOWN, not drained), by --balance; then the backups; then the
+   * regular targets marked DOWN (a mark can be stale, and a client held is
+   * better served late than never). When every regular target is DOWN, the
+   * backups come first. `avoid` (the target that just dropped a retried
+   * request) goes last.
+   */
+  candidates(avoid?: Target): Target[] {
+    const usable = this.targets.filter((t) => t.current && !t.drained);
+    const regular = usable.filter((t) => t.role === 'regular');
+    const up = regular.filter((t) => t.state !== 'DOWN');
+    const backups = usable.filter((t) => t.role === 'backup');
+    const backupsUpFirst = [...backups.filter((t) => t.state !== 'DOWN'), ...backups.filter((t) => t.state === 'DOWN')];
+    const down = regular.filter((t) => t.state === 'DOWN');
+    const order = up.length > 0 ? [...this.balance(up), ...backupsUpFirst, ...down] : [...backupsUpFirst, ...down];
+    if (avoid === undefined || order.length < 2 || !order.includes(avoid)) return order;
+    return [...order.filter((t) => t !== avoid), avoid];
+  }
+
+  private balance(up: Target[]): Target[] {
+    if (up.length < 2 || this.settings.balance === 'first') return up;
+    const start = this.turn++ % up.length;
+    const rotated = [...up.slice(start), ...up.slice(0, start)];
+    if (this.settings.balance === 'roundrobin') return rotated;
+    // leastconn: fewest active sessions first; equals in turn, as HAProxy does.
+    return rotated.sort((a, b) => a.active - b.active);
+  }
+
+  /** The configured targets, in their order, keeping the objects (state, counters) of those that stay. */
+  private rebuild(): void {
+    const s = this.settings;
+    if (s.targetDir && !this.dir) this.dir = new TargetDir(s.targetDir, (paths) => this.onDirScan(paths));
+    const wanted: { path: string; role: TargetRole; fromDir: boolean }[] = [
+      ...s.target.map((path) => ({ path, role: 'regular' as const, fromDir: false })),
+      ...this.dirPaths.filter((p) => !s.target.includes(p)).map((path) => ({ path, role: 'regular' as const, fromDir: true })),
+      ...s.backupTarget.map((path) => ({ path, role: 'backup' as const, fromDir: false })),
+    ];
+    const next: Target[] = [];
+    for (const w of wanted) {
+      let t = this.targets.find((x) => x.path === w.path && x.role === w.role && x.current);
+      if (!t) {
+        t = new Target(w.path, w.role, w.fromDir, s, this.logger, (target, state) => this.events.onState(target, state));
+        t.drained = this.drained.has(w.path);
+        if (this.running) t.start();
+      }
+      next.push(t);
+    }
+    for (const old of this.targets) {
+      if (next.includes(old)) continue;
+      old.current = false;
+      old.stop();
+      if (old.active > 0) next.push(old); // shown until its last session ends
+    }
+    this.targets = next;
+  }
+
+  private onDirScan(paths: string[]): void {
+    const before = this.dirPaths.join('\n');
+    this.dirPaths = paths;
+    if (paths.join('\n') === before) return;
+    const added = paths.filter((p) => !before.split('\n').includes(p));
+    const removed = before === '' ? [] : before.split('\n').filter((p) => !paths.includes(p));
+    this.rebuild();
+    for (const p of added) this.logger.notice(`target ${p} joined (${this.settings.targetDir})`, { EVENT: 'target-added', TARGET: p });
+    for (const p of removed) this.logger.notice(`target ${p} left (${this.settings.targetDir}): its socket is gone`, { EVENT: 'target-removed', TARGET: p });
+    this.events.onChange();
+  }
+
+  /** A session on a removed target ended: forget the target once it has none. */
+  prune(): void {
+    this.targets = this.targets.filter((t) => t.current || t.active > 0);
+  }
+}
