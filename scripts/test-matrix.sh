@@ -88,9 +88,11 @@ prepare_tree() {
   local major=$1 nodedir=$CACHE/$1 tree=$WORK/node$1
   local version hash cached gyp script cmd tmp
   mkdir -p "$tree"
-  # Node-independent, and cheap to copy every run; README.md: a test checks the option table in it.
-  rm -rf "$tree/bin" "$tree/dist"
-  cp -a bin dist package.json package-lock.json README.md "$tree/" || return 1
+  # Node-independent, and cheap to copy every run; README.md: a test checks the option table in it;
+  # test/programs: the helper programs tests run (fake-systemd.py).
+  rm -rf "$tree/bin" "$tree/dist" "$tree/test"
+  mkdir -p "$tree/test"
+  cp -a bin dist package.json package-lock.json README.md "$tree/" && cp -a test/programs "$tree/test/" || return 1
   # The native relay is built against Node-API, which is ABI-stable: the one
   # build make build made (with this machine's Node) must load under every
   # Node; the suite forces it (--relay native), so a break fails there.

@@ -7,7 +7,7 @@
 // operator (`sockbridge drain`). Holding and retrying clients is backend.ts's;
 // this file only says, for one connect round, in which order to try.
 
-import { Dirent, FSWatcher, readdirSync, watch } from 'node:fs';
+import { Dirent, FSWatcher, readdirSync, statSync, watch } from 'node:fs';
 import { join } from 'node:path';
 import { ProblemReporter } from './problems';
 import type { BackendFailure } from './errors';
@@ -19,7 +19,8 @@ import { Config, parseTargetDir } from './options';
 export type TargetRole = 'regular' | 'backup';
 export type TargetSettings = Pick<Config, 'target' | 'backupTarget' | 'targetDir' | 'balance' | 'connectTimeout' | 'checkInterval' | 'rise' | 'fall' | 'errorLimit'>;
 
-const DIR_RETRY_MS = 1000;
+/** How often a --target-dir's directory itself is looked at (see TargetDir). */
+const DIR_CHECK_MS = 1000;
 
 /** One socket sessions can be sent to. */
 export class Target {
@@ -102,10 +103,17 @@ export class Target {
   }
 }
 
-/** The sockets of a --target-dir, watched: `onChange` gets the sorted paths whenever they may have changed. */
+/**
+ * The sockets of a --target-dir, watched: `onChange` gets the sorted paths
+ * whenever they may have changed. A watch on a directory that is removed and
+ * created again (an instance's RuntimeDirectory=) would watch the old one
+ * forever, so the directory itself is looked at every second too: missing,
+ * it is waited for; a new one is watched.
+ */
 class TargetDir {
   private watcher: FSWatcher | undefined;
-  private retry: NodeJS.Timeout | undefined;
+  private watchedInode: number | undefined;
+  private check: NodeJS.Timeout | undefined;
   private scheduled = false;
   private readonly dir: string;
   private readonly match: (name: string) => boolean;
@@ -115,39 +123,44 @@ class TargetDir {
   }
 
   start(): void {
-    this.watchDir();
-    this.scan();
+    this.look();
+    this.check = setInterval(() => this.look(), DIR_CHECK_MS);
+    this.check.unref();
   }
 
   stop(): void {
-    this.watcher?.close();
-    this.watcher = undefined;
-    if (this.retry) clearInterval(this.retry);
-    this.retry = undefined;
+    this.unwatch();
+    if (this.check) clearInterval(this.check);
+    this.check = undefined;
   }
 
-  private watchDir(): void {
+  /** Watch the directory there now (if it is not the one watched), and read it. */
+  private look(): void {
+    let inode: number | undefined;
     try {
-      this.watcher = watch(this.dir, { persistent: false }, () => this.scheduleScan());
-      this.watcher.on('error', () => this.lost());
-      if (this.retry) clearInterval(this.retry);
-      this.retry = undefined;
+      inode = statSync(this.dir).ino;
     } catch {
-      this.lost();
+      inode = undefined;
     }
+    if (inode !== this.watchedInode) {
+      this.unwatch();
+      if (inode !== undefined) {
+        try {
+          this.watcher = watch(this.dir, { persistent: false }, () => this.scheduleScan());
+          this.watcher.on('error', () => this.unwatch());
+          this.watchedInode = inode;
+        } catch {
+          // gone again meanwhile: the next look
+        }
+      }
+    }
+    this.scan();
   }
 
-  /** The directory is missing (or went away): clients are held, and it is looked for again every second. */
-  private lost(): void {
+  private unwatch(): void {
     this.watcher?.close();
     this.watcher = undefined;
-    this.scheduleScan();
-    if (this.retry) return;
-    this.retry = setInterval(() => {
-      this.watchDir();
-      this.scan();
-    }, DIR_RETRY_MS);
-    this.retry.unref();
+    this.watchedInode = undefined;
   }
 
   private scheduleScan(): void {
@@ -164,8 +177,7 @@ class TargetDir {
     try {
       entries = readdirSync(this.dir, { withFileTypes: true });
     } catch {
-      if (this.watcher) this.lost(); // removed while watched (an instance's RuntimeDirectory=)
-      return this.onChange([]);
+      return this.onChange([]); // missing: clients are held until it is back
     }
     this.onChange(entries.filter((e) => e.isSocket() && this.match(e.name)).map((e) => join(this.dir, e.name)).sort());
   }
