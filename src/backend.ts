@@ -88,7 +88,7 @@ export class PendingConnect<C> {
   }
 
   /** Try targets[i], then the next; `other`: every failure so far was of no kind worth waiting for. */
-  private round(targets: Target[], i: number, other: boolean): void {
+  private round(targets: readonly Target[], i: number, other: boolean): void {
     const target = targets[i];
     if (target === undefined) return this.roundFailed(targets.length > 0 && other);
     this.cancelAttempt = this.dialer.attempt(target.path, (conn) => {

@@ -197,6 +197,8 @@ export class TargetPool {
   private dir: TargetDir | undefined;
   private dirPaths: string[] = [];
   private turn = 0;
+  /** candidates() of a pool of one target, built once. */
+  private onlyRound: readonly Target[] | undefined;
   private running = false;
   private settings: TargetSettings;
 
@@ -277,7 +279,10 @@ export class TargetPool {
    * backups come first. `avoid` (the target that just dropped a retried
    * request) goes last.
    */
-  candidates(avoid?: Target): Target[] {
+  candidates(avoid?: Target): readonly Target[] {
+    // One target (the common case, on every connection): no arrays to build.
+    const only = this.targets.length === 1 ? this.targets[0]! : undefined;
+    if (only && only.current && !only.drained) return (this.onlyRound ??= [only]);
     const usable = this.targets.filter((t) => t.current && !t.drained);
     const regular = usable.filter((t) => t.role === 'regular');
     const up = regular.filter((t) => t.state !== 'DOWN');
@@ -324,6 +329,7 @@ export class TargetPool {
       if (old.active > 0) next.push(old); // shown until its last session ends
     }
     this.targets = next;
+    this.onlyRound = undefined;
   }
 
   private onDirScan(paths: string[]): void {
