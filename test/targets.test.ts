@@ -318,3 +318,47 @@ test('bad target settings: one clear line naming the option, exit 64 on the comm
     assertOneCleanLine(fromFile.stderr, c.says, 'bad.conf');
   }
 });
+
+test('a request the target dropped unanswered is sent again to a different target', async (t) => {
+  const dir = tempDir(t);
+  // "a" closes each connection with the request still unread, as a restart drops the connections
+  // queued on its old socket: the bridge reads ECONNRESET before any byte of answer.
+  let dropped = 0;
+  const aPath = join(dir, 'a.sock');
+  const aServer = net.createServer({ pauseOnConnect: true }, (s) => {
+    s.on('error', () => {});
+    setTimeout(() => { dropped++; s.destroy(); }, 200); // (the request is in its queue by then, unread)
+  });
+  await new Promise<void>((resolve) => aServer.listen(aPath, resolve));
+  const a = { path: aPath, close: () => new Promise<void>((r) => aServer.close(() => r())) };
+  const b = await program(join(dir, 'b.sock'), 'b');
+  t.after(async () => { await a.close(); await b.close(); });
+  // first: a is always tried first, so only the replay rule's "a different target" brings b in.
+  const br = await bridge(t, ['--target', a.path, '--target', b.path, '--check-interval', '0', '--balance', 'first']);
+  const s = await connect(br.port);
+  let got = '';
+  s.setEncoding('utf8');
+  s.on('data', (d: string) => { got += d; });
+  s.write('once');
+  await waitFor(() => got === 'b\nonce', 10_000, 'the answer from b');
+  s.destroy();
+  assert.equal(dropped, 1, 'sent to a once, then to b');
+});
+
+test('a reload shows and uses the running value of options that need a restart', async (t) => {
+  const dir = tempDir(t);
+  const a = await program(join(dir, 'a.sock'), 'a');
+  t.after(() => a.close());
+  const conf = join(dir, 'bridge.conf');
+  const ctl = join(dir, 'ctl.sock');
+  const write = (backlog: number, retries: number): void =>
+    writeFileSync(conf, `target = ${a.path}\ncheck-interval = 0\ncontrol-socket = ${ctl}\nbacklog = ${backlog}\nretries = ${retries}\n`);
+  write(64, 3);
+  const br = await startBridge(t, ['--config', conf, '--listen', '127.0.0.1:0']);
+  write(9, 1);
+  br.child.kill('SIGHUP');
+  await br.waitForLog(/take effect only after a restart/);
+  const r = JSON.parse((await runBridge(['status', '--json', '--control-socket', ctl])).stdout) as { config: Record<string, string> };
+  assert.equal(r.config['backlog'], '64', 'backlog needs a restart: the running value');
+  assert.equal(r.config['retries'], '1', 'retries is reloaded');
+});
