@@ -1187,17 +1187,14 @@ static socklen_t notify_address(napi_env env, napi_value v, struct sockaddr_un *
 }
 
 /* One datagram to the notify socket, with fds attached (SCM_RIGHTS). */
-static int notify_with_fds(const struct sockaddr_un *sa, socklen_t salen, const char *text, const int *fds, size_t nfds) {
-  int sock = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  if (sock < 0) return -errno;
-  struct iovec iov = { .iov_base = (void *)text, .iov_len = strlen(text) };
-  size_t space = nfds ? CMSG_SPACE(sizeof(int) * nfds) : 0;
-  char *control = space ? calloc(1, space) : NULL;
-  if (space && !control) {
-    close(sock);
-    return -ENOMEM;
-  }
-  struct msghdr msg = { .msg_name = (void *)sa, .msg_namelen = salen, .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = space };
+/* One message on sock (to sa, when given) with up to FDS_PER_MESSAGE fds attached (SCM_RIGHTS). Returns 0 or -errno. */
+static int send_with_fds(int sock, const struct sockaddr_un *sa, socklen_t salen, const void *data, size_t len, const int *fds, size_t nfds) {
+  char control[CMSG_SPACE(sizeof(int) * FDS_PER_MESSAGE)];
+  memset(control, 0, sizeof control);
+  if (nfds > FDS_PER_MESSAGE) return -E2BIG;
+  struct iovec iov = { .iov_base = (void *)data, .iov_len = len };
+  struct msghdr msg = { .msg_name = (void *)sa, .msg_namelen = sa ? salen : 0, .msg_iov = &iov, .msg_iovlen = 1,
+                        .msg_control = nfds ? control : NULL, .msg_controllen = nfds ? CMSG_SPACE(sizeof(int) * nfds) : 0 };
   if (nfds) {
     struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
     cm->cmsg_level = SOL_SOCKET;
@@ -1208,8 +1205,14 @@ static int notify_with_fds(const struct sockaddr_un *sa, socklen_t salen, const 
   ssize_t rc;
   do rc = sendmsg(sock, &msg, MSG_NOSIGNAL);
   while (rc < 0 && errno == EINTR);
-  int err = rc < 0 ? -errno : 0;
-  free(control);
+  return rc < 0 ? -errno : 0;
+}
+
+/* One datagram to the notify socket, with fds attached. */
+static int notify_with_fds(const struct sockaddr_un *sa, socklen_t salen, const char *text, const int *fds, size_t nfds) {
+  int sock = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (sock < 0) return -errno;
+  int err = send_with_fds(sock, sa, salen, text, strlen(text), fds, nfds);
   close(sock);
   return err;
 }
@@ -1283,20 +1286,9 @@ static napi_value js_bundle(napi_env env, napi_callback_info info) {
       fds[i] = int_arg(env, v);
     }
     /* One byte per message, the count: a stream socket never merges messages that carry fds. */
-    char count = (char)k;
-    struct iovec iov = { .iov_base = &count, .iov_len = 1 };
-    char control[CMSG_SPACE(sizeof(int) * FDS_PER_MESSAGE)];
-    memset(control, 0, sizeof control);
-    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = CMSG_SPACE(sizeof(int) * k) };
-    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
-    cm->cmsg_level = SOL_SOCKET;
-    cm->cmsg_type = SCM_RIGHTS;
-    cm->cmsg_len = CMSG_LEN(sizeof(int) * k);
-    memcpy(CMSG_DATA(cm), fds, sizeof(int) * k);
-    ssize_t rc;
-    do rc = sendmsg(pair[1], &msg, MSG_NOSIGNAL);
-    while (rc < 0 && errno == EINTR);
-    if (rc < 0) err = errno;
+    unsigned char count = (unsigned char)k;
+    int rc = send_with_fds(pair[1], NULL, 0, &count, 1, fds, k);
+    if (rc < 0) err = -rc;
   }
   close(pair[1]);
   if (err) {

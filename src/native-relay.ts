@@ -14,8 +14,8 @@ import { acceptErrorLog, Listener, listenError, ListenSpec } from './listeners';
 import type { Logger } from './log';
 import type { CloseReason } from './session';
 
-/** The addon's functions (native/relay.c, js_* functions). Negative numbers are -errno. */
-export interface RelayAddon {
+/** The addon's functions (native/relay.c, js_* functions; the fd store's in handover.ts). Negative numbers are -errno. */
+export interface RelayAddon extends FdStoreCalls {
   init(threads: number, onEvent: (kind: number, a: number, b: number, c: unknown, d: unknown, e: unknown) => void): number;
   bindTcp(host: string, port: number): number;
   listen(fd: number, backlog: number): number;
@@ -32,12 +32,6 @@ export interface RelayAddon {
   alive(): boolean;
   stop(): void;
   handover(graceMs: number, sessions: number): number;
-  notifyWithFds(socket: string, text: string, fds: number[]): number;
-  barrier(socket: string, timeoutMs: number): number;
-  memfd(name: string, bytes: Buffer): number;
-  bundle(fds: number[]): number;
-  unbundle(fd: number): number[];
-  peerGone(fd: number): boolean;
 }
 
 /** Event kinds and close reasons, numbered as in native/relay.c. */
