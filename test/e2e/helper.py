@@ -447,7 +447,7 @@ def journal_entries():
 
 
 def journal_session_end(payload):
-    wanted = ("CLIENT_ADDR", "BYTES_IN", "BYTES_OUT", "DURATION_MS", "REASON")
+    wanted = ("CLIENT_ADDR", "BYTES_IN", "BYTES_OUT", "DURATION_MS", "REASON", "TARGET")
     for e in journal_entries():
         if e.get("EVENT") != "session-end" or str(e.get("BYTES_IN")) != str(payload):
             continue
@@ -456,6 +456,8 @@ def journal_session_end(payload):
             sys.exit(f"session-end entry without {missing}: {e}")
         if not e["CLIENT_ADDR"].endswith("127.0.0.1"):
             sys.exit(f"unexpected CLIENT_ADDR {e['CLIENT_ADDR']!r}")
+        if e["TARGET"] != "/var/program/program.cmd":
+            sys.exit(f"TARGET {e['TARGET']!r}: not the target used")
         if int(e["BYTES_OUT"]) < int(payload):
             sys.exit(f"BYTES_OUT {e['BYTES_OUT']} < {payload}")
         print("session-end: " + " ".join(f"{f}={e[f]}" for f in wanted) + f" PRIORITY={e.get('PRIORITY')}")
