@@ -30,7 +30,7 @@ export class Target {
   drained = false;
   /** Still configured (a removed target keeps its open sessions until they end). */
   current = true;
-  readonly problems: ProblemReporter;
+  private readonly problems: ProblemReporter;
   private liveErrors = 0;
   private errorLimit: number;
   private readonly health: HealthCheck;
