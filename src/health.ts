@@ -55,7 +55,6 @@ export class HealthCheck {
 
   /** New settings (SIGHUP): check again now with them. */
   configure(settings: HealthSettings): void {
-    if (settings.target !== this.settings.target) this.problems.reset();
     this.settings = settings;
     if (!this.stopped) this.schedule(0);
   }

@@ -10,7 +10,6 @@ const REPORT_AGAIN_AFTER_MS = 10_000;
 /** Where a target's connect problems go. */
 export interface Reporter {
   report(target: string, err: Pick<NodeJS.ErrnoException, 'code' | 'message'> | undefined): void;
-  reset(): void;
 }
 
 /**
@@ -22,10 +21,6 @@ export class ProblemReporter implements Reporter {
   private readonly reportedAt = new Map<string, number>();
 
   constructor(private readonly logger: Logger) {}
-
-  reset(): void {
-    this.reported = undefined;
-  }
 
   report(target: string, err: Pick<NodeJS.ErrnoException, 'code' | 'message'> | undefined): void {
     const code = err?.code;
