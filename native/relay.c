@@ -995,6 +995,15 @@ static napi_value js_close_fd(napi_env env, napi_callback_info info) {
   return undefined_result(env);
 }
 
+/* Elements from..from+n of a JavaScript array of fds. */
+static void ints_arg(napi_env env, napi_value arr, uint32_t from, uint32_t n, int *out) {
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value v;
+    napi_get_element(env, arr, from + i, &v);
+    out[i] = int_arg(env, v);
+  }
+}
+
 static bool buffer_arg(napi_env env, napi_value v, char **data, size_t *len) {
   bool is;
   *data = NULL;
@@ -1231,11 +1240,7 @@ static napi_value js_notify_with_fds(napi_env env, napi_callback_info info) {
   napi_get_array_length(env, argv[2], &n);
   if (n > FDS_PER_MESSAGE) return int_result(env, -E2BIG);
   int fds[FDS_PER_MESSAGE];
-  for (uint32_t i = 0; i < n; i++) {
-    napi_value v;
-    napi_get_element(env, argv[2], i, &v);
-    fds[i] = int_arg(env, v);
-  }
+  ints_arg(env, argv[2], 0, n, fds);
   return int_result(env, notify_with_fds(&sa, salen, text, fds, n));
 }
 
@@ -1280,11 +1285,7 @@ static napi_value js_bundle(napi_env env, napi_callback_info info) {
   for (uint32_t off = 0; off < n && !err; off += FDS_PER_MESSAGE) {
     int fds[FDS_PER_MESSAGE];
     uint32_t k = n - off < FDS_PER_MESSAGE ? n - off : FDS_PER_MESSAGE;
-    for (uint32_t i = 0; i < k; i++) {
-      napi_value v;
-      napi_get_element(env, argv[0], off + i, &v);
-      fds[i] = int_arg(env, v);
-    }
+    ints_arg(env, argv[0], off, k, fds);
     /* One byte per message, the count: a stream socket never merges messages that carry fds. */
     unsigned char count = (unsigned char)k;
     int rc = send_with_fds(pair[1], NULL, 0, &count, 1, fds, k);

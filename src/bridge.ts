@@ -11,14 +11,13 @@
 // either way. A restart hands the native relay's sessions to the next
 // process through systemd's fd store (handover(), adopt(); handover.ts).
 
-import { closeSync } from 'node:fs';
 import net from 'node:net';
 import { AccessList } from './access';
 import { addressLabel, plainAddress } from './address';
 import { Backend } from './backend';
 import { HandoverError, InstallError } from './errors';
 import {
-  Adopted, CarriedClient, CarriedSession, decodeState, FD_NAME, readState, splitPassed, STATE_NAME, store, storeCapacity, storeNeeded, StoreOutcome, unbundleAll,
+  Adopted, CarriedClient, CarriedSession, closeQuietly, decodeState, FD_NAME, readState, splitPassed, STATE_NAME, store, storeCapacity, storeNeeded, StoreOutcome, unbundleAll,
 } from './handover';
 import type { BackendState } from './health';
 import type { Target, TargetPool } from './targets';
@@ -202,8 +201,8 @@ export class Bridge {
     // systemd keeps what it stored until told: each connection would stay open after its session ended.
     this.notifier.forgetStored([FD_NAME, STATE_NAME]);
     const refuse = (why: string, code: string, fds: number[]): void => {
-      for (const fd of fds) closeFd(fd);
-      if (stateFd !== undefined) closeFd(stateFd);
+      for (const fd of fds) closeQuietly(fd);
+      if (stateFd !== undefined) closeQuietly(stateFd);
       this.logger.error(`${why}: closed the ${fds.length} connections a previous process handed over`, { EVENT: 'handover-refused', CODE: code });
     };
     // Closing a bundle unread closes what it carries.
@@ -218,7 +217,7 @@ export class Bridge {
       if (!(err instanceof HandoverError)) throw err;
       return refuse(err.message, err.code, fds);
     }
-    closeFd(stateFd);
+    closeQuietly(stateFd);
     const { handover: { sessions, waiting, totals } } = adopted;
     let gone = adopted.lost;
     Object.assign(this.stats, { total: totals.total, failed: totals.failed, denied: totals.denied });
@@ -229,8 +228,8 @@ export class Bridge {
       // A connection reset (or shut down both ways) while no process ran is dropped, as systemd drops such stored fds.
       if (calls.peerGone(carried.clientFd) || session.resume(carried)) {
         gone++;
-        closeFd(carried.clientFd);
-        closeFd(carried.serverFd);
+        closeQuietly(carried.clientFd);
+        closeQuietly(carried.serverFd);
         continue;
       }
       resumed++;
@@ -240,7 +239,7 @@ export class Bridge {
     for (const carried of waiting) {
       if (calls.peerGone(carried.clientFd)) {
         gone++;
-        closeFd(carried.clientFd);
+        closeQuietly(carried.clientFd);
         continue;
       }
       admitted++;
@@ -296,7 +295,7 @@ export class Bridge {
     const full = relay ? await relay.handover(grace, Math.floor(capacity / 2)) : 0;
     const { sessions, waiting } = this.carryAll();
     const refused = waiting.splice(Math.max(0, capacity - 2 * sessions.length));
-    for (const c of refused) closeFd(c.clientFd);
+    for (const c of refused) closeQuietly(c.clientFd);
     const closed = await this.closeUncarried(deadline);
     let outcome: StoreOutcome = { stored: true, confirmed: true };
     if (relay && sessions.length + waiting.length > 0) {
@@ -304,8 +303,8 @@ export class Bridge {
       const { bytesIn, bytesOut } = this.snapshot();
       outcome = store(relay.fdStore, socket, { sessions, waiting, totals: { total, failed, denied, bytesIn, bytesOut } });
       // systemd holds its own copies now: closing ours closes no connection (unless nothing reached it).
-      for (const c of [...sessions, ...waiting]) closeFd(c.clientFd);
-      for (const c of sessions) closeFd(c.serverFd);
+      for (const c of [...sessions, ...waiting]) closeQuietly(c.clientFd);
+      for (const c of sessions) closeQuietly(c.serverFd);
     }
     const counts = { SESSIONS: sessions.length, WAITING: waiting.length };
     if (!outcome.stored) {
@@ -566,14 +565,6 @@ export class Bridge {
 }
 
 function noop(): void {}
-
-function closeFd(fd: number): void {
-  try {
-    closeSync(fd);
-  } catch {
-    // closed already: nothing to release
-  }
-}
 
 /** The STATUS= line: "target UP; …" with one target, "2/3 targets UP; …" with several. */
 export function statusLine(pool: Pick<TargetPool, 'current' | 'several'>, s: BridgeSnapshot): string {

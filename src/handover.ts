@@ -24,9 +24,9 @@ export const FD_NAME = 'sb';
 export const STATE_NAME = 'sb-state';
 const FORMAT = 'sockbridge-handover';
 /** Bump when a field changes meaning; a process refuses a version it does not know. */
-export const STATE_VERSION = 1;
+const STATE_VERSION = 1;
 /** FileDescriptorStoreMax= in the shipped units; systemd ≥ 254 passes the real one as $FDSTORE. */
-export const SHIPPED_STORE_MAX = 16;
+const SHIPPED_STORE_MAX = 16;
 /** The most fds in one bundle (native/relay.c: FDS_PER_MESSAGE × BUNDLE_MESSAGES). */
 const BUNDLE_FDS = 253 * 32;
 const BARRIER_TIMEOUT_MS = 5000;
@@ -195,22 +195,22 @@ export function store(calls: FdStoreCalls, notifySocket: string, h: Handover): S
   try {
     for (let i = 0; i < fds.length; i += BUNDLE_FDS) {
       const bundle = calls.bundle(fds.slice(i, i + BUNDLE_FDS));
-      if (bundle < 0) return { stored: false, error: errnoName(bundle) };
+      if (bundle < 0) return { stored: false, error: getSystemErrorName(bundle) };
       entries.push(bundle);
     }
     const state = calls.memfd(STATE_NAME, encodeState(h));
-    if (state < 0) return { stored: false, error: errnoName(state) };
+    if (state < 0) return { stored: false, error: getSystemErrorName(state) };
     entries.push(state);
     // FDPOLL=0 (systemd ≥ 246): a bundle's sending end is closed, which systemd's poll would take for a hang-up.
     const bundles = entries.slice(0, -1);
     if (bundles.length > 0) {
       const rc = calls.notifyWithFds(notifySocket, `FDSTORE=1\nFDNAME=${FD_NAME}\nFDPOLL=0`, bundles);
-      if (rc < 0) return { stored: false, error: errnoName(rc) };
+      if (rc < 0) return { stored: false, error: getSystemErrorName(rc) };
     }
     const rc = calls.notifyWithFds(notifySocket, `FDSTORE=1\nFDNAME=${STATE_NAME}\nFDPOLL=0`, [state]);
-    if (rc < 0) return { stored: true, confirmed: false, error: errnoName(rc) };
+    if (rc < 0) return { stored: true, confirmed: false, error: getSystemErrorName(rc) };
     const barrier = calls.barrier(notifySocket, BARRIER_TIMEOUT_MS);
-    return barrier < 0 ? { stored: true, confirmed: false, error: errnoName(barrier) } : { stored: true, confirmed: true };
+    return barrier < 0 ? { stored: true, confirmed: false, error: getSystemErrorName(barrier) } : { stored: true, confirmed: true };
   } finally {
     for (const fd of entries) calls.closeFd(fd);
   }
@@ -247,14 +247,11 @@ export function readState(fd: number): Buffer {
   return bytes.subarray(0, off);
 }
 
-function closeQuietly(fd: number): void {
+/** close(2), for an fd that may be closed already (a peer gone, a bundle read). */
+export function closeQuietly(fd: number): void {
   try {
     closeSync(fd);
   } catch {
     // already closed: nothing to release
   }
-}
-
-function errnoName(negativeErrno: number): string {
-  return getSystemErrorName(negativeErrno);
 }

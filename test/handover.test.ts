@@ -76,6 +76,15 @@ async function fakeSystemd(t: TestContext, dir: string, args: string[], env: Nod
   };
 }
 
+/** The most common setup: an echo program, and sockbridge in front of it under fake-systemd.py with `args` (the target is added). */
+async function echoBehindFakeSystemd(t: TestContext, args: string[] = [], env: NodeJS.ProcessEnv = {}): Promise<{ dir: string; sd: FakeSystemd }> {
+  const dir = tempDir(t);
+  const srv = await echoServer(join(dir, 'app.sock'));
+  t.after(() => srv.close());
+  const sd = await fakeSystemd(t, dir, ['--target', srv.path, '--check-interval', '0', ...args], env);
+  return { dir, sd };
+}
+
 /** A client that keeps sending numbered chunks and collects the echo. */
 function talker(s: net.Socket): { sent: () => Buffer; received: () => Buffer; say(n: number): void } {
   const out: Buffer[] = [];
@@ -93,10 +102,7 @@ function talker(s: net.Socket): { sent: () => Buffer; received: () => Buffer; sa
 }
 
 test('a restart hands an open session to the next process mid-stream: nothing lost, nothing repeated, counters go on', async (t) => {
-  const dir = tempDir(t);
-  const srv = await echoServer(join(dir, 'app.sock'));
-  t.after(() => srv.close());
-  const sd = await fakeSystemd(t, dir, ['--target', srv.path, '--check-interval', '0']);
+  const { sd } = await echoBehindFakeSystemd(t);
   const c = await connect(sd.port);
   const talk = talker(c);
   let n = 0;
@@ -155,10 +161,7 @@ test('a client held for an absent target is carried across a restart and served 
 });
 
 test('many sessions carried at once, each verified afterwards', async (t) => {
-  const dir = tempDir(t);
-  const srv = await echoServer(join(dir, 'app.sock'));
-  t.after(() => srv.close());
-  const sd = await fakeSystemd(t, dir, ['--target', srv.path, '--check-interval', '0']);
+  const { sd } = await echoBehindFakeSystemd(t);
   const COUNT = 300;
   const clients = await Promise.all(Array.from({ length: COUNT }, () => connect(sd.port)));
   t.after(() => { for (const c of clients) c.destroy(); });
@@ -175,10 +178,7 @@ test('many sessions carried at once, each verified afterwards', async (t) => {
 });
 
 test('a handover state of a version it does not know is refused cleanly: its connections closed, new clients served', async (t) => {
-  const dir = tempDir(t);
-  const srv = await echoServer(join(dir, 'app.sock'));
-  t.after(() => srv.close());
-  const sd = await fakeSystemd(t, dir, ['--target', srv.path, '--check-interval', '0']);
+  const { sd } = await echoBehindFakeSystemd(t);
   const c = await connect(sd.port);
   const talk = talker(c);
   talk.say(1);
@@ -225,10 +225,7 @@ test('SIGUSR2 outside systemd (no fd store): a stop, draining', async (t) => {
 });
 
 test('a connection whose peer went away while no process ran is dropped by the next process, and logged once', async (t) => {
-  const dir = tempDir(t);
-  const srv = await echoServer(join(dir, 'app.sock'));
-  t.after(() => srv.close());
-  const sd = await fakeSystemd(t, dir, ['--target', srv.path, '--check-interval', '0']);
+  const { sd } = await echoBehindFakeSystemd(t);
   const [stays, leaves] = await Promise.all([connect(sd.port), connect(sd.port)]);
   const talks = [talker(stays!), talker(leaves!)];
   talks.forEach((talk, i) => talk.say(i));
@@ -247,10 +244,7 @@ test('a connection whose peer went away while no process ran is dropped by the n
 });
 
 test('clients queued over max-conn are carried in order, and start as sessions end in the next process', async (t) => {
-  const dir = tempDir(t);
-  const srv = await echoServer(join(dir, 'app.sock'));
-  t.after(() => srv.close());
-  const sd = await fakeSystemd(t, dir, ['--target', srv.path, '--check-interval', '0', '--max-conn', '1']);
+  const { sd } = await echoBehindFakeSystemd(t, ['--max-conn', '1']);
   const first = await connect(sd.port);
   const firstTalk = talker(first);
   firstTalk.say(1);
@@ -274,11 +268,8 @@ test('clients queued over max-conn are carried in order, and start as sessions e
 });
 
 test('an fd store too small for max-conn: a warning at start, and on a restart what does not fit is drained', async (t) => {
-  const dir = tempDir(t);
-  const srv = await echoServer(join(dir, 'app.sock'));
-  t.after(() => srv.close());
   // $FDSTORE (systemd ≥ 254) says the store has one entry: room for the state, none for a bundle of connections.
-  const sd = await fakeSystemd(t, dir, ['--target', srv.path, '--check-interval', '0', '--max-conn', '2', '--backlog', '1'], { FDSTORE: '1' });
+  const { sd } = await echoBehindFakeSystemd(t, ['--max-conn', '2', '--backlog', '1'], { FDSTORE: '1' });
   await sd.waitLog(1, /max-conn 2 and backlog 1 may need 5 connections carried across a restart, but systemd's fd store carries 0 .*raise FileDescriptorStoreMax=/);
   const clients = await Promise.all([connect(sd.port), connect(sd.port)]);
   const talks = clients.map(talker);

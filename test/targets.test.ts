@@ -26,6 +26,14 @@ async function program(path: string, name: string): Promise<Program> {
   return Object.defineProperty(srv, 'accepted', { get: () => accepted }) as Program;
 }
 
+/** Programs named `names`, each on NAME.sock in a fresh directory, closed when the test ends. */
+async function programs(t: Parameters<typeof tempDir>[0], ...names: string[]): Promise<{ dir: string; progs: Program[] }> {
+  const dir = tempDir(t);
+  const progs = await Promise.all(names.map((n) => program(join(dir, `${n}.sock`), n)));
+  t.after(async () => { for (const p of progs) await p.close(); });
+  return { dir, progs };
+}
+
 /** A program stopped as a well-behaved one stops: no new connections, its socket file removed, open sessions finish. */
 function stopAccepting(p: Program): void {
   p.server.close();
@@ -126,9 +134,7 @@ test('a backup target takes sessions only while the regular one cannot, and give
 });
 
 test('roundrobin spreads 1,000 sessions over 3 targets within ±10 %', async (t) => {
-  const dir = tempDir(t);
-  const progs = await Promise.all(['x', 'y', 'z'].map((n) => program(join(dir, `${n}.sock`), n)));
-  t.after(async () => { for (const p of progs) await p.close(); });
+  const { progs } = await programs(t, 'x', 'y', 'z');
   const br = await bridge(t, [...progs.flatMap((p) => ['--target', p.path]), '--check-interval', '0']);
   const names: string[] = [];
   for (let batch = 0; batch < 100; batch++) names.push(...await Promise.all(Array.from({ length: 10 }, () => session(br.port))));
@@ -137,9 +143,7 @@ test('roundrobin spreads 1,000 sessions over 3 targets within ±10 %', async (t)
 });
 
 test('leastconn sends each new session to a target with the fewest open ones', async (t) => {
-  const dir = tempDir(t);
-  const progs = await Promise.all(['x', 'y', 'z'].map((n) => program(join(dir, `${n}.sock`), n)));
-  t.after(async () => { for (const p of progs) await p.close(); });
+  const { progs } = await programs(t, 'x', 'y', 'z');
   const br = await bridge(t, [...progs.flatMap((p) => ['--target', p.path]), '--check-interval', '0', '--balance', 'leastconn']);
   let release!: () => void;
   const held = new Promise<void>((r) => { release = r; });
@@ -198,10 +202,7 @@ test('a target directory: sockets join and leave while clients run; every client
 });
 
 test('reload adds and removes targets: new sessions use the new set, a session on a removed target runs on', async (t) => {
-  const dir = tempDir(t);
-  const a = await program(join(dir, 'a.sock'), 'a');
-  const b = await program(join(dir, 'b.sock'), 'b');
-  t.after(async () => { await a.close(); await b.close(); });
+  const { dir, progs: [a, b] } = await programs(t, 'a', 'b');
   const conf = join(dir, 'bridge.conf');
   const ctl = join(dir, 'ctl.sock');
   writeFileSync(conf, `target = ${a.path}\ncheck-interval = 0\ncontrol-socket = ${ctl}\n`);
@@ -225,10 +226,7 @@ test('reload adds and removes targets: new sessions use the new set, a session o
 });
 
 test('status, metrics and STATUS= per target', async (t) => {
-  const dir = tempDir(t);
-  const a = await program(join(dir, 'a.sock'), 'a');
-  const b = await program(join(dir, 'b.sock'), 'b');
-  t.after(async () => { await a.close(); await b.close(); });
+  const { dir, progs: [a, b] } = await programs(t, 'a', 'b');
   const ctl = join(dir, 'ctl.sock');
   const br = await bridge(t, ['--target', a.path, '--target', b.path, '--backup-target', join(dir, 'k.sock'), '--check-interval', '100ms',
     '--control-socket', ctl, '--metrics-listen', '127.0.0.1:0', '--balance', 'first']);
@@ -267,10 +265,7 @@ test('STATUS= names the number of targets UP with several, and stays as it was w
 });
 
 test('drain and enable under a client loop: no session fails, none starts on a drained target, drained stays drained across a reload', async (t) => {
-  const dir = tempDir(t);
-  const a = await program(join(dir, 'a.sock'), 'a');
-  const b = await program(join(dir, 'b.sock'), 'b');
-  t.after(async () => { await a.close(); await b.close(); });
+  const { dir, progs: [a, b] } = await programs(t, 'a', 'b');
   const conf = join(dir, 'bridge.conf');
   const ctl = join(dir, 'ctl.sock');
   writeFileSync(conf, `target = ${a.path}\ntarget = ${b.path}\ncheck-interval = 0\ncontrol-socket = ${ctl}\n`);
@@ -346,9 +341,7 @@ test('a request the target dropped unanswered is sent again to a different targe
 });
 
 test('a reload shows and uses the running value of options that need a restart', async (t) => {
-  const dir = tempDir(t);
-  const a = await program(join(dir, 'a.sock'), 'a');
-  t.after(() => a.close());
+  const { dir, progs: [a] } = await programs(t, 'a');
   const conf = join(dir, 'bridge.conf');
   const ctl = join(dir, 'ctl.sock');
   const write = (backlog: number, retries: number): void =>

@@ -250,17 +250,22 @@ def loop(host, port, name, directory, max_seconds=120):
     sys.exit(0 if failed == 0 and ok > 0 else 1)
 
 
+def wait_for_go(directory, max_seconds):
+    """Until run.sh creates DIR/go; at most max_seconds."""
+    end = time.monotonic() + float(max_seconds)
+    go = os.path.join(directory, "go")
+    while not os.path.exists(go):
+        if time.monotonic() > end:
+            raise TimeoutError("no go signal")
+        time.sleep(0.05)
+
+
 def hold(host, port, name, directory, max_seconds=60):
     with connect(host, port) as s:
         greet(s, name)
         echo(s, make_payload(500, 1))
         open(os.path.join(directory, "ready"), "w").close()
-        end = time.monotonic() + float(max_seconds)
-        go = os.path.join(directory, "go")
-        while not os.path.exists(go):
-            if time.monotonic() > end:
-                raise TimeoutError("no go signal")
-            time.sleep(0.05)
+        wait_for_go(directory, max_seconds)
         echo(s, make_payload(700, 2))
     print("held session: round trips before and after ok")
 
@@ -385,12 +390,7 @@ def many(host, port, name, count, directory, max_seconds=120):
             greet(socks[i], name)
             echo(socks[i], make_payload(100 + i % 200, i))
         write_file(directory, "ready", f"{count}\n")
-        end = time.monotonic() + float(max_seconds)
-        go = os.path.join(directory, "go")
-        while not os.path.exists(go):
-            if time.monotonic() > end:
-                raise TimeoutError("no go signal")
-            time.sleep(0.05)
+        wait_for_go(directory, max_seconds)
         for i, s in enumerate(socks):
             echo(s, make_payload(300 + i % 200, i + 1))
     except Exception as e:
