@@ -12,7 +12,7 @@ import type net from 'node:net';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import tls from 'node:tls';
-import { BIN, bridgeToEcho, closedWithin, connect, echoServer, ROOT, roundTrip, tempDir, waitFor } from './helpers';
+import { BIN, bridgeToEcho, closedWithin, connect, echoServer, NODE_FLAGS, ROOT, roundTrip, tempDir, waitFor } from './helpers';
 
 interface SdEvent {
   event: 'listening' | 'ready' | 'exited' | 'removed' | 'status';
@@ -40,7 +40,7 @@ interface FakeSystemd {
 async function fakeSystemd(t: TestContext, dir: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<FakeSystemd> {
   const script = join(ROOT, 'test', 'programs', 'fake-systemd.py');
   // The handover needs the native relay (its fd passing): forced, so that one that cannot load fails here.
-  const child = spawn('python3', [script, dir, process.execPath, BIN, '--log-target', 'stderr', '--relay', 'native', ...args],
+  const child = spawn('python3', [script, dir, process.execPath, ...NODE_FLAGS, BIN, '--log-target', 'stderr', '--relay', 'native', ...args],
     { stdio: ['pipe', 'pipe', 'inherit'], env: { ...process.env, ...env } });
   const events: SdEvent[] = [];
   let buf = '';

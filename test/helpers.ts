@@ -11,6 +11,13 @@ import type { TestContext } from 'node:test';
 
 export const ROOT = resolve(__dirname, '..', '..');
 export const BIN = join(ROOT, 'bin', 'sockbridge');
+/**
+ * The Node flags on BIN's `#!/usr/bin/env -S node …` line. The tests run BIN
+ * with the Node under test (process.execPath), which skips the shebang; without
+ * these flags they would measure a bridge with a young generation 16 times the
+ * installed one's.
+ */
+export const NODE_FLAGS = (/^#!\S*env -S node(.*)$/m.exec(readFileSync(BIN, 'utf8').split('\n', 1)[0]!)?.[1] ?? '').split(' ').filter(Boolean);
 
 /** A fresh directory, readable by everyone (some tests run the bridge as nobody). */
 export function tempDir(t: { after(fn: () => void): void }): string {
@@ -266,7 +273,7 @@ export async function startBridge(t: { after(fn: () => Promise<void> | void): vo
     if (!opts.env || !(k in opts.env)) delete env[k];
   }
   const relay = args.includes('--relay') || args.includes('--tls-cert') ? [] : ['--relay', TEST_RELAY];
-  const argv = [...(opts.wrapper ?? []), process.execPath, binFor(opts.spawn?.uid, opts.spawn?.gid), '--log-target', 'stderr', ...relay, ...args];
+  const argv = [...(opts.wrapper ?? []), process.execPath, ...NODE_FLAGS, binFor(opts.spawn?.uid, opts.spawn?.gid), '--log-target', 'stderr', ...relay, ...args];
   const child = spawn(argv[0]!, argv.slice(1), { ...opts.spawn, env, stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr!.setEncoding('utf8');
@@ -303,7 +310,7 @@ export async function startBridge(t: { after(fn: () => Promise<void> | void): vo
 /** Run sockbridge to completion (for bad-input cases): exit code, stdout, stderr. */
 export function runBridge(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [...NODE_FLAGS, BIN, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => { stdout += d; });
