@@ -17,7 +17,8 @@
 # restart-grace; a stop that drains and leaves the store empty), the
 # watchdog, reload, a second instance, `sockbridge status`, the sandbox
 # score (also with the metrics drop-in), TLS, a crash loop, an upgrade to a
-# higher version (the package repacked, a session carried across it) and
+# higher version (the package repacked, a session carried across it in
+# bridge.service and in a template instance) and
 # removal. On Debian 13 it first checks that the Debian 12 build is refused
 # by apt and, forced in, fails once with one clear line.
 # Prints one line per step, "e2e-SUITE: N passed, N failed" per release and,
@@ -733,14 +734,18 @@ make_upgrade_deb() {
 }
 
 step_upgrade() {
-    local pid1 pid2 deb version
+    local pid1 pid2 pidb1 pidb2 deb version
     deb=$(make_upgrade_deb)
     version=$(dpkg-deb -f "$WORK/shared/$deb" Version)
     roundtrip 127.0.0.1 12345 main
-    # A session talking through the upgrade.
+    roundtrip 127.0.0.1 2345 second
+    # A session talking through the upgrade, in each unit.
     start_client upgrade talk 127.0.0.1 12345 main
+    start_client upgrade2 talk 127.0.0.1 2345 second
     wait_more upgrade 5
+    wait_more upgrade2 5
     pid1=$(main_pid bridge.service)
+    pidb1=$(main_pid bridge@2345.service)
     c dpkg -i "/mnt/shared/$deb"
     [ "$(c dpkg -s sockbridge | sed -n 's/^Version: //p')" = "$version" ]
     [ "$(c systemctl is-enabled bridge.socket)" = enabled ]
@@ -759,7 +764,16 @@ step_upgrade() {
     journal_event handover-adopted "$pid2" 'SESSIONS>=1'
     finish_loop upgrade
     journal_event handover "$pid1" 'SESSIONS>=1'
-    echo "upgraded to $version, MainPID $pid1 -> $pid2"
+    # The template's instance too (dh_installsystemd restarts bridge.service only).
+    poll 20 is_state bridge@2345.service active
+    pidb2=$(main_pid bridge@2345.service)
+    [ "$pidb1" != "$pidb2" ]
+    roundtrip 127.0.0.1 2345 second
+    wait_more upgrade2 5
+    poll 10 journal_event handover "$pidb1" 'SESSIONS>=1'
+    journal_event handover-adopted "$pidb2" 'SESSIONS>=1'
+    finish_loop upgrade2
+    echo "upgraded to $version, MainPID $pid1 -> $pid2, bridge@2345 $pidb1 -> $pidb2"
 }
 
 step_remove_purge() {
@@ -878,7 +892,7 @@ run_suite() {
     step "9c TLS, keys by LoadCredential=, client certificate required" step_tls
     step "9d restart closes an idle TLS session after restart-grace" step_tls_restart
     step "12 crash loop (bad config) never wedges the socket" step_crash_loop
-    step "11 upgrade (higher version) keeps socket, hands over session" step_upgrade
+    step "11 upgrade (higher version) hands over bridge and bridge@ sessions" step_upgrade
     step "10 remove stops all, purge removes conffile" step_remove_purge
 
     echo "e2e-$SUITE: $PASSED passed, $FAILED failed"
