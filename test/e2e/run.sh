@@ -18,8 +18,9 @@
 # watchdog, reload, a second instance, `sockbridge status`, the sandbox
 # score (also with the metrics drop-in), TLS, a crash loop, an upgrade to a
 # higher version (the package repacked, a session carried across it in
-# bridge.service and in a template instance) and
-# removal. On Debian 13 it first checks that the Debian 12 build is refused
+# bridge.service and in a template instance), removal, and an upgrade from
+# 0.1.0 (built from git history, cached), which has no handover and is
+# stopped first. On Debian 13 it first checks that the Debian 12 build is refused
 # by apt and, forced in, fails once with one clear line.
 # Prints one line per step, "e2e-SUITE: N passed, N failed" per release and,
 # last, "e2e: N passed, N failed" for all of them.
@@ -276,9 +277,12 @@ restart_bridge() {
 # journal_event EVENT PID COND...: helper.py's journal-event check on what
 # process PID logged (matched by _PID: the old process has exited).
 journal_event() {
-    local event=$1 pid=$2; shift 2
+    local event=$1 pid=$2 conds=
+    shift 2
+    # (printf with no argument would still print one empty condition.)
+    [ $# -eq 0 ] || conds=$(printf "'%s' " "$@")
     c sh -c "journalctl -o json --no-pager _PID=$pid EVENT=$event |
-        python3 $H journal-event $event $pid $(printf "'%s' " "$@")"
+        python3 $H journal-event $event $pid $conds"
 }
 
 fdstore() { c systemctl show -P NFileDescriptorStore bridge.service; }
@@ -791,6 +795,67 @@ step_remove_purge() {
     not c dpkg -s sockbridge
 }
 
+# Upgrading from 0.1.0, which has no handover (SIGUSR2, the new units'
+# RestartKillSignal=, would kill it and drop its sessions): the package stops
+# it first, as a stop does (it drains and logs EVENT=stopped), the socket
+# listens throughout and starts the new version for the next client, and
+# that one hands over on its next restart. (Runs after the purge: a fresh
+# 0.1.0 install.)
+step_upgrade_from_released() {
+    local pid1 pid2
+    [ -n "$RELEASED_DEB" ] || { echo "no $RELEASED_VERSION package (see the line before e2e-$SUITE's first step)"; return 1; }
+    cp "$RELEASED_DEB" "$WORK/shared/sockbridge_released.deb"
+    c apt-get install -y -q -o Dpkg::Use-Pty=0 /mnt/shared/sockbridge_released.deb >/dev/null
+    c dpkg -s sockbridge | grep -x "Version: $RELEASED_VERSION~deb[0-9]*u1"
+    c systemctl enable --now bridge.socket
+    roundtrip 127.0.0.1 12345 main
+    poll 10 is_state bridge.service active
+    pid1=$(main_pid bridge.service)
+    c apt-get install -y -q -o Dpkg::Use-Pty=0 /mnt/build/"$DEB_NAME" >/dev/null
+    c dpkg -s sockbridge | grep -x "Version: $(dpkg-deb -f "$repo/build/$DEB_NAME" Version)"
+    is_state bridge.socket active
+    # Stopped as on a stop, not killed by SIGUSR2 (that would log no EVENT=stopped).
+    poll 10 journal_event stopped "$pid1"
+    roundtrip 127.0.0.1 12345 main
+    pid2=$(main_pid bridge.service)
+    [ "$pid2" != 0 ] && [ "$pid2" != "$pid1" ]
+    restart_bridge
+    poll 10 journal_event handover "$OLD_PID"
+    echo "upgraded from $RELEASED_VERSION: PID $pid1 stopped (EVENT=stopped), PID $pid2 started by the socket; its restart handed over"
+}
+
+# 0.1.0 as it shipped: the last build before the handover (0.2.0).
+RELEASED_COMMIT=ac49818e6c244c142aee1c95e23a7a360b38cc30
+RELEASED_VERSION=0.1.0-1
+
+# released_deb SUITE: the path of that release's 0.1.0 package, built once
+# from this repository's history by that commit's own scripts/build-deb.sh
+# (in a clone of its own) and then kept in the cache. Fails, saying why on
+# stderr, in a clone without that history (git clone --depth 1).
+released_deb() {
+    local suite=$1 cached tree debs
+    cached=$SOCKBRIDGE_CACHE/released/sockbridge_${RELEASED_VERSION}~deb$(suite_number "$suite")u1-${RELEASED_COMMIT:0:12}$(arch_tag).deb
+    if [ ! -e "$cached" ]; then
+        if ! git -C "$repo" cat-file -e "$RELEASED_COMMIT^{commit}" 2>/dev/null; then
+            echo "commit $RELEASED_COMMIT (sockbridge $RELEASED_VERSION) is not in $repo's history (a shallow clone?): clone the whole history" >&2
+            return 1
+        fi
+        tree=$(mktemp -d /var/tmp/sockbridge-released.XXXXXX)
+        if ! { git clone -q --shared --no-checkout "$repo" "$tree/src" &&
+            git -C "$tree/src" checkout -q --detach "$RELEASED_COMMIT" &&
+            bash "$tree/src/scripts/build-deb.sh" "$suite"; } >"$repo/build/build-deb-$suite-$RELEASED_VERSION.log" 2>&1; then
+            rm -rf "$tree"
+            echo "building sockbridge $RELEASED_VERSION for $suite failed, see build/build-deb-$suite-$RELEASED_VERSION.log" >&2
+            return 1
+        fi
+        debs=("$tree"/src/build/sockbridge_"$RELEASED_VERSION"~deb*u1_*.deb)
+        mkdir -p "$(dirname "$cached")"
+        cp "${debs[0]}" "$cached.tmp" && mv "$cached.tmp" "$cached"
+        rm -rf "$tree"
+    fi
+    echo "$cached"
+}
+
 # The package of a release in build/: sockbridge_<version>~debNu1_<arch>.deb.
 deb_of() {
     # This tree's version (debian/changelog), not an older build left in build/.
@@ -855,6 +920,12 @@ run_suite() {
     fi
     DEB_NAME=$(deb_of "$SUITE")
     echo "e2e-$SUITE: built build/$DEB_NAME ($(elapsed "$t0"))"
+    t0=$(now)
+    if RELEASED_DEB=$(released_deb "$SUITE"); then
+        echo "e2e-$SUITE: sockbridge $RELEASED_VERSION ready ($(elapsed "$t0"))"
+    else
+        RELEASED_DEB=
+    fi
 
     WORK=$(mktemp -d /var/tmp/sockbridge-e2e.XXXXXX)
     mkdir -p "$WORK/shared"
@@ -894,6 +965,7 @@ run_suite() {
     step "12 crash loop (bad config) never wedges the socket" step_crash_loop
     step "11 upgrade (higher version) hands over bridge and bridge@ sessions" step_upgrade
     step "10 remove stops all, purge removes conffile" step_remove_purge
+    step "13 upgrade from $RELEASED_VERSION (no handover): stopped first" step_upgrade_from_released
 
     echo "e2e-$SUITE: $PASSED passed, $FAILED failed"
     [ "$FAILED" -eq 0 ]
