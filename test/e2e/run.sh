@@ -168,9 +168,11 @@ cleanup() {
 
 # step NAME FUNCTION: run FUNCTION in a subshell with errexit (any failing
 # command fails the step), print one line with its time and, on failure,
-# its output. Once a step marked as required (REQUIRED=1) failed, the rest
+# its output. A step that exits with $SKIPPED cannot run on this machine: one
+# SKIP line with the last line it printed, counted neither way. Once a step marked as required (REQUIRED=1) failed, the rest
 # are not run but counted as failed.
 BLOCKED=
+SKIPPED=77
 step() {
     local name=$1 fn=$2 t0 rc
     if [ -n "$BLOCKED" ]; then
@@ -188,7 +190,9 @@ step() {
     for dir in "$WORK"/shared/*/; do
         [ -d "$dir" ] && touch "$dir/stop"
     done
-    if [ $rc -eq 0 ]; then
+    if [ $rc -eq "$SKIPPED" ]; then
+        printf 'e2e: SKIP %-58s %s\n' "$name" "$(tail -n 1 "$WORK/step.log")"
+    elif [ $rc -eq 0 ]; then
         PASSED=$((PASSED + 1))
         printf 'e2e: PASS %-58s %s\n' "$name" "$(elapsed "$t0")"
         sed 's/^/      /' "$WORK/step.log" | { grep -v '^ *$' || true; } | tail -n 3
@@ -803,7 +807,12 @@ step_remove_purge() {
 # 0.1.0 install.)
 step_upgrade_from_released() {
     local pid1 pid2
-    [ -n "$RELEASED_DEB" ] || { echo "no $RELEASED_VERSION package (see the line before e2e-$SUITE's first step)"; return 1; }
+    if [ -z "$RELEASED_DEB" ]; then
+        # Only a clone without the history can skip it; a failed build fails it.
+        [ -n "$RELEASED_WHY" ] || { echo "no $RELEASED_VERSION package (see the line before e2e-$SUITE's first step)"; return 1; }
+        echo "$RELEASED_WHY"
+        return "$SKIPPED"
+    fi
     cp "$RELEASED_DEB" "$WORK/shared/sockbridge_released.deb"
     c apt-get install -y -q -o Dpkg::Use-Pty=0 /mnt/shared/sockbridge_released.deb >/dev/null
     c dpkg -s sockbridge | grep -x "Version: $RELEASED_VERSION~deb[0-9]*u1"
@@ -828,16 +837,18 @@ step_upgrade_from_released() {
 RELEASED_COMMIT=ac49818e6c244c142aee1c95e23a7a360b38cc30
 RELEASED_VERSION=0.1.0-1
 
-# released_deb SUITE: the path of that release's 0.1.0 package, built once
+# released_deb SUITE: sets RELEASED_DEB to that release's 0.1.0 package, built once
 # from this repository's history by that commit's own scripts/build-deb.sh
-# (in a clone of its own) and then kept in the cache. Fails, saying why on
-# stderr, in a clone without that history (git clone --depth 1).
+# (in a clone of its own) and then kept in the cache. Fails in a clone
+# without that history (git clone --depth 1), saying why in RELEASED_WHY, or
+# when the build fails (saying so on stderr).
 released_deb() {
     local suite=$1 cached tree debs
+    RELEASED_DEB=
     cached=$SOCKBRIDGE_CACHE/released/sockbridge_${RELEASED_VERSION}~deb$(suite_number "$suite")u1-${RELEASED_COMMIT:0:12}$(arch_tag).deb
     if [ ! -e "$cached" ]; then
         if ! git -C "$repo" cat-file -e "$RELEASED_COMMIT^{commit}" 2>/dev/null; then
-            echo "commit $RELEASED_COMMIT (sockbridge $RELEASED_VERSION) is not in $repo's history (a shallow clone?): clone the whole history" >&2
+            RELEASED_WHY="commit ${RELEASED_COMMIT:0:12} (sockbridge $RELEASED_VERSION) is not in this clone's history (git clone --depth 1?)"
             return 1
         fi
         tree=$(mktemp -d /var/tmp/sockbridge-released.XXXXXX)
@@ -853,7 +864,7 @@ released_deb() {
         cp "${debs[0]}" "$cached.tmp" && mv "$cached.tmp" "$cached"
         rm -rf "$tree"
     fi
-    echo "$cached"
+    RELEASED_DEB=$cached
 }
 
 # The package of a release in build/: sockbridge_<version>~debNu1_<arch>.deb.
@@ -921,11 +932,8 @@ run_suite() {
     DEB_NAME=$(deb_of "$SUITE")
     echo "e2e-$SUITE: built build/$DEB_NAME ($(elapsed "$t0"))"
     t0=$(now)
-    if RELEASED_DEB=$(released_deb "$SUITE"); then
-        echo "e2e-$SUITE: sockbridge $RELEASED_VERSION ready ($(elapsed "$t0"))"
-    else
-        RELEASED_DEB=
-    fi
+    RELEASED_WHY=
+    released_deb "$SUITE" && echo "e2e-$SUITE: sockbridge $RELEASED_VERSION ready ($(elapsed "$t0"))"
 
     WORK=$(mktemp -d /var/tmp/sockbridge-e2e.XXXXXX)
     mkdir -p "$WORK/shared"
