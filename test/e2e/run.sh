@@ -814,13 +814,13 @@ step_upgrade_from_released() {
         return "$SKIPPED"
     fi
     cp "$RELEASED_DEB" "$WORK/shared/sockbridge_released.deb"
-    c apt-get install -y -q -o Dpkg::Use-Pty=0 /mnt/shared/sockbridge_released.deb >/dev/null
+    c env DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o Dpkg::Use-Pty=0 /mnt/shared/sockbridge_released.deb >/dev/null
     c dpkg -s sockbridge | grep -x "Version: $RELEASED_VERSION~deb[0-9]*u1"
     c systemctl enable --now bridge.socket
     roundtrip 127.0.0.1 12345 main
     poll 10 is_state bridge.service active
     pid1=$(main_pid bridge.service)
-    c apt-get install -y -q -o Dpkg::Use-Pty=0 /mnt/build/"$DEB_NAME" >/dev/null
+    c env DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o Dpkg::Use-Pty=0 /mnt/build/"$DEB_NAME" >/dev/null
     c dpkg -s sockbridge | grep -x "Version: $(dpkg-deb -f "$repo/build/$DEB_NAME" Version)"
     is_state bridge.socket active
     # Stopped as on a stop, not killed by SIGUSR2 (that would log no EVENT=stopped).
