@@ -17,7 +17,7 @@ export const BIN = join(ROOT, 'bin', 'sockbridge');
  * these flags they would measure a bridge with a young generation 16 times the
  * installed one's.
  */
-export const NODE_FLAGS = (/^#!\S*env -S node(.*)$/m.exec(readFileSync(BIN, 'utf8').split('\n', 1)[0]!)?.[1] ?? '').split(' ').filter(Boolean);
+export const NODE_FLAGS = (/^#!\S*env -S node(.*)/.exec(readFileSync(BIN, 'utf8'))?.[1] ?? '').split(' ').filter(Boolean);
 
 /** A fresh directory, readable by everyone (some tests run the bridge as nobody). */
 export function tempDir(t: { after(fn: () => void): void }): string {

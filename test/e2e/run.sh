@@ -20,8 +20,8 @@
 # higher version (the package repacked, a session carried across it in
 # bridge.service and in a template instance), removal, and an upgrade from
 # 0.1.0 (built from git history, cached), which has no handover and is
-# stopped first. On Debian 13 it first checks that the Debian 12 build is refused
-# by apt and, forced in, fails once with one clear line.
+# stopped first. On Debian 13 it first checks that the Debian 12 build is
+# refused by apt and, forced in, fails once with one clear line.
 # Prints one line per step, "e2e-SUITE: N passed, N failed" per release and,
 # last, "e2e: N passed, N failed" for all of them.
 # Exits 0 with one "e2e: skipped: ..." line where it cannot run (not root,
@@ -169,8 +169,9 @@ cleanup() {
 # step NAME FUNCTION: run FUNCTION in a subshell with errexit (any failing
 # command fails the step), print one line with its time and, on failure,
 # its output. A step that exits with $SKIPPED cannot run on this machine: one
-# SKIP line with the last line it printed, counted neither way. Once a step marked as required (REQUIRED=1) failed, the rest
-# are not run but counted as failed.
+# SKIP line with the last line it printed, counted neither way. Once a step
+# marked as required (REQUIRED=1) failed, the rest are not run but counted as
+# failed.
 BLOCKED=
 SKIPPED=77
 step() {
@@ -207,6 +208,7 @@ step() {
 H=/mnt/e2e/helper.py
 
 main_pid() { c systemctl show -P MainPID "$1"; }
+installed_version() { c dpkg-query -W -f '${Version}' sockbridge; }
 is_state() {
     local state
     state=$(c systemctl show -P ActiveState "$1")
@@ -755,7 +757,7 @@ step_upgrade() {
     pid1=$(main_pid bridge.service)
     pidb1=$(main_pid bridge@2345.service)
     c dpkg -i "/mnt/shared/$deb"
-    [ "$(c dpkg -s sockbridge | sed -n 's/^Version: //p')" = "$version" ]
+    [ "$(installed_version)" = "$version" ]
     [ "$(c systemctl is-enabled bridge.socket)" = enabled ]
     [ "$(c systemctl is-enabled bridge@2345.socket)" = enabled ]
     is_state bridge.socket active
@@ -815,13 +817,13 @@ step_upgrade_from_released() {
     fi
     cp "$RELEASED_DEB" "$WORK/shared/sockbridge_released.deb"
     c env DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o Dpkg::Use-Pty=0 /mnt/shared/sockbridge_released.deb >/dev/null
-    c dpkg -s sockbridge | grep -x "Version: $RELEASED_VERSION~deb[0-9]*u1"
+    installed_version | grep -x "$RELEASED_VERSION~deb[0-9]*u1"
     c systemctl enable --now bridge.socket
     roundtrip 127.0.0.1 12345 main
     poll 10 is_state bridge.service active
     pid1=$(main_pid bridge.service)
     c env DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o Dpkg::Use-Pty=0 /mnt/build/"$DEB_NAME" >/dev/null
-    c dpkg -s sockbridge | grep -x "Version: $(dpkg-deb -f "$repo/build/$DEB_NAME" Version)"
+    [ "$(installed_version)" = "$(dpkg-deb -f "$repo/build/$DEB_NAME" Version)" ]
     is_state bridge.socket active
     # Stopped as on a stop, not killed by SIGUSR2 (that would log no EVENT=stopped).
     poll 10 journal_event stopped "$pid1"
@@ -837,9 +839,9 @@ step_upgrade_from_released() {
 RELEASED_COMMIT=ac49818e6c244c142aee1c95e23a7a360b38cc30
 RELEASED_VERSION=0.1.0-1
 
-# released_deb SUITE: sets RELEASED_DEB to that release's 0.1.0 package, built once
-# from this repository's history by that commit's own scripts/build-deb.sh
-# (in a clone of its own) and then kept in the cache. Fails in a clone
+# released_deb SUITE: sets RELEASED_DEB to that release's 0.1.0 package,
+# built once from this repository's history by that commit's own
+# scripts/build-deb.sh (in a clone of its own) and then kept in the cache. Fails in a clone
 # without that history (git clone --depth 1), saying why in RELEASED_WHY, or
 # when the build fails (saying so on stderr).
 released_deb() {
