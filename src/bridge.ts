@@ -12,24 +12,26 @@
 // process through systemd's fd store (handover(), adopt(); handover.ts).
 
 import net from 'node:net';
-import { AccessList } from './access';
-import { addressLabel, plainAddress } from './address';
-import { Backend } from './backend';
+import { AccessList } from './listen/access';
+import { addressLabel, plainAddress } from './listen/address';
+import { Backend } from './targets/backend';
 import { HandoverError, InstallError } from './errors';
 import {
   Adopted, CarriedClient, CarriedSession, closeQuietly, decodeState, FD_NAME, readState, splitPassed, STATE_NAME, store, storeCapacity, storeNeeded, StoreOutcome, unbundleAll,
-} from './handover';
-import type { BackendState } from './health';
-import type { Target, TargetPool } from './targets';
-import { checkDescriptorBudget, Listener, ListenerInfo, listenSpecs, openListeners, PassedSocket } from './listeners';
+} from './systemd/fd-store';
+import type { BackendState } from './targets/health';
+import type { Target, TargetPool } from './targets/pool';
+import { checkDescriptorBudget, Listener, ListenerInfo, listenSpecs, openListeners } from './listen/listeners';
+import type { PassedSocket } from './systemd/passed-sockets';
 import type { Logger } from './log';
-import { AcceptedClient, defaultThreads, LOAD_FAILED, loadRelayAddon, NativeRelay, RelayAddon } from './native-relay';
-import { NativeContext, NativeSession } from './native-session';
-import type { Notifier } from './notify';
+import { AcceptedClient, defaultThreads, LOAD_FAILED, loadRelayAddon, NativeRelay, RelayAddon } from './dataplane/native-relay';
+import { NativeContext, NativeSession } from './session/native-session';
+import type { Notifier } from './systemd/notify';
 import { applyReload, Config, formatValue, OPTIONS } from './options';
-import { BridgedSession, idleSweepInterval, Session, SessionContext, socketDialer } from './session';
-import { Stats } from './stats';
-import { TlsTerminator } from './tls';
+import { BridgedSession, idleSweepInterval, SessionContext } from './session/contract';
+import { Session, socketDialer } from './session/js-session';
+import { Stats } from './operator/stats';
+import { TlsTerminator } from './session/tls';
 
 const STATUS_EVERY_MS = 1000;
 

@@ -4,7 +4,7 @@
 import { readFileSync, statSync } from 'node:fs';
 import minimist from 'minimist';
 import { BadValue, ConfigError, UsageError } from './errors';
-import { TlsTerminator } from './tls';
+import { TlsTerminator } from './session/tls';
 import { Config, OptionSpec, OPTIONS, defaults, findOption } from './options';
 
 export type Command = 'run' | 'check-config' | 'status' | 'drain' | 'enable' | 'generate';

@@ -1,7 +1,7 @@
 // Logging: structured journal entries under systemd, readable lines on a terminal.
 // Callers check `logger.enabled(level)` before building fields on hot paths.
 
-import { loadAddon } from './addons';
+import { loadAddon } from './systemd/addons';
 import type { Config, LogLevel } from './options';
 
 export type Fields = Record<string, string | number>;

@@ -3,14 +3,14 @@
 
 import { validate, CommandLine, loadConfig, parseCommandLine } from './config';
 import { renderConfigFile, renderHelp, renderMan, renderMarkdownTable } from './docs';
-import { instanceControlPath, queryControl } from './control';
+import { instanceControlPath, queryControl } from './operator/control';
 import { EXIT_OK, EXIT_SOFTWARE, SockbridgeError, UnavailableError, UsageError } from './errors';
-import { takeSystemdSockets } from './listeners';
+import { takeSystemdSockets } from './systemd/passed-sockets';
 import { createLogger, Logger } from './log';
-import { Notifier } from './notify';
+import { Notifier } from './systemd/notify';
 import { formatValue, OPTIONS } from './options';
 import { Service } from './service';
-import { renderStatus, StatusReport } from './status';
+import { renderStatus, StatusReport } from './operator/status';
 import { VERSION } from './version';
 
 /** One command to the running service through its control socket (control.ts). */

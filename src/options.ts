@@ -2,7 +2,7 @@
 // `check-config`, the generated conffile, man page and README table are all
 // derived from OPTIONS below: add an option here and nowhere else.
 
-import { parseCidrs } from './access';
+import { parseCidrs } from './listen/access';
 import { statSync } from 'node:fs';
 import { basename, dirname } from 'node:path';
 import { BadValue } from './errors';

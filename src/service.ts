@@ -6,13 +6,13 @@
 import type http from 'node:http';
 import type net from 'node:net';
 import { Bridge, logListening } from './bridge';
-import { IdleExit } from './idle';
-import type { PassedSocket } from './listeners';
+import { IdleExit } from './systemd/idle-exit';
+import type { PassedSocket } from './systemd/passed-sockets';
 import type { Logger } from './log';
-import type { Notifier } from './notify';
+import type { Notifier } from './systemd/notify';
 import type { Config } from './options';
-import { ControlActions, controlPath, startControlServer, startMetricsServer } from './control';
-import { buildReport, StatusReport } from './status';
+import { ControlActions, controlPath, startControlServer, startMetricsServer } from './operator/control';
+import { buildReport, StatusReport } from './operator/status';
 import { VERSION } from './version';
 
 /** The control socket and the metrics endpoint. */

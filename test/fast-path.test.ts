@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import os from 'node:os';
 import { join } from 'node:path';
-import type { StatusReport } from '../src/status';
+import type { StatusReport } from '../src/operator/status';
 import { test } from 'node:test';
 import { assertOneCleanLine, echoServer, roundTrip, runBridge, startBridge, tempDir } from './helpers';
 

@@ -10,7 +10,7 @@ import { spawn } from 'node:child_process';
 import { cpSync, mkdirSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { builtFor, checkAbi } from '../src/addons';
+import { builtFor, checkAbi } from '../src/systemd/addons';
 import { InstallError } from '../src/errors';
 import { assertOneCleanLine, ROOT, tempDir } from './helpers';
 

@@ -8,7 +8,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import type { StatusReport } from '../src/status';
+import type { StatusReport } from '../src/operator/status';
 import { connect, echoServer, runBridge, startBridge, tempDir, TEST_RELAY, waitFor } from './helpers';
 
 /** The hard descriptor limit (Node raises its soft limit to it; the bridge inherits both). */

@@ -7,7 +7,7 @@ import http from 'node:http';
 import net from 'node:net';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import type { StatusReport } from '../src/status';
+import type { StatusReport } from '../src/operator/status';
 import { echoServer, freePort, roundTrip, runBridge, startBridge, tempDir, TEST_RELAY, waitFor } from './helpers';
 
 function httpGet(url: string): Promise<{ status: number; type: string; body: string }> {

@@ -6,7 +6,7 @@ import { ChildProcess, execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { takeSystemdSockets } from '../src/listeners';
+import { takeSystemdSockets } from '../src/systemd/passed-sockets';
 import { bridgeToEcho, echoServer, freePort, pythonProgram, roundTrip, startBridge, tempDir, waitFor } from './helpers';
 
 function have(cmd: string): boolean {

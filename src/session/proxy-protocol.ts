@@ -3,7 +3,7 @@
 // it otherwise sees only sockbridge.
 
 import net from 'node:net';
-import { plainAddress } from './address';
+import { plainAddress } from '../listen/address';
 
 const V2_SIGNATURE = Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);
 const V2_PROXY_COMMAND = 0x21; // version 2, PROXY

@@ -8,8 +8,8 @@ import { readFileSync } from 'node:fs';
 import type net from 'node:net';
 import { isAbsolute, join } from 'node:path';
 import tls from 'node:tls';
-import { ConfigError } from './errors';
-import type { Config } from './options';
+import { ConfigError } from '../errors';
+import type { Config } from '../options';
 
 export type TlsSettings = Pick<Config, 'tlsCert' | 'tlsKey' | 'tlsCa' | 'clientTimeout'>;
 

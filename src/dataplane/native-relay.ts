@@ -8,11 +8,11 @@
 import os from 'node:os';
 import { join } from 'node:path';
 import { getSystemErrorName } from 'node:util';
-import type { Dialer } from './backend';
-import type { CarriedClient, FdStoreCalls } from './handover';
-import { acceptErrorLog, Listener, listenError, ListenSpec } from './listeners';
-import type { Logger } from './log';
-import type { CloseReason } from './session';
+import type { Dialer } from '../targets/backend';
+import type { CarriedClient, FdStoreCalls } from '../systemd/fd-store';
+import { acceptErrorLog, Listener, listenError, ListenSpec } from '../listen/listeners';
+import type { Logger } from '../log';
+import type { CloseReason } from '../session/contract';
 
 /** The addon's functions (native/relay.c, js_* functions; the fd store's in handover.ts). Negative numbers are -errno. */
 export interface RelayAddon extends FdStoreCalls {
@@ -48,7 +48,7 @@ const CLOSE_REASONS: readonly CloseReason[] = ['done', 'client-timeout', 'server
  * sanitizer build in `make test-asan`), not a setting: options live in
  * options.ts.
  */
-const ADDON = process.env['SOCKBRIDGE_RELAY_ADDON'] ?? join(__dirname, '..', '..', 'native', 'build', 'Release', 'relay.node');
+const ADDON = process.env['SOCKBRIDGE_RELAY_ADDON'] ?? join(__dirname, '..', '..', '..', 'native', 'build', 'Release', 'relay.node');
 const MAX_THREADS = 64;
 
 /** A client the relay accepted: its fd and where it comes from. */

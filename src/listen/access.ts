@@ -6,7 +6,7 @@
 
 import net from 'node:net';
 import { plainAddress } from './address';
-import { BadValue } from './errors';
+import { BadValue } from '../errors';
 
 const NAMED: Record<string, string[]> = {
   any: ['0.0.0.0/0', '::/0'],

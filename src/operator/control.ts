@@ -9,9 +9,9 @@ import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import { join } from 'node:path';
-import { ConfigError } from './errors';
-import type { Logger } from './log';
-import { parseListen } from './options';
+import { ConfigError } from '../errors';
+import type { Logger } from '../log';
+import { parseListen } from '../options';
 import { renderMetrics, StatusReport } from './status';
 
 const COMMAND_TIMEOUT_MS = 2000;

@@ -2,10 +2,10 @@
 // the whole service, in a stable JSON shape, a table for people, and the
 // Prometheus text format.
 
-import type { BridgeSnapshot, RelayInfo } from './bridge';
-import type { Target, TargetPool } from './targets';
-import type { ListenerInfo } from './listeners';
-import { Config, formatValue, OPTIONS } from './options';
+import type { BridgeSnapshot, RelayInfo } from '../bridge';
+import type { Target, TargetPool } from '../targets/pool';
+import type { ListenerInfo } from '../listen/listeners';
+import { Config, formatValue, OPTIONS } from '../options';
 
 /** The stable shape of `sockbridge status --json` (documented in README; add fields, never rename). */
 export interface StatusReport {

@@ -12,11 +12,11 @@
 
 import { FSWatcher, watch } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
-import { classifyConnectError } from './errors';
+import { classifyConnectError } from '../errors';
 import type { BackendState } from './health';
-import type { Logger } from './log';
-import type { Config } from './options';
-import { Target, TargetPool, TargetSettings } from './targets';
+import type { Logger } from '../log';
+import type { Config } from '../options';
+import { Target, TargetPool, TargetSettings } from './pool';
 
 export type BackendSettings = Pick<Config, 'connectTimeout'> & TargetSettings;
 

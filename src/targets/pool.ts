@@ -10,11 +10,11 @@
 import { Dirent, FSWatcher, readdirSync, statSync, watch } from 'node:fs';
 import { join } from 'node:path';
 import { ProblemReporter } from './problems';
-import type { BackendFailure } from './errors';
+import type { BackendFailure } from '../errors';
 import { HealthCheck } from './health';
 import type { BackendState, CheckResult } from './health';
-import type { Logger } from './log';
-import { Config, parseTargetDir } from './options';
+import type { Logger } from '../log';
+import { Config, parseTargetDir } from '../options';
 
 export type TargetRole = 'regular' | 'backup';
 export type TargetSettings = Pick<Config, 'target' | 'backupTarget' | 'targetDir' | 'balance' | 'connectTimeout' | 'checkInterval' | 'rise' | 'fall' | 'errorLimit'>;

@@ -7,13 +7,13 @@
 // carries a session to the next process (carry(), then resume() there:
 // handover.ts).
 
-import { addressLabel, plainAddress } from './address';
-import type { ConnectFailure, PendingConnect } from './backend';
-import type { CarriedClient, CarriedSession } from './handover';
-import type { Target } from './targets';
-import type { AcceptedClient, HandedBack, NativeRelay, RelaySession } from './native-relay';
+import { addressLabel, plainAddress } from '../listen/address';
+import type { ConnectFailure, PendingConnect } from '../targets/backend';
+import type { CarriedClient, CarriedSession } from '../systemd/fd-store';
+import type { Target } from '../targets/pool';
+import type { AcceptedClient, HandedBack, NativeRelay, RelaySession } from '../dataplane/native-relay';
 import { proxyHeader } from './proxy-protocol';
-import { BridgedSession, CloseReason, recordSessionEnd, SessionContext, SessionSettings } from './session';
+import { BridgedSession, CloseReason, recordSessionEnd, SessionContext, SessionSettings } from './contract';
 
 export interface NativeContext extends SessionContext<number> {
   readonly relay: NativeRelay;

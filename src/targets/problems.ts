@@ -2,8 +2,8 @@
 // or per retry): each target has its own reporter (targets.ts), which its
 // health check and its clients' connects share.
 
-import { classifyConnectError } from './errors';
-import type { Logger } from './log';
+import { classifyConnectError } from '../errors';
+import type { Logger } from '../log';
 
 const REPORT_AGAIN_AFTER_MS = 10_000;
 

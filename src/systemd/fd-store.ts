@@ -16,8 +16,8 @@
 
 import { closeSync, fstatSync, readSync } from 'node:fs';
 import { getSystemErrorName } from 'node:util';
-import { HandoverError } from './errors';
-import type { PassedSocket } from './listeners';
+import { HandoverError } from '../errors';
+import type { PassedSocket } from './passed-sockets';
 
 /** The name of every bundle in the store, and of the state (LISTEN_FDNAMES is one string: short names). */
 export const FD_NAME = 'sb';

@@ -3,7 +3,7 @@
 // sees all sessions (the only process, or the primary over its workers) tells
 // it when sessions come and go.
 
-import type { Logger } from './log';
+import type { Logger } from '../log';
 
 export class IdleExit {
   private timer: NodeJS.Timeout | undefined;

@@ -9,7 +9,7 @@
 
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { InstallError } from './errors';
+import { InstallError } from '../errors';
 
 /** What package.json's postinstall records: the Node that built node_modules. */
 export interface BuiltFor {
@@ -17,7 +17,7 @@ export interface BuiltFor {
   modules: string;
 }
 
-const RECORD = join(__dirname, '..', '..', 'node_modules', '.sockbridge-abi.json');
+const RECORD = join(__dirname, '..', '..', '..', 'node_modules', '.sockbridge-abi.json');
 const FIX = 'install the sockbridge package built for this system\'s release, or build one here with "make deb SUITE=host"';
 
 /**

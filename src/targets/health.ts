@@ -5,8 +5,8 @@
 
 import net from 'node:net';
 import type { Reporter } from './problems';
-import type { Logger } from './log';
-import type { Config } from './options';
+import type { Logger } from '../log';
+import type { Config } from '../options';
 
 export type BackendState = 'INIT' | 'UP' | 'DOWN';
 
