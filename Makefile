@@ -23,7 +23,8 @@ dist/.build-ok: node_modules/.deps-ok $(TS_SOURCES)
 
 # The native relay (Node-API: one build for every Node). npm ci builds it;
 # this rebuilds it when its source changes.
-$(RELAY): native/relay.c native/binding.gyp node_modules/.deps-ok
+NATIVE_SOURCES := $(wildcard native/*.c native/*.h)
+$(RELAY): $(NATIVE_SOURCES) native/binding.gyp node_modules/.deps-ok
 	bash scripts/deps.sh relay
 	touch $@
 
@@ -58,10 +59,10 @@ unit: build
 # test/soak.test.ts (Node's own allocations would drown them).
 ASAN_RELAY := build/asan/relay.node
 NODE_INCLUDE ?= /usr/include/node
-$(ASAN_RELAY): native/relay.c
+$(ASAN_RELAY): $(NATIVE_SOURCES)
 	@mkdir -p $(dir $@)
 	cc -std=gnu11 -shared -fPIC -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all \
-		-Wall -Wextra -Werror -I$(NODE_INCLUDE) -o $@ $< -lpthread
+		-DSOCKBRIDGE_TEST_HOOKS -Wall -Wextra -Werror -Wl,-z,now -I$(NODE_INCLUDE) -o $@ $(filter %.c,$^) -lpthread
 test-asan: build $(ASAN_RELAY)
 	LD_PRELOAD=$$(cc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1 \
 		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 SOCKBRIDGE_RELAY_ADDON=$(abspath $(ASAN_RELAY)) \

@@ -2,8 +2,9 @@
   "targets": [
     {
       "target_name": "relay",
-      "sources": ["relay.c"],
+      "sources": ["addon.c", "accept.c", "fdstore.c", "policy.c", "proxy.c", "relay.c", "threads.c", "tls.c"],
       "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-O2"],
+      "ldflags": ["-Wl,-z,now"],
       "libraries": ["-lpthread"]
     }
   ]

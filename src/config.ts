@@ -4,7 +4,7 @@
 import { readFileSync, statSync } from 'node:fs';
 import minimist from 'minimist';
 import { BadValue, ConfigError, UsageError } from './errors';
-import { TlsTerminator } from './session/tls';
+import { loadTlsMaterial } from './session/tls';
 import { Config, OptionSpec, OPTIONS, defaults, findOption } from './options';
 
 export type Command = 'run' | 'check-config' | 'status' | 'drain' | 'enable' | 'generate';
@@ -193,7 +193,7 @@ function resolveTargets(cfg: Config, given: Map<string, RawValue>): void {
 /** Everything about a configuration that can be checked before running it. */
 export function validate(cfg: Config): void {
   checkTarget(cfg);
-  TlsTerminator.load(cfg); // readable, parseable, matching files
+  loadTlsMaterial(cfg); // readable, parseable, matching files
 }
 
 /**

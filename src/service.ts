@@ -1,6 +1,6 @@
 // What main.ts runs: the bridge (its targets' health checks included),
-// exit-idle-time and operator endpoints, one process whatever the CPU count (the native relay's
-// threads use the cores). It answers reload (SIGHUP), stop (SIGTERM) and
+// exit-idle-time and operator endpoints, one process whatever the CPU count
+// (the data plane's threads use the cores). It answers reload (SIGHUP), stop (SIGTERM) and
 // restart (SIGUSR2: hand the sessions to the next process).
 
 import type http from 'node:http';
@@ -86,7 +86,7 @@ export class Service {
   report(): StatusReport {
     return buildReport({
       version: VERSION, startedAt: this.startedAt, targets: this.bridge.backend.pool, totals: this.bridge.snapshot(), cfg: this.cfg,
-      listeners: this.bridge.listening, relay: this.bridge.relayInfo,
+      listeners: this.bridge.listening, relay: this.bridge.relayInfo, tls: this.bridge.tlsInForce,
     });
   }
 }

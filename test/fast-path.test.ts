@@ -1,7 +1,7 @@
 // Which path runs, as the service itself reports it. By default the native
-// relay accepts and relays (native-relay.ts); it falling back to the
-// TypeScript relay would only cost speed, so nothing else would notice.
-// The TypeScript relay (TLS, --relay js, no addon) has its own fast path:
+// data plane accepts and relays (dataplane/native-relay.ts); it falling back
+// to the TypeScript relay would only cost speed, so nothing else would
+// notice. The TypeScript relay (--relay js, no addon) has its own fast path:
 // listeners.ts takes over accepting (it replaces the listening handle's
 // onconnection, a Node internal) so that clients read with `onread` into the
 // session's own buffers; a Node release that changed that internal would
@@ -37,16 +37,16 @@ async function reportOf(t: { after(fn: () => void): void }, args: string[]): Pro
   return { report: JSON.parse(r.stdout) as StatusReport, port: bridge.port, log: bridge.log() };
 }
 
-test('by default the native relay accepts and relays, with one thread per CPU', async (t) => {
+test('by default the native data plane accepts and relays, with one thread per CPU', async (t) => {
   const { report, log } = await reportOf(t, ['--relay', 'auto']);
-  assert.equal(report.relay.kind, 'native', `the native relay did not run: ${report.relay.why} (build it with npm ci: native/build/Release/relay.node)`);
+  assert.equal(report.relay.kind, 'native', `the native data plane did not run: ${report.relay.why} (build it with npm ci: native/build/Release/relay.node)`);
   assert.equal(report.relay.threads, Math.min(64, os.availableParallelism()));
   assert.equal(report.listeners[0]?.accept, 'native');
-  assert.match(log, /\(native relay, \d+ threads?\)/);
+  assert.match(log, /\(native data plane, \d+ threads?\)/);
   assert.doesNotMatch(log, /relay-fallback|TypeScript relay, in one thread/);
 });
 
-test('relay-threads sets the native relay\'s thread count', async (t) => {
+test('relay-threads sets the data plane\'s thread count', async (t) => {
   const { report } = await reportOf(t, ['--relay', 'native', '--relay-threads', '3']);
   assert.deepEqual(report.relay, { kind: 'native', threads: 3, why: '' });
 });
@@ -57,16 +57,16 @@ test('TypeScript relay fast path: clients are accepted by sockbridge and read wi
 
   const hook = await onconnectionHere();
   const why = hook === 'function'
-    ? 'this Node still has the handle\'s onconnection, so acceptWithOwnReads in src/listeners.ts no longer takes it over'
+    ? 'this Node still has the handle\'s onconnection, so acceptWithOwnReads in src/listen/listeners.ts no longer takes it over'
     : `net.Server's listening handle (server._handle) has no onconnection function any more (${hook}): ` +
-      'acceptWithOwnReads in src/listeners.ts needs another way to build accepted sockets with onread';
+      'acceptWithOwnReads in src/listen/listeners.ts needs another way to build accepted sockets with onread';
   assert.deepEqual(report.listeners.map((l) => l.address), [`127.0.0.1:${port}`]);
   assert.equal(report.listeners[0]?.accept, 'onread',
     `Node.js ${process.version}: clients are accepted by Node's own path and read through its stream machinery (slower): ${why}`);
   assert.doesNotMatch(log, /read through Node's stream machinery/, 'no fallback warning when the fast path runs');
 });
 
-test('a native relay that cannot load: relay = auto falls back with one warning and serves; relay = native refuses in one line (exit 72)', async (t) => {
+test('a data plane that cannot load: relay = auto falls back with one warning and serves; relay = native refuses in one line (exit 72)', async (t) => {
   const dir = tempDir(t);
   const env = { SOCKBRIDGE_RELAY_ADDON: join(dir, 'missing', 'relay.node') };
   const srv = await echoServer(join(dir, 'app.sock'));
@@ -74,7 +74,7 @@ test('a native relay that cannot load: relay = auto falls back with one warning 
   const ctl = join(dir, 'bridge.ctl');
   const bridge = await startBridge(t, ['--relay', 'auto', '--listen', '127.0.0.1:0', '--target', srv.path, '--control-socket', ctl], { env });
   assert.equal((await roundTrip(bridge.port, 'still served')).toString(), 'still served');
-  const warnings = bridge.log().split('\n').filter((l) => /plain sessions use the TypeScript relay, in one thread: the native relay cannot be loaded \(Cannot find module/.test(l));
+  const warnings = bridge.log().split('\n').filter((l) => /sessions use the TypeScript relay, in one thread: the native data plane cannot be loaded \(Cannot find module/.test(l));
   assert.equal(warnings.length, 1, bridge.log());
   assert.doesNotMatch(bridge.log(), /\n\s+at /, 'no stack trace');
   const r = await runBridge(['status', '--control-socket', ctl, '--json']);
@@ -84,5 +84,5 @@ test('a native relay that cannot load: relay = auto falls back with one warning 
 
   const forced = await runBridge(['--relay', 'native', '--listen', '127.0.0.1:0', '--target', srv.path, '--log-target', 'stderr'], env);
   assert.equal(forced.code, 72, forced.stderr);
-  assertOneCleanLine(forced.stderr, 'relay = native, but the native relay cannot be loaded', '[ERELAY_LOAD]');
+  assertOneCleanLine(forced.stderr, 'relay = native, but the native data plane cannot be loaded', '[ERELAY_LOAD]');
 });

@@ -1,323 +1,354 @@
-// The native relay (native/relay.c) as the rest of sockbridge sees it: the
-// addon loaded once, its listeners (accepted clients arrive in this thread,
-// from Node's own event loop), its connect(2), and its threads' events routed
-// to the sessions they belong to. Everything here only carries out decisions
-// made elsewhere (bridge.ts: who is admitted; backend.ts: when to connect
-// and retry; native-session.ts: what a session's end means).
+// The native data plane as the bridge drives it: its threads accept, admit,
+// terminate TLS, connect and relay on their own, under the policy snapshot
+// published from here (policy.ts); what is not routine comes back as an
+// event and is decided here: a client over max-conn waits in the queue, a
+// client whose target refused is held and retried (held-client.ts), a
+// request dropped unanswered is sent again. Every session's end comes back
+// for its log entry. A restart takes the sessions back (handOver) for the
+// next process, which adopts them.
 
-import os from 'node:os';
-import { join } from 'node:path';
 import { getSystemErrorName } from 'node:util';
-import type { Dialer } from '../targets/backend';
-import type { CarriedClient, FdStoreCalls } from '../systemd/fd-store';
-import { acceptErrorLog, Listener, listenError, ListenSpec } from '../listen/listeners';
-import type { Logger } from '../log';
-import type { CloseReason } from '../session/contract';
+import type { RelayInfo } from '../bridge';
+import { addressLabel } from '../listen/address';
+import { acceptErrorLog, Listener, ListenerInfo, listenError, ListenSpec } from '../listen/listeners';
+import { BridgedSessionEnd, recordSessionEnd, Relay, RelayContext, RelayCounts, HandedBack } from '../session/contract';
+import { refusalReason, TlsMaterial } from '../session/tls';
+import type { CarriedClient, CarriedSession, Handover } from '../systemd/fd-store';
+import type { Target } from '../targets/pool';
+import { BackendFailure, classifyConnectError, ConfigError } from '../errors';
+import { DataPlaneAddon, errnoError } from './addon';
+import { CLOSE_REASONS, DataPlaneEvent, EndEvent, EventKind, HandedEvent, ParkedEvent, ParkedWhy, reasonCode } from './events';
+import { HeldClient } from './held-client';
+import { compilePolicy } from './policy';
 
-/** The addon's functions (native/relay.c, js_* functions; the fd store's in handover.ts). Negative numbers are -errno. */
-export interface RelayAddon extends FdStoreCalls {
-  init(threads: number, onEvent: (kind: number, a: number, b: number, c: unknown, d: unknown, e: unknown) => void): number;
-  bindTcp(host: string, port: number): number;
-  listen(fd: number, backlog: number): number;
-  localAddress(fd: number): string;
-  unlisten(index: number): void;
-  connectUnix(path: string): number;
-  closeFd(fd: number): void;
-  start(id: number, clientFd: number, serverFd: number, header: Buffer | undefined, replay: Buffer | undefined,
-    clientTimeoutMs: number, serverTimeoutMs: number, mayRetry: boolean, clientEnded: boolean): number;
-  resume(id: number, clientFd: number, serverFd: number, replay: Buffer | undefined, clientTimeoutMs: number, serverTimeoutMs: number,
-    directionsDone: number, bytesIn: number, bytesOut: number): number;
-  closeAll(reason: number, ids: number[] | undefined): number;
-  counters(): [number, number, number];
-  alive(): boolean;
-  stop(): void;
-  handover(graceMs: number, sessions: number): number;
-}
+/** Events not yet delivered are fetched this often anyway (see native/addon.c: flushEvents). */
+const FLUSH_EVERY_MS = 1000;
+/** TLS session-ticket keys are replaced this often; tickets of the previous key still resume. */
+const TICKET_KEYS_EVERY_MS = 3_600_000;
+/** Beyond restart-grace, how long a restart waits for the threads before it drains instead. */
+const HANDOVER_MARGIN_MS = 2000;
+/** How long closing the listeners waits for every thread to let go of them. */
+const UNLISTEN_WAIT_MS = 2000;
 
-/** Event kinds and close reasons, numbered as in native/relay.c. */
-const EV_ACCEPT = 1;
-const EV_ACCEPT_ERROR = 2;
-const EV_END = 3;
-const EV_RETRY = 4;
-const EV_HANDED = 5;
-const EV_HANDOVER_DONE = 6;
-const CLOSE_REASONS: readonly CloseReason[] = ['done', 'client-timeout', 'server-timeout', 'client-error', 'server-error', 'marked-down', 'shutdown'];
-
-/**
- * The built addon. SOCKBRIDGE_RELAY_ADDON is for developers only (the
- * sanitizer build in `make test-asan`), not a setting: options live in
- * options.ts.
- */
-const ADDON = process.env['SOCKBRIDGE_RELAY_ADDON'] ?? join(__dirname, '..', '..', '..', 'native', 'build', 'Release', 'relay.node');
-const MAX_THREADS = 64;
-
-/** A client the relay accepted: its fd and where it comes from. */
-export interface AcceptedClient {
-  fd: number;
-  addr: string;
-  port: number;
-  /** A client a previous process was serving when it restarted (handover.ts). */
-  carried?: CarriedClient;
-}
-
-/** What the relay tells a session. */
-export interface RelaySession {
-  ended(reason: CloseReason, error: string | undefined, bytesIn: number, bytesOut: number): void;
-  /** The target reset before its first byte: the client's fd and bytes are ours again. */
-  retry(clientFd: number, error: string, replay: Buffer, clientEnded: boolean, bytesIn: number): void;
-  /** A restart took it (NativeRelay.handover): both fds are ours again, open, the buffers empty. */
-  handed(handed: HandedBack): void;
-}
-
-/** A session the relay gave back for a restart: what the next process needs to relay on. */
-export interface HandedBack {
-  clientFd: number;
-  serverFd: number;
-  /** 1: client → target done (shut down), 2: target → client done. */
-  directionsDone: number;
-  /** The client's bytes already sent, for a retry, while the target has not answered. */
-  replay: Buffer | undefined;
-  bytesIn: number;
-  bytesOut: number;
-}
-
-/** What resume() needs of a session a previous process handed over. */
-export interface ResumedPair extends HandedBack {
-  clientTimeout: number;
-  serverTimeout: number;
-}
-
-/** Why the native relay is not used, when the addon cannot load (the rest of the sentence is the loader's). */
-export const LOAD_FAILED = 'the native relay cannot be loaded';
-
-/** An errno from the addon as Node reports errors: code, errno, syscall. */
-export function errnoError(negativeErrno: number, syscall: string, what: string): NodeJS.ErrnoException {
-  const code = getSystemErrorName(negativeErrno);
-  return Object.assign(new Error(`${syscall} ${code} ${what}`), { code, errno: negativeErrno, syscall });
-}
-
-/** The addon, or why it cannot be used (one line). */
-export function loadRelayAddon(path = ADDON): RelayAddon | string {
-  try {
-    const addon = require(path) as Partial<RelayAddon>;
-    return typeof addon.start === 'function' && typeof addon.init === 'function' ? addon as RelayAddon : `${path} is not sockbridge's relay`;
-  } catch (err) {
-    return ((err as Error).message.split('\n')[0] ?? '').trim();
-  }
-}
-
-export function defaultThreads(): number {
-  // os.availableParallelism() arrived in Node 18.14; be kind to older ones.
-  const cpus = typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
-  return Math.min(MAX_THREADS, Math.max(1, cpus));
-}
-
-export class NativeRelay {
-  private readonly sessions = new Map<number, RelaySession>();
-  /** By the addon's listener index, with each one's (rate-limited) accept-error log. */
+export class NativeRelay implements Relay {
+  private readonly held = new Map<number, HeldClient>();
+  /** Clients over max-conn, by id, in arrival order. */
+  private readonly queue: number[] = [];
+  private queueFullReported = false;
   private listeners: { listener: Listener; acceptFailed: (err: NodeJS.ErrnoException) => void }[] = [];
-  private nextId = 1;
+  private unlistening: { left: number; done: () => void } | undefined;
+  private handing: { threadsLeft: number; closed: number; handed: HandedEvent[]; done: () => void } | undefined;
+  private timers: NodeJS.Timeout[] = [];
   private running = false;
-  /** A restart is taking the sessions (handover): nothing new is started from then on. */
-  private handing: { threadsLeft: number; closed: number; done: (closed: number) => void } | undefined;
-  private handedOver = false;
-
-  /** Each connect(2) is one synchronous call: a UNIX connect completes or fails at once. */
-  readonly dialer: Dialer<number> = {
-    attempt: (path, ok, fail) => {
-      const fd = this.addon.connectUnix(path);
-      let cancelled = false;
-      // Always asynchronous, as a Dialer promises, so callers never see a result before the call returned.
-      process.nextTick(() => {
-        if (cancelled) {
-          if (fd >= 0) this.addon.closeFd(fd);
-        } else if (fd >= 0) {
-          ok(fd);
-        } else {
-          fail(errnoError(fd, 'connect', path));
-        }
-      });
-      return () => {
-        cancelled = true;
-      };
-    },
-  };
-
-  /** connect(2) to the target now: the fd, or undefined (Backend.connectNow; the retries report the error). */
-  readonly connectNow = (path: string): number | undefined => {
-    const fd = this.addon.connectUnix(path);
-    return fd >= 0 ? fd : undefined;
-  };
+  private stopping = false;
+  private tls: TlsMaterial | undefined;
 
   constructor(
-    private readonly addon: RelayAddon,
-    readonly threads: number,
-    private readonly logger: Logger,
-    private readonly accepted: (client: AcceptedClient) => void,
+    private readonly addon: DataPlaneAddon,
+    readonly info: RelayInfo,
+    private readonly ctx: RelayContext,
   ) {}
 
-  start(): void {
-    const rc = this.addon.init(this.threads, (kind, a, b, c, d, e) => this.onEvent(kind, a, b, c, d, e));
-    if (rc < 0) throw errnoError(rc, 'relay init', `(${this.threads} threads)`);
+  // ---- start, reload, stop ------------------------------------------------------
+
+  async start(specs: ListenSpec[], handover: Handover | undefined, tls: TlsMaterial | undefined): Promise<ListenerInfo[]> {
+    const rc = this.addon.init(this.info.threads, (...event) => this.onEvent(event));
+    if (rc < 0) throw errnoError(rc, 'data plane init', `(${this.info.threads} threads)`);
     this.running = true;
+    this.ctx.backend.pool.useDataPlane((slot) => this.addon.slotCounts(slot), (avoid) => this.addon.candidates(avoid?.slot ?? -1));
+    this.tls = tls;
+    const refused = this.publish();
+    if (refused) throw new ConfigError('ECONFIG_TLS', `the data plane cannot use the TLS files: ${refused}`);
+    const every = (fn: () => void, ms: number): void => {
+      const timer = setInterval(fn, ms);
+      timer.unref();
+      this.timers.push(timer);
+    };
+    every(() => {
+      this.addon.flushEvents();
+      this.addon.reclaim();
+    }, FLUSH_EVERY_MS);
+    every(() => this.addon.rotateTicketKeys(), TICKET_KEYS_EVERY_MS);
+    // Before the listeners: the clients a previous process held go first.
+    if (handover) this.adopt(handover);
+    return this.openListeners(specs, this.ctx.cfg().backlog);
   }
 
-  /** Bind (for --listen) or take (from systemd) each listening socket; the threads accept on all of them. */
-  openListeners(specs: ListenSpec[], backlog: number): Listener[] {
-    const opened: NativeRelay['listeners'] = [];
+  /**
+   * Compile and publish the snapshot for the configuration now in force; ""
+   * or why the data plane refused it (then the previous one stays).
+   */
+  private publish(): string {
+    return this.addon.setPolicy(compilePolicy(this.ctx.cfg(), this.ctx.backend.pool.current, this.tls));
+  }
+
+  /** A reload: the new settings and TLS files for new clients; open sessions keep theirs. */
+  configure(tls: TlsMaterial | undefined): string {
+    const before = this.tls;
+    this.tls = tls;
+    const refused = this.publish();
+    if (refused) this.tls = before;
+    return refused;
+  }
+
+  /** The targets' set, states or drained flags changed. */
+  targetsChanged(): void {
+    if (this.running) this.publish();
+  }
+
+  private openListeners(specs: ListenSpec[], backlog: number): ListenerInfo[] {
     for (const spec of specs) {
       let fd: number;
+      const passed = 'fd' in spec.target;
       if ('fd' in spec.target) {
         fd = spec.target.fd;
       } else {
         fd = this.addon.bindTcp(spec.target.host ?? '', spec.target.port);
         if (fd < 0) throw listenError(spec.label, getSystemErrorName(fd));
       }
-      const port = this.localAddress(fd)?.port;
-      const index = this.addon.listen(fd, backlog);
+      const [, port] = this.addon.localAddress(fd).split(' ');
+      const index = this.addon.listen(fd, backlog, passed);
       if (index < 0) throw listenError(spec.label, getSystemErrorName(index));
-      const label = 'fd' in spec.target ? spec.label : `${hostLabel(spec.target.host)}:${port}`;
-      opened[index] = { listener: { label, accept: 'native', close: () => this.addon.unlisten(index) }, acceptFailed: acceptErrorLog(label, this.logger) };
+      const label = 'fd' in spec.target ? spec.label : `${hostLabel(spec.target.host)}:${port ?? ''}`;
+      this.listeners[index] = { listener: { label, accept: 'native', close: () => this.addon.unlisten(index) }, acceptFailed: acceptErrorLog(label, this.ctx.logger) };
     }
-    this.listeners = opened;
-    return opened.map((l) => l.listener);
+    return this.listeners.map((l) => ({ address: l.listener.label, accept: l.listener.accept }));
   }
 
-  /** Relay a connected pair; returns the error when the relay could not take it (the fds stay the caller's). */
-  relay(session: RelaySession, clientFd: number, serverFd: number, opts: {
-    header: Buffer | undefined; replay: Buffer | undefined; clientTimeout: number; serverTimeout: number; mayRetry: boolean; clientEnded: boolean;
-  }): NodeJS.ErrnoException | undefined {
-    const id = this.takeId();
-    const rc = this.addon.start(id, clientFd, serverFd, opts.header, opts.replay, opts.clientTimeout, opts.serverTimeout, opts.mayRetry, opts.clientEnded);
-    if (rc < 0) return errnoError(rc, 'relay', '');
-    this.sessions.set(id, session);
-    return undefined;
-  }
-
-  /** Relay on a session a previous process handed over (handover.ts); returns the error as relay() does. */
-  resume(session: RelaySession, pair: ResumedPair): NodeJS.ErrnoException | undefined {
-    const id = this.takeId();
-    const rc = this.addon.resume(id, pair.clientFd, pair.serverFd, pair.replay, pair.clientTimeout, pair.serverTimeout,
-      pair.directionsDone, pair.bytesIn, pair.bytesOut);
-    if (rc < 0) return errnoError(rc, 'relay', '');
-    this.sessions.set(id, session);
-    return undefined;
-  }
-
-  /** The addon's fd-store calls (handover.ts stores with them). */
-  get fdStore(): FdStoreCalls {
-    return this.addon;
-  }
-
-  /** Whether a restart took (or is taking) the sessions: a session must not start relaying then. */
-  get handingOver(): boolean {
-    return this.handedOver;
-  }
-
-  /**
-   * A restart: the threads stop reading up to `sessions` sessions, give each
-   * back (RelaySession.handed) once its buffers are empty, and close those
-   * still full after graceMs (ended 'shutdown'). The others are relayed on.
-   * Resolves with how many were closed, once every thread is done.
-   */
-  handover(graceMs: number, sessions: number): Promise<number> {
+  /** Stop accepting: resolves once every thread has let go of every listener (or a bounded wait ran out). */
+  closeListeners(): Promise<void> {
+    const open = this.listeners.filter(Boolean);
+    this.listeners = [];
+    if (open.length === 0 || !this.running) return Promise.resolve();
     return new Promise((resolve) => {
-      this.handedOver = true;
-      this.handing = { threadsLeft: this.threads, closed: 0, done: resolve };
-      this.addon.handover(graceMs, sessions);
+      const timer = setTimeout(() => {
+        this.ctx.logger.warning('the data plane did not confirm that it stopped accepting; going on', { EVENT: 'unlisten-unconfirmed' });
+        finish();
+      }, UNLISTEN_WAIT_MS);
+      const finish = (): void => {
+        clearTimeout(timer);
+        this.unlistening = undefined;
+        resolve();
+      };
+      this.unlistening = { left: open.length, done: finish };
+      for (const l of open) l.listener.close();
     });
   }
 
-  /** The local end of an accepted client ("address port"), for the PROXY header. */
-  localAddress(fd: number): { address: string; port: number } | undefined {
-    const [address, port] = this.addon.localAddress(fd).split(' ');
-    return address ? { address, port: Number(port) } : undefined;
+  /** The waiting clients are closed (a stop): the queued ones unserved, the held ones as shutdown. */
+  dropWaiting(): void {
+    this.stopping = true;
+    for (const id of this.queue.splice(0)) this.addon.close(id, reasonCode('dropped'), 0);
   }
 
-  closeFd(fd: number): void {
-    this.addon.closeFd(fd);
+  stop(): void {
+    if (!this.running) return;
+    this.running = false;
+    for (const t of this.timers) clearInterval(t);
+    for (const h of this.held.values()) h.forget();
+    this.held.clear();
+    this.addon.stop();
   }
 
-  /** Close every relayed session (drain timeout); their ends arrive as events. */
+  // ---- what the bridge asks ------------------------------------------------------
+
+  counts(): RelayCounts {
+    const [bytesIn, bytesOut, active] = this.addon.counters();
+    return { active, waiting: this.held.size + this.queue.length, bytesIn, bytesOut };
+  }
+
+  get busy(): boolean {
+    const [, , active, admitted, queued] = this.addon.counters();
+    return active + admitted + queued + this.held.size + this.queue.length > 0;
+  }
+
   closeAll(reason: 'shutdown'): void {
-    this.addon.closeAll(CLOSE_REASONS.indexOf(reason), undefined);
+    this.addon.closeAll(reasonCode(reason), undefined);
   }
 
-  /** Close the relayed sessions `which` picks (a target marked DOWN: its sessions). */
-  closeWhere(reason: 'marked-down', which: (session: RelaySession) => boolean): void {
-    const ids = [...this.sessions].filter(([, s]) => which(s)).map(([id]) => id);
-    if (ids.length > 0) this.addon.closeAll(CLOSE_REASONS.indexOf(reason), ids);
+  /** Close the sessions on one target; how many there were. */
+  closeOn(target: Target, reason: 'marked-down'): number {
+    const open = target.active;
+    if (open > 0) this.addon.closeAll(reasonCode(reason), [target.slot]);
+    return open;
   }
 
-  private takeId(): number {
-    const id = this.nextId;
-    this.nextId = this.nextId >= 0xffff_ffff ? 1 : this.nextId + 1;
-    return id;
-  }
-
-  /** Bytes from and to clients so far, open sessions included: the threads count as they relay. */
-  counters(): { bytesIn: number; bytesOut: number } {
-    const [bytesIn, bytesOut] = this.addon.counters();
-    return { bytesIn, bytesOut };
-  }
-
-  /** Whether every thread answered the previous call (the systemd watchdog asks: a stuck thread stops it). */
   alive(): boolean {
     return !this.running || this.addon.alive();
   }
 
-  /** After the drain: end the threads and close the listeners; the process may exit then. */
-  stop(): void {
-    if (!this.running) return;
-    this.running = false;
-    this.addon.stop();
-  }
+  // ---- events ---------------------------------------------------------------------
 
-  private onEvent(kind: number, a: number, b: number, c: unknown, d: unknown, e: unknown): void {
-    switch (kind) {
-      case EV_ACCEPT:
-        return this.accepted({ fd: b, addr: c as string, port: d as number });
-      case EV_ACCEPT_ERROR: {
-        const l = this.listeners[a];
-        if (l) l.acceptFailed(errnoError(-b, 'accept', l.listener.label));
+  private onEvent(e: DataPlaneEvent): void {
+    switch (e[0]) {
+      case EventKind.End: return this.ended(e);
+      case EventKind.Parked: return this.parked(e);
+      case EventKind.Dialed: return this.held.get(e[1])?.dialed(e[2], e[3]);
+      case EventKind.Denied: return this.ctx.refused(e[1], e[2], 'refused by --allow/--deny');
+      case EventKind.TlsRefused: return this.ctx.tlsRefused(e[1], e[2], refusalReason(e[3], e[4]));
+      case EventKind.AcceptError: return this.listeners[e[1]]?.acceptFailed(errnoError(-e[2], 'accept', this.listeners[e[1]]!.listener.label));
+      case EventKind.Unlistened: {
+        const u = this.unlistening;
+        if (u && --u.left === 0) u.done();
         return;
       }
-      case EV_END: {
-        const session = this.sessions.get(a);
-        if (!session) return;
-        this.sessions.delete(a);
-        session.ended(CLOSE_REASONS[b] ?? 'server-error', c === 0 ? undefined : getSystemErrorName(-(c as number)), d as number, e as number);
-        return;
-      }
-      case EV_RETRY: {
-        const session = this.sessions.get(a);
-        if (!session) return this.addon.closeFd(b);
-        this.sessions.delete(a);
-        const replay = d as Buffer;
-        session.retry(b, getSystemErrorName(-(c as number)), replay, e as boolean, replay.length);
-        return;
-      }
-      case EV_HANDED: {
-        const [clientFd, serverFd, directionsDone] = b as unknown as [number, number, number];
-        const session = this.sessions.get(a);
-        if (!session) {
-          this.addon.closeFd(clientFd);
-          return this.addon.closeFd(serverFd);
-        }
-        this.sessions.delete(a);
-        session.handed({ clientFd, serverFd, directionsDone, replay: c as Buffer | undefined, bytesIn: d as number, bytesOut: e as number });
-        return;
-      }
-      case EV_HANDOVER_DONE: {
+      case EventKind.Handed: return void this.handing?.handed.push(e);
+      case EventKind.HandoverDone: {
         const h = this.handing;
         if (!h) return;
-        h.closed += b;
-        if (--h.threadsLeft > 0) return;
-        this.handing = undefined;
-        h.done(h.closed);
+        h.closed += e[2];
+        if (--h.threadsLeft === 0) h.done();
       }
     }
   }
+
+  /** A session (or a client that never reached a target) ended: its log entry and counters. */
+  private ended(e: EndEvent): void {
+    const [, id, reasonNo, errno, bytesIn, bytesOut, addr, port, startedAt, slot, resets] = e;
+    const held = this.held.get(id);
+    held?.forget();
+    this.held.delete(id);
+    const queued = this.queue.indexOf(id);
+    if (queued >= 0) this.queue.splice(queued, 1);
+    const reason = CLOSE_REASONS[reasonNo] ?? 'server-error';
+    if (reason !== 'dropped') {
+      const end: BridgedSessionEnd = {
+        clientAddr: addr, clientPort: port, startedAt, reason, error: errno ? getSystemErrorName(-errno) : undefined,
+        bytesIn, bytesOut, target: slot >= 0 ? this.ctx.backend.pool.bySlot(slot) : undefined, resets,
+      };
+      recordSessionEnd(this.ctx, end);
+    }
+    this.admitQueued();
+    this.ctx.onSessionEnded();
+  }
+
+  /** A client waits for a decision: the queue, or hold-and-retry. */
+  private parked(e: ParkedEvent): void {
+    const [, id, why, errno, slot, addr, port, startedAt] = e;
+    this.held.get(id)?.forget();
+    this.held.delete(id);
+    this.ctx.onBusy();
+    if (why === ParkedWhy.Queued) return this.enqueue(id);
+    const failed = slot >= 0 ? this.ctx.backend.pool.bySlot(slot) : undefined;
+    // A refused connect counts for the target's problem log and error-limit; a dropped request does not.
+    if (failed && errno !== 0 && why !== ParkedWhy.Retry) failed.liveResult(errnoKind(errno), errnoError(-errno, 'connect', failed.path));
+    if (why === ParkedWhy.Retry && this.ctx.logger.enabled('debug')) {
+      this.ctx.logger.debug(`session ${addressLabel(addr, port)}: target dropped the connection unanswered (${getSystemErrorName(-errno)}); sending the request again on a new one`);
+    }
+    const client = new HeldClient(id, { addr, port, startedAt }, why, failed, this.addon, this.ctx);
+    this.held.set(id, client);
+    client.start();
+  }
+
+  /** Over max-conn: it waits, connected but unread, bounded by the backlog as the kernel queue would be. */
+  private enqueue(id: number): void {
+    const cfg = this.ctx.cfg();
+    if (this.stopping || this.queue.length >= cfg.backlog) {
+      if (!this.stopping && !this.queueFullReported) {
+        this.ctx.logger.warning(`max-conn (${cfg.maxConn}) reached and ${this.queue.length} clients already queued: closing new ones; raise --max-conn`, { EVENT: 'queue-full' });
+        this.queueFullReported = true;
+      }
+      this.addon.close(id, reasonCode('dropped'), 0);
+      return;
+    }
+    this.queue.push(id);
+    this.admitQueued();
+  }
+
+  /** Queued clients start in arrival order as places under max-conn free up. */
+  private admitQueued(): void {
+    if (this.queue.length === 0) {
+      this.queueFullReported = false;
+      return;
+    }
+    const max = this.ctx.cfg().maxConn;
+    let [, , , admitted] = this.addon.counters();
+    while (this.queue.length > 0 && admitted < max && !this.stopping) {
+      const id = this.queue.shift()!;
+      if (this.addon.admit(id)) admitted++;
+    }
+  }
+
+  // ---- a restart ----------------------------------------------------------------------
+
+  /**
+   * The threads stop reading up to `sessionBudget` plain sessions and give
+   * each back once its buffers are empty, and give back every waiting client
+   * at once; TLS sessions get `graceMs`, then close. Resolves with what was
+   * given back, once every thread is done — or at graceMs plus a margin,
+   * whatever arrived by then (the rest is drained: logged once).
+   */
+  handOver(graceMs: number, sessionBudget: number): Promise<HandedBack> {
+    for (const h of this.held.values()) h.forget(); // given back by the threads, with their state
+    this.held.clear();
+    this.queue.length = 0;
+    return new Promise((resolve) => {
+      const handed: HandedEvent[] = [];
+      let timer: NodeJS.Timeout | undefined;
+      const finish = (complete: boolean): void => {
+        if (timer) clearTimeout(timer);
+        const h = this.handing;
+        this.handing = undefined;
+        resolve({ ...this.carried(handed), closed: h?.closed ?? 0, complete });
+      };
+      const threads = this.addon.handover(graceMs, sessionBudget);
+      if (threads < 0) return finish(false);
+      this.handing = { threadsLeft: threads, closed: 0, handed, done: () => finish(true) };
+      timer = setTimeout(() => finish(false), graceMs + HANDOVER_MARGIN_MS);
+    });
+  }
+
+  /** The threads' HANDED events as the fd store's records. */
+  private carried(handed: HandedEvent[]): { sessions: CarriedSession[]; waiting: CarriedClient[] } {
+    const sessions: CarriedSession[] = [];
+    const waiting: CarriedClient[] = [];
+    for (const e of handed) {
+      const [, , clientFd, serverFd, directionsDone, replay, bytesIn, bytesOut, addr, port, startedAt, slot, retriesLeft, clientEnded, beforeTls, why] = e;
+      const client: CarriedClient = {
+        clientFd, addr, port, startedAt, bytesIn, replay, clientEnded, retriesLeft, beforeTls, queued: why === ParkedWhy.Queued,
+      };
+      if (serverFd < 0) waiting.push(client);
+      else sessions.push({ ...client, serverFd, bytesOut, directionsDone, target: this.ctx.backend.pool.bySlot(slot)?.path });
+    }
+    return { sessions, waiting };
+  }
+
+  /** What a previous process handed over: its sessions relayed on, its waiting clients parked here (their events follow). */
+  private adopt(h: Handover): { resumed: number; admitted: number; gone: number } {
+    const { clientTimeout, serverTimeout } = this.ctx.cfg();
+    let resumed = 0;
+    let admitted = 0;
+    let gone = 0;
+    for (const s of h.sessions) {
+      // A connection reset (or shut down both ways) while no process ran is dropped, as systemd drops such stored fds.
+      const slot = s.target === undefined ? -1 : this.ctx.backend.pool.find(s.target)?.slot ?? -1;
+      if (this.addon.peerGone(s.clientFd) || this.addon.resume({ ...s, clientTimeout, serverTimeout, slot, beforeTls: false, queued: false }) < 0) {
+        gone++;
+        this.addon.closeFd(s.clientFd);
+        this.addon.closeFd(s.serverFd);
+        continue;
+      }
+      resumed++;
+    }
+    for (const c of h.waiting) {
+      if (this.addon.peerGone(c.clientFd) || this.addon.adopt({ ...c, bytesOut: 0, clientTimeout, serverTimeout, slot: -1 }) < 0) {
+        gone++;
+        this.addon.closeFd(c.clientFd);
+        continue;
+      }
+      admitted++;
+    }
+    this.adopted = { resumed, admitted, gone };
+    return this.adopted;
+  }
+
+  /** What adopt() did, for the bridge's log line. */
+  adopted: { resumed: number; admitted: number; gone: number } | undefined;
+}
+
+/** How the connect error of a parked client counts for its target (errors.ts: classifyConnectError). */
+function errnoKind(errno: number): BackendFailure {
+  return classifyConnectError(getSystemErrorName(-errno));
 }
 
 /** As Node's server.address() would name it: the bound port with the host as given. */

@@ -180,11 +180,22 @@ export function acceptErrorLog(label: string, logger: Logger): (err: NodeJS.Errn
 }
 
 /**
- * Each session holds two descriptors. libuv handles EMFILE on accept by itself,
- * accepting and closing the excess connections without telling us, so the only
- * place to catch a too-low limit is here, before it bites.
+ * The descriptors a full service holds for its clients: two per session
+ * (client and target) under max-conn, and one per client waiting in the
+ * queue beyond it (at most backlog). The fd-limit check below and the fd
+ * store's budget for a restart (fd-store.ts: storeNeeded) use this one count.
  */
-export function checkDescriptorBudget(maxConn: number, logger: Logger): void {
+export function connectionFds(maxConn: number, backlog: number): number {
+  return 2 * maxConn + backlog;
+}
+
+/**
+ * A limit too low for a full service is said at start and on every reload
+ * that raises max-conn, before it bites: the TypeScript relay's libuv
+ * answers EMFILE on accept by accepting and closing the excess connections
+ * without telling, and the data plane pauses accepting.
+ */
+export function checkDescriptorBudget(maxConn: number, backlog: number, logger: Logger): void {
   let limit: number;
   let inUse: number;
   try {
@@ -195,11 +206,11 @@ export function checkDescriptorBudget(maxConn: number, logger: Logger): void {
   } catch {
     return; // not Linux, or /proc hidden: nothing to check
   }
-  const needed = inUse + 2 * maxConn + 16;
+  const needed = inUse + connectionFds(maxConn, backlog) + 16;
   if (needed <= limit) return;
   const fits = Math.max(0, Math.floor((limit - inUse - 16) / 2));
   logger.warning(
-    `max-conn ${maxConn} needs about ${needed} file descriptors but the limit is ${limit}: beyond about ${fits} sessions ` +
+    `max-conn ${maxConn} and backlog ${backlog} need about ${needed} file descriptors but the limit is ${limit}: beyond about ${fits} sessions ` +
     'new clients are closed as they arrive — raise LimitNOFILE= (or ulimit -n) or lower --max-conn',
     { EVENT: 'fd-limit', FD_LIMIT: limit },
   );

@@ -23,13 +23,16 @@ export interface StatusReport {
   bytes: { in: number; out: number };
   config: Record<string, string>;
   /**
-   * Where clients connect, and how they are accepted and read: 'onread' (the
-   * fast path: sockbridge's own accept, reading into its buffers) or 'stream'
+   * Where clients connect, and how they are accepted and read: 'native' (the
+   * data plane's threads), or with the TypeScript relay 'onread' (its fast
+   * path: sockbridge's own accept, reading into its buffers) or 'stream'
    * (Node's own, when this Node lacks the internal the fast path needs).
    */
   listeners: ListenerInfo[];
   /** What moves the bytes: 'native' (with its thread count) or 'js'; `why` says why js runs, "" otherwise. */
   relay: RelayInfo;
+  /** TLS as it is in force now (a reload changes it for new clients): on or off, client certificates required or not. */
+  tls: { enabled: boolean; clientCertificates: boolean; cert: string };
 }
 
 export interface TargetRow {
@@ -67,6 +70,7 @@ export function buildReport(opts: {
   cfg: Config;
   listeners: ListenerInfo[];
   relay: RelayInfo;
+  tls: StatusReport['tls'];
 }): StatusReport {
   const now = Date.now();
   const { totals, cfg } = opts;
@@ -90,6 +94,7 @@ export function buildReport(opts: {
     config,
     listeners: opts.listeners,
     relay: opts.relay,
+    tls: opts.tls,
   };
 }
 
@@ -111,6 +116,7 @@ export function renderStatus(r: StatusReport): string {
     ['sessions', `${r.sessions.active} active, ${r.sessions.waiting} waiting, ${r.sessions.total} served, ${r.sessions.failed} failed, ${r.sessions.denied} refused`],
     ['bytes', `${r.bytes.in} in (client → target), ${r.bytes.out} out`],
     ['relay', r.relay.kind === 'native' ? `native, ${r.relay.threads} threads` : `js (${r.relay.why})`],
+    ['tls', r.tls.enabled ? `on (${r.tls.cert})${r.tls.clientCertificates ? ', client certificates required' : ''}` : 'off'],
     ['uptime', `${duration(r.uptimeSeconds)} (pid ${r.pid}, sockbridge ${r.version})`],
   ];
   const config = Object.entries(r.config).map(([k, v]): [string, string] => [`  ${k}`, v]);
@@ -144,6 +150,7 @@ export function renderMetrics(r: StatusReport): string {
   metric('sockbridge_workers', 'gauge', 'Processes serving (always 1: the native relay uses threads).', r.workers);
   metric('sockbridge_relay_native', 'gauge', 'Whether the native relay moves the bytes (1) or the TypeScript one (0).', r.relay.kind === 'native' ? 1 : 0);
   metric('sockbridge_relay_threads', 'gauge', 'Threads relaying sessions.', r.relay.threads);
+  metric('sockbridge_tls_enabled', 'gauge', 'Whether new clients must speak TLS (1) or not (0), as now in force.', r.tls.enabled ? 1 : 0);
   const perTarget = (name: string, type: 'gauge' | 'counter', help: string, value: (t: StatusReport['targets'][number]) => number): void => {
     out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
     for (const t of r.targets) out.push(`${name}{target="${t.path.replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"} ${value(t)}`);

@@ -1,13 +1,18 @@
-// What every session shares, whichever relay moves its bytes: why it ended,
-// what it needs from the bridge, and its one log entry and counters.
+// What the bridge and both relays agree on: why a session ended, its one log
+// entry and counters, and what a relay does for the bridge (Relay). The
+// native data plane (dataplane/native-relay.ts) and the TypeScript relay
+// (session/js-relay.ts) each implement Relay.
 
 import type net from 'node:net';
-import type { Backend, ConnectFailure, Dialer } from '../targets/backend';
-import type { Fields, Logger } from '../log';
-import type { Config } from '../options';
-import type { Stats } from '../operator/stats';
-import type { Target } from '../targets/pool';
 import { addressLabel } from '../listen/address';
+import type { ListenerInfo, ListenSpec } from '../listen/listeners';
+import type { Fields, Logger } from '../log';
+import type { Stats } from '../operator/stats';
+import type { Config } from '../options';
+import type { CarriedClient, CarriedSession, Handover } from '../systemd/fd-store';
+import type { Backend, ConnectFailure, Dialer } from '../targets/backend';
+import type { Target } from '../targets/pool';
+import type { TlsMaterial } from './tls';
 
 export type SessionSettings = Pick<Config, 'clientTimeout' | 'serverTimeout' | 'retries' | 'sendProxy'>;
 
@@ -19,9 +24,82 @@ export type CloseReason =
   | 'client-error'
   | 'server-error'
   | 'marked-down' // --on-marked-down shutdown-sessions
-  | 'shutdown'; // drain timeout on stop
+  | 'shutdown'; // drain timeout on stop, or restart-grace on a restart
 
-/** What a session needs from the bridge; one object shared by all sessions. */
+/** Which relay moves the bytes, and why (status, the startup log). */
+export interface RelayInfo {
+  kind: 'native' | 'js';
+  threads: number;
+  /** Why the TypeScript relay runs where the native one could ("" when it does not). */
+  why: string;
+}
+
+/** What a relay needs from the bridge. */
+export interface RelayContext {
+  readonly backend: Backend;
+  readonly logger: Logger;
+  readonly stats: Stats;
+  /** The configuration in force now (a reload replaces it for new sessions). */
+  cfg(): Config;
+  /** A client refused before anything was read: counted and logged. */
+  refused(addr: string, port: number, why: string): void;
+  /** A client whose TLS handshake failed: counted and logged. */
+  tlsRefused(addr: string, port: number, reason: string): void;
+  /** Sessions or waiting clients may have appeared. */
+  onBusy(): void;
+  /** A session or waiting client ended. */
+  onSessionEnded(): void;
+}
+
+/** A relay's live numbers. */
+export interface RelayCounts {
+  active: number;
+  waiting: number;
+  bytesIn: number;
+  bytesOut: number;
+}
+
+/** What a restart took back from a relay, for the fd store. */
+export interface HandedBack {
+  sessions: CarriedSession[];
+  waiting: CarriedClient[];
+  /** Sessions closed at restart-grace (TLS, or a peer that took none of its bytes). */
+  closed: number;
+  /** false: the relay did not finish within restart-grace and a margin; what is still open is drained. */
+  complete: boolean;
+}
+
+/** What the bridge asks of a relay, whichever moves the bytes. */
+export interface Relay {
+  readonly info: RelayInfo;
+  /** Start accepting on these sockets; the clients a previous process handed over go first. */
+  start(specs: ListenSpec[], handover: Handover | undefined, tls: TlsMaterial | undefined): Promise<ListenerInfo[]>;
+  /** A reload: the configuration now in force (ctx.cfg()) and these TLS files, for new clients; "" or why they were refused. */
+  configure(tls: TlsMaterial | undefined): string;
+  /** The targets' set, states or drained flags changed. */
+  targetsChanged(): void;
+  /** Stop accepting; resolves once nobody is accepted any more. */
+  closeListeners(): Promise<void>;
+  /** A stop: clients waiting for a place under max-conn are closed unserved. */
+  dropWaiting(): void;
+  counts(): RelayCounts;
+  /** Sessions or waiting clients exist. */
+  readonly busy: boolean;
+  /** Close everything (drain-timeout). */
+  closeAll(reason: 'shutdown'): void;
+  /** Close the sessions on one target (marked DOWN); how many. */
+  closeOn(target: Target, reason: 'marked-down'): number;
+  /** A restart: what can be carried to the next process, given back. */
+  handOver(graceMs: number, sessionBudget: number): Promise<HandedBack>;
+  /** What start() took over from a previous process. */
+  readonly adopted: { resumed: number; admitted: number; gone: number } | undefined;
+  /** Whether its threads answer (the systemd watchdog). */
+  alive(): boolean;
+  /** After the drain: let the process exit. */
+  stop(): void;
+}
+
+/** What a session of the TypeScript relay needs; one object shared by all sessions. */
 export interface SessionContext<C = net.Socket> {
   readonly backend: Backend;
   readonly logger: Logger;
@@ -32,18 +110,18 @@ export interface SessionContext<C = net.Socket> {
   onClosed(session: BridgedSession): void;
 }
 
-/** What the bridge sees of a session, whichever relay moves its bytes. */
+/** What the TypeScript relay sees of one of its sessions. */
 export interface BridgedSession {
   /** Still waiting for a target. */
   readonly connecting: boolean;
   /** The target it is connected to, once it is. */
   readonly target: Target | undefined;
-  /** Close it now: only while connecting for a native session (the relay closes open ones all at once). */
+  /** Close it now. */
   abort(reason: CloseReason): void;
 }
 
 /** How a session went, for its log entry and the counters. */
-export interface SessionEnd {
+export interface BridgedSessionEnd {
   clientAddr: string;
   clientPort: number;
   startedAt: number;
@@ -51,26 +129,20 @@ export interface SessionEnd {
   error: string | undefined;
   bytesIn: number;
   bytesOut: number;
-  /** It reached the target (so it counted as active). */
-  wasOpen: boolean;
   /** The target it reached (the one it was last on, after retries), if any. */
   target: Target | undefined;
+  /** Bytes were still owed, so the end was a reset, not a FIN: 1 to the client, 2 to the target. */
+  resets: number;
 }
 
 /** The counters and the one log entry of every session, whichever relay ran it. */
-export function recordSessionEnd(ctx: Pick<SessionContext<unknown>, 'stats' | 'logger' | 'backend'>, end: SessionEnd, countBytes: boolean): void {
+export function recordSessionEnd(ctx: { readonly stats: Stats; readonly logger: Logger; readonly backend: Backend }, end: BridgedSessionEnd): void {
   const { stats, logger } = ctx;
   const { reason, bytesIn, bytesOut, error } = end;
-  if (end.wasOpen) stats.active--;
   stats.total++;
-  if (end.wasOpen && end.target) {
-    end.target.ended(end.reason !== 'done');
+  if (end.target) {
+    end.target.ended(reason !== 'done');
     if (!end.target.current) ctx.backend.pool.prune();
-  }
-  // The native relay counts its bytes live, in its threads (see Bridge.snapshot).
-  if (countBytes) {
-    stats.bytesIn += bytesIn;
-    stats.bytesOut += bytesOut;
   }
   if (reason !== 'done') stats.failed++;
   const level = reason === 'connect-timeout' || reason === 'target-denied' || reason === 'target-error' ? 'warning' : 'info';
@@ -86,19 +158,27 @@ export function recordSessionEnd(ctx: Pick<SessionContext<unknown>, 'stats' | 'l
     TARGET: end.target?.path ?? ctx.backend.pool.describe(),
   };
   if (error) fields['ERRNO'] = error;
+  let reset = '';
+  if (end.resets !== 0) {
+    const who = end.resets === 1 ? 'client' : end.resets === 2 ? 'target' : 'both';
+    fields['RESET'] = who;
+    const whom = who === 'both' ? 'the client and the target' : `the ${who}`;
+    reset = reason === 'server-error' || reason === 'client-error' ? `; ${whom} got a reset (the other side's error, passed on)`
+      : `; ${whom} got a reset, not a FIN: bytes were still undelivered`;
+  }
   const why = reason === 'connect-timeout' ? ': the target did not accept within connect-timeout' : '';
-  logger.log(level, `session ${addressLabel(end.clientAddr, end.clientPort)} closed (${reason}${error ? ' ' + error : ''})${why}, ${bytesIn} bytes in, ${bytesOut} bytes out, ${fields['DURATION_MS']} ms`, fields);
+  logger.log(level, `session ${addressLabel(end.clientAddr, end.clientPort)} closed (${reason}${error ? ' ' + error : ''})${why}, ${bytesIn} bytes in, ${bytesOut} bytes out, ${fields['DURATION_MS']} ms${reset}`, fields);
 }
 
 /**
- * How often the bridge calls closeIfIdle: a twentieth of the shorter timeout
- * (within 10 ms–1 s), so that a session closes at most a tenth late.
+ * How often the TypeScript relay looks for idle sessions: a twentieth of the
+ * shorter timeout (within 10 ms–1 s), so that a session closes at most a
+ * tenth late (the data plane's threads sweep the same way).
  */
 export function idleSweepInterval({ clientTimeout, serverTimeout }: SessionSettings): number | undefined {
   const shortest = Math.min(clientTimeout || Infinity, serverTimeout || Infinity);
   return shortest === Infinity ? undefined : Math.min(1000, Math.max(10, Math.floor(shortest / 20)));
 }
 
-
-/** Most client bytes kept for a retry; a longer request is not retried (native/relay.c keeps the same). */
+/** Most client bytes kept for a retry; a longer request is not retried (native/dataplane.h keeps the same). */
 export const REPLAY_LIMIT = 64 * 1024;

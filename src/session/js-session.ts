@@ -15,6 +15,7 @@
 // Handlers are module-level functions that find their session through a
 // symbol-keyed field: no closures per connection, and stack traces name them.
 
+import { fstatSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import { addressLabel, plainAddress } from '../listen/address';
 import type { ConnectFailure, Dialer, PendingConnect } from '../targets/backend';
@@ -65,6 +66,12 @@ export class Session implements BridgedSession {
   private quietSince = 0;
   /** Who sent the last byte: the client (so the target owes an answer) or not (the client owes the next byte). */
   private clientSpokeLast = false;
+  /** Bytes both sockets had handed to the kernel at the last sweep. */
+  private takenSeen = 0;
+  /** The client's kernel send queue at the last look (-1: not looked). */
+  private clientQueueSeen = -1;
+  /** Which sides were reset (1 client, 2 target). */
+  private resets = 0;
   private readonly client: BridgedSocket;
   /** The client's address, kept because it is gone from the socket once closed. */
   readonly clientAddr: string;
@@ -87,14 +94,26 @@ export class Session implements BridgedSession {
     this.dial();
   }
 
-  /** Close both sides now (drain timeout, target marked down, idle, an error). */
+  /**
+   * Close both sides now (drain timeout, target marked down, idle, an
+   * error). A side still owed bytes gets a reset, never a FIN it could take
+   * for the end of a complete reply; a target's error is passed on to the
+   * client as a reset.
+   */
   abort(reason: CloseReason): void {
     if (this.phase === Phase.Closed) return;
     this.reason ??= reason;
     if (this.pending) this.pending.cancel();
+    const server = this.server;
+    const resetClient = reason === 'server-error' ? server !== undefined : reason !== 'client-error' && owed(this.client);
+    const resetServer = reason === 'client-error' ? false : reason !== 'server-error' && server !== undefined && owed(server);
+    this.resets |= (resetClient && reset(this.client) ? 1 : 0) | (resetServer && server && reset(server) ? 2 : 0);
     this.client.destroy();
-    this.server?.destroy();
+    server?.destroy();
   }
+
+  /** Bytes moved once it ended (the relay adds them to its totals). */
+  finalBytes = { bytesIn: 0, bytesOut: 0 };
 
   get connecting(): boolean {
     return this.phase === Phase.Connecting;
@@ -112,13 +131,11 @@ export class Session implements BridgedSession {
 
   private dial(): void {
     this.phase = Phase.Connecting;
-    this.ctx.stats.held++;
     this.pending = this.ctx.backend.connect((failure, server, err, target) => this.onConnect(failure, server, err, target), this.ctx.dialer, this.target);
   }
 
   private onConnect(failure: ConnectFailure | undefined, socket: net.Socket | undefined, err: NodeJS.ErrnoException | undefined, target: Target | undefined): void {
     this.pending = undefined;
-    this.ctx.stats.held--;
     if (failure !== undefined || socket === undefined) {
       this.reason ??= failure;
       this.error ??= err?.code;
@@ -139,7 +156,6 @@ export class Session implements BridgedSession {
     this.serverClosed = false;
     this.phase = Phase.Open;
     this.busy = true;
-    this.ctx.stats.active++;
     this.target = target;
     target?.opened();
 
@@ -241,7 +257,6 @@ export class Session implements BridgedSession {
     old.on('error', noop);
     old.destroy();
     this.server = undefined;
-    this.ctx.stats.active--;
     this.target?.released();
     this.client.pause();
     if (this.ctx.logger.enabled('debug')) {
@@ -261,6 +276,13 @@ export class Session implements BridgedSession {
    */
   closeIfIdle(now: number): void {
     if (this.phase !== Phase.Open) return;
+    // Bytes the kernel took from us count as traffic too: a reader slower
+    // than the timeout that keeps reading is not idle.
+    const taken = handedToKernel(this.client) + handedToKernel(this.server);
+    if (taken !== this.takenSeen) {
+      this.takenSeen = taken;
+      this.busy = true;
+    }
     if (this.busy) {
       this.busy = false;
       this.quietSince = now;
@@ -269,6 +291,13 @@ export class Session implements BridgedSession {
     const { clientTimeout: c, serverTimeout: s } = this.settings;
     const limit = Math.min(c || Infinity, s || Infinity);
     if (now - this.quietSince < limit) return;
+    // Nor is a client still draining what the kernel holds for it.
+    const queued = kernelSendQueue(this.client);
+    if (queued > 0 && (this.clientQueueSeen < 0 || queued < this.clientQueueSeen)) {
+      this.clientQueueSeen = queued;
+      this.quietSince = now;
+      return;
+    }
     const serverOwes = c === s ? this.clientSpokeLast : limit === s;
     this.abort(serverOwes ? 'server-timeout' : 'client-timeout');
   }
@@ -298,11 +327,14 @@ export class Session implements BridgedSession {
   private finish(): void {
     if (this.phase === Phase.Closed) return;
     const wasOpen = this.phase === Phase.Open;
+    this.finalBytes = { bytesIn: this.client.bytesRead, bytesOut: this.client.bytesWritten };
     this.phase = Phase.Closed;
+    if (wasOpen) this.target?.released();
     recordSessionEnd(this.ctx, {
       clientAddr: this.clientAddr, clientPort: this.clientPort, startedAt: this.startedAt, reason: this.reason ?? 'done',
-      error: this.error, bytesIn: this.client.bytesRead, bytesOut: this.client.bytesWritten, wasOpen, target: this.target,
-    }, true);
+      error: this.error, bytesIn: this.finalBytes.bytesIn, bytesOut: this.finalBytes.bytesOut, target: wasOpen ? this.target : undefined,
+      resets: this.resets,
+    });
     this.ctx.onClosed(this);
   }
 }
@@ -354,9 +386,9 @@ export function ownReads(): OwnReads {
 
 /** The TypeScript relay's connections to the target: net.Sockets that read with ownReads. */
 export const socketDialer: Dialer<net.Socket> = {
-  attempt(path, ok, fail) {
+  attempt(target, ok, fail) {
     const reads = ownReads();
-    const socket = net.createConnection({ path, allowHalfOpen: true, onread: reads });
+    const socket = net.createConnection({ path: target.path, allowHalfOpen: true, onread: reads });
     reads.socket = socket;
     socket.once('connect', () => {
       socket.removeAllListeners('error');
@@ -399,3 +431,67 @@ function socketOnClose(this: BridgedSocket): void {
 }
 
 function noop(): void {}
+
+/** Bytes a socket has handed to the kernel (written, minus what still waits in Node). */
+function handedToKernel(socket: net.Socket | undefined): number {
+  return socket ? socket.bytesWritten - socket.writableLength : 0;
+}
+
+/** The TCP socket under a socket (a server-side TLSSocket wraps one). */
+function rawSocket(socket: net.Socket): net.Socket {
+  return (socket as unknown as { _parent?: net.Socket })._parent ?? socket;
+}
+
+/**
+ * What the kernel still holds to send on a TCP socket (SIOCOUTQ, which Node
+ * does not offer: the tx_queue of /proc/net/tcp{,6}, found by the socket's
+ * inode). Read only for a session about to be closed as idle. 0 when it
+ * cannot tell (a UNIX socket, /proc hidden).
+ */
+function kernelSendQueue(socket: net.Socket): number {
+  const fd = (rawSocket(socket) as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  if (fd === undefined || fd < 0) return 0;
+  try {
+    return sendQueues().get(String(fstatSync(fd).ino)) ?? 0;
+  } catch {
+    return 0; // closed meanwhile
+  }
+}
+
+/** tx_queue by inode, from /proc/net/tcp{,6}, read at most every 50 ms (a drain closes many sessions at once). */
+let queues: { at: number; byInode: Map<string, number> } | undefined;
+function sendQueues(): Map<string, number> {
+  const now = Date.now();
+  if (queues && now - queues.at < 50) return queues.byInode;
+  const byInode = new Map<string, number>();
+  for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    try {
+      for (const line of readFileSync(table, 'utf8').split('\n')) {
+        const f = line.trim().split(/\s+/);
+        const txq = parseInt((f[4] ?? '').split(':')[0] ?? '', 16);
+        if (f[9] !== undefined && txq > 0) byInode.set(f[9], txq);
+      }
+    } catch {
+      // not Linux, or /proc hidden: nothing known to be queued
+    }
+  }
+  queues = { at: now, byInode };
+  return byInode;
+}
+
+/** Whether bytes are still owed to this socket's peer: in Node's buffer, or in the kernel's. */
+function owed(socket: net.Socket): boolean {
+  return !socket.destroyed && (socket.writableLength > 0 || kernelSendQueue(socket) > 0);
+}
+
+/** End with a reset (SO_LINGER 0), where the socket has one (TCP). */
+function reset(socket: net.Socket): boolean {
+  const raw = rawSocket(socket) as net.Socket & { resetAndDestroy?: () => void };
+  if (raw.destroyed || typeof raw.resetAndDestroy !== 'function') return false;
+  try {
+    raw.resetAndDestroy();
+    return true;
+  } catch {
+    return false; // a UNIX socket has no reset
+  }
+}

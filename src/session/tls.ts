@@ -1,8 +1,12 @@
 // TLS termination (--tls-cert, --tls-key) with optional client-certificate
-// authentication (--tls-ca: a certificate signed by it is required). A client
-// whose handshake fails never reaches the target; the failure is logged with
-// its address. Reload builds a new context from the files: certificate
-// rotation without a restart.
+// authentication (--tls-ca: a certificate signed by it is required). The
+// files are read and checked here, whichever relay terminates: the data
+// plane (native/tls.c) gets the PEM bytes and Node's own defaults, so that
+// both offer the same TLS; the TypeScript relay hands accepted sockets to a
+// Node tls.Server built with the same. A client whose handshake fails never
+// reaches the target; the failure is logged with its address, in the same
+// words for both. Reload reads the files again: certificate rotation
+// without a restart.
 
 import { readFileSync } from 'node:fs';
 import type net from 'node:net';
@@ -13,7 +17,31 @@ import type { Config } from '../options';
 
 export type TlsSettings = Pick<Config, 'tlsCert' | 'tlsKey' | 'tlsCa' | 'clientTimeout'>;
 
+/** The files of a TLS configuration, read and checked. */
+export interface TlsMaterial {
+  cert: Buffer;
+  key: Buffer;
+  ca: Buffer | undefined;
+}
+
 const DEFAULT_HANDSHAKE_TIMEOUT_MS = 30_000;
+
+/**
+ * Node's defaults for a TLS server, spelled out so that the data plane offers
+ * exactly what Node's tls.Server offers: the versions, the TLS 1.2 cipher
+ * list and TLS 1.3 suites (split as Node splits tls.DEFAULT_CIPHERS), and the
+ * server's cipher order (honorCipherOrder, on by default for servers).
+ */
+export function nodeTlsDefaults(): { ciphers: string; cipherSuites: string; minVersion: string; maxVersion: string; honorCipherOrder: boolean } {
+  const all = tls.DEFAULT_CIPHERS.split(':').filter((c) => c.length > 0);
+  return {
+    ciphers: all.filter((c) => !c.startsWith('TLS_')).join(':'),
+    cipherSuites: all.filter((c) => c.startsWith('TLS_')).join(':'),
+    minVersion: tls.DEFAULT_MIN_VERSION,
+    maxVersion: tls.DEFAULT_MAX_VERSION,
+    honorCipherOrder: true,
+  };
+}
 
 /**
  * Relative paths name systemd credentials (LoadCredential=tls.key:/etc/…):
@@ -33,6 +61,43 @@ function readPem(option: string, path: string, env: NodeJS.ProcessEnv): Buffer {
   }
 }
 
+/** undefined when TLS is off. Throws ConfigError for missing, unreadable or mismatched files. */
+export function loadTlsMaterial(cfg: TlsSettings, env: NodeJS.ProcessEnv = process.env): TlsMaterial | undefined {
+  if (!cfg.tlsCert && !cfg.tlsKey && !cfg.tlsCa) return undefined;
+  if (!cfg.tlsCert || !cfg.tlsKey) {
+    throw new ConfigError('ECONFIG_TLS', 'TLS needs both --tls-cert and --tls-key (--tls-ca alone is not enough)');
+  }
+  const material = { cert: readPem('--tls-cert', cfg.tlsCert, env), key: readPem('--tls-key', cfg.tlsKey, env), ca: cfg.tlsCa ? readPem('--tls-ca', cfg.tlsCa, env) : undefined };
+  try {
+    tls.createSecureContext({ cert: material.cert, key: material.key, ...(material.ca ? { ca: material.ca } : {}) });
+  } catch (err) {
+    throw new ConfigError('ECONFIG_TLS', `cannot use --tls-cert ${cfg.tlsCert} with --tls-key ${cfg.tlsKey}${material.ca ? ` and --tls-ca ${cfg.tlsCa}` : ''}: ${(err as Error).message}`);
+  }
+  return material;
+}
+
+/** What `sockbridge status` says is in force. */
+export function tlsInForce(cfg: TlsSettings, material: TlsMaterial | undefined): { enabled: boolean; clientCertificates: boolean; cert: string } {
+  return { enabled: material !== undefined, clientCertificates: material?.ca !== undefined, cert: material ? cfg.tlsCert : '' };
+}
+
+/** OpenSSL's X509_V_ERR_* numbers as Node names them (authorizationError), for the log. */
+const VERIFY_ERRORS: Record<number, string> = {
+  2: 'UNABLE_TO_GET_ISSUER_CERT', 3: 'UNABLE_TO_GET_CRL', 4: 'UNABLE_TO_DECRYPT_CERT_SIGNATURE', 5: 'UNABLE_TO_DECRYPT_CRL_SIGNATURE',
+  6: 'UNABLE_TO_DECODE_ISSUER_PUBLIC_KEY', 7: 'CERT_SIGNATURE_FAILURE', 8: 'CRL_SIGNATURE_FAILURE', 9: 'CERT_NOT_YET_VALID',
+  10: 'CERT_HAS_EXPIRED', 11: 'CRL_NOT_YET_VALID', 12: 'CRL_HAS_EXPIRED', 13: 'ERROR_IN_CERT_NOT_BEFORE_FIELD',
+  14: 'ERROR_IN_CERT_NOT_AFTER_FIELD', 15: 'ERROR_IN_CRL_LAST_UPDATE_FIELD', 16: 'ERROR_IN_CRL_NEXT_UPDATE_FIELD', 17: 'OUT_OF_MEM',
+  18: 'DEPTH_ZERO_SELF_SIGNED_CERT', 19: 'SELF_SIGNED_CERT_IN_CHAIN', 20: 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  21: 'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 22: 'CERT_CHAIN_TOO_LONG', 23: 'CERT_REVOKED', 24: 'INVALID_CA', 25: 'PATH_LENGTH_EXCEEDED',
+  26: 'INVALID_PURPOSE', 27: 'CERT_UNTRUSTED', 28: 'CERT_REJECTED', 62: 'HOSTNAME_MISMATCH',
+};
+
+/** Why the data plane refused a handshake, in the words the TypeScript relay uses. */
+export function refusalReason(verify: number, reason: string): string {
+  if (verify !== 0) return `client certificate refused: ${VERIFY_ERRORS[verify] ?? `X509_V_ERR ${verify}`}`;
+  return reason;
+}
+
 interface Pending {
   onSecure(socket: tls.TLSSocket): void;
   onFail(reason: string): void;
@@ -46,6 +111,7 @@ function rawOf(socket: tls.TLSSocket): net.Socket | undefined {
   return (socket as unknown as { _parent?: net.Socket })._parent;
 }
 
+/** The TypeScript relay's TLS: Node's own handshake, client-certificate check and handshake timeout. */
 export class TlsTerminator {
   private readonly pending = new WeakMap<net.Socket, Pending>();
 
@@ -80,29 +146,22 @@ export class TlsTerminator {
       socket.destroy();
       if (!p) return;
       this.pending.delete(raw!);
-      p.onFail(err.message.replace(/^[0-9A-F]+:error:[0-9A-F]+:SSL routines:[a-z_]+:/, '').replace(/:\.\.\/deps\/.*$/s, '').trim());
+      p.onFail(err.message.replace(/^[0-9A-F]+:error:[0-9A-F]+:SSL routines:[a-z_]*:/, '').replace(/:\.\.\/deps\/.*$/s, '').trim());
     });
   }
 
-  /** undefined when TLS is off. Throws ConfigError for missing, unreadable or mismatched files. */
-  static load(cfg: TlsSettings, env: NodeJS.ProcessEnv = process.env): TlsTerminator | undefined {
-    if (!cfg.tlsCert && !cfg.tlsKey && !cfg.tlsCa) return undefined;
-    if (!cfg.tlsCert || !cfg.tlsKey) {
-      throw new ConfigError('ECONFIG_TLS', 'TLS needs both --tls-cert and --tls-key (--tls-ca alone is not enough)');
-    }
-    const cert = readPem('--tls-cert', cfg.tlsCert, env);
-    const key = readPem('--tls-key', cfg.tlsKey, env);
-    const ca = cfg.tlsCa ? readPem('--tls-ca', cfg.tlsCa, env) : undefined;
-    try {
-      return new TlsTerminator(tls.createServer({
-        cert, key, ...(ca ? { ca } : {}),
-        requestCert: ca !== undefined,
-        rejectUnauthorized: false,
-        handshakeTimeout: cfg.clientTimeout || DEFAULT_HANDSHAKE_TIMEOUT_MS,
-      }), ca !== undefined);
-    } catch (err) {
-      throw new ConfigError('ECONFIG_TLS', `cannot use --tls-cert ${cfg.tlsCert} with --tls-key ${cfg.tlsKey}${ca ? ` and --tls-ca ${cfg.tlsCa}` : ''}: ${(err as Error).message}`);
-    }
+  /** undefined when TLS is off. */
+  static create(material: TlsMaterial | undefined, cfg: TlsSettings): TlsTerminator | undefined {
+    if (!material) return undefined;
+    const d = nodeTlsDefaults();
+    return new TlsTerminator(tls.createServer({
+      cert: material.cert, key: material.key, ...(material.ca ? { ca: material.ca } : {}),
+      ciphers: tls.DEFAULT_CIPHERS, minVersion: d.minVersion as tls.SecureVersion, maxVersion: d.maxVersion as tls.SecureVersion,
+      honorCipherOrder: d.honorCipherOrder,
+      requestCert: material.ca !== undefined,
+      rejectUnauthorized: false,
+      handshakeTimeout: cfg.clientTimeout || DEFAULT_HANDSHAKE_TIMEOUT_MS,
+    }), material.ca !== undefined);
   }
 
   /** Handshake on a freshly accepted socket; exactly one of the callbacks is called. */

@@ -9,7 +9,7 @@
 // The connections do not go into the store one by one: systemd compares
 // every fd it is given with every fd it holds, and 4,001 of them kept PID 1
 // busy for 5 to 9 s (and the next process waiting). They travel in bundles
-// instead (native/relay.c's bundle(): up to 8,096 fds in flight inside a
+// instead (native/fdstore.c's bundle(): up to 8,096 fds in flight inside a
 // socket pair), and the store holds a few bundles and the state. The state
 // names each connection by its inode number, which fstat(2) gives in both
 // processes, so nothing depends on the order fds come back in.
@@ -17,21 +17,22 @@
 import { closeSync, fstatSync, readSync } from 'node:fs';
 import { getSystemErrorName } from 'node:util';
 import { HandoverError } from '../errors';
+import { connectionFds } from '../listen/listeners';
 import type { PassedSocket } from './passed-sockets';
 
 /** The name of every bundle in the store, and of the state (LISTEN_FDNAMES is one string: short names). */
 export const FD_NAME = 'sb';
 export const STATE_NAME = 'sb-state';
 const FORMAT = 'sockbridge-handover';
-/** Bump when a field changes meaning; a process refuses a version it does not know. */
-const STATE_VERSION = 1;
+/** Bump when a field changes meaning; a process refuses a version it does not know (and reads the one before). */
+const STATE_VERSION = 2;
 /** FileDescriptorStoreMax= in the shipped units; systemd ≥ 254 passes the real one as $FDSTORE. */
 const SHIPPED_STORE_MAX = 16;
-/** The most fds in one bundle (native/relay.c: FDS_PER_MESSAGE × BUNDLE_MESSAGES). */
+/** The most fds in one bundle (native/fdstore.c: FDS_PER_MESSAGE × BUNDLE_MESSAGES). */
 const BUNDLE_FDS = 253 * 32;
 const BARRIER_TIMEOUT_MS = 5000;
 
-/** A client carried across a restart that was still waiting (held for the target, or queued over max-conn). */
+/** A client carried across a restart that was still waiting (held for a target, or queued over max-conn). */
 export interface CarriedClient {
   clientFd: number;
   addr: string;
@@ -42,6 +43,10 @@ export interface CarriedClient {
   replay: Buffer | undefined;
   clientEnded: boolean;
   retriesLeft: number;
+  /** A TLS listener's client whose handshake has not started: the next process runs it. */
+  beforeTls: boolean;
+  /** It waited for a place under max-conn (else for a target). */
+  queued: boolean;
 }
 
 /** A session carried across a restart: both fds, and where its two directions are. */
@@ -82,32 +87,54 @@ export function storeCapacity(env: NodeJS.ProcessEnv): number {
   return Math.max(0, entries - 1) * BUNDLE_FDS;
 }
 
-/** The fds a full service would carry: two per session, one per queued client. */
+/** The fds a full service would carry: what it holds for its clients (listen/listeners.ts: connectionFds). */
 export function storeNeeded(maxConn: number, backlog: number): number {
-  return 2 * maxConn + backlog;
+  return connectionFds(maxConn, backlog);
 }
 
 // ---- the state, as it travels --------------------------------------------------
 
 type Inode = number;
-interface ClientRecord { c: Inode; a: string; p: number; t: number; i: number; r?: string; e: boolean; n: number }
-interface SessionRecord extends ClientRecord { s: Inode; o: number; d: number; g?: string }
+
+/** Version 2's records: a word per field. */
+interface ClientRecord {
+  client: Inode; addr: string; port: number; startedAt: number; bytesIn: number; replay?: string; clientEnded: boolean; retriesLeft: number;
+  beforeTls?: boolean; queued?: boolean;
+}
+interface SessionRecord extends ClientRecord { server: Inode; bytesOut: number; directionsDone: number; target?: string }
 interface StateFile { format: string; version: number; sessions: SessionRecord[]; waiting: ClientRecord[]; totals: CarriedTotals }
+
+/** Version 1's records (0.2.0), one letter per field: still read, so that an upgrade from 0.2.0 carries its sessions. */
+interface ClientRecordV1 { c: Inode; a: string; p: number; t: number; i: number; r?: string; e: boolean; n: number }
+interface SessionRecordV1 extends ClientRecordV1 { s: Inode; o: number; d: number; g?: string }
+
+function fromV1(r: ClientRecordV1): ClientRecord {
+  return { client: r.c, addr: r.a, port: r.p, startedAt: r.t, bytesIn: r.i, ...(r.r === undefined ? {} : { replay: r.r }), clientEnded: r.e, retriesLeft: r.n };
+}
+
+function sessionFromV1(r: SessionRecordV1): SessionRecord {
+  return { ...fromV1(r), server: r.s, bytesOut: r.o, directionsDone: r.d, ...(r.g === undefined ? {} : { target: r.g }) };
+}
 
 function inode(fd: number): Inode {
   return fstatSync(fd).ino;
 }
 
 function clientRecord(c: CarriedClient): ClientRecord {
-  const r: ClientRecord = { c: inode(c.clientFd), a: c.addr, p: c.port, t: c.startedAt, i: c.bytesIn, e: c.clientEnded, n: c.retriesLeft };
-  if (c.replay) r.r = c.replay.toString('base64');
+  const r: ClientRecord = {
+    client: inode(c.clientFd), addr: c.addr, port: c.port, startedAt: c.startedAt, bytesIn: c.bytesIn, clientEnded: c.clientEnded,
+    retriesLeft: c.retriesLeft, beforeTls: c.beforeTls, queued: c.queued,
+  };
+  if (c.replay) r.replay = c.replay.toString('base64');
   return r;
 }
 
 export function encodeState(h: Handover): Buffer {
   const file: StateFile = {
     format: FORMAT, version: STATE_VERSION, totals: h.totals, waiting: h.waiting.map(clientRecord),
-    sessions: h.sessions.map((s) => ({ ...clientRecord(s), s: inode(s.serverFd), o: s.bytesOut, d: s.directionsDone, ...(s.target === undefined ? {} : { g: s.target }) })),
+    sessions: h.sessions.map((s) => ({
+      ...clientRecord(s), server: inode(s.serverFd), bytesOut: s.bytesOut, directionsDone: s.directionsDone, ...(s.target === undefined ? {} : { target: s.target }),
+    })),
   };
   return Buffer.from(JSON.stringify(file));
 }
@@ -130,11 +157,17 @@ export function decodeState(bytes: Buffer, fds: number[]): Adopted {
   } catch {
     throw new HandoverError('EHANDOVER_STATE', 'the handover state in the fd store is not readable');
   }
-  if (file.format !== FORMAT || file.version !== STATE_VERSION) {
+  if (typeof file !== 'object' || file === null || file.format !== FORMAT || (file.version !== STATE_VERSION && file.version !== 1)) {
     throw new HandoverError('EHANDOVER_VERSION',
-      `the handover state has format ${String(file.format)} version ${String(file.version)}, this version reads ${FORMAT} ${STATE_VERSION} only ` +
+      `the handover state has format ${String(file?.format)} version ${String(file?.version)}, this version reads ${FORMAT} 1 and ${STATE_VERSION} only ` +
       '(a downgrade must be a stop, then a start)');
   }
+  if (!Array.isArray(file.sessions) || !Array.isArray(file.waiting) || typeof file.totals !== 'object' || file.totals === null) {
+    throw new HandoverError('EHANDOVER_STATE', 'the handover state in the fd store is damaged (no sessions, waiting clients or totals)');
+  }
+  const v1 = file.version === 1;
+  const sessionRecords = v1 ? (file.sessions as unknown as SessionRecordV1[]).map(sessionFromV1) : file.sessions;
+  const waitingRecords = v1 ? (file.waiting as unknown as ClientRecordV1[]).map(fromV1) : file.waiting;
   const byInode = new Map<Inode, number>();
   for (const fd of fds) byInode.set(inode(fd), fd);
   const take = (ino: Inode): number | undefined => {
@@ -144,24 +177,25 @@ export function decodeState(bytes: Buffer, fds: number[]): Adopted {
   };
   let lost = 0;
   const client = (r: ClientRecord, clientFd: number): CarriedClient => ({
-    clientFd, addr: r.a, port: r.p, startedAt: r.t, bytesIn: r.i, replay: r.r === undefined ? undefined : Buffer.from(r.r, 'base64'),
-    clientEnded: r.e, retriesLeft: r.n,
+    clientFd, addr: String(r.addr), port: Number(r.port), startedAt: Number(r.startedAt), bytesIn: Number(r.bytesIn),
+    replay: typeof r.replay === 'string' ? Buffer.from(r.replay, 'base64') : undefined,
+    clientEnded: r.clientEnded === true, retriesLeft: Number(r.retriesLeft) || 0, beforeTls: r.beforeTls === true, queued: r.queued === true,
   });
   const sessions: CarriedSession[] = [];
-  for (const r of file.sessions) {
-    const c = take(r.c);
-    const s = take(r.s);
+  for (const r of sessionRecords) {
+    const c = take(r.client);
+    const s = take(r.server);
     if (c === undefined || s === undefined) {
       lost++;
       if (c !== undefined) closeQuietly(c);
       if (s !== undefined) closeQuietly(s);
       continue;
     }
-    sessions.push({ ...client(r, c), serverFd: s, bytesOut: r.o, directionsDone: r.d, target: r.g });
+    sessions.push({ ...client(r, c), serverFd: s, bytesOut: Number(r.bytesOut), directionsDone: Number(r.directionsDone) & 3, target: r.target });
   }
   const waiting: CarriedClient[] = [];
-  for (const r of file.waiting) {
-    const c = take(r.c);
+  for (const r of waitingRecords) {
+    const c = take(r.client);
     if (c === undefined) lost++;
     else waiting.push(client(r, c));
   }
@@ -170,7 +204,7 @@ export function decodeState(bytes: Buffer, fds: number[]): Adopted {
   return { handover: { sessions, waiting, totals: file.totals }, lost };
 }
 
-/** The fd store's functions of the native relay addon (native/relay.c). */
+/** The fd store's functions of the data plane's addon (native/fdstore.c). */
 export interface FdStoreCalls {
   notifyWithFds(socket: string, text: string, fds: number[]): number;
   barrier(socket: string, timeoutMs: number): number;

@@ -30,12 +30,13 @@ export interface ConnectCallback<C> {
 
 /**
  * One connect(2) attempt to a target, however the relay holds connections:
- * a net.Socket (the TypeScript relay) or a bare fd (the native one). Exactly
- * one of ok and fail is called, always asynchronously, unless the returned
- * function cancelled the attempt first.
+ * a net.Socket (the TypeScript relay), or a connection the data plane makes
+ * for a client it keeps (native-relay.ts). Exactly one of ok and fail is
+ * called, always asynchronously, unless the returned function cancelled the
+ * attempt first.
  */
 export interface Dialer<C> {
-  attempt(path: string, ok: (conn: C) => void, fail: (err: NodeJS.ErrnoException) => void): () => void;
+  attempt(target: Target, ok: (conn: C) => void, fail: (err: NodeJS.ErrnoException) => void): () => void;
 }
 
 const BACKOFF_FIRST_MS = 5;
@@ -91,7 +92,7 @@ export class PendingConnect<C> {
   private round(targets: readonly Target[], i: number, other: boolean): void {
     const target = targets[i];
     if (target === undefined) return this.roundFailed(targets.length > 0 && other);
-    this.cancelAttempt = this.dialer.attempt(target.path, (conn) => {
+    this.cancelAttempt = this.dialer.attempt(target, (conn) => {
       this.cancelAttempt = undefined;
       target.liveResult(undefined, undefined);
       this.finishOk(conn, target);
@@ -152,6 +153,8 @@ export class PendingConnect<C> {
 export interface BackendEvents {
   /** A target changed state (health checks, --error-limit). */
   onTargetState(target: Target, state: BackendState): void;
+  /** The set of targets changed (reload, --target-dir), or one was drained or enabled. */
+  onTargetsChanged(): void;
 }
 
 export class Backend {
@@ -169,6 +172,7 @@ export class Backend {
         this.events.onTargetState(target, state);
       },
       onChange: () => {
+        this.events.onTargetsChanged();
         if (this.waiters.size > 0) this.openWatchers();
         this.wakeAll();
       },
@@ -189,22 +193,6 @@ export class Backend {
   stop(): void {
     this.closeWatchers();
     this.pool.stop();
-  }
-
-  /**
-   * One attempt now, on the first target of a round, for a relay whose
-   * connect answers on the spot (the native relay: a UNIX connect(2)
-   * completes or fails at once): the connection and its target, or
-   * undefined, and then connect() goes round the targets, holds and retries
-   * as usual and reports the errors. The common case needs no PendingConnect.
-   */
-  connectNow<C>(attempt: (path: string) => C | undefined, avoid?: Target): { conn: C; target: Target } | undefined {
-    const target = this.pool.candidates(avoid)[0];
-    if (target === undefined) return undefined;
-    const conn = attempt(target.path);
-    if (conn === undefined) return undefined;
-    target.liveResult(undefined, undefined);
-    return { conn, target };
   }
 
   /** Reach a target for one client, holding it while none can take it; `dialer` makes each attempt. */

@@ -22,9 +22,16 @@ export type TargetSettings = Pick<Config, 'target' | 'backupTarget' | 'targetDir
 /** How often a --target-dir's directory itself is looked at (see TargetDir). */
 const DIR_CHECK_MS = 1000;
 
+/** Where a native data plane keeps a target's live counts (native/policy.c: shared.slots). */
+export interface SlotCounts {
+  /** [open sessions, connects that succeeded] */
+  (slot: number): [number, number];
+}
+
 /** One socket sessions can be sent to. */
 export class Target {
-  active = 0;
+  /** Sessions open here that the TypeScript relay moves (the data plane counts its own: slotCounts). */
+  private ownActive = 0;
   total = 0;
   failed = 0;
   drained = false;
@@ -32,6 +39,8 @@ export class Target {
   current = true;
   private readonly problems: ProblemReporter;
   private liveErrors = 0;
+  /** The data plane's count of connects that succeeded here, when the last failure was counted. */
+  private successesSeen = 0;
   private errorLimit: number;
   private readonly health: HealthCheck;
 
@@ -39,8 +48,11 @@ export class Target {
     readonly path: string,
     readonly role: TargetRole,
     readonly fromDir: boolean,
+    /** Its number in the data plane's policy snapshot, while it exists. */
+    readonly slot: number,
     settings: TargetSettings,
     logger: Logger,
+    private readonly live: { counts?: SlotCounts },
     private readonly onState: (t: Target, state: BackendState) => void,
   ) {
     this.problems = new ProblemReporter(logger);
@@ -73,12 +85,26 @@ export class Target {
     this.health.configure({ ...settings, target: this.path });
   }
 
-  /** The outcome of a connect made for a client: problem reports, and --error-limit for this target. */
+  /** Sessions open on it now. */
+  get active(): number {
+    return this.ownActive + (this.live.counts?.(this.slot)[0] ?? 0);
+  }
+
+  /**
+   * The outcome of a connect made for a client: problem reports, and
+   * --error-limit for this target. The data plane's own connects that
+   * succeeded since the last failure break a run of failures too.
+   */
   liveResult(kind: BackendFailure | undefined, err: NodeJS.ErrnoException | undefined): void {
     this.problems.report(this.path, err);
     if (kind === undefined) {
       this.liveErrors = 0;
       return;
+    }
+    const successes = this.live.counts?.(this.slot)[1];
+    if (successes !== undefined && successes !== this.successesSeen) {
+      this.successesSeen = successes;
+      this.liveErrors = 0;
     }
     if (this.errorLimit > 0 && ++this.liveErrors >= this.errorLimit) {
       this.liveErrors = 0;
@@ -86,20 +112,19 @@ export class Target {
     }
   }
 
-  /** A session connected to it started relaying; ended() when it ends. */
+  /** A session of the TypeScript relay connected to it started relaying; released() when it no longer does. */
   opened(): void {
-    this.active++;
+    this.ownActive++;
   }
 
+  released(): void {
+    this.ownActive--;
+  }
+
+  /** A session that reached it ended. */
   ended(failed: boolean): void {
-    this.active--;
     this.total++;
     if (failed) this.failed++;
-  }
-
-  /** Its connection was dropped unanswered and the session retries (on another target, if there is one). */
-  released(): void {
-    this.active--;
   }
 }
 
@@ -190,9 +215,30 @@ export interface PoolEvents {
   onChange(): void;
 }
 
+/** Slot numbers for targets, reused once a target is gone (native/dataplane.h: MAX_SLOTS). */
+class Slots {
+  private readonly free: number[] = [];
+  private next = 0;
+
+  take(): number {
+    return this.free.pop() ?? this.next++;
+  }
+
+  give(slot: number): void {
+    this.free.push(slot);
+  }
+}
+
+/** The order one connect round tries the targets in, when the data plane keeps its own (native/policy.c: candidates). */
+export type TargetOrder = (avoid: Target | undefined) => readonly Target[];
+
 export class TargetPool {
   /** Every target by path: the configured ones first (in order), then those of --target-dir, then the backups. */
   private targets: Target[] = [];
+  private readonly slots = new Slots();
+  /** Shared with every target: where their live counts are, once the data plane runs. */
+  private readonly live: { counts?: SlotCounts } = {};
+  private order: TargetOrder | undefined;
   private readonly drained = new Set<string>();
   private dir: TargetDir | undefined;
   private dirPaths: string[] = [];
@@ -229,6 +275,20 @@ export class TargetPool {
 
   find(path: string): Target | undefined {
     return this.targets.find((t) => t.path === path);
+  }
+
+  bySlot(slot: number): Target | undefined {
+    return this.targets.find((t) => t.slot === slot);
+  }
+
+  /**
+   * The native data plane keeps the live counts and the balancer's state
+   * (its fast path picks targets too): rounds ask it, and targets read their
+   * counts from it. Before start().
+   */
+  useDataPlane(counts: SlotCounts, order: (avoid: Target | undefined) => number[]): void {
+    this.live.counts = counts;
+    this.order = (avoid) => order(avoid).map((slot) => this.bySlot(slot)).filter((t): t is Target => t !== undefined);
   }
 
   start(): void {
@@ -280,6 +340,7 @@ export class TargetPool {
    * request) goes last.
    */
   candidates(avoid?: Target): readonly Target[] {
+    if (this.order) return this.order(avoid);
     // One target (the common case, on every connection): no arrays to build.
     const only = this.targets.length === 1 ? this.targets[0]! : undefined;
     if (only && only.current && !only.drained) return (this.onlyRound ??= [only]);
@@ -316,7 +377,7 @@ export class TargetPool {
     for (const w of wanted) {
       let t = this.targets.find((x) => x.path === w.path && x.role === w.role && x.current);
       if (!t) {
-        t = new Target(w.path, w.role, w.fromDir, s, this.logger, (target, state) => this.events.onState(target, state));
+        t = new Target(w.path, w.role, w.fromDir, this.slots.take(), s, this.logger, this.live, (target, state) => this.events.onState(target, state));
         t.drained = this.drained.has(w.path);
         if (this.running) t.start();
       }
@@ -344,8 +405,10 @@ export class TargetPool {
     this.events.onChange();
   }
 
-  /** A session on a removed target ended: forget the target once it has none. */
+  /** A session on a removed target ended: forget the target once it has none (its slot is free again). */
   prune(): void {
-    this.targets = this.targets.filter((t) => t.current || t.active > 0);
+    const [keep, gone] = [this.targets.filter((t) => t.current || t.active > 0), this.targets.filter((t) => !t.current && t.active === 0)];
+    this.targets = keep;
+    for (const t of gone) this.slots.give(t.slot);
   }
 }

@@ -1,0 +1,277 @@
+/* Accepting: every relay thread polls the shared listening sockets and
+ * admits its own clients, under the policy snapshot.
+ *
+ * systemd passes one fd per port, so SO_REUSEPORT is out: each thread adds
+ * each listening socket to its epoll set with EPOLLEXCLUSIVE, and the
+ * kernel wakes one waiting thread per new connection instead of all. An
+ * exclusive entry cannot be modified (EPOLL_CTL_MOD), so pausing after
+ * EMFILE is a DEL and, ACCEPT_PAUSE_MS later, an ADD. A listener closes
+ * only after every thread has taken it out of its set; one passed by
+ * systemd is never shut down, since systemd keeps listening on it.
+ *
+ * A client's steps, in order: accept → the access list → a place under
+ * max-conn (or TypeScript's queue, behind those already waiting) → the TLS
+ * handshake, on a TLS listener → connect to the first target of the round
+ * → relay. Whatever is not routine parks the client for TypeScript.
+ */
+#include "dataplane.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <netdb.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+struct listener listeners[MAX_LISTENERS];
+int nlisteners;
+
+/* Add a listening socket to this thread's epoll set, or take it out. */
+void listener_poll(struct thread *t, int index, bool on) {
+  struct thread_listener *tl = &t->listeners[index];
+  if (tl->polled == on) return;
+  if (on) {
+    struct epoll_event ev = { .events = EPOLLIN | EPOLLEXCLUSIVE, .data.ptr = tl };
+    if (epoll_ctl(t->epfd, EPOLL_CTL_ADD, listeners[index].fd, &ev) != 0) return;
+  } else {
+    epoll_ctl(t->epfd, EPOLL_CTL_DEL, listeners[index].fd, NULL);
+  }
+  tl->polled = on;
+}
+
+/* Listeners paused after EMFILE whose pause is over go back into the set. */
+void resume_listeners(struct thread *t) {
+  t->next_resume = 0;
+  for (int i = 0; i < nlisteners; i++) {
+    struct thread_listener *tl = &t->listeners[i];
+    if (!tl->paused_until) continue;
+    if (t->now >= tl->paused_until) {
+      tl->paused_until = 0;
+      if (atomic_load(&listeners[i].used)) listener_poll(t, i, true);
+    } else if (!t->next_resume || tl->paused_until < t->next_resume) {
+      t->next_resume = tl->paused_until;
+    }
+  }
+}
+
+static void pause_listener(struct thread *t, struct thread_listener *tl) {
+  listener_poll(t, tl->index, false);
+  tl->paused_until = t->now + ACCEPT_PAUSE_MS;
+  if (!t->next_resume || tl->paused_until < t->next_resume) t->next_resume = tl->paused_until;
+}
+
+/* connect(2) to a target of the snapshot: a connected socket, or -1 with *err. */
+int dial_slot(const struct policy *p, int slot, int *err) {
+  const struct target_ref *target = p ? policy_target(p, slot) : NULL;
+  if (!target) {
+    *err = ENOENT; /* removed by a reload, or gone from its directory */
+    return -1;
+  }
+  if (failpoint("dial")) {
+    *err = ECONNREFUSED;
+    return -1;
+  }
+  int fd = socket(target->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    *err = errno;
+    return -1;
+  }
+  int rc;
+  do rc = connect(fd, (const struct sockaddr *)&target->addr, target->addr_len);
+  while (rc < 0 && errno == EINTR);
+  if (rc < 0) {
+    /* A UNIX connect(2) completes or fails at once (EAGAIN: its queue is full). */
+    *err = errno;
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+/* Admitted (and through its handshake, on a TLS listener): the first target of
+   a round, or parked for TypeScript to hold and try the others. */
+void admit_to_target(struct thread *t, struct conn *c) {
+  const struct policy *p = t->policy;
+  int order[MAX_TARGETS];
+  int n = candidates(p, -1, order, MAX_TARGETS);
+  if (n == 0) return conn_park(t, c, PK_HELD, ENOENT, -1);
+  int err = 0;
+  int fd = dial_slot(p, order[0], &err);
+  if (fd < 0) return conn_park(t, c, PK_HELD, err, order[0]);
+  atomic_fetch_add_explicit(&shared.slots[order[0]].ok, 1, memory_order_relaxed);
+  relay_begin(t, c, fd, order[0]);
+}
+
+/* Whether any target may take a client now (not every one marked DOWN). */
+static bool target_likely(const struct policy *p) {
+  for (int i = 0; i < p->ntargets; i++)
+    if (!p->targets[i].drained && p->targets[i].state != TS_DOWN) return true;
+  return false;
+}
+
+static void refuse(struct thread *t, struct conn *c) {
+  struct event *ev = new_event(EV_DENIED);
+  if (ev) {
+    event_from_conn(ev, c);
+    push_event(ev);
+  }
+  conn_end(t, c, R_DROPPED, 0, false);
+}
+
+/* A new client on this thread, under the snapshot of this turn. */
+static void admit_new(struct thread *t, int index, int fd, const struct sockaddr_storage *sa, socklen_t len) {
+  const struct policy *p = t->policy;
+  struct conn *c = p ? conn_new(t, fd) : NULL;
+  if (!c) {
+    close(fd); /* out of memory, or no policy yet: nothing can be done for it */
+    return;
+  }
+  memcpy(&c->peer, sa, len);
+  c->peer_len = len;
+  c->listener = index;
+  conn_link(t, c);
+  if (!access_permits(p, sa)) return refuse(t, c);
+  /* Taken now: a reload changes new sessions only. */
+  c->client_timeout = p->client_timeout;
+  c->server_timeout = p->server_timeout;
+  c->retries_left = p->retries;
+  if (!take_admission(p)) return conn_park(t, c, PK_QUEUED, 0, -1);
+  c->admitted = true;
+  continue_admitted(t, c);
+}
+
+/* Under max-conn: on a TLS listener its handshake, then a target. */
+void continue_admitted(struct thread *t, struct conn *c) {
+  const struct policy *p = t->policy;
+  if (p->tls && !c->tls_done) {
+    c->before_tls = true;
+    /* Held before its handshake while no target can take it, so that a
+       restart can carry it (a TLS session cannot be carried). */
+    if (!target_likely(p)) return conn_park(t, c, PK_HELD_BEFORE_TLS, ENOENT, -1);
+    if (!tls_begin(t, c, p->tls)) conn_end(t, c, R_DROPPED, ENOMEM, true);
+    return;
+  }
+  admit_to_target(t, c);
+}
+
+/* A listening socket is readable: accept what waits, up to ACCEPT_BATCH. */
+void accept_ready(struct thread *t, struct thread_listener *tl) {
+  struct listener *l = &listeners[tl->index];
+  for (int i = 0; i < ACCEPT_BATCH && tl->polled; i++) {
+    struct sockaddr_storage sa;
+    socklen_t len = sizeof sa;
+    int fd = failpoint("accept-emfile") ? (errno = EMFILE, -1) : accept4(l->fd, (struct sockaddr *)&sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd >= 0) {
+      admit_new(t, tl->index, fd, &sa, len);
+      continue;
+    }
+    int err = errno;
+    if (err == EAGAIN || err == EWOULDBLOCK) break;
+    if (err == EINTR || err == ECONNABORTED) continue;
+    struct event *ev = new_event(EV_ACCEPT_ERROR);
+    if (ev) {
+      ev->listener = tl->index;
+      ev->err = err;
+      push_event(ev);
+    }
+    /* Out of descriptors or memory: the socket stays readable, so pause
+       instead of spinning on it; the other threads do the same. */
+    if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) pause_listener(t, tl);
+    break;
+  }
+}
+
+/* ---- listening sockets, set up from JavaScript ------------------------------------------ */
+
+/* A bound (not yet listening) TCP socket for --listen: the fd, or -errno. No
+   host: the IPv6 wildcard with IPv4 mapped in, as Node binds, or IPv4 alone. */
+int bind_tcp(const char *host, int port) {
+  char service[16];
+  snprintf(service, sizeof service, "%d", port);
+  struct addrinfo hints = { .ai_family = host[0] ? AF_UNSPEC : AF_INET6, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICSERV };
+  struct addrinfo *res;
+  int rc = getaddrinfo(host[0] ? host : NULL, service, &hints, &res);
+  if (rc != 0 && !host[0]) {
+    hints.ai_family = AF_INET;
+    rc = getaddrinfo(NULL, service, &hints, &res);
+  }
+  if (rc != 0) return rc == EAI_SYSTEM ? -errno : -EADDRNOTAVAIL;
+  int err = EADDRNOTAVAIL, fd = -1;
+  for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+    fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+      err = errno;
+      continue;
+    }
+    int on = 1, off = 0;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+    if (ai->ai_family == AF_INET6 && !host[0]) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof off);
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0) break;
+    err = errno;
+    close(fd);
+    fd = -1;
+  }
+  freeaddrinfo(res);
+  return fd >= 0 ? fd : -err;
+}
+
+/* Listen on fd (bound here, or passed by systemd) and let every thread accept
+   on it: the listener's index, or -errno. */
+int listener_open(int fd, int backlog, bool passed) {
+  if (nlisteners >= MAX_LISTENERS) return -EMFILE;
+  struct sockaddr_storage sa;
+  socklen_t len = sizeof sa;
+  if (getsockname(fd, (struct sockaddr *)&sa, &len) == 0 && (sa.ss_family == AF_INET || sa.ss_family == AF_INET6)) {
+    int on = 1, idle = KEEPALIVE_IDLE_S;
+    /* Set on the listening socket, Linux copies them to every accepted one:
+       no setsockopt(2) per connection. */
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+  }
+  if (listen(fd, backlog) < 0) return -errno;
+  int flags = fcntl(fd, F_GETFL);
+  if (flags >= 0) fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+  int index = nlisteners++;
+  listeners[index] = (struct listener){ .fd = fd, .passed = passed };
+  atomic_store(&listeners[index].used, true);
+  for (int i = 0; i < relay.nthreads; i++) {
+    struct command *cmd = calloc(1, sizeof *cmd);
+    if (!cmd) continue; /* that thread does not accept here; the others do */
+    cmd->kind = C_LISTEN;
+    cmd->arg = index;
+    send_command(&relay.threads[i], cmd);
+  }
+  return index;
+}
+
+/* Stop accepting there: every thread takes it out of its set (C_UNLISTEN), and
+   the last one closes it and tells JavaScript (EV_UNLISTENED). */
+void listener_close(int index) {
+  if (index < 0 || index >= nlisteners || !atomic_load(&listeners[index].used)) return;
+  atomic_store(&listeners[index].used, false);
+  atomic_store(&listeners[index].acks, 0);
+  for (int i = 0; i < relay.nthreads; i++) {
+    struct command *cmd = calloc(1, sizeof *cmd);
+    if (!cmd) {
+      listener_unpolled(index); /* counted as done: it cannot accept after used = false anyway */
+      continue;
+    }
+    cmd->kind = C_UNLISTEN;
+    cmd->arg = index;
+    send_command(&relay.threads[i], cmd);
+  }
+}
+
+/* One thread no longer polls the listener; the last one closes it. */
+void listener_unpolled(int index) {
+  if (atomic_fetch_add(&listeners[index].acks, 1) + 1 != relay.nthreads) return;
+  close(listeners[index].fd);
+  struct event *ev = new_event(EV_UNLISTENED);
+  if (!ev) return;
+  ev->listener = index;
+  push_event(ev);
+}

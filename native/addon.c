@@ -1,0 +1,944 @@
+/* The data plane as JavaScript sees it (Node-API, one build for every Node):
+ * the functions of src/dataplane/addon.ts, and the events the threads send
+ * back, in batches, through one thread-safe function.
+ *
+ * Events wait in one queue; the first event of a batch asks Node's event
+ * loop to call deliver(), which takes the whole queue. Should that request
+ * fail (only at teardown or out of memory), the next event asks again, and
+ * JavaScript's own timer (flushEvents) delivers whatever waits meanwhile:
+ * no event is ever stranded.
+ */
+#include "dataplane.h"
+#include "napi.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <openssl/ssl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+static struct {
+  napi_threadsafe_function tsfn;
+  napi_env env;
+  napi_ref on_event;
+  pthread_mutex_t lock;
+  struct event *head, *tail;
+  atomic_bool call_pending;
+} events = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+/* ---- test hooks ------------------------------------------------------------------------ */
+
+#ifdef SOCKBRIDGE_TEST_HOOKS
+#define MAX_FAILPOINTS 8
+static struct {
+  char name[32];
+  atomic_int skip, fail;
+} failpoints[MAX_FAILPOINTS];
+
+/* SOCKBRIDGE_FAILPOINTS=name[:fails[:after]],...: the named step fails `fails`
+   times (default 1) after succeeding `after` times (default 0). */
+void failpoints_load(void) {
+  const char *spec = getenv("SOCKBRIDGE_FAILPOINTS");
+  char copy[256];
+  snprintf(copy, sizeof copy, "%s", spec ? spec : "");
+  char *save = NULL;
+  int n = 0;
+  for (char *item = strtok_r(copy, ",", &save); item && n < MAX_FAILPOINTS; item = strtok_r(NULL, ",", &save), n++) {
+    int fails = 1, after = 0;
+    char *colon = strchr(item, ':');
+    if (colon) {
+      *colon = '\0';
+      sscanf(colon + 1, "%d:%d", &fails, &after);
+    }
+    snprintf(failpoints[n].name, sizeof failpoints[n].name, "%s", item);
+    atomic_store(&failpoints[n].fail, fails);
+    atomic_store(&failpoints[n].skip, after);
+  }
+}
+
+bool failpoint(const char *name) {
+  for (int i = 0; i < MAX_FAILPOINTS && failpoints[i].name[0]; i++) {
+    if (strcmp(failpoints[i].name, name) != 0) continue;
+    if (atomic_fetch_sub(&failpoints[i].skip, 1) > 0) return false;
+    return atomic_fetch_sub(&failpoints[i].fail, 1) > 0;
+  }
+  return false;
+}
+#endif
+
+/* ---- events ---------------------------------------------------------------------------- */
+
+struct event *new_event(enum event_kind kind) {
+  struct event *ev = calloc(1, sizeof *ev);
+  if (ev) {
+    ev->kind = kind;
+    ev->slot = -1;
+    ev->listener = -1;
+    ev->client_fd = ev->server_fd = -1;
+  }
+  return ev;
+}
+
+/* What every event about a connection says of it. */
+void event_from_conn(struct event *ev, const struct conn *c) {
+  ev->id = c->id;
+  ev->slot = c->slot;
+  ev->listener = c->listener;
+  ev->started_at = c->started_at;
+  ev->bytes_in = c->bytes_in;
+  ev->bytes_out = c->bytes_out;
+  ev->tls = c->tls_done;
+  ev->before_tls = c->before_tls;
+  ev->flag = c->up.eof;
+  ev->retries_left = c->retries_left;
+  memcpy(&ev->peer, &c->peer, c->peer_len);
+  ev->peer_len = c->peer_len;
+}
+
+void push_event(struct event *ev) {
+  pthread_mutex_lock(&events.lock);
+  if (events.tail) events.tail->next = ev;
+  else events.head = ev;
+  events.tail = ev;
+  pthread_mutex_unlock(&events.lock);
+  /* One call per batch: deliver() takes the whole queue. */
+  if (atomic_exchange(&events.call_pending, true)) return;
+  if (failpoint("tsfn") || napi_call_threadsafe_function(events.tsfn, NULL, napi_tsfn_nonblocking) != napi_ok)
+    atomic_store(&events.call_pending, false); /* the next event asks again; flushEvents() delivers meanwhile */
+}
+
+static struct event *take_events(void) {
+  atomic_store(&events.call_pending, false);
+  pthread_mutex_lock(&events.lock);
+  struct event *ev = events.head;
+  events.head = events.tail = NULL;
+  pthread_mutex_unlock(&events.lock);
+  return ev;
+}
+
+static void free_event(struct event *ev) {
+  free(ev->data);
+  free(ev);
+}
+
+/* The peer as text ("" for a peer without an IP address) and its port. */
+static void peer_values(napi_env env, const struct event *ev, napi_value *addr, napi_value *port) {
+  char text[INET6_ADDRSTRLEN] = "";
+  int p = 0;
+  uint8_t bytes[16];
+  int family = address_bytes(&ev->peer, bytes);
+  if (family) inet_ntop(family == 4 ? AF_INET : AF_INET6, bytes, text, sizeof text);
+  if (ev->peer.ss_family == AF_INET) p = ntohs(((const struct sockaddr_in *)&ev->peer)->sin_port);
+  if (ev->peer.ss_family == AF_INET6) p = ntohs(((const struct sockaddr_in6 *)&ev->peer)->sin6_port);
+  napi_create_string_latin1(env, text, NAPI_AUTO_LENGTH, addr);
+  napi_create_int32(env, p, port);
+}
+
+static napi_value num(napi_env env, double x) {
+  napi_value v;
+  napi_create_double(env, x, &v);
+  return v;
+}
+
+static napi_value boolean(napi_env env, bool x) {
+  napi_value v;
+  napi_get_boolean(env, x, &v);
+  return v;
+}
+
+static napi_value bytes_or_undefined(napi_env env, const char *data, size_t len, bool present) {
+  if (!present) return undefined_result(env);
+  napi_value v;
+  void *copy;
+  napi_create_buffer_copy(env, len, len ? data : "", &copy, &v);
+  return v;
+}
+
+/* One event as the arguments of the JavaScript handler, as src/dataplane/events.ts types them. */
+static size_t event_args(napi_env env, const struct event *ev, napi_value *a) {
+  size_t n = 0;
+  a[n++] = num(env, ev->kind);
+  napi_value addr, port;
+  switch (ev->kind) {
+  case EV_END: /* id, reason, errno, bytesIn, bytesOut, addr, port, startedAt, slot, resets, tls */
+    peer_values(env, ev, &addr, &port);
+    a[n++] = num(env, (double)ev->id);
+    a[n++] = num(env, ev->reason);
+    a[n++] = num(env, ev->err);
+    a[n++] = num(env, (double)ev->bytes_in);
+    a[n++] = num(env, (double)ev->bytes_out);
+    a[n++] = addr;
+    a[n++] = port;
+    a[n++] = num(env, (double)ev->started_at);
+    a[n++] = num(env, ev->slot);
+    a[n++] = num(env, ev->directions_done);
+    a[n++] = boolean(env, ev->tls);
+    break;
+  case EV_PARKED: /* id, why, errno, slot, addr, port, startedAt, tls, bytesIn */
+    peer_values(env, ev, &addr, &port);
+    a[n++] = num(env, (double)ev->id);
+    a[n++] = num(env, ev->why);
+    a[n++] = num(env, ev->err);
+    a[n++] = num(env, ev->slot);
+    a[n++] = addr;
+    a[n++] = port;
+    a[n++] = num(env, (double)ev->started_at);
+    a[n++] = boolean(env, ev->tls);
+    a[n++] = num(env, (double)ev->bytes_in);
+    break;
+  case EV_DIALED: /* id, errno, slot */
+    a[n++] = num(env, (double)ev->id);
+    a[n++] = num(env, ev->err);
+    a[n++] = num(env, ev->slot);
+    break;
+  case EV_DENIED: /* addr, port, listener */
+    peer_values(env, ev, &addr, &port);
+    a[n++] = addr;
+    a[n++] = port;
+    a[n++] = num(env, ev->listener);
+    break;
+  case EV_TLS_REFUSED: /* addr, port, verify result, reason */
+    peer_values(env, ev, &addr, &port);
+    a[n++] = addr;
+    a[n++] = port;
+    a[n++] = num(env, ev->err);
+    napi_create_string_utf8(env, ev->data ? ev->data : "", NAPI_AUTO_LENGTH, &a[n++]);
+    break;
+  case EV_ACCEPT_ERROR: /* listener, errno */
+    a[n++] = num(env, ev->listener);
+    a[n++] = num(env, ev->err);
+    break;
+  case EV_UNLISTENED: /* listener */
+    a[n++] = num(env, ev->listener);
+    break;
+  case EV_HANDED: /* id, clientFd, serverFd, directionsDone, replay, bytesIn, bytesOut, addr, port, startedAt, slot, retriesLeft, clientEnded, beforeTls, parkedWhy */
+    peer_values(env, ev, &addr, &port);
+    a[n++] = num(env, (double)ev->id);
+    a[n++] = num(env, ev->client_fd);
+    a[n++] = num(env, ev->server_fd);
+    a[n++] = num(env, ev->directions_done);
+    a[n++] = bytes_or_undefined(env, ev->data, ev->len, ev->data != NULL);
+    a[n++] = num(env, (double)ev->bytes_in);
+    a[n++] = num(env, (double)ev->bytes_out);
+    a[n++] = addr;
+    a[n++] = port;
+    a[n++] = num(env, (double)ev->started_at);
+    a[n++] = num(env, ev->slot);
+    a[n++] = num(env, ev->retries_left);
+    a[n++] = boolean(env, ev->flag);
+    a[n++] = boolean(env, ev->before_tls);
+    a[n++] = num(env, ev->why);
+    break;
+  case EV_HANDOVER_DONE: /* thread, closed */
+    a[n++] = num(env, ev->listener);
+    a[n++] = num(env, ev->reason);
+    break;
+  }
+  return n;
+}
+
+/* Hand a batch to the JavaScript handler; its exceptions go to the process's uncaughtException handler. */
+static void deliver_batch(napi_env env, napi_value callback, struct event *ev) {
+  napi_value undefined;
+  napi_get_undefined(env, &undefined);
+  while (ev) {
+    struct event *next = ev->next;
+    napi_handle_scope scope;
+    napi_open_handle_scope(env, &scope);
+    napi_value argv[16], result;
+    size_t argc = event_args(env, ev, argv);
+    napi_status status = napi_call_function(env, undefined, callback, argc, argv, &result);
+    napi_close_handle_scope(env, scope);
+    free_event(ev);
+    if (status == napi_pending_exception) {
+      napi_value err;
+      napi_get_and_clear_last_exception(env, &err);
+      napi_fatal_exception(env, err);
+    }
+    ev = next;
+  }
+}
+
+static void deliver(napi_env env, napi_value callback, void *context, void *data) {
+  (void)context;
+  (void)data;
+  if (env == NULL) return; /* the function is being released */
+  deliver_batch(env, callback, take_events());
+}
+
+/* flushEvents(): deliver what waits now (JavaScript's timer; see the top of this file). */
+static napi_value js_flush_events(napi_env env, napi_callback_info info) {
+  (void)info;
+  if (!relay.running) return undefined_result(env);
+  napi_value callback;
+  napi_get_reference_value(env, events.on_event, &callback);
+  deliver_batch(env, callback, take_events());
+  return undefined_result(env);
+}
+
+static void drop_events(void) {
+  for (struct event *ev = take_events(), *next; ev; ev = next) {
+    next = ev->next;
+    if (ev->client_fd >= 0) close(ev->client_fd); /* HANDED after the stop: nobody takes it now */
+    if (ev->server_fd >= 0) close(ev->server_fd);
+    free_event(ev);
+  }
+}
+
+/* ---- start and stop ---------------------------------------------------------------------- */
+
+static void release_js(napi_env env) {
+  if (events.on_event) napi_delete_reference(env, events.on_event);
+  events.on_event = NULL;
+  if (events.tsfn) napi_release_threadsafe_function(events.tsfn, napi_tsfn_release);
+  events.tsfn = NULL;
+}
+
+/* init(threads, onEvent): start the threads. Returns 0 or -errno; on an error nothing is left running. */
+static napi_value js_init(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  if (relay.running) return int_result(env, -EALREADY);
+  failpoints_load();
+  int n = int_arg(env, argv[0]);
+  if (n < 1) n = 1;
+  if (n > MAX_THREADS) n = MAX_THREADS;
+  napi_value name;
+  napi_create_string_utf8(env, "sockbridge-dataplane", NAPI_AUTO_LENGTH, &name);
+  if (napi_create_threadsafe_function(env, argv[1], NULL, name, 0, 1, NULL, NULL, NULL, deliver, &events.tsfn) != napi_ok ||
+      napi_create_reference(env, argv[1], 1, &events.on_event) != napi_ok) {
+    release_js(env);
+    return int_result(env, -EINVAL);
+  }
+  events.env = env;
+  if (!tls_rotate_ticket_keys()) {
+    release_js(env);
+    return int_result(env, -EIO);
+  }
+  int rc = thread_start_all(n);
+  if (rc < 0) {
+    release_js(env);
+    return int_result(env, rc);
+  }
+  relay.running = true;
+  return int_result(env, 0);
+}
+
+/* stop(): end the threads (after the sessions were drained or closed), close the listeners, let Node exit. */
+static napi_value js_stop(napi_env env, napi_callback_info info) {
+  (void)info;
+  if (!relay.running) return undefined_result(env);
+  thread_stop_all();
+  for (int i = 0; i < nlisteners; i++) {
+    if (atomic_load(&listeners[i].used)) close(listeners[i].fd);
+    atomic_store(&listeners[i].used, false);
+  }
+  drop_events();
+  policy_release_all();
+  relay.running = false;
+  release_js(env);
+  return undefined_result(env);
+}
+
+static napi_value js_openssl_version(napi_env env, napi_callback_info info) {
+  (void)info;
+  return num(env, (double)tls_library_version());
+}
+
+/* ---- listening --------------------------------------------------------------------------- */
+
+static napi_value js_bind_tcp(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  char host[256] = "";
+  size_t hlen;
+  napi_get_value_string_utf8(env, argv[0], host, sizeof host, &hlen);
+  return int_result(env, bind_tcp(host, int_arg(env, argv[1])));
+}
+
+/* listen(fd, backlog, passed): the listener's index or -errno. */
+static napi_value js_listen(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  if (!relay.running) return int_result(env, -ENOTCONN);
+  return int_result(env, listener_open(int_arg(env, argv[0]), int_arg(env, argv[1]), bool_arg(env, argv[2])));
+}
+
+/* unlisten(index): every thread stops accepting there; EV_UNLISTENED says when the socket is closed. */
+static napi_value js_unlisten(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  listener_close(int_arg(env, argv[0]));
+  return undefined_result(env);
+}
+
+/* localAddress(fd): "address port" of a socket's own end, or "". */
+static napi_value js_local_address(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  struct sockaddr_storage sa;
+  socklen_t len = sizeof sa;
+  char text[INET6_ADDRSTRLEN + 8] = "";
+  if (getsockname(int_arg(env, argv[0]), (struct sockaddr *)&sa, &len) == 0) {
+    uint8_t bytes[16];
+    char addr[INET6_ADDRSTRLEN];
+    int family = address_bytes(&sa, bytes);
+    int port = sa.ss_family == AF_INET ? ntohs(((struct sockaddr_in *)&sa)->sin_port) : sa.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&sa)->sin6_port) : 0;
+    if (family) {
+      inet_ntop(family == 4 ? AF_INET : AF_INET6, bytes, addr, sizeof addr);
+      snprintf(text, sizeof text, "%s %d", addr, port);
+    }
+  }
+  napi_value v;
+  napi_create_string_latin1(env, text, NAPI_AUTO_LENGTH, &v);
+  return v;
+}
+
+/* ---- the policy snapshot ------------------------------------------------------------------ */
+
+static napi_value prop(napi_env env, napi_value obj, const char *name) {
+  napi_value v;
+  if (napi_get_named_property(env, obj, name, &v) != napi_ok) napi_get_undefined(env, &v);
+  return v;
+}
+
+static bool is_undefined(napi_env env, napi_value v) {
+  napi_valuetype type;
+  return napi_typeof(env, v, &type) != napi_ok || type == napi_undefined || type == napi_null;
+}
+
+static size_t string_prop(napi_env env, napi_value obj, const char *name, char *out, size_t cap) {
+  size_t len = 0;
+  out[0] = '\0';
+  napi_get_value_string_utf8(env, prop(env, obj, name), out, cap, &len);
+  return len;
+}
+
+/* "10.0.0.0/8", "2001:db8::/32": TypeScript has checked and normalized them. */
+static bool parse_prefix(const char *text, struct prefix *p) {
+  char addr[INET6_ADDRSTRLEN + 8];
+  snprintf(addr, sizeof addr, "%s", text);
+  char *slash = strchr(addr, '/');
+  int bits = -1;
+  if (slash) {
+    *slash = '\0';
+    bits = atoi(slash + 1);
+  }
+  memset(p, 0, sizeof *p);
+  if (inet_pton(AF_INET, addr, p->addr) == 1) p->family = 4;
+  else if (inet_pton(AF_INET6, addr, p->addr) == 1) p->family = 6;
+  else return false;
+  int max = p->family == 4 ? 32 : 128;
+  p->bits = (uint8_t)(bits < 0 || bits > max ? max : bits);
+  return true;
+}
+
+static int prefixes(napi_env env, napi_value arr, struct prefix **out) {
+  uint32_t n = 0;
+  napi_get_array_length(env, arr, &n);
+  *out = n ? calloc(n, sizeof **out) : NULL;
+  int count = 0;
+  for (uint32_t i = 0; i < n && *out; i++) {
+    napi_value v;
+    char text[64] = "";
+    size_t len;
+    napi_get_element(env, arr, i, &v);
+    napi_get_value_string_utf8(env, v, text, sizeof text, &len);
+    if (parse_prefix(text, &(*out)[count])) count++;
+  }
+  return count;
+}
+
+/* A target's address: {slot, path} (a UNIX socket) or {slot, ip, port}. */
+static bool target_ref(napi_env env, napi_value obj, struct target_ref *t) {
+  memset(t, 0, sizeof *t);
+  t->slot = int_arg(env, prop(env, obj, "slot"));
+  t->state = (uint8_t)int_arg(env, prop(env, obj, "state"));
+  t->backup = bool_arg(env, prop(env, obj, "backup"));
+  t->drained = bool_arg(env, prop(env, obj, "drained"));
+  if (t->slot < 0 || t->slot >= MAX_SLOTS) return false;
+  struct sockaddr_un *un = (struct sockaddr_un *)&t->addr;
+  size_t len = string_prop(env, obj, "path", un->sun_path, sizeof un->sun_path);
+  if (len > 0 && len < sizeof un->sun_path - 1) {
+    un->sun_family = AF_UNIX;
+    t->addr_len = (socklen_t)sizeof *un;
+    return true;
+  }
+  return false;
+}
+
+static bool tls_settings_of(napi_env env, napi_value obj, struct tls_settings *s);
+
+/* setPolicy(policy): compile and publish a new snapshot (src/dataplane/policy.ts
+   says what it holds). Returns "" or why it was refused (the old one stays). */
+static napi_value js_set_policy(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  napi_value obj = argv[0], result;
+  struct policy *p = calloc(1, sizeof *p);
+  const char *why = "out of memory";
+  char *tls_error = NULL;
+  if (!p) goto fail;
+  p->nallow = prefixes(env, prop(env, obj, "allow"), &p->allow);
+  p->ndeny = prefixes(env, prop(env, obj, "deny"), &p->deny);
+  napi_value targets = prop(env, obj, "targets");
+  uint32_t n = 0;
+  napi_get_array_length(env, targets, &n);
+  if (n > MAX_TARGETS) n = MAX_TARGETS;
+  p->targets = n ? calloc(n, sizeof *p->targets) : NULL;
+  if (n && !p->targets) goto fail;
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value t;
+    napi_get_element(env, targets, i, &t);
+    if (target_ref(env, t, &p->targets[p->ntargets])) p->ntargets++;
+  }
+  p->balance = (enum balance)int_arg(env, prop(env, obj, "balance"));
+  p->send_proxy = (uint8_t)int_arg(env, prop(env, obj, "sendProxy"));
+  p->client_timeout = (uint32_t)int_arg(env, prop(env, obj, "clientTimeout"));
+  p->server_timeout = (uint32_t)int_arg(env, prop(env, obj, "serverTimeout"));
+  p->handshake_timeout = (uint32_t)int_arg(env, prop(env, obj, "handshakeTimeout"));
+  p->retries = int_arg(env, prop(env, obj, "retries"));
+  p->max_conn = int_arg(env, prop(env, obj, "maxConn"));
+  napi_value tls = prop(env, obj, "tls");
+  if (!is_undefined(env, tls)) {
+    struct tls_settings s;
+    why = "invalid TLS settings";
+    if (!tls_settings_of(env, tls, &s)) goto fail;
+    p->tls = tls_context(&s, &tls_error);
+    free((void *)s.ciphers);
+    free((void *)s.suites);
+    if (!p->tls) {
+      why = tls_error ? tls_error : "cannot build the TLS context";
+      goto fail;
+    }
+  }
+  policy_publish(p);
+  napi_create_string_utf8(env, "", 0, &result);
+  return result;
+fail:
+  napi_create_string_utf8(env, why, NAPI_AUTO_LENGTH, &result);
+  free(tls_error);
+  policy_free(p);
+  return result;
+}
+
+static char *string_copy(napi_env env, napi_value obj, const char *name) {
+  size_t len = 0;
+  napi_get_value_string_utf8(env, prop(env, obj, name), NULL, 0, &len);
+  char *s = malloc(len + 1);
+  if (s) napi_get_value_string_utf8(env, prop(env, obj, name), s, len + 1, &len);
+  return s;
+}
+
+static bool tls_settings_of(napi_env env, napi_value obj, struct tls_settings *s) {
+  memset(s, 0, sizeof *s);
+  char *ca;
+  if (!buffer_arg(env, prop(env, obj, "cert"), (char **)&s->cert, &s->cert_len) ||
+      !buffer_arg(env, prop(env, obj, "key"), (char **)&s->key, &s->key_len) || !buffer_arg(env, prop(env, obj, "ca"), &ca, &s->ca_len))
+    return false;
+  s->ca = ca;
+  s->ciphers = string_copy(env, obj, "ciphers");
+  s->suites = string_copy(env, obj, "cipherSuites");
+  s->min_version = int_arg(env, prop(env, obj, "minVersion"));
+  s->max_version = int_arg(env, prop(env, obj, "maxVersion"));
+  s->honor_cipher_order = bool_arg(env, prop(env, obj, "honorCipherOrder"));
+  return s->cert && s->key && s->ciphers && s->suites;
+}
+
+static napi_value js_rotate_ticket_keys(napi_env env, napi_callback_info info) {
+  (void)info;
+  return boolean(env, tls_rotate_ticket_keys());
+}
+
+static napi_value js_reclaim(napi_env env, napi_callback_info info) {
+  (void)info;
+  policy_reclaim();
+  return undefined_result(env);
+}
+
+static napi_value int_array(napi_env env, const int *values, int n) {
+  napi_value arr;
+  napi_create_array_with_length(env, (size_t)n, &arr);
+  for (int i = 0; i < n; i++) napi_set_element(env, arr, (uint32_t)i, num(env, values[i]));
+  return arr;
+}
+
+/* candidates(avoidSlot): the slots one connect round tries, in order (for TypeScript's rounds). */
+static napi_value js_candidates(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  const struct policy *p = atomic_load(&shared.policy); /* the JavaScript thread publishes: it reads its own */
+  int order[MAX_TARGETS];
+  int n = p ? candidates(p, int_arg(env, argv[0]), order, MAX_TARGETS) : 0;
+  return int_array(env, order, n);
+}
+
+/* ---- parked clients ------------------------------------------------------------------------ */
+
+static struct command *command_for(uint64_t id, enum command_kind kind) {
+  struct command *cmd = calloc(1, sizeof *cmd);
+  if (cmd) {
+    cmd->kind = kind;
+    cmd->id = id;
+  }
+  return cmd;
+}
+
+static bool send_to_owner(struct command *cmd) {
+  struct thread *t = thread_of(cmd->id);
+  if (!t || !relay.running) {
+    free(cmd);
+    return false;
+  }
+  send_command(t, cmd);
+  return true;
+}
+
+static uint64_t id_arg(napi_env env, napi_value v) {
+  return (uint64_t)number_arg(env, v);
+}
+
+/* dial(id, slot): connect a parked client to that target; EV_DIALED says how it went. */
+static napi_value js_dial(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  struct command *cmd = command_for(id_arg(env, argv[0]), C_DIAL);
+  if (!cmd) return boolean(env, false);
+  cmd->arg = int_arg(env, argv[1]);
+  return boolean(env, send_to_owner(cmd));
+}
+
+/* proceed(id): a client held before its TLS handshake may start it. */
+static napi_value js_proceed(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  struct command *cmd = command_for(id_arg(env, argv[0]), C_PROCEED);
+  return boolean(env, cmd && send_to_owner(cmd));
+}
+
+/* admit(id): a queued client's turn; counted against max-conn now, so no new client takes its place. */
+static napi_value js_admit(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  struct command *cmd = command_for(id_arg(env, argv[0]), C_ADMIT);
+  if (!cmd) return boolean(env, false);
+  atomic_fetch_add(&shared.admitted, 1);
+  if (send_to_owner(cmd)) return boolean(env, true);
+  atomic_fetch_sub(&shared.admitted, 1);
+  return boolean(env, false);
+}
+
+/* close(id, reason, errno): a parked client given up (connect-timeout, the queue full, a stop). */
+static napi_value js_close(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  struct command *cmd = command_for(id_arg(env, argv[0]), C_CLOSE);
+  if (!cmd) return boolean(env, false);
+  cmd->arg = int_arg(env, argv[1]);
+  cmd->arg2 = int_arg(env, argv[2]);
+  return boolean(env, send_to_owner(cmd));
+}
+
+/* What adopt and resume share: a previous process's connection, as TypeScript read it from the state. */
+static struct conn *carried_conn(napi_env env, napi_value obj) {
+  struct conn *c = conn_new(NULL, int_arg(env, prop(env, obj, "clientFd")));
+  if (!c) return NULL;
+  char addr[INET6_ADDRSTRLEN] = "";
+  string_prop(env, obj, "addr", addr, sizeof addr);
+  int port = int_arg(env, prop(env, obj, "port"));
+  struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&c->peer;
+  struct sockaddr_in *in4 = (struct sockaddr_in *)&c->peer;
+  if (inet_pton(AF_INET, addr, &in4->sin_addr) == 1) {
+    in4->sin_family = AF_INET;
+    in4->sin_port = htons((uint16_t)port);
+    c->peer_len = sizeof *in4;
+  } else if (inet_pton(AF_INET6, addr, &in6->sin6_addr) == 1) {
+    in6->sin6_family = AF_INET6;
+    in6->sin6_port = htons((uint16_t)port);
+    c->peer_len = sizeof *in6;
+  }
+  c->started_at = (int64_t)number_arg(env, prop(env, obj, "startedAt"));
+  c->bytes_in = (uint64_t)number_arg(env, prop(env, obj, "bytesIn"));
+  c->bytes_out = (uint64_t)number_arg(env, prop(env, obj, "bytesOut"));
+  c->retries_left = int_arg(env, prop(env, obj, "retriesLeft"));
+  c->client_timeout = (uint32_t)int_arg(env, prop(env, obj, "clientTimeout"));
+  c->server_timeout = (uint32_t)int_arg(env, prop(env, obj, "serverTimeout"));
+  c->slot = int_arg(env, prop(env, obj, "slot"));
+  char *replay;
+  size_t len;
+  if (buffer_arg(env, prop(env, obj, "replay"), &replay, &len) && replay && len) {
+    c->replay = malloc(len);
+    if (!c->replay) {
+      c->client.fd = -1; /* the caller still owns the fds */
+      free_conn(c);
+      return NULL;
+    }
+    memcpy(c->replay, replay, len);
+    c->replay_len = len;
+  }
+  return c;
+}
+
+/* adopt(client): a waiting client a previous process handed over, parked
+   (queued or held) on the least loaded thread; its id, or -errno. */
+static napi_value js_adopt(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  if (!relay.running) return int_result(env, -ENOTCONN);
+  struct thread *t = least_loaded();
+  struct conn *c = carried_conn(env, argv[0]);
+  struct command *cmd = calloc(1, sizeof *cmd);
+  if (!c || !cmd) {
+    if (c) c->client.fd = -1;
+    if (c) free_conn(c);
+    free(cmd);
+    return int_result(env, -ENOMEM);
+  }
+  c->up.eof = bool_arg(env, prop(env, argv[0], "clientEnded"));
+  c->before_tls = bool_arg(env, prop(env, argv[0], "beforeTls"));
+  bool queued = bool_arg(env, prop(env, argv[0], "queued"));
+  c->parked = queued ? PK_QUEUED : c->before_tls ? PK_HELD_BEFORE_TLS : PK_HELD;
+  /* Counted now, before any thread accepts a new client that could go past it. */
+  if (queued) atomic_fetch_add(&shared.queued, 1);
+  else {
+    c->admitted = true;
+    atomic_fetch_add(&shared.admitted, 1);
+  }
+  /* The id is the thread's to give; it is known before the thread runs the command. */
+  c->id = conn_id(t);
+  uint64_t id = c->id;
+  cmd->kind = C_ADOPT;
+  cmd->conn = c;
+  send_command(t, cmd);
+  return num(env, (double)id);
+}
+
+/* resume(session): relay on a session a previous process handed over; its id, or -errno. */
+static napi_value js_resume(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  if (!relay.running) return int_result(env, -ENOTCONN);
+  struct thread *t = least_loaded();
+  struct conn *c = carried_conn(env, argv[0]);
+  struct command *cmd = calloc(1, sizeof *cmd);
+  if (!c || !cmd) {
+    if (c) c->client.fd = -1;
+    if (c) free_conn(c);
+    free(cmd);
+    return int_result(env, -ENOMEM);
+  }
+  c->server.fd = int_arg(env, prop(env, argv[0], "serverFd"));
+  int done = int_arg(env, prop(env, argv[0], "directionsDone"));
+  /* A direction already done stays done: its shutdown(2) was sent. */
+  c->up.eof = c->up.shut = (done & 1) != 0;
+  c->down.eof = c->down.shut = (done & 2) != 0;
+  c->replaying = c->replay != NULL;
+  c->admitted = true;
+  atomic_fetch_add(&shared.admitted, 1);
+  c->id = conn_id(t);
+  uint64_t id = c->id;
+  cmd->kind = C_START;
+  cmd->conn = c;
+  send_command(t, cmd);
+  return num(env, (double)id);
+}
+
+/* closeAll(reason, slots): every connection, or the sessions on those targets. */
+static napi_value js_close_all(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  bool is_array = false;
+  napi_is_array(env, argv[1], &is_array);
+  uint32_t n = 0;
+  if (is_array) napi_get_array_length(env, argv[1], &n);
+  for (int i = 0; i < relay.nthreads; i++) {
+    struct command *cmd = calloc(1, sizeof *cmd);
+    int *slots = is_array ? calloc(n ? n : 1, sizeof *slots) : NULL;
+    if (!cmd || (is_array && !slots)) {
+      free(cmd);
+      free(slots);
+      return int_result(env, -ENOMEM);
+    }
+    if (slots) ints_arg(env, argv[1], 0, n, slots);
+    cmd->kind = C_CLOSE_ALL;
+    cmd->arg = int_arg(env, argv[0]);
+    cmd->slots = slots;
+    cmd->nslots = (int)n;
+    send_command(&relay.threads[i], cmd);
+  }
+  return int_result(env, 0);
+}
+
+static napi_value js_close_fd(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  close(int_arg(env, argv[0]));
+  return undefined_result(env);
+}
+
+/* handover(graceMs, sessions): a restart (threads.c); returns the number of EV_HANDOVER_DONE to expect. */
+static napi_value js_handover(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  atomic_store(&relay.handover_budget, int_arg(env, argv[1]));
+  for (int i = 0; i < relay.nthreads; i++) {
+    struct command *cmd = calloc(1, sizeof *cmd);
+    if (!cmd) return int_result(env, -ENOMEM); /* JavaScript's deadline ends the wait for the others */
+    cmd->kind = C_HANDOVER;
+    cmd->arg = int_arg(env, argv[0]);
+    send_command(&relay.threads[i], cmd);
+  }
+  return int_result(env, relay.nthreads);
+}
+
+/* ---- counters and health ------------------------------------------------------------------- */
+
+/* counters(): [bytes from clients, bytes to clients, relaying sessions, admitted, queued], live. */
+static napi_value js_counters(napi_env env, napi_callback_info info) {
+  (void)info;
+  double in = 0, out = 0, active = 0;
+  for (int i = 0; i < relay.nthreads; i++) {
+    in += (double)atomic_load_explicit(&relay.threads[i].bytes_in, memory_order_relaxed);
+    out += (double)atomic_load_explicit(&relay.threads[i].bytes_out, memory_order_relaxed);
+    active += (double)atomic_load_explicit(&relay.threads[i].active, memory_order_relaxed);
+  }
+  napi_value arr;
+  napi_create_array_with_length(env, 5, &arr);
+  napi_set_element(env, arr, 0, num(env, in));
+  napi_set_element(env, arr, 1, num(env, out));
+  napi_set_element(env, arr, 2, num(env, active));
+  napi_set_element(env, arr, 3, num(env, atomic_load(&shared.admitted)));
+  napi_set_element(env, arr, 4, num(env, atomic_load(&shared.queued)));
+  return arr;
+}
+
+/* slotCounts(slot): [open sessions, connects that succeeded] of one target. */
+static napi_value js_slot_counts(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int slot = int_arg(env, argv[0]);
+  int values[2] = { 0, 0 };
+  if (slot >= 0 && slot < MAX_SLOTS) {
+    values[0] = atomic_load(&shared.slots[slot].active);
+    values[1] = (int)atomic_load(&shared.slots[slot].ok);
+  }
+  return int_array(env, values, 2);
+}
+
+/* alive(): whether every thread ran the previous ping (for the systemd
+   watchdog: a stuck thread stops it); sends the next one. */
+static napi_value js_alive(napi_env env, napi_callback_info info) {
+  (void)info;
+  bool all = true;
+  for (int i = 0; i < relay.nthreads; i++)
+    if (atomic_load(&relay.threads[i].answered) != relay.ping) all = false;
+  relay.ping++;
+  for (int i = 0; i < relay.nthreads; i++) {
+    struct command *cmd = calloc(1, sizeof *cmd);
+    if (!cmd) continue;
+    cmd->kind = C_PING;
+    cmd->arg = relay.ping;
+    send_command(&relay.threads[i], cmd);
+  }
+  return boolean(env, all);
+}
+
+/* ---- the differential tests' view of the rules ------------------------------------------- */
+
+static struct sockaddr_storage sockaddr_of(napi_env env, napi_value v, int port) {
+  struct sockaddr_storage sa;
+  memset(&sa, 0, sizeof sa);
+  char text[INET6_ADDRSTRLEN] = "";
+  size_t len;
+  napi_get_value_string_utf8(env, v, text, sizeof text, &len);
+  struct sockaddr_in *in4 = (struct sockaddr_in *)&sa;
+  struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&sa;
+  if (inet_pton(AF_INET, text, &in4->sin_addr) == 1) {
+    in4->sin_family = AF_INET;
+    in4->sin_port = htons((uint16_t)port);
+  } else if (inet_pton(AF_INET6, text, &in6->sin6_addr) == 1) {
+    in6->sin6_family = AF_INET6;
+    in6->sin6_port = htons((uint16_t)port);
+  } else {
+    sa.ss_family = AF_UNIX;
+  }
+  return sa;
+}
+
+/* testAccess(allow, deny, addresses): access_check on each address. */
+static napi_value js_test_access(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  struct prefix *allow, *deny;
+  int na = prefixes(env, argv[0], &allow), nd = prefixes(env, argv[1], &deny);
+  uint32_t n = 0;
+  napi_get_array_length(env, argv[2], &n);
+  napi_value out;
+  napi_create_array_with_length(env, n, &out);
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value v;
+    napi_get_element(env, argv[2], i, &v);
+    struct sockaddr_storage sa = sockaddr_of(env, v, 0);
+    napi_set_element(env, out, i, boolean(env, access_check(allow, na, deny, nd, &sa)));
+  }
+  free(allow);
+  free(deny);
+  return out;
+}
+
+static int test_actives[MAX_SLOTS];
+static int test_active(int slot) {
+  return slot >= 0 && slot < MAX_SLOTS ? test_actives[slot] : 0;
+}
+
+/* testOrder(targets, balance, avoid, turn, actives): order_targets with explicit state. */
+static napi_value js_test_order(napi_env env, napi_callback_info info) {
+  ARGS(5);
+  uint32_t n = 0;
+  napi_get_array_length(env, argv[0], &n);
+  if (n > MAX_TARGETS) n = MAX_TARGETS;
+  struct target_ref *targets = calloc(n ? n : 1, sizeof *targets);
+  if (!targets) return undefined_result(env);
+  memset(test_actives, 0, sizeof test_actives);
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value t;
+    napi_get_element(env, argv[0], i, &t);
+    targets[i].slot = int_arg(env, prop(env, t, "slot"));
+    targets[i].state = (uint8_t)int_arg(env, prop(env, t, "state"));
+    targets[i].backup = bool_arg(env, prop(env, t, "backup"));
+    targets[i].drained = bool_arg(env, prop(env, t, "drained"));
+    napi_value active;
+    napi_get_element(env, argv[4], i, &active);
+    if (targets[i].slot >= 0 && targets[i].slot < MAX_SLOTS) test_actives[targets[i].slot] = int_arg(env, active);
+  }
+  int order[MAX_TARGETS];
+  int count = order_targets(targets, (int)n, (enum balance)int_arg(env, argv[1]), int_arg(env, argv[2]), (unsigned)int_arg(env, argv[3]),
+                            test_active, order, MAX_TARGETS);
+  free(targets);
+  return int_array(env, order, count);
+}
+
+/* testProxyHeader(version, srcAddr, srcPort, dstAddr, dstPort): the header's bytes. */
+static napi_value js_test_proxy_header(napi_env env, napi_callback_info info) {
+  ARGS(5);
+  struct sockaddr_storage src = sockaddr_of(env, argv[1], int_arg(env, argv[2]));
+  struct sockaddr_storage dst = sockaddr_of(env, argv[3], int_arg(env, argv[4]));
+  char out[256];
+  size_t len = proxy_header(int_arg(env, argv[0]), &src, &dst, out, sizeof out);
+  return bytes_or_undefined(env, out, len, true);
+}
+
+static napi_value init_module(napi_env env, napi_value exports) {
+  const struct { const char *name; napi_callback fn; } fns[] = {
+    { "init", js_init }, { "stop", js_stop }, { "opensslVersion", js_openssl_version },
+    { "bindTcp", js_bind_tcp }, { "listen", js_listen }, { "unlisten", js_unlisten }, { "localAddress", js_local_address },
+    { "setPolicy", js_set_policy }, { "rotateTicketKeys", js_rotate_ticket_keys }, { "reclaim", js_reclaim },
+    { "candidates", js_candidates },
+    { "dial", js_dial }, { "proceed", js_proceed }, { "admit", js_admit }, { "close", js_close },
+    { "adopt", js_adopt }, { "resume", js_resume }, { "closeAll", js_close_all }, { "closeFd", js_close_fd },
+    { "handover", js_handover }, { "flushEvents", js_flush_events },
+    { "counters", js_counters }, { "slotCounts", js_slot_counts }, { "alive", js_alive },
+    { "testAccess", js_test_access }, { "testOrder", js_test_order }, { "testProxyHeader", js_test_proxy_header },
+  };
+  for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
+    napi_value f;
+    napi_create_function(env, fns[i].name, NAPI_AUTO_LENGTH, fns[i].fn, NULL, &f);
+    napi_set_named_property(env, exports, fns[i].name, f);
+  }
+  fdstore_register(env, exports);
+  napi_value hooks;
+#ifdef SOCKBRIDGE_TEST_HOOKS
+  napi_get_boolean(env, true, &hooks);
+#else
+  napi_get_boolean(env, false, &hooks);
+#endif
+  napi_set_named_property(env, exports, "testHooks", hooks);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init_module)

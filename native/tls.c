@@ -1,0 +1,345 @@
+/* TLS in the relay threads, with the OpenSSL Node itself runs with.
+ *
+ * Used the way HAProxy (src/ssl_sock.c) and nginx use it: OpenSSL is driven,
+ * never waited on. Sockets are non-blocking; a handshake is one more phase
+ * of a connection, with its deadline, whose epoll interest is whatever
+ * OpenSSL last asked for (WANT_READ, WANT_WRITE); after it, TLS is a
+ * transport (xprt_tls) under the one relay core. A context (SSL_CTX) is
+ * built once per certificate set, shared read-only by every thread, and
+ * replaced whole on reload: a session keeps the context it started with.
+ * Each connection's errors are drained from the thread's error queue into
+ * its own log line.
+ *
+ * Session tickets are encrypted with keys every context shares (ticket_cb),
+ * so a ticket issued before a reload still resumes after it. The keys are
+ * rotated (tls_rotate_ticket_keys); the previous ones are still accepted
+ * for a rotation, then forgotten.
+ */
+#include "dataplane.h"
+
+#include <errno.h>
+#include <openssl/core_names.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+#include <openssl/x509v3.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+
+/* ---- ticket keys ---------------------------------------------------------------------- */
+
+struct ticket_key {
+  unsigned char name[16];
+  unsigned char aes[32];
+  unsigned char hmac[32];
+  bool set;
+};
+
+static struct {
+  pthread_rwlock_t lock;
+  struct ticket_key current, previous;
+} tickets = { .lock = PTHREAD_RWLOCK_INITIALIZER };
+
+/* A new current key; the old one still decrypts until the next rotation. Returns false on failure. */
+bool tls_rotate_ticket_keys(void) {
+  struct ticket_key k = { .set = true };
+  if (RAND_bytes(k.name, sizeof k.name) != 1 || RAND_bytes(k.aes, sizeof k.aes) != 1 || RAND_bytes(k.hmac, sizeof k.hmac) != 1) return false;
+  pthread_rwlock_wrlock(&tickets.lock);
+  tickets.previous = tickets.current;
+  tickets.current = k;
+  pthread_rwlock_unlock(&tickets.lock);
+  OPENSSL_cleanse(&k, sizeof k);
+  return true;
+}
+
+static int ticket_init(const struct ticket_key *k, unsigned char *iv, EVP_CIPHER_CTX *cipher, EVP_MAC_CTX *mac, int enc) {
+  char digest[] = "SHA256";
+  OSSL_PARAM params[] = { OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0), OSSL_PARAM_construct_end() };
+  if (EVP_MAC_CTX_set_params(mac, params) != 1) return -1;
+  if (EVP_MAC_init(mac, k->hmac, sizeof k->hmac, NULL) != 1) return -1;
+  int ok = enc ? EVP_EncryptInit_ex(cipher, EVP_aes_256_cbc(), NULL, k->aes, iv) : EVP_DecryptInit_ex(cipher, EVP_aes_256_cbc(), NULL, k->aes, iv);
+  return ok == 1 ? 1 : -1;
+}
+
+/* SSL_CTX_set_tlsext_ticket_key_evp_cb(3): 1 ok, 2 ok but issue a new ticket
+   (made with an older key), 0 unknown key (a full handshake), -1 error. */
+static int ticket_cb(SSL *ssl, unsigned char *name, unsigned char *iv, EVP_CIPHER_CTX *cipher, EVP_MAC_CTX *mac, int enc) {
+  (void)ssl;
+  int rc = 0;
+  pthread_rwlock_rdlock(&tickets.lock);
+  if (enc) {
+    if (!tickets.current.set || RAND_bytes(iv, EVP_MAX_IV_LENGTH) != 1) rc = -1;
+    else {
+      memcpy(name, tickets.current.name, sizeof tickets.current.name);
+      rc = ticket_init(&tickets.current, iv, cipher, mac, 1);
+    }
+  } else if (tickets.current.set && memcmp(name, tickets.current.name, 16) == 0) {
+    rc = ticket_init(&tickets.current, iv, cipher, mac, 0);
+  } else if (tickets.previous.set && memcmp(name, tickets.previous.name, 16) == 0) {
+    rc = ticket_init(&tickets.previous, iv, cipher, mac, 0) == 1 ? 2 : -1;
+  }
+  pthread_rwlock_unlock(&tickets.lock);
+  return rc;
+}
+
+/* ---- contexts --------------------------------------------------------------------------- */
+
+/* The reason of OpenSSL's first queued error, as its library says it ("no start line"), cleared. */
+char *tls_error_text(unsigned long err) {
+  const char *reason = err ? ERR_reason_error_string(err) : NULL;
+  char buf[256];
+  if (reason) snprintf(buf, sizeof buf, "%s", reason);
+  else if (err) ERR_error_string_n(err, buf, sizeof buf);
+  else snprintf(buf, sizeof buf, "unknown error");
+  ERR_clear_error();
+  return strdup(buf);
+}
+
+static BIO *pem_bio(const char *pem, size_t len) {
+  return BIO_new_mem_buf(pem, (int)len);
+}
+
+/* The certificate chain: the first certificate is the server's, the others its chain. */
+static bool use_chain(SSL_CTX *ctx, const char *pem, size_t len) {
+  BIO *bio = pem_bio(pem, len);
+  if (!bio) return false;
+  X509 *leaf = PEM_read_bio_X509(bio, NULL, NULL, NULL);
+  bool ok = leaf && SSL_CTX_use_certificate(ctx, leaf) == 1;
+  X509_free(leaf);
+  X509 *extra;
+  while (ok && (extra = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
+    ok = SSL_CTX_add0_chain_cert(ctx, extra) == 1; /* takes it */
+    if (!ok) X509_free(extra);
+  }
+  BIO_free(bio);
+  if (ok) ERR_clear_error(); /* the end of the PEM ("no start line") is not an error */
+  return ok;
+}
+
+static bool use_key(SSL_CTX *ctx, const char *pem, size_t len) {
+  BIO *bio = pem_bio(pem, len);
+  if (!bio) return false;
+  EVP_PKEY *key = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL);
+  BIO_free(bio);
+  bool ok = key && SSL_CTX_use_PrivateKey(ctx, key) == 1 && SSL_CTX_check_private_key(ctx) == 1;
+  EVP_PKEY_free(key);
+  return ok;
+}
+
+/* Clients must present a certificate these CAs signed; they are also named
+   to clients in the CertificateRequest, as Node's addCACert does. */
+static bool use_client_cas(SSL_CTX *ctx, const char *pem, size_t len) {
+  BIO *bio = pem_bio(pem, len);
+  if (!bio) return false;
+  X509_STORE *store = SSL_CTX_get_cert_store(ctx);
+  int n = 0;
+  X509 *ca;
+  while ((ca = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
+    X509_STORE_add_cert(store, ca);
+    SSL_CTX_add_client_CA(ctx, ca);
+    X509_free(ca);
+    n++;
+  }
+  BIO_free(bio);
+  ERR_clear_error();
+  SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+  return n > 0;
+}
+
+/* A server context, or NULL with *error (owned) saying why. */
+SSL_CTX *tls_context(const struct tls_settings *s, char **error) {
+  ERR_clear_error();
+  SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+  const char *step = "SSL_CTX_new";
+  if (!ctx) goto fail;
+  /* Node's: no SSLv2/3 (OpenSSL 3 has neither), its versions and ciphers,
+     the server's cipher order. Client renegotiation stays off (OpenSSL 3's
+     default), as in HAProxy: Node allows it and then limits it in
+     JavaScript. A peer's FIN without close_notify is an EOF, as for a plain
+     socket. */
+  SSL_CTX_set_options(ctx, SSL_OP_NO_SSLv2 | SSL_OP_NO_SSLv3 | SSL_OP_IGNORE_UNEXPECTED_EOF |
+                           (s->honor_cipher_order ? SSL_OP_CIPHER_SERVER_PREFERENCE : 0));
+  /* Buffers only while a record is in flight (memory per idle connection);
+     partial writes, and a pending buffer that moves, as the relay core has. */
+  SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  step = "protocol versions";
+  if (SSL_CTX_set_min_proto_version(ctx, s->min_version) != 1 || SSL_CTX_set_max_proto_version(ctx, s->max_version) != 1) goto fail;
+  step = "ciphers";
+  if (s->ciphers[0] && SSL_CTX_set_cipher_list(ctx, s->ciphers) != 1) goto fail;
+  if (s->suites[0] && SSL_CTX_set_ciphersuites(ctx, s->suites) != 1) goto fail;
+  step = "tls-cert";
+  if (!use_chain(ctx, s->cert, s->cert_len)) goto fail;
+  step = "tls-key";
+  if (!use_key(ctx, s->key, s->key_len)) goto fail;
+  step = "tls-ca";
+  if (s->ca && !use_client_cas(ctx, s->ca, s->ca_len)) goto fail;
+  /* Resumption by tickets only (no per-process session cache), as Node's. */
+  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER | SSL_SESS_CACHE_NO_INTERNAL);
+  static const unsigned char sid_ctx[] = "sockbridge";
+  SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof sid_ctx - 1);
+  SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticket_cb);
+  return ctx;
+fail: {
+    char *why = tls_error_text(ERR_peek_last_error());
+    size_t n = strlen(step) + strlen(why) + 3;
+    *error = malloc(n);
+    if (*error) snprintf(*error, n, "%s: %s", step, why);
+    free(why);
+    SSL_CTX_free(ctx);
+    return NULL;
+  }
+}
+
+/* ---- the transport ----------------------------------------------------------------------- */
+
+/* What an SSL_ERROR_* means for the relay core: -1 with errno (EAGAIN: wait for *wants). */
+static ssize_t tls_failed(struct side *s, int rc, uint32_t *wants) {
+  int e = SSL_get_error(s->ssl, rc);
+  switch (e) {
+  case SSL_ERROR_WANT_READ:
+    *wants = EPOLLIN;
+    errno = EAGAIN;
+    return -1;
+  case SSL_ERROR_WANT_WRITE:
+    *wants = EPOLLOUT;
+    errno = EAGAIN;
+    return -1;
+  case SSL_ERROR_ZERO_RETURN:
+    return 0;
+  case SSL_ERROR_SYSCALL:
+    ERR_clear_error();
+    if (errno == 0) return 0; /* EOF without close_notify: an end of stream, as for a plain socket */
+    return -1;
+  default:
+    ERR_clear_error();
+    errno = EPROTO;
+    return -1;
+  }
+}
+
+static ssize_t tls_recv(struct side *s, char *buf, size_t len) {
+  size_t n = 0;
+  ERR_clear_error();
+  errno = 0;
+  int rc = SSL_read_ex(s->ssl, buf, len, &n);
+  if (rc == 1) {
+    s->read_wants = EPOLLIN;
+    return (ssize_t)n;
+  }
+  return tls_failed(s, rc, &s->read_wants);
+}
+
+static ssize_t tls_send(struct side *s, const char *buf, size_t len) {
+  size_t n = 0;
+  ERR_clear_error();
+  errno = 0;
+  int rc = SSL_write_ex(s->ssl, buf, len, &n);
+  if (rc == 1) {
+    s->write_wants = EPOLLOUT;
+    return (ssize_t)n;
+  }
+  ssize_t r = tls_failed(s, rc, &s->write_wants);
+  if (r < 0 && errno == EAGAIN) return 0;
+  if (r == 0) {
+    errno = EPIPE; /* the peer closed: nothing more can be written */
+    return -1;
+  }
+  return r;
+}
+
+/* The TLS form of half-close: close_notify, never waiting for the peer's
+   (it may go on sending), then the socket's own. */
+static void tls_shut_wr(struct side *s) {
+  ERR_clear_error();
+  SSL_shutdown(s->ssl);
+  ERR_clear_error();
+  shutdown(s->fd, SHUT_WR);
+}
+
+const struct xprt xprt_tls = { .recv = tls_recv, .send = tls_send, .shut_wr = tls_shut_wr, .short_read_drains = false };
+
+void tls_free(struct side *s) {
+  if (!s->ssl) return;
+  SSL_free(s->ssl);
+  s->ssl = NULL;
+  s->xprt = &xprt_raw;
+}
+
+/* ---- the handshake --------------------------------------------------------------------- */
+
+bool tls_begin(struct thread *t, struct conn *c, SSL_CTX *ctx) {
+  SSL *ssl = SSL_new(ctx);
+  if (!ssl) return false;
+  if (SSL_set_fd(ssl, c->client.fd) != 1) {
+    SSL_free(ssl);
+    return false;
+  }
+  SSL_set_accept_state(ssl);
+  c->client.ssl = ssl;
+  c->client.xprt = &xprt_tls;
+  c->before_tls = false;
+  c->phase = PH_HANDSHAKE;
+  uint32_t limit = t->policy->handshake_timeout;
+  c->deadline = t->now + (limit ? limit : DEFAULT_HANDSHAKE_MS);
+  note_timeouts(t, c);
+  tls_handshake_step(t, c);
+  return true;
+}
+
+/* A refused handshake: logged with the reason (TypeScript's tls-refused), and
+   the client closed; it never reached a target. */
+static void tls_refuse(struct thread *t, struct conn *c, long verify, char *reason) {
+  struct event *ev = new_event(EV_TLS_REFUSED);
+  if (ev) {
+    event_from_conn(ev, c);
+    ev->err = (int)verify;
+    ev->data = reason;
+    ev->len = reason ? strlen(reason) : 0;
+    push_event(ev);
+  } else {
+    free(reason);
+  }
+  /* A FIN after OpenSSL's alert, so that the client can read why; a
+     half-read ClientHello makes the kernel send a reset anyway. */
+  conn_end(t, c, R_DROPPED, 0, false);
+}
+
+void tls_handshake_step(struct thread *t, struct conn *c) {
+  struct side *s = &c->client;
+  ERR_clear_error();
+  errno = 0;
+  int rc = SSL_do_handshake(s->ssl);
+  if (rc == 1) {
+    c->tls_done = true;
+    c->deadline = 0;
+    c->last_active = t->now;
+    s->read_wants = EPOLLIN;
+    s->write_wants = EPOLLOUT;
+    set_interest(t, s, 0);
+    return admit_to_target(t, c);
+  }
+  int e = SSL_get_error(s->ssl, rc);
+  if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+    set_interest(t, s, e == SSL_ERROR_WANT_READ ? EPOLLIN : EPOLLOUT);
+    return;
+  }
+  long verify = SSL_get_verify_result(s->ssl);
+  unsigned long err = ERR_peek_last_error();
+  char *reason;
+  if (err) reason = tls_error_text(err);
+  else reason = strdup(e == SSL_ERROR_SYSCALL && errno ? strerror(errno) : "closed during the TLS handshake");
+  ERR_clear_error();
+  tls_refuse(t, c, verify, reason);
+}
+
+void tls_handshake_timeout(struct thread *t, struct conn *c) {
+  tls_refuse(t, c, X509_V_OK, strdup("no TLS handshake within the client timeout"));
+}
+
+/* The OpenSSL this addon runs with: the process's, whichever it is. */
+unsigned long tls_library_version(void) {
+  return OpenSSL_version_num();
+}
