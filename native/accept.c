@@ -165,6 +165,7 @@ void accept_ready(struct thread *t, struct thread_listener *tl) {
     socklen_t len = sizeof sa;
     int fd = failpoint("accept-emfile") ? (errno = EMFILE, -1) : accept4(l->fd, (struct sockaddr *)&sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd >= 0) {
+      atomic_fetch_add_explicit(&t->accepted, 1, memory_order_relaxed);
       admit_new(t, tl->index, fd, &sa, len);
       continue;
     }

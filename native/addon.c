@@ -799,6 +799,19 @@ static napi_value js_counters(napi_env env, napi_callback_info info) {
   return arr;
 }
 
+/* threadCounters(): [relaying sessions, clients accepted, TLS handshakes completed] per thread. */
+static napi_value js_thread_counters(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value arr;
+  napi_create_array_with_length(env, (size_t)relay.nthreads, &arr);
+  for (int i = 0; i < relay.nthreads; i++) {
+    struct thread *t = &relay.threads[i];
+    int values[3] = { (int)atomic_load(&t->active), (int)atomic_load(&t->accepted), (int)atomic_load(&t->handshakes) };
+    napi_set_element(env, arr, (uint32_t)i, int_array(env, values, 3));
+  }
+  return arr;
+}
+
 /* slotCounts(slot): [open sessions, connects that succeeded] of one target. */
 static napi_value js_slot_counts(napi_env env, napi_callback_info info) {
   ARGS(1);
@@ -922,7 +935,7 @@ static napi_value init_module(napi_env env, napi_value exports) {
     { "dial", js_dial }, { "proceed", js_proceed }, { "admit", js_admit }, { "close", js_close },
     { "adopt", js_adopt }, { "resume", js_resume }, { "closeAll", js_close_all }, { "closeFd", js_close_fd },
     { "handover", js_handover }, { "flushEvents", js_flush_events },
-    { "counters", js_counters }, { "slotCounts", js_slot_counts }, { "alive", js_alive },
+    { "counters", js_counters }, { "threadCounters", js_thread_counters }, { "slotCounts", js_slot_counts }, { "alive", js_alive },
     { "testAccess", js_test_access }, { "testOrder", js_test_order }, { "testProxyHeader", js_test_proxy_header },
   };
   for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {

@@ -294,6 +294,7 @@ struct thread {
   atomic_uint_fast64_t next_seq; /* also read by the JavaScript thread (adopt, resume) */
   atomic_int_fast64_t active;        /* relaying sessions */
   atomic_uint_fast64_t bytes_in, bytes_out;
+  atomic_uint_fast64_t accepted, handshakes; /* clients this thread accepted, TLS handshakes it completed */
   atomic_int answered;         /* the last C_PING this thread ran (see js_alive) */
 };
 

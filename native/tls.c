@@ -313,6 +313,7 @@ void tls_handshake_step(struct thread *t, struct conn *c) {
   errno = 0;
   int rc = SSL_do_handshake(s->ssl);
   if (rc == 1) {
+    atomic_fetch_add_explicit(&t->handshakes, 1, memory_order_relaxed);
     c->tls_done = true;
     c->deadline = 0;
     c->last_active = t->now;

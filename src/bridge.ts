@@ -17,7 +17,7 @@ import { Stats } from './operator/stats';
 import { InstallError, SockbridgeError } from './errors';
 import { defaultThreads, LOAD_FAILED, loadDataPlane, type DataPlaneAddon } from './dataplane/addon';
 import { NativeRelay } from './dataplane/native-relay';
-import type { Relay, RelayContext, RelayInfo } from './session/contract';
+import type { Relay, RelayContext, RelayInfo, ThreadCounts } from './session/contract';
 import { JsRelay } from './session/js-relay';
 import { loadTlsMaterial, TlsMaterial, tlsInForce } from './session/tls';
 import { splitPassed, storeCapacity, storeNeeded } from './systemd/fd-store';
@@ -103,8 +103,8 @@ export class Bridge {
     ({ relay: this.relay, addon: this.fdStore } = chooseRelay(cfg, ctx));
   }
 
-  get relayInfo(): RelayInfo {
-    return this.relay.info;
+  get relayInfo(): RelayInfo & { perThread: ThreadCounts[] } {
+    return { ...this.relay.info, perThread: this.relay.threadCounts() };
   }
 
   /** Where clients connect, and how each listener takes them. */

@@ -48,7 +48,9 @@ test('by default the native data plane accepts and relays, with one thread per C
 
 test('relay-threads sets the data plane\'s thread count', async (t) => {
   const { report } = await reportOf(t, ['--relay', 'native', '--relay-threads', '3']);
-  assert.deepEqual(report.relay, { kind: 'native', threads: 3, why: '' });
+  assert.deepEqual({ ...report.relay, perThread: undefined }, { kind: 'native', threads: 3, why: '', perThread: undefined });
+  assert.equal(report.relay.perThread.length, 3);
+  assert.equal(report.relay.perThread.reduce((n, t) => n + t.accepted, 0), 1, 'one client was accepted, by one of the threads');
 });
 
 test('TypeScript relay fast path: clients are accepted by sockbridge and read with onread, not through Node streams', async (t) => {

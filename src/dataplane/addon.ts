@@ -60,6 +60,8 @@ export interface DataPlaneAddon extends FdStoreCalls {
   flushEvents(): void;
   /** [bytes from clients, bytes to clients, relaying sessions, admitted under max-conn, queued]. */
   counters(): [number, number, number, number, number];
+  /** Per thread: [relaying sessions, clients accepted, TLS handshakes completed]. */
+  threadCounters(): [number, number, number][];
   /** [open sessions, connects that succeeded] of one target. */
   slotCounts(slot: number): [number, number];
   alive(): boolean;

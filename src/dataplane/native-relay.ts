@@ -11,7 +11,7 @@ import { getSystemErrorName } from 'node:util';
 import type { RelayInfo } from '../bridge';
 import { addressLabel } from '../listen/address';
 import { acceptErrorLog, Listener, ListenerInfo, listenError, ListenSpec } from '../listen/listeners';
-import { BridgedSessionEnd, recordSessionEnd, Relay, RelayContext, RelayCounts, HandedBack } from '../session/contract';
+import { BridgedSessionEnd, HandedBack, recordSessionEnd, Relay, RelayContext, RelayCounts, ThreadCounts } from '../session/contract';
 import { refusalReason, TlsMaterial } from '../session/tls';
 import type { CarriedClient, CarriedSession, Handover } from '../systemd/fd-store';
 import type { Target } from '../targets/pool';
@@ -155,6 +155,10 @@ export class NativeRelay implements Relay {
   counts(): RelayCounts {
     const [bytesIn, bytesOut, active] = this.addon.counters();
     return { active, waiting: this.held.size + this.queue.length, bytesIn, bytesOut };
+  }
+
+  threadCounts(): ThreadCounts[] {
+    return this.addon.threadCounters().map(([sessions, accepted, handshakes]) => ({ sessions, accepted, handshakes }));
   }
 
   get busy(): boolean {

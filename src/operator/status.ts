@@ -3,6 +3,7 @@
 // Prometheus text format.
 
 import type { BridgeSnapshot, RelayInfo } from '../bridge';
+import type { ThreadCounts } from '../session/contract';
 import type { Target, TargetPool } from '../targets/pool';
 import type { ListenerInfo } from '../listen/listeners';
 import { Config, formatValue, OPTIONS } from '../options';
@@ -29,8 +30,8 @@ export interface StatusReport {
    * (Node's own, when this Node lacks the internal the fast path needs).
    */
   listeners: ListenerInfo[];
-  /** What moves the bytes: 'native' (with its thread count) or 'js'; `why` says why js runs, "" otherwise. */
-  relay: RelayInfo;
+  /** What moves the bytes: 'native' (with its thread count and what each thread did) or 'js'; `why` says why js runs, "" otherwise. */
+  relay: RelayInfo & { perThread: ThreadCounts[] };
   /** TLS as it is in force now (a reload changes it for new clients): on or off, client certificates required or not. */
   tls: { enabled: boolean; clientCertificates: boolean; cert: string };
 }
@@ -69,7 +70,7 @@ export function buildReport(opts: {
   totals: BridgeSnapshot;
   cfg: Config;
   listeners: ListenerInfo[];
-  relay: RelayInfo;
+  relay: StatusReport['relay'];
   tls: StatusReport['tls'];
 }): StatusReport {
   const now = Date.now();

@@ -34,6 +34,13 @@ export interface RelayInfo {
   why: string;
 }
 
+/** What each of the data plane's threads has done (status: they share the load). */
+export interface ThreadCounts {
+  sessions: number;
+  accepted: number;
+  handshakes: number;
+}
+
 /** What a relay needs from the bridge. */
 export interface RelayContext {
   readonly backend: Backend;
@@ -83,6 +90,8 @@ export interface Relay {
   /** A stop: clients waiting for a place under max-conn are closed unserved. */
   dropWaiting(): void;
   counts(): RelayCounts;
+  /** Per thread of the data plane (none for the TypeScript relay). */
+  threadCounts(): ThreadCounts[];
   /** Sessions or waiting clients exist. */
   readonly busy: boolean;
   /** Close everything (drain-timeout). */

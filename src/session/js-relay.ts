@@ -87,6 +87,10 @@ export class JsRelay implements Relay {
     return { active, waiting: held + this.queued.length, bytesIn, bytesOut };
   }
 
+  threadCounts(): [] {
+    return [];
+  }
+
   get busy(): boolean {
     return this.sessions.size + this.queued.length > 0;
   }
