@@ -215,6 +215,42 @@ export interface PoolEvents {
   onChange(): void;
 }
 
+/** What ordering a round looks at of a target. */
+export interface Orderable {
+  readonly state: BackendState;
+  readonly role: TargetRole;
+  readonly active: number;
+}
+
+/** Whether a round uses roundrobin's or leastconn's turn: with two usable regular targets or more. */
+export function turnMatters(usable: readonly Orderable[], balance: Config['balance']): boolean {
+  return balance !== 'first' && usable.filter((t) => t.role === 'regular' && t.state !== 'DOWN').length >= 2;
+}
+
+/**
+ * The order one connect round tries the usable targets (current, not
+ * drained) in: the regular ones not marked DOWN, by --balance (`turn` is
+ * roundrobin's); then the backups, those not DOWN first; then the regular
+ * targets marked DOWN (a mark can be stale, and a held client is better
+ * served late than never). `avoid` (the target that just dropped a retried
+ * request) goes last. The data plane orders the same way in C
+ * (native/policy.c: order_targets); test/differential.test.ts checks it.
+ */
+export function orderTargets<T extends Orderable>(usable: readonly T[], balance: Config['balance'], turn: number, avoid?: T): T[] {
+  const regular = usable.filter((t) => t.role === 'regular');
+  let up = regular.filter((t) => t.state !== 'DOWN');
+  if (up.length >= 2 && balance !== 'first') {
+    const start = turn % up.length;
+    up = [...up.slice(start), ...up.slice(0, start)];
+    // leastconn: fewest active sessions first; equals in turn, as HAProxy does (a stable sort).
+    if (balance === 'leastconn') up.sort((a, b) => a.active - b.active);
+  }
+  const backups = usable.filter((t) => t.role === 'backup');
+  const order = [...up, ...backups.filter((t) => t.state !== 'DOWN'), ...backups.filter((t) => t.state === 'DOWN'), ...regular.filter((t) => t.state === 'DOWN')];
+  if (avoid === undefined || order.length < 2 || !order.includes(avoid)) return order;
+  return [...order.filter((t) => t !== avoid), avoid];
+}
+
 /** Slot numbers for targets, reused once a target is gone (native/dataplane.h: MAX_SLOTS). */
 class Slots {
   private readonly free: number[] = [];
@@ -345,23 +381,9 @@ export class TargetPool {
     const only = this.targets.length === 1 ? this.targets[0]! : undefined;
     if (only && only.current && !only.drained) return (this.onlyRound ??= [only]);
     const usable = this.targets.filter((t) => t.current && !t.drained);
-    const regular = usable.filter((t) => t.role === 'regular');
-    const up = regular.filter((t) => t.state !== 'DOWN');
-    const backups = usable.filter((t) => t.role === 'backup');
-    const backupsUpFirst = [...backups.filter((t) => t.state !== 'DOWN'), ...backups.filter((t) => t.state === 'DOWN')];
-    const down = regular.filter((t) => t.state === 'DOWN');
-    const order = up.length > 0 ? [...this.balance(up), ...backupsUpFirst, ...down] : [...backupsUpFirst, ...down];
-    if (avoid === undefined || order.length < 2 || !order.includes(avoid)) return order;
-    return [...order.filter((t) => t !== avoid), avoid];
-  }
-
-  private balance(up: Target[]): Target[] {
-    if (up.length < 2 || this.settings.balance === 'first') return up;
-    const start = this.turn++ % up.length;
-    const rotated = [...up.slice(start), ...up.slice(0, start)];
-    if (this.settings.balance === 'roundrobin') return rotated;
-    // leastconn: fewest active sessions first; equals in turn, as HAProxy does.
-    return rotated.sort((a, b) => a.active - b.active);
+    const balance = this.settings.balance;
+    const turn = turnMatters(usable, balance) ? this.turn++ : 0;
+    return orderTargets(usable, balance, turn, avoid);
   }
 
   /** The configured targets, in their order, keeping the objects (state, counters) of those that stay. */
