@@ -414,7 +414,7 @@ static size_t string_prop(napi_env env, napi_value obj, const char *name, char *
 
 /* "10.0.0.0/8", "2001:db8::/32": TypeScript has checked and normalized them. */
 static bool parse_prefix(const char *text, struct prefix *p) {
-  char addr[INET6_ADDRSTRLEN + 8];
+  char addr[64];
   snprintf(addr, sizeof addr, "%s", text);
   char *slash = strchr(addr, '/');
   int bits = -1;

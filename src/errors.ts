@@ -5,6 +5,7 @@ export const EXIT_OK = 0;
 export const EXIT_USAGE = 64; // EX_USAGE: bad command line
 export const EXIT_UNAVAILABLE = 69; // EX_UNAVAILABLE: the service asked is not there
 export const EXIT_SOFTWARE = 70; // EX_SOFTWARE: a bug; the message says so
+export const EXIT_OSERR = 71; // EX_OSERR: the system refused a resource (threads) the service needs
 // EX_OSFILE: a file of the installation is unusable (native addons built for
 // another Node.js). Not 78: the units name this code in
 // RestartPreventExitStatus= and stop bridge.socket on it (retrying cannot
@@ -42,6 +43,11 @@ export class UnavailableError extends SockbridgeError {
 /** The installation cannot run on this Node.js (addons built for another ABI, or unloadable). */
 export class InstallError extends SockbridgeError {
   readonly exitCode = EXIT_OSFILE;
+}
+
+/** The system refused what the service needs to run (the data plane's threads): retried by the units, as it may pass. */
+export class ResourceError extends SockbridgeError {
+  readonly exitCode = EXIT_OSERR;
 }
 
 /** Listening failed (port in use, bad address): a configuration problem. */

@@ -12,7 +12,7 @@ import type net from 'node:net';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import tls from 'node:tls';
-import { BIN, bridgeToEcho, closedWithin, connect, echoServer, NODE_FLAGS, ROOT, roundTrip, tempDir, waitFor } from './helpers';
+import { BIN, bridgeToEcho, closedWithin, connect, echoServer, NODE_FLAGS, pythonProgram, readAll, RESETTING_PROGRAM, ROOT, roundTrip, tempDir, TEST_HOOKS, waitFor } from './helpers';
 
 interface SdEvent {
   event: 'listening' | 'ready' | 'exited' | 'removed' | 'status';
@@ -29,7 +29,7 @@ interface SdEvent {
 interface FakeSystemd {
   port: number;
   events: SdEvent[];
-  send(command: 'restart' | 'restart-corrupt' | 'handover' | 'start' | 'stop'): void;
+  send(command: 'restart' | 'restart-corrupt' | 'restart-v1' | 'handover' | 'start' | 'stop'): void;
   next(pred: (e: SdEvent) => boolean, what: string, timeoutMs?: number): Promise<SdEvent>;
   log(gen: number): string;
   /** Wait for a line in a generation's log (sockbridge writes its stderr lines once per event-loop turn). */
@@ -285,4 +285,65 @@ test('an fd store too small for max-conn: a warning at start, and on a restart w
   await sd.next((e) => e.event === 'ready' && e.gen === 2, 'READY=1 from the second bridge, once the drained sessions ended');
   talks.forEach((talk) => assert.equal(talk.received().toString(), talk.sent().toString()));
   assert.equal((await roundTrip(sd.port, 'after')).toString(), 'after');
+});
+
+test('an upgrade from 0.2.0: a state in its format (version 1) carries the sessions and waiting clients all the same', async (t) => {
+  const { sd } = await echoBehindFakeSystemd(t, ['--max-conn', '1']);
+  const first = await connect(sd.port);
+  const firstTalk = talker(first);
+  firstTalk.say(1);
+  await waitFor(() => firstTalk.received().length === firstTalk.sent().length, 5000, 'the first session');
+  const second = await connect(sd.port);
+  const secondTalk = talker(second);
+  secondTalk.say(2); // queued behind max-conn 1
+  await sd.next((e) => e.event === 'status' && e.gen === 1 && /1 active, 1 waiting/.test(e.text!), 'STATUS= to count the queued client');
+  sd.send('restart-v1');
+  await sd.next((e) => e.event === 'ready' && e.gen === 2, 'READY=1 from the second bridge');
+  await sd.waitLog(2, /took over 1 sessions and 1 waiting clients/);
+  firstTalk.say(3);
+  await waitFor(() => firstTalk.received().length === firstTalk.sent().length, 5000, 'the first session, relayed on');
+  first.end();
+  await closedWithin(first, 5000);
+  await waitFor(() => secondTalk.received().length === secondTalk.sent().length, 5000, 'the waiting client, served');
+  assert.equal(secondTalk.received().toString(), secondTalk.sent().toString());
+  second.destroy();
+});
+
+test('a request dropped unanswered after the restart collected the sessions (not carried: the store is full) is still sent again, and the drain ends', async (t) => {
+  const dir = tempDir(t);
+  const path = join(dir, 'app.sock');
+  // The program resets its first connection once the whole request (10 bytes) is queued, unread; the next one echoes.
+  const { lines } = await pythonProgram(t, RESETTING_PROGRAM, [path, '1', '10']);
+  // No room in the store: the session is not carried, the first bridge drains it.
+  const sd = await fakeSystemd(t, dir, ['--target', path, '--check-interval', '0', '--drain-timeout', '20s'], { FDSTORE: '1' });
+  const c = await connect(sd.port);
+  const reply = readAll(c, 15_000);
+  c.write('hello'); // half of the request: the program waits for the rest
+  await waitFor(() => sd.log(1).length > 0 && lines.length > 0, 5000, 'the program to be connected');
+  sd.send('restart');
+  await sd.waitLog(1, /handed over 0 sessions, 0 held clients/);
+  c.end('world'); // the rest, after the sessions were collected: the program resets, the bridge retries
+  assert.equal((await reply).toString(), 'helloworld');
+  await sd.next((e) => e.event === 'ready' && e.gen === 2, 'the drain to end and the next bridge to start');
+  assert.match(sd.log(1), /session 127\.0\.0\.1:\d+ closed \(done\), 10 bytes in, 10 bytes out/);
+});
+
+test('a restart whose data plane never says it is done still ends: at restart-grace and a margin it stores what it got and drains the rest, logged once', { skip: !TEST_HOOKS && 'needs the test build of the data plane (make test-asan: -DSOCKBRIDGE_TEST_HOOKS)' }, async (t) => {
+  const { sd } = await echoBehindFakeSystemd(t, ['--restart-grace', '300ms'], { SOCKBRIDGE_FAILPOINTS: 'handover-done:64' });
+  const c = await connect(sd.port);
+  const talk = talker(c);
+  talk.say(1);
+  await waitFor(() => talk.received().length === talk.sent().length, 5000, 'the first echo');
+  const t0 = Date.now();
+  sd.send('restart');
+  await sd.next((e) => e.event === 'ready' && e.gen === 2, 'READY=1 from the second bridge', 10_000);
+  const took = Date.now() - t0;
+  assert.ok(took < 300 + 2000 + 3000, `the restart took ${took} ms`);
+  const incomplete = sd.log(1).split('\n').filter((l) => /did not give the sessions back within restart-grace/.test(l));
+  assert.equal(incomplete.length, 1, sd.log(1));
+  // What the threads gave back before the deadline was stored, and goes on.
+  await sd.waitLog(2, /took over 1 sessions/);
+  talk.say(2);
+  await waitFor(() => talk.received().length === talk.sent().length, 5000, 'the session, relayed on');
+  c.destroy();
 });

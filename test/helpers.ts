@@ -369,3 +369,84 @@ export async function bridgeToEcho(t: TestContext, args: string[], opts: StartOp
   const bridge = await startBridge(t, [...args, '--target', srv.path], opts);
   return { dir, srv, bridge };
 }
+
+/**
+ * The program behind the bridge: argv PATH RESETS LENGTH [partial].
+ *
+ * A UNIX socket has no RST (Node's resetAndDestroy() refuses a pipe handle):
+ * its peer reads ECONNRESET only when a connection is closed with bytes still
+ * unread in its receive queue (or never accepted at all), which is exactly
+ * what a restart does to the requests queued on the old socket. Closing after
+ * reading the request would be a clean EOF, which the bridge forwards as one.
+ * So the first RESETS connections wait, without reading (MSG_PEEK), until all
+ * LENGTH bytes of the request are queued, and close: that is a reset before
+ * any reply byte, and the bridge has read the whole request by then (the
+ * 64 KiB limit counts what it read from the client). With "partial" they
+ * answer one byte "x" first and reset only when told to on stdin (once the
+ * client has that byte, so the bridge has read it: a byte and the reset
+ * arriving together are reported by libuv as EOF, not as the reset). Later
+ * connections read LENGTH bytes and echo them. One line per connection on
+ * stdout; a connection that ends without a byte (a health check) is not counted.
+ */
+export const RESETTING_PROGRAM = `
+import os, socket, sys, time
+path, resets, length = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+partial = len(sys.argv) > 4 and sys.argv[4] == "partial"
+try:
+    os.unlink(path)
+except FileNotFoundError:
+    pass
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+srv.bind(path)
+srv.listen(64)
+print("ready", flush=True)
+n = 0
+while True:
+    conn, _ = srv.accept()
+    deadline = time.monotonic() + 20
+    queued = b""
+    while len(queued) < length and time.monotonic() < deadline:
+        queued = conn.recv(length, socket.MSG_PEEK)
+        if len(queued) == 0:
+            break  # EOF before any byte
+        if len(queued) < length:
+            time.sleep(0.002)
+    if len(queued) == 0:
+        print("empty", flush=True)
+        conn.close()
+        continue
+    n += 1
+    if n <= resets:
+        if partial:
+            conn.sendall(b"x")
+            print("conn %d answered x" % n, flush=True)
+            sys.stdin.readline()
+        print("conn %d reset, %d bytes unread" % (n, len(queued)), flush=True)
+        conn.close()
+        continue
+    data = b""
+    while len(data) < length:
+        chunk = conn.recv(length - len(data))
+        if not chunk:
+            break
+        data += chunk
+    conn.sendall(data)
+    print("conn %d echo %d" % (n, len(data)), flush=True)
+    conn.close()
+`;
+
+
+/**
+ * Whether the data plane under test is a test build (make test-asan builds
+ * one with -DSOCKBRIDGE_TEST_HOOKS): only it can make named steps fail on
+ * purpose (SOCKBRIDGE_FAILPOINTS), for the tests of what out-of-memory or a
+ * teardown would do.
+ */
+export const TEST_HOOKS: boolean = (() => {
+  try {
+    const path = process.env['SOCKBRIDGE_RELAY_ADDON'] ?? join(ROOT, 'native', 'build', 'Release', 'relay.node');
+    return (require(path) as { testHooks?: boolean }).testHooks === true;
+  } catch {
+    return false;
+  }
+})();

@@ -15,7 +15,7 @@ import { BridgedSessionEnd, HandedBack, recordSessionEnd, Relay, RelayContext, R
 import { refusalReason, TlsMaterial } from '../session/tls';
 import type { CarriedClient, CarriedSession, Handover } from '../systemd/fd-store';
 import type { Target } from '../targets/pool';
-import { BackendFailure, classifyConnectError, ConfigError } from '../errors';
+import { BackendFailure, classifyConnectError, ConfigError, ResourceError } from '../errors';
 import { DataPlaneAddon, errnoError } from './addon';
 import { CLOSE_REASONS, DataPlaneEvent, EndEvent, EventKind, HandedEvent, ParkedEvent, ParkedWhy, reasonCode } from './events';
 import { HeldClient } from './held-client';
@@ -53,7 +53,10 @@ export class NativeRelay implements Relay {
 
   async start(specs: ListenSpec[], handover: Handover | undefined, tls: TlsMaterial | undefined): Promise<ListenerInfo[]> {
     const rc = this.addon.init(this.info.threads, (...event) => this.onEvent(event));
-    if (rc < 0) throw errnoError(rc, 'data plane init', `(${this.info.threads} threads)`);
+    if (rc < 0) {
+      throw new ResourceError('EDATAPLANE_START', `cannot start the data plane's ${this.info.threads} threads (${getSystemErrorName(rc)}): ` +
+        'lower --relay-threads, or raise the tasks limit (TasksMax= in the unit, ulimit -u)');
+    }
     this.running = true;
     this.ctx.backend.pool.useDataPlane((slot) => this.addon.slotCounts(slot), (avoid) => this.addon.candidates(avoid?.slot ?? -1));
     this.tls = tls;

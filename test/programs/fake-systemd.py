@@ -18,6 +18,9 @@ Commands on stdin, one per line:
                       the exit, start the next generation with the listener
                       and every stored fd, in an order of its own (as systemd)
     restart-corrupt   the same, but the stored state claims a future version
+    restart-v1        the same, but the stored state is rewritten as sockbridge
+                      0.2.0 wrote it (format version 1, one-letter keys): an
+                      upgrade from 0.2.0
     handover          only the first half of a restart: SIGUSR2, wait for the exit
     start             the second half: the next generation (stored fds whose
                       connection is gone, POLLHUP or POLLERR, are dropped
@@ -73,13 +76,13 @@ class Service:
                 kept.append((fd, name))
         self.store = kept
 
-    def start(self, corrupt=False):
+    def start(self, rewrite=None):
         self.gen += 1
         self.drop_hung_up()
         stored = list(self.store)
         random.shuffle(stored)  # systemd's order is its own: the service matches by name
-        if corrupt:
-            stored = [(self.corrupted(fd) if name == "sb-state" else fd, name) for fd, name in stored]
+        if rewrite:
+            stored = [(self.rewritten(fd, rewrite) if name == "sb-state" else fd, name) for fd, name in stored]
         fds = [(self.listener.fileno(), "bridge.socket")] + stored
         log = os.open(os.path.join(self.directory, f"gen-{self.gen}.log"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         pid = os.fork()
@@ -97,9 +100,24 @@ class Service:
         os.close(log)
         self.pid = pid
 
-    def corrupted(self, fd):
+    def rewritten(self, fd, how):
         state = json.loads(os.pread(fd, 1 << 26, 0))
-        state["version"] = 999
+        if how == "restart-corrupt":
+            state["version"] = 999
+        else:
+            # Version 1 as 0.2.0 wrote it: only the fields it knew, one letter each.
+            def client(r):
+                v1 = dict(c=r["client"], a=r["addr"], p=r["port"], t=r["startedAt"], i=r["bytesIn"], e=r["clientEnded"], n=r["retriesLeft"])
+                if "replay" in r:
+                    v1["r"] = r["replay"]
+                return v1
+            def session(r):
+                v1 = dict(client(r), s=r["server"], o=r["bytesOut"], d=r["directionsDone"])
+                if "target" in r:
+                    v1["g"] = r["target"]
+                return v1
+            state = dict(format=state["format"], version=1, totals=state["totals"],
+                         sessions=[session(r) for r in state["sessions"]], waiting=[client(r) for r in state["waiting"]])
         new = os.memfd_create("sb-state")
         os.write(new, json.dumps(state).encode())
         return new
@@ -176,9 +194,9 @@ def main():
                 service.receive(0)
             if sys.stdin in ready:
                 line = sys.stdin.readline().strip()
-                if line in ("restart", "restart-corrupt"):
+                if line in ("restart", "restart-corrupt", "restart-v1"):
                     service.stop_child(signal.SIGUSR2)
-                    service.start(corrupt=line == "restart-corrupt")
+                    service.start(rewrite=None if line == "restart" else line)
                 elif line == "handover":
                     service.stop_child(signal.SIGUSR2)
                 elif line == "start":
