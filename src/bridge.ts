@@ -103,6 +103,11 @@ export class Bridge {
     ({ relay: this.relay, addon: this.fdStore } = chooseRelay(cfg, ctx));
   }
 
+  /** Sessions or waiting clients exist now. */
+  get busy(): boolean {
+    return this.relay.busy;
+  }
+
   get relayInfo(): RelayInfo & { perThread: ThreadCounts[] } {
     return { ...this.relay.info, perThread: this.relay.threadCounts() };
   }

@@ -1,7 +1,18 @@
 // Text generated from the option table: --help, the commented conffile, the
 // sockbridge(8) man page and the README's configuration table.
 
+import { EXIT_CODES } from './errors';
 import { CLI_FLAGS, defaults, formatValue, OPTIONS } from './options';
+
+/** What each signal does, for --help and the man page. */
+const SIGNALS: readonly { name: string; brief: string; help: string }[] = [
+  { name: 'SIGHUP', brief: 'reloads the config file', help: 'Reload the config file; open sessions are kept, new ones use the new settings (TLS files and options included).' },
+  { name: 'SIGTERM, SIGINT', brief: 'drain and exit', help: 'Stop accepting, let sessions finish for up to --drain-timeout, exit 0.' },
+  {
+    name: 'SIGUSR2', brief: 'restarts without a gap (systemctl restart; a stop outside systemd)',
+    help: 'Restart without a gap (the units send it on systemctl restart and package upgrades, as RestartKillSignal=): stop accepting, let each plain session empty its buffers for up to --restart-grace, hand its connections and every waiting client to systemd\'s file descriptor store, exit 0; the next process takes them over and relays on. TLS sessions cannot be carried: they are closed after --restart-grace. Outside systemd (no fd store) this is a stop, as SIGTERM.',
+  },
+];
 
 const USAGE = `Usage: sockbridge [options]              run the bridge
        sockbridge check-config [options]  validate and print the effective configuration
@@ -42,8 +53,8 @@ export function renderHelp(): string {
   const lines = rows.map(([flag, help]) => `  ${flag}\n${wrap(help, 72, '      ')}`);
   return `${USAGE}\n\n${SUMMARY}\n\nOptions (also "name = value" lines in --config FILE; the command line wins):\n${lines.join('\n')}\n\n` +
     'Durations: plain milliseconds (5000) or with a unit: 500ms, 5s, 2m, 1h.\n' +
-    'Exit codes: 0 ok, 64 bad command line, 78 bad configuration, 69 service not reachable (status), 70 internal error.\n' +
-    'Signals: SIGHUP reloads the config file, SIGTERM/SIGINT drain and exit.\n';
+    `Exit codes: ${EXIT_CODES.map((e) => `${e.code} ${e.meaning}`).join(', ')}.\n` +
+    `Signals: ${SIGNALS.map((s) => `${s.name} ${s.brief}`).join('; ')}.\n`;
 }
 
 /** The conffile: every option, commented out at its default, with its help. */
@@ -80,11 +91,9 @@ export function renderMan(version: string): string {
     ...opts,
     ...flags,
     '.SH SIGNALS',
-    '.TP\n.B SIGHUP\nReload the config file; open sessions are kept, new ones use the new settings.',
-    '.TP\n.B SIGTERM, SIGINT\nStop accepting, let sessions finish for up to \\fB\\-\\-drain\\-timeout\\fR, exit 0.',
-    '.TP\n.B SIGUSR2\nRestart without a gap (the units send it on \\fBsystemctl restart\\fR and package upgrades, as RestartKillSignal=): stop accepting, let each plain session empty its buffers for up to \\fB\\-\\-restart\\-grace\\fR, hand its connections and every waiting client to systemd\'s file descriptor store, exit 0; the next process takes them over and relays on. TLS sessions cannot be carried: they are closed after \\fB\\-\\-restart\\-grace\\fR. Outside systemd (no fd store) this is a stop, as SIGTERM.',
+    ...SIGNALS.map((s) => `.TP\n.B ${roff(s.name)}\n${roff(s.help)}`),
     '.SH EXIT STATUS',
-    '0 on success, 64 for a bad command line, 78 for a bad configuration, 69 when status cannot reach the service, 70 for an internal error.',
+    ...EXIT_CODES.map((e) => `.TP\n.B ${e.code}\n${roff(e.meaning)}.`),
     '.SH FILES',
     '.TP\n.I /etc/sockbridge/bridge.conf\nConfiguration of bridge.service.',
     '.SH SEE ALSO',

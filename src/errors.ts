@@ -14,6 +14,17 @@ export const EXIT_OSERR = 71; // EX_OSERR: the system refused a resource (thread
 export const EXIT_OSFILE = 72;
 export const EXIT_CONFIG = 78; // EX_CONFIG: bad configuration file or value
 
+/** Every exit code, for --help, the man page and the README. */
+export const EXIT_CODES: readonly { code: number; meaning: string }[] = [
+  { code: EXIT_OK, meaning: 'ok' },
+  { code: EXIT_USAGE, meaning: 'bad command line' },
+  { code: EXIT_UNAVAILABLE, meaning: 'the service cannot be reached (status, drain, enable)' },
+  { code: EXIT_SOFTWARE, meaning: 'internal error' },
+  { code: EXIT_OSERR, meaning: 'the system refused the data plane its threads' },
+  { code: EXIT_OSFILE, meaning: 'broken installation (addons built for another Node.js); the units do not restart it' },
+  { code: EXIT_CONFIG, meaning: 'bad configuration (a value, a file, an address that cannot be bound)' },
+];
+
 export abstract class SockbridgeError extends Error {
   abstract readonly exitCode: number;
   constructor(

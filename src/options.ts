@@ -213,7 +213,7 @@ export const OPTIONS: readonly AnyOption[] = [
   },
   {
     name: 'tls-cert', key: 'tlsCert', ...optionalPath, default: '', reloadable: true,
-    help: 'Terminate TLS with this certificate chain (PEM); needs --tls-key. Re-read on reload. A relative path is looked up in $CREDENTIALS_DIRECTORY (LoadCredential=).',
+    help: 'Terminate TLS with this certificate chain (PEM); needs --tls-key. Re-read on reload, which also turns TLS on or off for new clients. A relative path is looked up in $CREDENTIALS_DIRECTORY (LoadCredential=).',
   },
   {
     name: 'tls-key', key: 'tlsKey', ...optionalPath, default: '', reloadable: true,
@@ -239,7 +239,7 @@ export const OPTIONS: readonly AnyOption[] = [
   },
   {
     name: 'client-timeout', key: 'clientTimeout', ...durationOpt, default: 50_000, reloadable: true,
-    help: 'Close a session idle this long: no byte either way (0 = never). With both timeouts set the shorter one closes it and names the reason; equal ones name the side that owes the next byte (server-timeout after a request the program has not answered). Up to a tenth of it (at most 2 s) late.',
+    help: 'Close a session idle this long: no byte either way (0 = never); bytes a slow reader takes count as traffic. With both timeouts set the shorter one closes it and names the reason; equal ones name the side that owes the next byte (server-timeout after a request the program has not answered). Up to a tenth of it (at most 2 s) late. A side still owed bytes gets a reset, not a FIN.',
   },
   {
     name: 'server-timeout', key: 'serverTimeout', ...durationOpt, default: 50_000, reloadable: true,
@@ -301,13 +301,13 @@ export const OPTIONS: readonly AnyOption[] = [
   },
   {
     name: 'relay', key: 'relay', type: 'auto|native|js', default: 'auto', reloadable: false,
-    help: 'What moves the bytes of plain sessions: "native", the C relay (threads on every core, native/relay.c); "js", Node\'s event loop in one thread, as TLS sessions always use. "auto": native, or js with one warning where the native relay cannot load.',
+    help: 'What accepts clients and moves their bytes: "native", the data plane (C threads on every core accept, admit, terminate TLS and relay; native/); "js", Node\'s event loop in one thread. "auto": native, or js with one warning where the data plane cannot load.',
     parse: (raw) => oneOf(['auto', 'native', 'js'] as const, raw),
     format: String,
   },
   {
     name: 'relay-threads', key: 'relayThreads', ...countOpt(0, 64), default: 0, reloadable: false,
-    help: 'Threads of the native relay (0 = one per CPU, at most 64). Each session lives on the thread with the fewest at its start.',
+    help: 'Threads of the data plane (0 = one per CPU, at most 64). Each accepts and relays its own clients; the kernel wakes one waiting thread per new connection.',
   },
   {
     name: 'workers', key: 'workers', ...countOpt(0, 64), default: 0, reloadable: false,

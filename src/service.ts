@@ -48,7 +48,7 @@ export class Service {
     this.bridge = new Bridge(cfg, logger, notifier, {
       onBusyChange: (busy) => this.idle.setBusy(busy),
     });
-    this.idle = new IdleExit(cfg.exitIdleTime, logger, () => void this.stop().then(() => process.exit(0)));
+    this.idle = new IdleExit(cfg.exitIdleTime, logger, () => this.bridge.busy, () => void this.stop().then(() => process.exit(0)));
   }
 
   async start(): Promise<void> {

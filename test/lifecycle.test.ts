@@ -23,8 +23,7 @@ test('SIGTERM drains: open sessions finish, new clients are refused, exit 0', as
   await waitFor(() => received > 0, 5000, 'the request to reach the program');
   bridge.child.kill('SIGTERM');
   await bridge.waitForLog(/waiting up to 10000 ms for 1 sessions to finish/);
-  // With workers the listening socket is shared: it closes when the last
-  // process has closed it, a moment after the draining worker logs.
+  // The data plane's threads let go of the listening socket a moment after the drain is logged.
   const refused = (): Promise<boolean> => connect(bridge.port).then((s) => { s.destroy(); return false; }, (err: Error) => /ECONNREFUSED/.test(err.message));
   await waitFor(refused, 5000, 'new clients to be refused (no longer accepting)');
   c.end(' and done');

@@ -20,7 +20,6 @@ test('max-conn: the next client waits (not reset) and is served when a session e
   const dir = tempDir(t);
   const srv = await echoServer(join(dir, 'app.sock'));
   t.after(() => srv.close());
-  // One worker: with several, each takes an equal share of max-conn.
   const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', srv.path, '--max-conn', '2', '--check-interval', '0']);
   const c1 = await connect(bridge.port);
   const c2 = await connect(bridge.port);

@@ -72,7 +72,7 @@ test('status: bytes of a session still open are counted, not only when it ends',
     assert.equal(r.code, 0, r.stderr);
     return (JSON.parse(r.stdout) as StatusReport).bytes;
   };
-  // Workers report once a second.
+  // The status reads the threads' live counts.
   await waitFor(async () => (await bytes()).in === 5000, 5000, 'the open session\'s 5000 bytes in the status');
   assert.deepEqual(await bytes(), { in: 5000, out: 5000 });
   assert.equal(c.destroyed, false, 'the session is still open');

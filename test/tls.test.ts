@@ -138,8 +138,9 @@ test('TLS: reload re-reads the certificate files (rotation without a restart)', 
   openssl(dir, 'x509', '-req', '-in', 'server.csr', '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'live.crt', '-days', '30', '-extfile', 'san.ext');
   bridge.child.kill('SIGHUP');
   await bridge.waitForLog(/configuration reloaded/);
+  // READY=1 follows the reload once it applies (the log line is written first): new clients get the new certificate.
   let after = before;
-  for (let i = 0; i < 20 && after === before; i++) after = await serial(); // every worker has reloaded
+  for (let i = 0; i < 20 && after === before; i++) after = await serial();
   assert.notEqual(after, before);
 });
 

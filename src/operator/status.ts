@@ -148,7 +148,7 @@ export function renderMetrics(r: StatusReport): string {
   metric('sockbridge_connections_denied_total', 'counter', 'Clients refused by --allow/--deny or a failed TLS handshake.', r.sessions.denied);
   metric('sockbridge_received_bytes_total', 'counter', 'Bytes received from clients (and sent to the target).', r.bytes.in);
   metric('sockbridge_sent_bytes_total', 'counter', 'Bytes sent to clients (received from the target).', r.bytes.out);
-  metric('sockbridge_workers', 'gauge', 'Processes serving (always 1: the native relay uses threads).', r.workers);
+  metric('sockbridge_workers', 'gauge', 'Processes serving (always 1: the data plane uses threads).', r.workers);
   metric('sockbridge_relay_native', 'gauge', 'Whether the native relay moves the bytes (1) or the TypeScript one (0).', r.relay.kind === 'native' ? 1 : 0);
   metric('sockbridge_relay_threads', 'gauge', 'Threads relaying sessions.', r.relay.threads);
   metric('sockbridge_tls_enabled', 'gauge', 'Whether new clients must speak TLS (1) or not (0), as now in force.', r.tls.enabled ? 1 : 0);

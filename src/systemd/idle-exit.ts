@@ -1,7 +1,7 @@
 // exit-idle-time: exit after that long without a session, so that systemd's
-// socket activation starts sockbridge again on the next connection. Whoever
-// sees all sessions (the only process, or the primary over its workers) tells
-// it when sessions come and go.
+// socket activation starts sockbridge again on the next connection. The
+// bridge tells it when sessions come and go; when its timer runs out it asks
+// once more (a data plane's sessions start without telling anyone).
 
 import type { Logger } from '../log';
 
@@ -13,6 +13,8 @@ export class IdleExit {
   constructor(
     private ms: number,
     private readonly logger: Logger,
+    /** Whether any session or waiting client exists right now. */
+    private readonly busyNow: () => boolean,
     private readonly exit: () => void,
   ) {}
 
@@ -44,6 +46,8 @@ export class IdleExit {
     this.timer = undefined;
     if (!this.running || this.busy || this.ms === 0) return;
     this.timer = setTimeout(() => {
+      // A session the data plane started after the last end: busy after all, until it ends.
+      if (this.busyNow()) return this.setBusy(true);
       this.logger.notice(`no session for ${this.ms} ms (exit-idle-time): exiting; systemd starts sockbridge again on the next connection`, { EVENT: 'idle-exit' });
       this.exit();
     }, this.ms);

@@ -50,7 +50,7 @@ export class Notifier {
 
   /**
    * Ping WATCHDOG=1 at half of WatchdogSec= when systemd set one for us, as
-   * long as `healthy()` holds (the primary withholds it while a worker hangs).
+   * long as `healthy()` holds (withheld while a data-plane thread does not answer).
    */
   startWatchdog(healthy: () => boolean): number {
     const periodMs = this.sd?.watchdogInterval() ?? 0;
