@@ -758,12 +758,6 @@ static napi_value js_close_all(napi_env env, napi_callback_info info) {
   return int_result(env, 0);
 }
 
-static napi_value js_close_fd(napi_env env, napi_callback_info info) {
-  ARGS(1);
-  close(int_arg(env, argv[0]));
-  return undefined_result(env);
-}
-
 /* handover(graceMs, sessions): a restart (threads.c); returns the number of EV_HANDOVER_DONE to expect. */
 static napi_value js_handover(napi_env env, napi_callback_info info) {
   ARGS(2);
@@ -933,7 +927,7 @@ static napi_value init_module(napi_env env, napi_value exports) {
     { "setPolicy", js_set_policy }, { "rotateTicketKeys", js_rotate_ticket_keys }, { "reclaim", js_reclaim },
     { "candidates", js_candidates },
     { "dial", js_dial }, { "proceed", js_proceed }, { "admit", js_admit }, { "close", js_close },
-    { "adopt", js_adopt }, { "resume", js_resume }, { "closeAll", js_close_all }, { "closeFd", js_close_fd },
+    { "adopt", js_adopt }, { "resume", js_resume }, { "closeAll", js_close_all },
     { "handover", js_handover }, { "flushEvents", js_flush_events },
     { "counters", js_counters }, { "threadCounters", js_thread_counters }, { "slotCounts", js_slot_counts }, { "alive", js_alive },
     { "testAccess", js_test_access }, { "testOrder", js_test_order }, { "testProxyHeader", js_test_proxy_header },

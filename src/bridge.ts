@@ -255,7 +255,7 @@ export class Bridge {
    * not be carried is drained, as on a stop. Not under systemd (no fd store),
    * this is a stop.
    */
-  handover(): Promise<void> {
+  restart(): Promise<void> {
     if (this.stopping) return this.stopping;
     const socket = this.notifier.socket;
     if (socket === undefined) {

@@ -89,7 +89,7 @@ function installProcessHandlers(service: Service, cli: CommandLine, logger: Logg
   process.on('SIGUSR2', () => {
     if (++stopRequests > 1) return logger.warning('SIGUSR2 while stopping: ignored');
     logger.notice('SIGUSR2 received: restarting, handing the sessions to the next process', { EVENT: 'signal', SIGNAL: 'SIGUSR2' });
-    void service.handover().then(() => process.exit(EXIT_OK));
+    void service.restart().then(() => process.exit(EXIT_OK));
   });
   process.on('SIGHUP', () => {
     if (cli.configPath === undefined) {

@@ -77,9 +77,9 @@ export class Service {
   }
 
   /** A restart: the sessions go to the next process (Bridge.handover). */
-  async handover(): Promise<void> {
+  async restart(): Promise<void> {
     this.idle.stop();
-    await this.bridge.handover();
+    await this.bridge.restart();
     this.endpoints.stop();
   }
 

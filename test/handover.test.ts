@@ -347,3 +347,21 @@ test('a restart whose data plane never says it is done still ends: at restart-gr
   await waitFor(() => talk.received().length === talk.sent().length, 5000, 'the session, relayed on');
   c.destroy();
 });
+
+test('a request the target drops unanswered after a restart carried its session is sent again by the next process', async (t) => {
+  const dir = tempDir(t);
+  const path = join(dir, 'app.sock');
+  // The program resets its first connection once the whole request (10 bytes) is queued, unread; the next one echoes.
+  await pythonProgram(t, RESETTING_PROGRAM, [path, '1', '10']);
+  const sd = await fakeSystemd(t, dir, ['--target', path, '--check-interval', '0']);
+  const c = await connect(sd.port);
+  const reply = readAll(c, 15_000);
+  // Half of the request (unanswered: a replay copy travels with the session, or the bytes wait in the kernel).
+  c.write('hello');
+  sd.send('restart');
+  await sd.next((e) => e.event === 'ready' && e.gen === 2, 'READY=1 from the second bridge');
+  await sd.waitLog(2, /took over 1 sessions/);
+  c.end('world'); // the program now resets that connection; the next process sends both halves again
+  assert.equal((await reply).toString(), 'helloworld');
+  await sd.waitLog(2, /session 127\.0\.0\.1:\d+ closed \(done\), 10 bytes in, 10 bytes out/);
+});

@@ -55,7 +55,6 @@ export interface DataPlaneAddon extends FdStoreCalls {
   adopt(client: CarriedClientInput): number;
   resume(session: CarriedSessionInput): number;
   closeAll(reason: number, slots: number[] | undefined): number;
-  closeFd(fd: number): void;
   handover(graceMs: number, sessions: number): number;
   flushEvents(): void;
   /** [bytes from clients, bytes to clients, relaying sessions, admitted under max-conn, queued]. */

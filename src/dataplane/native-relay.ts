@@ -13,7 +13,7 @@ import { addressLabel } from '../listen/address';
 import { acceptErrorLog, Listener, ListenerInfo, listenError, ListenSpec } from '../listen/listeners';
 import { BridgedSessionEnd, HandedBack, recordSessionEnd, Relay, RelayContext, RelayCounts, ThreadCounts } from '../session/contract';
 import { refusalReason, TlsMaterial } from '../session/tls';
-import type { CarriedClient, CarriedSession, Handover } from '../systemd/fd-store';
+import { CarriedClient, CarriedSession, closeQuietly, Handover } from '../systemd/fd-store';
 import type { Target } from '../targets/pool';
 import { BackendFailure, classifyConnectError, ConfigError, ResourceError } from '../errors';
 import { DataPlaneAddon, errnoError } from './addon';
@@ -37,7 +37,7 @@ export class NativeRelay implements Relay {
   private queueFullReported = false;
   private listeners: { listener: Listener; acceptFailed: (err: NodeJS.ErrnoException) => void }[] = [];
   private unlistening: { left: number; done: () => void } | undefined;
-  private handing: { threadsLeft: number; closed: number; handed: HandedEvent[]; done: () => void } | undefined;
+  private givingBack: { threadsLeft: number; closed: number; handed: HandedEvent[]; done: () => void } | undefined;
   private timers: NodeJS.Timeout[] = [];
   private running = false;
   private stopping = false;
@@ -199,9 +199,9 @@ export class NativeRelay implements Relay {
         if (u && --u.left === 0) u.done();
         return;
       }
-      case EventKind.Handed: return void this.handing?.handed.push(e);
+      case EventKind.Handed: return void this.givingBack?.handed.push(e);
       case EventKind.HandoverDone: {
-        const h = this.handing;
+        const h = this.givingBack;
         if (!h) return;
         h.closed += e[2];
         if (--h.threadsLeft === 0) h.done();
@@ -285,7 +285,7 @@ export class NativeRelay implements Relay {
    * given back, once every thread is done — or at graceMs plus a margin,
    * whatever arrived by then (the rest is drained: logged once).
    */
-  handOver(graceMs: number, sessionBudget: number): Promise<HandedBack> {
+  giveBack(graceMs: number, sessionBudget: number): Promise<HandedBack> {
     for (const h of this.held.values()) h.forget(); // given back by the threads, with their state
     this.held.clear();
     this.queue.length = 0;
@@ -294,13 +294,13 @@ export class NativeRelay implements Relay {
       let timer: NodeJS.Timeout | undefined;
       const finish = (complete: boolean): void => {
         if (timer) clearTimeout(timer);
-        const h = this.handing;
-        this.handing = undefined;
+        const h = this.givingBack;
+        this.givingBack = undefined;
         resolve({ ...this.carried(handed), closed: h?.closed ?? 0, complete });
       };
       const threads = this.addon.handover(graceMs, sessionBudget);
       if (threads < 0) return finish(false);
-      this.handing = { threadsLeft: threads, closed: 0, handed, done: () => finish(true) };
+      this.givingBack = { threadsLeft: threads, closed: 0, handed, done: () => finish(true) };
       timer = setTimeout(() => finish(false), graceMs + HANDOVER_MARGIN_MS);
     });
   }
@@ -331,8 +331,8 @@ export class NativeRelay implements Relay {
       const slot = s.target === undefined ? -1 : this.ctx.backend.pool.find(s.target)?.slot ?? -1;
       if (this.addon.peerGone(s.clientFd) || this.addon.resume({ ...s, clientTimeout, serverTimeout, slot, beforeTls: false, queued: false }) < 0) {
         gone++;
-        this.addon.closeFd(s.clientFd);
-        this.addon.closeFd(s.serverFd);
+        closeQuietly(s.clientFd);
+        closeQuietly(s.serverFd);
         continue;
       }
       resumed++;
@@ -340,7 +340,7 @@ export class NativeRelay implements Relay {
     for (const c of h.waiting) {
       if (this.addon.peerGone(c.clientFd) || this.addon.adopt({ ...c, bytesOut: 0, clientTimeout, serverTimeout, slot: -1 }) < 0) {
         gone++;
-        this.addon.closeFd(c.clientFd);
+        closeQuietly(c.clientFd);
         continue;
       }
       admitted++;

@@ -99,7 +99,7 @@ export interface Relay {
   /** Close the sessions on one target (marked DOWN); how many. */
   closeOn(target: Target, reason: 'marked-down'): number;
   /** A restart: what can be carried to the next process, given back. */
-  handOver(graceMs: number, sessionBudget: number): Promise<HandedBack>;
+  giveBack(graceMs: number, sessionBudget: number): Promise<HandedBack>;
   /** What start() took over from a previous process. */
   readonly adopted: { resumed: number; admitted: number; gone: number } | undefined;
   /** Whether its threads answer (the systemd watchdog). */

@@ -13,7 +13,7 @@ import { Listener, ListenerInfo, ListenSpec, openListeners } from '../listen/lis
 import type { Handover } from '../systemd/fd-store';
 import type { Target } from '../targets/pool';
 import { BridgedSession, HandedBack, idleSweepInterval, Relay, RelayContext, RelayCounts, SessionContext } from './contract';
-import { Session, socketDialer } from './js-session';
+import { noop, Session, socketDialer } from './js-session';
 import { TlsMaterial, TlsTerminator } from './tls';
 
 export class JsRelay implements Relay {
@@ -106,7 +106,7 @@ export class JsRelay implements Relay {
   }
 
   /** Nothing can be carried (TLS state lives in Node's OpenSSL objects, plain sockets in libuv's): restart-grace, then close. */
-  async handOver(graceMs: number): Promise<HandedBack> {
+  async giveBack(graceMs: number): Promise<HandedBack> {
     const deadline = Date.now() + graceMs;
     while (this.sessions.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     const open = [...this.sessions];
@@ -200,6 +200,5 @@ export class JsRelay implements Relay {
   }
 }
 
-function noop(): void {}
 
 export type { BridgedSession };

@@ -430,7 +430,8 @@ function socketOnClose(this: BridgedSocket): void {
   this[SESSION].socketClosed(this);
 }
 
-function noop(): void {}
+/** For an 'error' that may come after a socket was given up on: absorbed on purpose. */
+export function noop(): void {}
 
 /** Bytes a socket has handed to the kernel (written, minus what still waits in Node). */
 function handedToKernel(socket: net.Socket | undefined): number {

@@ -212,7 +212,6 @@ export interface FdStoreCalls {
   bundle(fds: number[]): number;
   unbundle(fd: number): number[];
   peerGone(fd: number): boolean;
-  closeFd(fd: number): void;
 }
 
 /** What store() did: nothing reached systemd (the connections are still only ours), or it did, confirmed or not. */
@@ -246,7 +245,7 @@ export function store(calls: FdStoreCalls, notifySocket: string, h: Handover): S
     const barrier = calls.barrier(notifySocket, BARRIER_TIMEOUT_MS);
     return barrier < 0 ? { stored: true, confirmed: false, error: getSystemErrorName(barrier) } : { stored: true, confirmed: true };
   } finally {
-    for (const fd of entries) calls.closeFd(fd);
+    for (const fd of entries) closeQuietly(fd);
   }
 }
 

@@ -1,6 +1,6 @@
 // A restart without a gap, both halves: handOver() in the process that
 // stops (SIGUSR2, the units' RestartKillSignal=) and takeOver() in the one
-// that starts. The relay gives back what it can carry (Relay.handOver: plain
+// that starts. The relay gives back what it can carry (Relay.giveBack: plain
 // sessions with their buffers emptied, waiting clients); fd-store.ts puts
 // them into systemd's fd store with the state; the next process finds them
 // in LISTEN_FDS and its relay adopts them. Every wait here is bounded: a
@@ -75,7 +75,7 @@ export async function handOver(parts: RestartParts, notifySocket: string): Promi
   notifier.stopping();
   // Two fds per session; whatever room is left goes to the waiting clients.
   const capacity = storeCapacity(process.env);
-  const back = await relay.handOver(parts.restartGrace, Math.floor(capacity / 2));
+  const back = await relay.giveBack(parts.restartGrace, Math.floor(capacity / 2));
   const { sessions, waiting } = back;
   if (!back.complete) {
     logger.error(`restart: the data plane did not give the sessions back within restart-grace (${parts.restartGrace} ms) and a margin; ` +
