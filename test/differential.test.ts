@@ -129,7 +129,7 @@ function compareAccess(dp: DataPlaneAddon, allowRaw: string[], denyRaw: string[]
   return ts;
 }
 
-test('access lists: C access_check and TypeScript AccessList give the same verdict on 3,000 seeded random lists × 16 addresses', () => {
+test('access lists: C access_check and TypeScript AccessList give the same verdict on 3,000 seeded random lists × 16 addresses', (t) => {
   const dp = addon();
   const SEED = 0x5eed_acce;
   const LISTS = 3000;
@@ -151,7 +151,7 @@ test('access lists: C access_check and TypeScript AccessList give the same verdi
   assert.equal(checks, LISTS * 16);
   assert.ok(refused > checks / 10 && refused < checks * 0.9, `refused ${refused} of ${checks}: the random lists are lopsided`);
   assert.ok(families.v4 > checks / 8 && families.v6 > checks / 8 && families.mapped > checks / 8, JSON.stringify(families));
-  process.stdout.write(`# differential access: ${LISTS} lists, ${checks} address checks, ${refused} refused\n`);
+  t.diagnostic(`differential access: ${LISTS} lists, ${checks} address checks, ${refused} refused`);
 });
 
 test('access lists, edge cases: family-wide prefixes, mapped prefixes, named lists, prefix boundaries, a client without an IP', () => {
@@ -185,7 +185,7 @@ test('access lists, edge cases: family-wide prefixes, mapped prefixes, named lis
 // through as "fe80::1%eth0/64"; TypeScript's addressBytes strips the zone and
 // matches, while native/addon.c's parse_prefix hands the text to inet_pton,
 // which refuses it, and the entry is silently dropped from the data plane's list.
-test('access lists: an IPv6 CIDR written with a zone id (fe80::%eth0/64) is the same rule in C and TypeScript', () => {
+test('[known defect] access lists: an IPv6 CIDR written with a zone id (fe80::%eth0/64) is the same rule in C and TypeScript', () => {
   const dp = addon();
   compareAccess(dp, ['fe80::%eth0/64'], ['any'], ['fe80::1', '2001:db8::1'], 'zone id in an allow CIDR');
 });
@@ -221,7 +221,7 @@ function compareOrder(dp: DataPlaneAddon, k: OrderCase, label: string): number[]
   return ts;
 }
 
-test('connect-round order: C order_targets and TypeScript orderTargets agree on 6,000 seeded random target sets per balance mode', () => {
+test('connect-round order: C order_targets and TypeScript orderTargets agree on 6,000 seeded random target sets per balance mode', (t) => {
   const dp = addon();
   const SEED = 0x0bde_4a11;
   const PER_MODE = 6000;
@@ -241,14 +241,14 @@ test('connect-round order: C order_targets and TypeScript orderTargets agree on 
       const turn = rng.chance(0.2) ? rng.int(16) : rng.int(0x7fffffff);
       const avoid = rng.chance(0.4) ? -1 : rng.pick(slots);
       const order = compareOrder(dp, { targets, actives, balance, avoid, turn }, `seed ${SEED}, ${BALANCE_NAMES[balance]} case ${i}`);
-      const regularUp = targets.filter((t) => !t.backup && !t.drained && t.state !== 2).map((t) => t.slot);
+      const regularUp = targets.filter((x) => !x.backup && !x.drained && x.state !== 2).map((x) => x.slot);
       if (regularUp.length >= 2 && order[0] !== regularUp[0]) rotated++;
       if (avoid >= 0 && order.length >= 2 && order[order.length - 1] === avoid) avoided++;
     }
   }
   assert.ok(rotated > PER_MODE / 10, `only ${rotated} cases started elsewhere than the first regular target`);
   assert.ok(avoided > PER_MODE / 10, `only ${avoided} cases ended with the avoided target`);
-  process.stdout.write(`# differential order: ${3 * PER_MODE} target sets (${PER_MODE} per balance mode)\n`);
+  t.diagnostic(`differential order: ${3 * PER_MODE} target sets (${PER_MODE} per balance mode)`);
 });
 
 test('connect-round order, edge cases: leastconn ties keep the turn, avoid alone, everything DOWN, drained never, backups between', () => {
@@ -294,7 +294,7 @@ function randomPort(rng: Rng): number {
   return rng.chance(0.1) ? rng.pick([0, 1, 255, 256, 65535]) : rng.int(65536);
 }
 
-test('PROXY header: C proxy_header and TypeScript proxyHeader write the same bytes, v1 and v2, on 8,000 seeded random address pairs each', () => {
+test('PROXY header: C proxy_header and TypeScript proxyHeader write the same bytes, v1 and v2, on 8,000 seeded random address pairs each', (t) => {
   const dp = addon();
   const SEED = 0x9a0c_e55e;
   const PAIRS = 8000;
@@ -311,7 +311,7 @@ test('PROXY header: C proxy_header and TypeScript proxyHeader write the same byt
     seen[(/^PROXY (TCP4|TCP6|UNKNOWN)/.exec(v1.toString('latin1'))?.[1] ?? 'UNKNOWN') as keyof typeof seen]++;
   }
   assert.ok(seen.TCP4 > PAIRS / 10 && seen.TCP6 > PAIRS / 4 && seen.UNKNOWN > 0, JSON.stringify(seen));
-  process.stdout.write(`# differential PROXY: ${PAIRS} address pairs × 2 versions = ${2 * PAIRS} headers ${JSON.stringify(seen)}\n`);
+  t.diagnostic(`differential PROXY: ${PAIRS} address pairs × 2 versions = ${2 * PAIRS} headers ${JSON.stringify(seen)}`);
 });
 
 test('PROXY header, edge cases: mapped pairs are TCP4, mixed families TCP6 with ::ffff:, a client without an IP is UNKNOWN / LOCAL', () => {
@@ -336,7 +336,7 @@ test('PROXY header, edge cases: mapped pairs are TCP4, mixed families TCP6 with 
 // (inet_ntop: no zone). A PROXY v1 receiver such as HAProxy does not accept a
 // zone in the address. (The C test hook cannot parse a zone, so C gets the
 // same address without it: what its sockaddr holds.)
-test('PROXY v1 header: a link-local peer reported with a zone id gives the same header as the data plane writes for it', () => {
+test('[known defect] PROXY v1 header: a link-local peer reported with a zone id gives the same header as the data plane writes for it', () => {
   const dp = addon();
   const c = dp.testProxyHeader(1, 'fe80::1', 40000, 'fe80::2', 8080).toString('latin1');
   const ts = proxyHeader('v1', { remoteAddress: 'fe80::1%eth0', remotePort: 40000, localAddress: 'fe80::2%eth0', localPort: 8080 }).toString('latin1');
