@@ -63,11 +63,48 @@ static void pause_listener(struct thread *t, struct thread_listener *tl) {
   if (!t->next_resume || tl->paused_until < t->next_resume) t->next_resume = tl->paused_until;
 }
 
-/* connect(2) to a target of the snapshot: a connected socket, or -1 with *err. */
-int dial_slot(const struct policy *p, int slot, int *err) {
-  const struct target_ref *target = p ? policy_target(p, slot) : NULL;
+/* The connect to a target ended: relaying, or why not. A connect TypeScript
+   asked for (dial) is told either way and stays parked on failure; the fast
+   path's first try parks the client for TypeScript to hold. */
+static void dial_done(struct thread *t, struct conn *c, int err, char *why) {
+  int slot = c->dial_slot;
+  if (!err) {
+    atomic_fetch_add_explicit(&shared.slots[slot].ok, 1, memory_order_relaxed);
+    if (c->dial_for_js) dialed(c->id, 0, slot, NULL); /* before any END of the session it starts */
+    conn_unpark(t, c);
+    c->deadline = 0;
+    return relay_begin(t, c, c->server.fd, slot);
+  }
+  set_interest(t, &c->server, 0);
+  tls_free(&c->server);
+  if (c->server.fd >= 0) close(c->server.fd);
+  c->server.fd = -1;
+  c->deadline = 0;
+  if (c->dial_for_js) {
+    c->phase = PH_PARKED;
+    dialed(c->id, err, slot, why);
+    return;
+  }
+  conn_park(t, c, PK_HELD, err, slot, why);
+}
+
+/* Connected at the socket level: over TLS its handshake comes next. */
+static void connected(struct thread *t, struct conn *c) {
+  const struct target_ref *target = policy_target(t->policy, c->dial_slot);
+  if (target && target->tls_name[0] && t->policy->target_tls) {
+    if (!tls_target_begin(t, c, target)) return dial_done(t, c, ENOMEM, NULL);
+    return dial_step(t, c, EPOLLOUT);
+  }
+  dial_done(t, c, 0, NULL);
+}
+
+/* Start connecting c to a target of the snapshot: 1 done (relaying, or parked
+   again if that failed at once for a dial), 0 under way (PH_DIALING or
+   PH_TARGET_TLS, with the attempt's deadline), -1 failed at once (*err). */
+int dial_start(struct thread *t, struct conn *c, int slot, bool for_js, int *err) {
+  const struct target_ref *target = t->policy ? policy_target(t->policy, slot) : NULL;
   if (!target) {
-    *err = ENOENT; /* removed by a reload, or gone from its directory */
+    *err = ENOENT; /* removed by a reload, gone from its directory, or a name not resolved yet */
     return -1;
   }
   if (failpoint("dial")) {
@@ -79,16 +116,56 @@ int dial_slot(const struct policy *p, int slot, int *err) {
     *err = errno;
     return -1;
   }
+  if (target->addr.ss_family != AF_UNIX) {
+    int on = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+  }
   int rc;
   do rc = connect(fd, (const struct sockaddr *)&target->addr, target->addr_len);
   while (rc < 0 && errno == EINTR);
-  if (rc < 0) {
+  if (rc < 0 && errno != EINPROGRESS) {
     /* A UNIX connect(2) completes or fails at once (EAGAIN: its queue is full). */
     *err = errno;
     close(fd);
     return -1;
   }
-  return fd;
+  c->server.fd = fd;
+  c->server.hup = false;
+  c->dial_slot = slot;
+  c->dial_for_js = for_js;
+  if (rc == 0) {
+    connected(t, c);
+    return 1;
+  }
+  /* TCP: under way. Its own deadline, so that a host dropping SYNs costs one attempt. */
+  c->phase = PH_DIALING;
+  c->deadline = t->now + (t->policy->attempt_timeout ? t->policy->attempt_timeout : 2000);
+  note_timeouts(t, c);
+  set_interest(t, &c->client, 0);
+  set_interest(t, &c->server, EPOLLOUT);
+  return 0;
+}
+
+/* The target's socket is ready: the connect finished, or the TLS handshake moved. */
+void dial_step(struct thread *t, struct conn *c, uint32_t events) {
+  (void)events;
+  if (c->phase == PH_DIALING) {
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(c->server.fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+    if (err == EINPROGRESS) return;
+    if (err) return dial_done(t, c, err, NULL);
+    return connected(t, c);
+  }
+  char *why = NULL;
+  int rc = tls_target_step(t, c, &why);
+  if (rc > 0) dial_done(t, c, 0, NULL);
+  else if (rc < 0) dial_done(t, c, EPROTO, why);
+}
+
+/* The attempt's deadline passed (threads.c's sweep). */
+void dial_timeout(struct thread *t, struct conn *c) {
+  dial_done(t, c, ETIMEDOUT, NULL);
 }
 
 /* Admitted (and through its handshake, on a TLS listener): the first target of
@@ -97,12 +174,9 @@ void admit_to_target(struct thread *t, struct conn *c) {
   const struct policy *p = t->policy;
   int order[MAX_TARGETS];
   int n = candidates(p, -1, order, MAX_TARGETS);
-  if (n == 0) return conn_park(t, c, PK_HELD, ENOENT, -1);
+  if (n == 0) return conn_park(t, c, PK_HELD, ENOENT, -1, NULL);
   int err = 0;
-  int fd = dial_slot(p, order[0], &err);
-  if (fd < 0) return conn_park(t, c, PK_HELD, err, order[0]);
-  atomic_fetch_add_explicit(&shared.slots[order[0]].ok, 1, memory_order_relaxed);
-  relay_begin(t, c, fd, order[0]);
+  if (dial_start(t, c, order[0], false, &err) < 0) conn_park(t, c, PK_HELD, err, order[0], NULL);
 }
 
 /* Whether any target may take a client now (not every one marked DOWN). */
@@ -132,13 +206,14 @@ static void admit_new(struct thread *t, int index, int fd, const struct sockaddr
   memcpy(&c->peer, sa, len);
   c->peer_len = len;
   c->listener = index;
+  if (sa->ss_family == AF_UNIX) read_peer_cred(c);
   conn_link(t, c);
   if (!access_permits(p, sa)) return refuse(t, c);
   /* Taken now: a reload changes new sessions only. */
   c->client_timeout = p->client_timeout;
   c->server_timeout = p->server_timeout;
-  c->retries_left = p->retries;
-  if (!take_admission(p)) return conn_park(t, c, PK_QUEUED, 0, -1);
+  c->retries_left = -1; /* the target's, once it has one (relay_begin) */
+  if (!take_admission(p)) return conn_park(t, c, PK_QUEUED, 0, -1, NULL);
   c->admitted = true;
   continue_admitted(t, c);
 }
@@ -150,7 +225,7 @@ void continue_admitted(struct thread *t, struct conn *c) {
     c->before_tls = true;
     /* Held before its handshake while no target can take it, so that a
        restart can carry it (a TLS session cannot be carried). */
-    if (!target_likely(p)) return conn_park(t, c, PK_HELD_BEFORE_TLS, ENOENT, -1);
+    if (!target_likely(p)) return conn_park(t, c, PK_HELD_BEFORE_TLS, ENOENT, -1, NULL);
     if (!tls_begin(t, c, p->tls)) conn_end(t, c, R_DROPPED, ENOMEM, true);
     return;
   }
@@ -217,6 +292,23 @@ int bind_tcp(const char *host, int port) {
   }
   freeaddrinfo(res);
   return fd >= 0 ? fd : -err;
+}
+
+/* A bound (not yet listening) UNIX stream socket: at `path`, or in the
+   abstract namespace when path starts with NUL (len counts it). The fd, or -errno. */
+int bind_unix(const char *path, size_t len) {
+  struct sockaddr_un sa = { .sun_family = AF_UNIX };
+  if (len == 0 || len > sizeof sa.sun_path - 1) return -ENAMETOOLONG;
+  memcpy(sa.sun_path, path, len);
+  socklen_t salen = path[0] ? (socklen_t)sizeof sa : (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -errno;
+  if (bind(fd, (struct sockaddr *)&sa, salen) < 0) {
+    int err = errno;
+    close(fd);
+    return -err;
+  }
+  return fd;
 }
 
 /* Listen on fd (bound here, or passed by systemd) and let every thread accept

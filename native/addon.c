@@ -96,6 +96,7 @@ void event_from_conn(struct event *ev, const struct conn *c) {
   ev->retries_left = c->retries_left;
   memcpy(&ev->peer, &c->peer, c->peer_len);
   ev->peer_len = c->peer_len;
+  ev->cred = c->cred;
 }
 
 void push_event(struct event *ev) {
@@ -163,7 +164,7 @@ static size_t event_args(napi_env env, const struct event *ev, napi_value *a) {
   a[n++] = num(env, ev->kind);
   napi_value addr, port;
   switch (ev->kind) {
-  case EV_END: /* id, reason, errno, bytesIn, bytesOut, addr, port, startedAt, slot, resets, tls */
+  case EV_END: /* id, reason, errno, bytesIn, bytesOut, addr, port, startedAt, slot, resets, tls, pid, uid, gid */
     peer_values(env, ev, &addr, &port);
     a[n++] = num(env, (double)ev->id);
     a[n++] = num(env, ev->reason);
@@ -176,8 +177,11 @@ static size_t event_args(napi_env env, const struct event *ev, napi_value *a) {
     a[n++] = num(env, ev->slot);
     a[n++] = num(env, ev->directions_done);
     a[n++] = boolean(env, ev->tls);
+    a[n++] = num(env, ev->cred.pid);
+    a[n++] = num(env, ev->cred.pid ? (double)ev->cred.uid : -1);
+    a[n++] = num(env, ev->cred.pid ? (double)ev->cred.gid : -1);
     break;
-  case EV_PARKED: /* id, why, errno, slot, addr, port, startedAt, tls, bytesIn */
+  case EV_PARKED: /* id, why, errno, slot, addr, port, startedAt, tls, bytesIn, reason */
     peer_values(env, ev, &addr, &port);
     a[n++] = num(env, (double)ev->id);
     a[n++] = num(env, ev->why);
@@ -188,11 +192,13 @@ static size_t event_args(napi_env env, const struct event *ev, napi_value *a) {
     a[n++] = num(env, (double)ev->started_at);
     a[n++] = boolean(env, ev->tls);
     a[n++] = num(env, (double)ev->bytes_in);
+    napi_create_string_utf8(env, ev->data ? ev->data : "", NAPI_AUTO_LENGTH, &a[n++]);
     break;
-  case EV_DIALED: /* id, errno, slot */
+  case EV_DIALED: /* id, errno, slot, reason */
     a[n++] = num(env, (double)ev->id);
     a[n++] = num(env, ev->err);
     a[n++] = num(env, ev->slot);
+    napi_create_string_utf8(env, ev->data ? ev->data : "", NAPI_AUTO_LENGTH, &a[n++]);
     break;
   case EV_DENIED: /* addr, port, listener */
     peer_values(env, ev, &addr, &port);
@@ -331,13 +337,16 @@ static napi_value js_stop(napi_env env, napi_callback_info info) {
   (void)info;
   if (!relay.running) return undefined_result(env);
   thread_stop_all();
+  relay.running = false;
   for (int i = 0; i < nlisteners; i++) {
     if (atomic_load(&listeners[i].used)) close(listeners[i].fd);
     atomic_store(&listeners[i].used, false);
   }
+  /* The threads' last words (the ends of sessions closed at drain-timeout) still get their log lines. */
+  napi_value callback;
+  if (napi_get_reference_value(env, events.on_event, &callback) == napi_ok && callback) deliver_batch(env, callback, take_events());
   drop_events();
   policy_release_all();
-  relay.running = false;
   release_js(env);
   return undefined_result(env);
 }
@@ -355,6 +364,15 @@ static napi_value js_bind_tcp(napi_env env, napi_callback_info info) {
   size_t hlen;
   napi_get_value_string_utf8(env, argv[0], host, sizeof host, &hlen);
   return int_result(env, bind_tcp(host, int_arg(env, argv[1])));
+}
+
+/* bindUnix(path): a bound UNIX socket ("\0name": abstract), or -errno. */
+static napi_value js_bind_unix(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  char path[sizeof ((struct sockaddr_un *)0)->sun_path];
+  size_t len = 0;
+  if (napi_get_value_string_utf8(env, argv[0], path, sizeof path, &len) != napi_ok) return int_result(env, -EINVAL);
+  return int_result(env, bind_unix(path, len));
 }
 
 /* listen(fd, backlog, passed): the listener's index or -errno. */
@@ -422,6 +440,8 @@ static bool parse_prefix(const char *text, struct prefix *p) {
     *slash = '\0';
     bits = atoi(slash + 1);
   }
+  char *zone = strchr(addr, '%'); /* an interface, not addresses: as access.ts, the rule is about the address */
+  if (zone) *zone = '\0';
   memset(p, 0, sizeof *p);
   if (inet_pton(AF_INET, addr, p->addr) == 1) p->family = 4;
   else if (inet_pton(AF_INET6, addr, p->addr) == 1) p->family = 6;
@@ -431,6 +451,7 @@ static bool parse_prefix(const char *text, struct prefix *p) {
   return true;
 }
 
+/* The prefixes of an array of CIDR strings; -1 when one does not parse (TypeScript checked them: a bug). */
 static int prefixes(napi_env env, napi_value arr, struct prefix **out) {
   uint32_t n = 0;
   napi_get_array_length(env, arr, &n);
@@ -442,24 +463,47 @@ static int prefixes(napi_env env, napi_value arr, struct prefix **out) {
     size_t len;
     napi_get_element(env, arr, i, &v);
     napi_get_value_string_utf8(env, v, text, sizeof text, &len);
-    if (parse_prefix(text, &(*out)[count])) count++;
+    if (!parse_prefix(text, &(*out)[count])) return -1;
+    count++;
   }
   return count;
 }
 
-/* A target's address: {slot, path} (a UNIX socket) or {slot, ip, port}. */
+/* A target's address: {slot, path} (a UNIX socket; "\0name" an abstract one)
+   or {slot, ip, port} (TCP, resolved by TypeScript); a target without one
+   (a name not resolved yet) is left out: connects to it fail with ENOENT. */
 static bool target_ref(napi_env env, napi_value obj, struct target_ref *t) {
   memset(t, 0, sizeof *t);
   t->slot = int_arg(env, prop(env, obj, "slot"));
   t->state = (uint8_t)int_arg(env, prop(env, obj, "state"));
   t->backup = bool_arg(env, prop(env, obj, "backup"));
   t->drained = bool_arg(env, prop(env, obj, "drained"));
+  t->retries = int_arg(env, prop(env, obj, "retries"));
+  string_prop(env, obj, "tlsName", t->tls_name, sizeof t->tls_name);
   if (t->slot < 0 || t->slot >= MAX_SLOTS) return false;
   struct sockaddr_un *un = (struct sockaddr_un *)&t->addr;
   size_t len = string_prop(env, obj, "path", un->sun_path, sizeof un->sun_path);
   if (len > 0 && len < sizeof un->sun_path - 1) {
     un->sun_family = AF_UNIX;
-    t->addr_len = (socklen_t)sizeof *un;
+    /* An abstract name's length is the address's: no NUL ends it. */
+    t->addr_len = un->sun_path[0] ? (socklen_t)sizeof *un : (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len);
+    return true;
+  }
+  char ip[INET6_ADDRSTRLEN] = "";
+  string_prop(env, obj, "ip", ip, sizeof ip);
+  int port = int_arg(env, prop(env, obj, "port"));
+  struct sockaddr_in *in4 = (struct sockaddr_in *)&t->addr;
+  struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&t->addr;
+  if (inet_pton(AF_INET, ip, &in4->sin_addr) == 1) {
+    in4->sin_family = AF_INET;
+    in4->sin_port = htons((uint16_t)port);
+    t->addr_len = sizeof *in4;
+    return true;
+  }
+  if (inet_pton(AF_INET6, ip, &in6->sin6_addr) == 1) {
+    in6->sin6_family = AF_INET6;
+    in6->sin6_port = htons((uint16_t)port);
+    t->addr_len = sizeof *in6;
     return true;
   }
   return false;
@@ -478,6 +522,9 @@ static napi_value js_set_policy(napi_env env, napi_callback_info info) {
   if (!p) goto fail;
   p->nallow = prefixes(env, prop(env, obj, "allow"), &p->allow);
   p->ndeny = prefixes(env, prop(env, obj, "deny"), &p->deny);
+  why = "an address in --allow or --deny that the data plane cannot read";
+  if (p->nallow < 0 || p->ndeny < 0) goto fail;
+  why = "out of memory";
   napi_value targets = prop(env, obj, "targets");
   uint32_t n = 0;
   napi_get_array_length(env, targets, &n);
@@ -494,7 +541,7 @@ static napi_value js_set_policy(napi_env env, napi_callback_info info) {
   p->client_timeout = (uint32_t)int_arg(env, prop(env, obj, "clientTimeout"));
   p->server_timeout = (uint32_t)int_arg(env, prop(env, obj, "serverTimeout"));
   p->handshake_timeout = (uint32_t)int_arg(env, prop(env, obj, "handshakeTimeout"));
-  p->retries = int_arg(env, prop(env, obj, "retries"));
+  p->attempt_timeout = (uint32_t)int_arg(env, prop(env, obj, "attemptTimeout"));
   p->max_conn = int_arg(env, prop(env, obj, "maxConn"));
   napi_value tls = prop(env, obj, "tls");
   if (!is_undefined(env, tls)) {
@@ -506,6 +553,19 @@ static napi_value js_set_policy(napi_env env, napi_callback_info info) {
     free((void *)s.suites);
     if (!p->tls) {
       why = tls_error ? tls_error : "cannot build the TLS context";
+      goto fail;
+    }
+  }
+  napi_value target_tls = prop(env, obj, "targetTls");
+  if (!is_undefined(env, target_tls)) {
+    struct tls_settings s;
+    why = "invalid target TLS settings";
+    if (!tls_settings_of(env, target_tls, &s)) goto fail;
+    p->target_tls = tls_client_context(&s, &tls_error);
+    free((void *)s.ciphers);
+    free((void *)s.suites);
+    if (!p->target_tls) {
+      why = tls_error ? tls_error : "cannot build the target TLS context";
       goto fail;
     }
   }
@@ -539,7 +599,7 @@ static bool tls_settings_of(napi_env env, napi_value obj, struct tls_settings *s
   s->min_version = int_arg(env, prop(env, obj, "minVersion"));
   s->max_version = int_arg(env, prop(env, obj, "maxVersion"));
   s->honor_cipher_order = bool_arg(env, prop(env, obj, "honorCipherOrder"));
-  return s->cert && s->key && s->ciphers && s->suites;
+  return s->ciphers && s->suites;
 }
 
 static napi_value js_rotate_ticket_keys(napi_env env, napi_callback_info info) {
@@ -656,6 +716,7 @@ static struct conn *carried_conn(napi_env env, napi_value obj) {
   c->client_timeout = (uint32_t)int_arg(env, prop(env, obj, "clientTimeout"));
   c->server_timeout = (uint32_t)int_arg(env, prop(env, obj, "serverTimeout"));
   c->slot = int_arg(env, prop(env, obj, "slot"));
+  if (!c->peer_len) read_peer_cred(c); /* a UNIX listener's client: its credentials are the socket's, still */
   char *replay;
   size_t len;
   if (buffer_arg(env, prop(env, obj, "replay"), &replay, &len) && replay && len) {
@@ -863,6 +924,8 @@ static napi_value js_test_access(napi_env env, napi_callback_info info) {
   ARGS(3);
   struct prefix *allow, *deny;
   int na = prefixes(env, argv[0], &allow), nd = prefixes(env, argv[1], &deny);
+  if (na < 0) na = 0;
+  if (nd < 0) nd = 0;
   uint32_t n = 0;
   napi_get_array_length(env, argv[2], &n);
   napi_value out;
@@ -923,7 +986,7 @@ static napi_value js_test_proxy_header(napi_env env, napi_callback_info info) {
 static napi_value init_module(napi_env env, napi_value exports) {
   const struct { const char *name; napi_callback fn; } fns[] = {
     { "init", js_init }, { "stop", js_stop }, { "opensslVersion", js_openssl_version },
-    { "bindTcp", js_bind_tcp }, { "listen", js_listen }, { "unlisten", js_unlisten }, { "localAddress", js_local_address },
+    { "bindTcp", js_bind_tcp }, { "bindUnix", js_bind_unix }, { "listen", js_listen }, { "unlisten", js_unlisten }, { "localAddress", js_local_address },
     { "setPolicy", js_set_policy }, { "rotateTicketKeys", js_rotate_ticket_keys }, { "reclaim", js_reclaim },
     { "candidates", js_candidates },
     { "dial", js_dial }, { "proceed", js_proceed }, { "admit", js_admit }, { "close", js_close },

@@ -134,6 +134,8 @@ struct direction {
 enum phase {
   PH_HANDSHAKE, /* TLS listener: the client's handshake; no target yet */
   PH_PARKED,    /* waiting for TypeScript (enum parked_why); not polled */
+  PH_DIALING,   /* a TCP connect to the target in progress (its own deadline) */
+  PH_TARGET_TLS, /* connected; the TLS handshake with the target in progress */
   PH_RELAY,     /* both sides open, bytes moving */
 };
 
@@ -147,11 +149,14 @@ struct conn {
   /* Where it comes from, for the log entry and the PROXY header. */
   struct sockaddr_storage peer, local;
   socklen_t peer_len, local_len;
+  struct ucred cred;         /* a UNIX listener's client: who it is (SO_PEERCRED); pid 0 when unknown */
   int listener;
   int slot;                  /* the target it is (or was last) connected to, -1 none */
   int64_t started_at;        /* wall clock ms, for the log entry's duration */
   int64_t last_active;       /* monotonic ms */
-  int64_t deadline;          /* monotonic ms: the handshake's end, 0 none */
+  int64_t deadline;          /* monotonic ms: the handshake's or the connect attempt's end, 0 none */
+  int dial_slot;             /* PH_DIALING, PH_TARGET_TLS: the target being connected to */
+  bool dial_for_js;          /* that connect was asked for by TypeScript (dial): it hears how it went */
   uint32_t client_timeout, server_timeout; /* ms, 0 = none */
   uint64_t bytes_in, bytes_out;
   /* The client's bytes until the target's first byte, for a retry. */
@@ -191,6 +196,8 @@ struct target_ref {
   uint8_t state;   /* enum target_state */
   bool backup;
   bool drained;
+  int retries;     /* requests dropped unanswered sent again on this target, at most */
+  char tls_name[256]; /* TCP with TLS: the name its certificate must carry, sent as SNI; "" no TLS */
 };
 
 struct policy {
@@ -203,9 +210,10 @@ struct policy {
   enum balance balance;
   uint8_t send_proxy;         /* 0, 1 or 2 */
   uint32_t client_timeout, server_timeout, handshake_timeout;
-  int retries;
+  uint32_t attempt_timeout;   /* one TCP connect attempt (and its TLS handshake) at most */
   int max_conn;
   SSL_CTX *tls;               /* TLS on every listener, or NULL */
+  SSL_CTX *target_tls;        /* TLS towards TCP targets, or NULL */
   struct policy *retired_next;
 };
 
@@ -227,7 +235,7 @@ extern struct shared shared;
    read and checked, and Node's own defaults, so that both relays offer the
    same TLS. Borrowed from JavaScript's Buffers while the context is built. */
 struct tls_settings {
-  const char *cert, *key, *ca;
+  const char *cert, *key, *ca; /* a client context (towards targets): cert and key may be absent, ca is what to trust */
   size_t cert_len, key_len, ca_len;
   const char *ciphers, *suites; /* TLS 1.2 cipher list, TLS 1.3 suites ("" = OpenSSL's) */
   int min_version, max_version; /* TLS1_2_VERSION … */
@@ -312,6 +320,7 @@ struct event {
   int64_t started_at;
   struct sockaddr_storage peer;
   socklen_t peer_len;
+  struct ucred cred;
   char *data;                /* HANDED: replay bytes; TLS_REFUSED: the reason (owned) */
   size_t len;
   struct event *next;
@@ -346,6 +355,7 @@ int64_t now_ms(void);
 int64_t wall_ms(void);
 void send_command(struct thread *t, struct command *cmd);
 struct thread *least_loaded(void);
+void dialed(uint64_t id, int err, int slot, char *why);
 struct thread *thread_of(uint64_t id);
 uint64_t conn_id(struct thread *t);
 void conn_link(struct thread *t, struct conn *c);
@@ -359,8 +369,9 @@ struct conn *conn_new(struct thread *t, int client_fd);
 void conn_hand_back(struct thread *t, struct conn *c);
 void conn_unpark(struct thread *t, struct conn *c);
 void free_conn(struct conn *c);
+void read_peer_cred(struct conn *c);
 void conn_end(struct thread *t, struct conn *c, enum reason reason, int err, bool forced);
-void conn_park(struct thread *t, struct conn *c, enum parked_why why, int err, int slot);
+void conn_park(struct thread *t, struct conn *c, enum parked_why why, int err, int slot, char *reason);
 void relay_begin(struct thread *t, struct conn *c, int server_fd, int slot);
 void side_event(struct thread *t, struct side *s, uint32_t events);
 void update_interest(struct thread *t, struct conn *c);
@@ -375,8 +386,11 @@ void listener_poll(struct thread *t, int index, bool on);
 void resume_listeners(struct thread *t);
 void admit_to_target(struct thread *t, struct conn *c);
 void continue_admitted(struct thread *t, struct conn *c);
-int dial_slot(const struct policy *p, int slot, int *err);
+int dial_start(struct thread *t, struct conn *c, int slot, bool for_js, int *err);
+void dial_step(struct thread *t, struct conn *c, uint32_t events);
+void dial_timeout(struct thread *t, struct conn *c);
 int bind_tcp(const char *host, int port);
+int bind_unix(const char *path, size_t len);
 int listener_open(int fd, int backlog, bool passed);
 void listener_close(int index);
 void listener_unpolled(int index);
@@ -402,6 +416,9 @@ const struct target_ref *policy_target(const struct policy *p, int slot);
 bool tls_begin(struct thread *t, struct conn *c, SSL_CTX *ctx);
 void tls_handshake_step(struct thread *t, struct conn *c);
 void tls_handshake_timeout(struct thread *t, struct conn *c);
+bool tls_target_begin(struct thread *t, struct conn *c, const struct target_ref *target);
+int tls_target_step(struct thread *t, struct conn *c, char **why);
+SSL_CTX *tls_client_context(const struct tls_settings *s, char **error);
 void tls_free(struct side *s);
 char *tls_error_text(unsigned long err);
 SSL_CTX *tls_context(const struct tls_settings *s, char **error);

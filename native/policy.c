@@ -38,6 +38,7 @@ void policy_leave(struct thread *t) {
 void policy_free(struct policy *p) {
   if (!p) return;
   if (p->tls) SSL_CTX_free(p->tls); /* sessions that use it hold their own reference */
+  if (p->target_tls) SSL_CTX_free(p->target_tls);
   free(p->allow);
   free(p->deny);
   free(p->targets);

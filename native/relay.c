@@ -64,6 +64,12 @@ struct conn *conn_new(struct thread *t, int client_fd) {
   return c;
 }
 
+/* A client of a UNIX listener has no address: its credentials say who it is. */
+void read_peer_cred(struct conn *c) {
+  socklen_t len = sizeof c->cred;
+  if (getsockopt(c->client.fd, SOL_SOCKET, SO_PEERCRED, &c->cred, &len) != 0) c->cred = (struct ucred){ 0 };
+}
+
 void free_conn(struct conn *c) {
   tls_free(&c->client);
   tls_free(&c->server);
@@ -97,7 +103,7 @@ void update_interest(struct thread *t, struct conn *c) {
     set_interest(t, &c->client, 0);
     return;
   }
-  if (c->phase == PH_HANDSHAKE) return; /* tls.c derives it from what the handshake waits for */
+  if (c->phase != PH_RELAY) return; /* a handshake or a connect: derived from what it waits for */
   bool reads = !c->handing;
   struct side *cl = &c->client, *sv = &c->server;
   set_interest(t, cl, (reads && !c->up.eof && !c->up.pending.len ? cl->read_wants : 0) | (c->down.pending.len ? cl->write_wants : 0));
@@ -174,7 +180,7 @@ void conn_end(struct thread *t, struct conn *c, enum reason reason, int err, boo
 }
 
 /* Waiting for TypeScript: not polled, its bytes wait in the kernel. */
-void conn_park(struct thread *t, struct conn *c, enum parked_why why, int err, int slot) {
+void conn_park(struct thread *t, struct conn *c, enum parked_why why, int err, int slot, char *reason) {
   c->phase = PH_PARKED;
   c->parked = why;
   count_active(t, c, false);
@@ -182,19 +188,25 @@ void conn_park(struct thread *t, struct conn *c, enum parked_why why, int err, i
   park_index(t, c, true);
   update_interest(t, c);
   struct event *ev = new_event(EV_PARKED);
-  if (!ev) return conn_end(t, c, R_SHUTDOWN, ENOMEM, true);
+  if (!ev) {
+    free(reason);
+    return conn_end(t, c, R_SHUTDOWN, ENOMEM, true);
+  }
   event_from_conn(ev, c);
   ev->why = (int)why;
   ev->err = err;
   ev->slot = slot;
+  ev->data = reason;
+  ev->len = reason ? strlen(reason) : 0;
   push_event(ev);
 }
 
 /* No longer waiting for TypeScript (it goes on, ends or leaves). */
 void conn_unpark(struct thread *t, struct conn *c) {
-  if (c->phase != PH_PARKED) return;
-  if (c->parked == PK_QUEUED) atomic_fetch_sub(&shared.queued, 1);
-  c->parked = PK_HELD;
+  if (c->phase == PH_PARKED && c->parked == PK_QUEUED) {
+    atomic_fetch_sub(&shared.queued, 1);
+    c->parked = PK_HELD;
+  }
   park_index(t, c, false);
 }
 
@@ -242,7 +254,7 @@ static void conn_retry(struct thread *t, struct conn *c, int err) {
   free(c->up.pending.data);
   c->up.pending = (struct pending){ 0 };
   c->retries_left--;
-  conn_park(t, c, PK_RETRY, err, slot);
+  conn_park(t, c, PK_RETRY, err, slot, NULL);
 }
 
 static void side_failed(struct thread *t, struct conn *c, struct side *s, int err) {
@@ -373,6 +385,9 @@ static void pump(struct thread *t, struct conn *c) {
    request's bytes first. */
 void relay_begin(struct thread *t, struct conn *c, int server_fd, int slot) {
   const struct policy *p = t->policy;
+  const struct target_ref *target = policy_target(p, slot);
+  int allowed = target ? target->retries : 0;
+  if (c->retries_left < 0) c->retries_left = allowed;
   c->server.fd = server_fd;
   c->server.hup = false;
   c->slot = slot;
@@ -400,8 +415,8 @@ void relay_begin(struct thread *t, struct conn *c, int server_fd, int slot) {
     if (c->replay_len) memcpy(data + header_len, c->replay, c->replay_len);
     c->up.pending = (struct pending){ .data = data, .len = first };
   }
-  /* Kept for a retry only while one is allowed, and only until the target answers. */
-  c->replaying = c->retries_left > 0;
+  /* Kept for a retry only while one is allowed (on this target), and only until it answers. */
+  c->replaying = c->retries_left > 0 && allowed > 0;
   if (!c->replaying) stop_replay(c);
   c->last_active = t->now;
   note_timeouts(t, c);
@@ -416,6 +431,10 @@ void side_event(struct thread *t, struct side *s, uint32_t events) {
   struct conn *c = s->conn;
   if (c->closed) return;
   if (c->phase == PH_HANDSHAKE) return tls_handshake_step(t, c);
+  if (c->phase == PH_DIALING || c->phase == PH_TARGET_TLS) {
+    if (s == &c->server) dial_step(t, c, events);
+    return;
+  }
   if (c->phase != PH_RELAY) return;
   if (events & EPOLLERR) {
     int err = 0;
@@ -485,8 +504,10 @@ static bool draining(struct side *s) {
 void sweep(struct thread *t) {
   for (struct conn *c = t->conns, *next; c; c = next) {
     next = c->next;
-    if (c->phase == PH_HANDSHAKE) {
-      if (c->deadline && t->now >= c->deadline) tls_handshake_timeout(t, c);
+    if (c->phase == PH_HANDSHAKE || c->phase == PH_DIALING || c->phase == PH_TARGET_TLS) {
+      if (!c->deadline || t->now < c->deadline) continue;
+      if (c->phase == PH_HANDSHAKE) tls_handshake_timeout(t, c);
+      else dial_timeout(t, c);
       continue;
     }
     if (c->phase != PH_RELAY) continue;

@@ -104,25 +104,23 @@ struct conn *conn_find(struct thread *t, uint64_t id) {
   return NULL;
 }
 
-static void dialed(uint64_t id, int err, int slot) {
+/* EV_DIALED: how a connect TypeScript asked for went (why: owned, or NULL). */
+void dialed(uint64_t id, int err, int slot, char *why) {
   struct event *ev = new_event(EV_DIALED);
-  if (!ev) return;
+  if (!ev) return free(why);
   ev->id = id;
   ev->err = err;
   ev->slot = slot;
+  ev->data = why;
+  ev->len = why ? strlen(why) : 0;
   push_event(ev);
 }
 
 /* C_DIAL: TypeScript's hold-and-retry chose a target for a parked client. */
 static void run_dial(struct thread *t, struct conn *c, uint64_t id, int slot) {
-  if (!c || c->phase != PH_PARKED || c->parked == PK_QUEUED) return dialed(id, ECANCELED, slot);
+  if (!c || c->phase != PH_PARKED || c->parked == PK_QUEUED) return dialed(id, ECANCELED, slot, NULL);
   int err = 0;
-  int fd = dial_slot(t->policy, slot, &err);
-  if (fd < 0) return dialed(id, err, slot);
-  atomic_fetch_add_explicit(&shared.slots[slot].ok, 1, memory_order_relaxed);
-  conn_unpark(t, c);
-  dialed(id, 0, slot); /* before any END of the session it starts */
-  relay_begin(t, c, fd, slot);
+  if (dial_start(t, c, slot, true, &err) < 0) dialed(id, err, slot, NULL);
 }
 
 /* C_START: a previous process's session, relayed on from where it was. */
@@ -152,6 +150,11 @@ static void run_close_all(struct thread *t, const struct command *cmd) {
 
 /* ---- a restart --------------------------------------------------------------------------- */
 
+/* TLS state lives in OpenSSL, in this process: such a connection cannot be carried. */
+static bool conn_is_tls(const struct conn *c) {
+  return c->tls_done || c->phase == PH_HANDSHAKE || c->server.ssl != NULL;
+}
+
 /* C_HANDOVER: stop reading the plain sessions the fd store has room for,
    and hand back at once the clients waiting for TypeScript. TLS sessions
    (their state lives in OpenSSL, in this process) go on until the grace
@@ -165,7 +168,16 @@ static void begin_handover(struct thread *t, int grace_ms) {
   t->handover_done = failpoint("handover-done") ? NULL : new_event(EV_HANDOVER_DONE);
   for (struct conn *c = t->conns, *next; c; c = next) {
     next = c->next;
-    bool tls = c->tls_done || c->phase == PH_HANDSHAKE;
+    if (c->phase == PH_DIALING || c->phase == PH_TARGET_TLS) {
+      /* A connect under way is given up: the client waits again, for the next process. */
+      set_interest(t, &c->server, 0);
+      tls_free(&c->server);
+      close(c->server.fd);
+      c->server.fd = -1;
+      c->deadline = 0;
+      c->phase = PH_PARKED;
+    }
+    bool tls = conn_is_tls(c);
     if (c->phase == PH_PARKED && !tls) {
       conn_hand_back(t, c);
     } else if (c->phase == PH_RELAY && !tls && atomic_fetch_sub(&relay.handover_budget, 1) > 0) {
@@ -182,7 +194,7 @@ static void handover_step(struct thread *t) {
   bool late = t->now >= t->handover_deadline, waiting = false;
   for (struct conn *c = t->conns, *next; c; c = next) {
     next = c->next;
-    bool tls = c->tls_done || c->phase == PH_HANDSHAKE;
+    bool tls = conn_is_tls(c);
     if (!c->handing && !tls) continue;
     if (c->handing && !c->up.pending.len && !c->down.pending.len) {
       conn_hand_back(t, c);
@@ -225,7 +237,7 @@ static void run_commands(struct thread *t) {
       conn_link(t, cmd->conn);
       /* js_adopt counted a queued one already; conn_park counts it again. */
       if (cmd->conn->parked == PK_QUEUED) atomic_fetch_sub(&shared.queued, 1);
-      conn_park(t, cmd->conn, cmd->conn->parked, 0, -1);
+      conn_park(t, cmd->conn, cmd->conn->parked, 0, -1, NULL);
       break;
     case C_DIAL:
       run_dial(t, c, cmd->id, cmd->arg);

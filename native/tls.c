@@ -17,6 +17,7 @@
  */
 #include "dataplane.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <openssl/core_names.h>
 #include <openssl/err.h>
@@ -193,6 +194,54 @@ fail: {
   }
 }
 
+/* A client context for TCP targets: verification always on (SSL_VERIFY_PEER
+   against the CAs TypeScript read: --target-tls-ca or the system's bundle),
+   this end's certificate when one is given, Node's versions and ciphers. */
+SSL_CTX *tls_client_context(const struct tls_settings *s, char **error) {
+  ERR_clear_error();
+  SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+  const char *step = "SSL_CTX_new";
+  if (!ctx) goto fail;
+  SSL_CTX_set_options(ctx, SSL_OP_NO_SSLv2 | SSL_OP_NO_SSLv3 | SSL_OP_IGNORE_UNEXPECTED_EOF);
+  SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  step = "protocol versions";
+  if (SSL_CTX_set_min_proto_version(ctx, s->min_version) != 1 || SSL_CTX_set_max_proto_version(ctx, s->max_version) != 1) goto fail;
+  step = "ciphers";
+  if (s->ciphers[0] && SSL_CTX_set_cipher_list(ctx, s->ciphers) != 1) goto fail;
+  if (s->suites[0] && SSL_CTX_set_ciphersuites(ctx, s->suites) != 1) goto fail;
+  step = "target-tls-ca";
+  BIO *bio = s->ca ? pem_bio(s->ca, s->ca_len) : NULL;
+  if (!bio) goto fail;
+  X509_STORE *store = SSL_CTX_get_cert_store(ctx);
+  int n = 0;
+  X509 *ca;
+  while ((ca = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
+    X509_STORE_add_cert(store, ca);
+    X509_free(ca);
+    n++;
+  }
+  BIO_free(bio);
+  ERR_clear_error();
+  if (n == 0) goto fail;
+  SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+  if (s->cert && s->cert_len) {
+    step = "target-tls-cert";
+    if (!use_chain(ctx, s->cert, s->cert_len)) goto fail;
+    step = "target-tls-key";
+    if (!use_key(ctx, s->key, s->key_len)) goto fail;
+  }
+  return ctx;
+fail: {
+    char *why = tls_error_text(ERR_peek_last_error());
+    size_t len = strlen(step) + strlen(why) + 3;
+    *error = malloc(len);
+    if (*error) snprintf(*error, len, "%s: %s", step, why);
+    free(why);
+    SSL_CTX_free(ctx);
+    return NULL;
+  }
+}
+
 /* ---- the transport ----------------------------------------------------------------------- */
 
 /* What an SSL_ERROR_* means for the relay core: -1 with errno (EAGAIN: wait for *wants). */
@@ -338,6 +387,61 @@ void tls_handshake_step(struct thread *t, struct conn *c) {
 
 void tls_handshake_timeout(struct thread *t, struct conn *c) {
   tls_refuse(t, c, X509_V_OK, strdup("no TLS handshake within the client timeout"));
+}
+
+/* ---- towards a target ----------------------------------------------------------------------- */
+
+/* Connected to a TCP target that speaks TLS: the client side of a handshake,
+   checking that its certificate names target->tls_name (an IP address is
+   checked as one, and sent as no SNI). */
+bool tls_target_begin(struct thread *t, struct conn *c, const struct target_ref *target) {
+  SSL *ssl = SSL_new(t->policy->target_tls);
+  if (!ssl) return false;
+  struct in6_addr ip;
+  bool literal = inet_pton(AF_INET, target->tls_name, &ip) == 1 || inet_pton(AF_INET6, target->tls_name, &ip) == 1;
+  bool ok = SSL_set_fd(ssl, c->server.fd) == 1;
+  if (ok && literal) ok = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), target->tls_name) == 1;
+  if (ok && !literal) ok = SSL_set_tlsext_host_name(ssl, target->tls_name) == 1 && SSL_set1_host(ssl, target->tls_name) == 1;
+  if (!ok) {
+    SSL_free(ssl);
+    ERR_clear_error();
+    return false;
+  }
+  SSL_set_connect_state(ssl);
+  c->server.ssl = ssl;
+  c->server.xprt = &xprt_tls;
+  c->phase = PH_TARGET_TLS;
+  return true;
+}
+
+/* 1 done, 0 waiting (interest set), -1 refused (*why: owned, says why). */
+int tls_target_step(struct thread *t, struct conn *c, char **why) {
+  struct side *s = &c->server;
+  ERR_clear_error();
+  errno = 0;
+  int rc = SSL_do_handshake(s->ssl);
+  if (rc == 1) {
+    s->read_wants = EPOLLIN;
+    s->write_wants = EPOLLOUT;
+    return 1;
+  }
+  int e = SSL_get_error(s->ssl, rc);
+  if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+    set_interest(t, s, e == SSL_ERROR_WANT_READ ? EPOLLIN : EPOLLOUT);
+    return 0;
+  }
+  long verify = SSL_get_verify_result(s->ssl);
+  unsigned long err = ERR_peek_last_error();
+  char buf[320];
+  if (verify != X509_V_OK) snprintf(buf, sizeof buf, "TLS: the target's certificate was refused: %s", X509_verify_cert_error_string(verify));
+  else if (err) {
+    char *text = tls_error_text(err);
+    snprintf(buf, sizeof buf, "TLS: %s", text);
+    free(text);
+  } else snprintf(buf, sizeof buf, "TLS: %s", e == SSL_ERROR_SYSCALL && errno ? strerror(errno) : "the target closed during the handshake");
+  ERR_clear_error();
+  *why = strdup(buf);
+  return -1;
 }
 
 /* The OpenSSL this addon runs with: the process's, whichever it is. */

@@ -19,7 +19,8 @@ import { defaultThreads, LOAD_FAILED, loadDataPlane, type DataPlaneAddon } from 
 import { NativeRelay } from './dataplane/native-relay';
 import type { Relay, RelayContext, RelayInfo, ThreadCounts } from './session/contract';
 import { JsRelay } from './session/js-relay';
-import { loadTlsMaterial, TlsMaterial, tlsInForce } from './session/tls';
+import { loadTargetTls, loadTlsMaterial, TlsMaterial, tlsInForce } from './session/tls';
+import type { TargetTlsMaterial } from './targets/connector';
 import { splitPassed, storeCapacity, storeNeeded } from './systemd/fd-store';
 import type { Notifier } from './systemd/notify';
 import type { PassedSocket } from './systemd/passed-sockets';
@@ -73,6 +74,8 @@ export class Bridge {
   private readonly fdStore: DataPlaneAddon | undefined;
   private cfg: Config;
   private tls: TlsMaterial | undefined;
+  /** TLS towards TCP targets, as in force. */
+  private targetTls: TargetTlsMaterial | undefined;
   private listeners: ListenerInfo[] = [];
   private statusTimer: NodeJS.Timeout | undefined;
   private stopping: Promise<void> | undefined;
@@ -86,13 +89,14 @@ export class Bridge {
     private readonly hooks: BridgeHooks,
   ) {
     this.cfg = cfg;
-    this.backend = new Backend(cfg, logger, {
+    this.targetTls = loadTargetTls(cfg);
+    this.backend = new Backend({ ...cfg, targetTlsMaterial: this.targetTls }, logger, {
       onTargetState: (target, state) => this.onTargetState(target, state),
       onTargetsChanged: () => this.relay.targetsChanged(),
     });
     this.tls = loadTlsMaterial(cfg);
     const ctx: RelayContext = {
-      backend: this.backend, logger, stats: this.stats, cfg: () => this.cfg,
+      backend: this.backend, logger, stats: this.stats, cfg: () => this.cfg, targetTls: () => this.targetTls,
       refused: (addr, port, why) => this.refused(addr, port, why),
       tlsRefused: (addr, port, reason) => this.tlsRefused(addr, port, reason),
       onBusy: () => this.hooks.onBusyChange(true),
@@ -231,8 +235,16 @@ export class Bridge {
       // The files changed since the check: keep serving with the old ones.
       this.logger.error(`TLS files not reloaded, keeping the previous ones: ${err.message}`, { EVENT: 'reload-failed' });
     }
+    let targetTls = this.targetTls;
+    try {
+      targetTls = loadTargetTls(next);
+    } catch (err) {
+      if (!(err instanceof SockbridgeError)) throw err;
+      this.logger.error(`target TLS files not reloaded, keeping the previous ones: ${err.message}`, { EVENT: 'reload-failed' });
+    }
     this.cfg = next;
-    this.backend.configure(next);
+    this.targetTls = targetTls;
+    this.backend.configure({ ...next, targetTlsMaterial: targetTls });
     const refused = this.relay.configure(tls);
     if (refused) this.logger.error(`TLS files not reloaded, keeping the previous ones: ${refused}`, { EVENT: 'reload-failed' });
     else this.tls = tls;

@@ -4,7 +4,8 @@
 import { readFileSync, statSync } from 'node:fs';
 import minimist from 'minimist';
 import { BadValue, ConfigError, UsageError } from './errors';
-import { loadTlsMaterial } from './session/tls';
+import { parseTarget } from './endpoint';
+import { loadTargetTls, loadTlsMaterial } from './session/tls';
 import { Config, OptionSpec, OPTIONS, defaults, findOption } from './options';
 
 export type Command = 'run' | 'check-config' | 'status' | 'drain' | 'enable' | 'generate';
@@ -190,10 +191,40 @@ function resolveTargets(cfg: Config, given: Map<string, RawValue>): void {
   }
 }
 
-/** Everything about a configuration that can be checked before running it. */
+/**
+ * Everything about a configuration that can be checked before running it.
+ * An error about an option given on the command line is a usage error
+ * (exit 64), as a malformed value there is; from the file it stays a
+ * configuration error (exit 78).
+ */
+export function validateFrom(cli: CommandLine, cfg: Config): void {
+  try {
+    validate(cfg);
+  } catch (err) {
+    if (err instanceof ConfigError && err.option !== undefined && cli.values.has(err.option)) throw new UsageError(err.code, err.message);
+    throw err;
+  }
+}
+
 export function validate(cfg: Config): void {
   checkTarget(cfg);
+  checkTargetTls(cfg);
   loadTlsMaterial(cfg); // readable, parseable, matching files
+  loadTargetTls(cfg);
+}
+
+/** A TLS setting for targets that would not apply is an error, not a silent no-op. */
+function checkTargetTls(cfg: Config): void {
+  const given = (['targetTlsCa', 'targetTlsCert', 'targetTlsKey', 'targetTlsName'] as const).filter((k) => cfg[k] !== '');
+  if (cfg.targetTls === 'off' && given.length > 0) {
+    const names = given.map((k) => k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)).join(', ');
+    throw new ConfigError('ECONFIG_TARGET_TLS', `${names} set, but target-tls is off: add target-tls = on (or --target-tls on) to speak TLS to TCP targets`,
+      names.split(', ')[0]);
+  }
+  const tcp = [...cfg.target, ...cfg.backupTarget].some((t) => parseTarget(t).kind === 'tcp');
+  if (cfg.targetTls === 'on' && !tcp) {
+    throw new ConfigError('ECONFIG_TARGET_TLS', 'target-tls is on, but no target is a TCP target (HOST:PORT): it applies to TCP targets only');
+  }
 }
 
 /**
@@ -201,7 +232,10 @@ export function validate(cfg: Config): void {
  * must be a socket: a regular file there is a typo an operator wants to hear about.
  */
 export function checkTarget(cfg: Config): void {
-  for (const path of [...cfg.target, ...cfg.backupTarget]) {
+  for (const target of [...cfg.target, ...cfg.backupTarget]) {
+    const e = parseTarget(target);
+    if (e.kind !== 'unix') continue;
+    const path = e.path;
     let isSocket: boolean;
     try {
       isSocket = statSync(path).isSocket();

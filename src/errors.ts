@@ -44,6 +44,10 @@ export class UsageError extends SockbridgeError {
 /** The configuration (file or effective values) is wrong or unusable. */
 export class ConfigError extends SockbridgeError {
   readonly exitCode = EXIT_CONFIG;
+  /** The option at fault (its name without "--"), when one is: given on the command line, it is a usage error there. */
+  constructor(code: string, message: string, readonly option?: string) {
+    super(code, message);
+  }
 }
 
 /** `sockbridge status` could not reach the service. */
@@ -76,7 +80,7 @@ export class BadValue extends Error {}
 
 /** Error codes from connect(2) on the UNIX socket, grouped by what we do next. */
 export type BackendFailure =
-  | 'absent' // ENOENT, ECONNREFUSED, EAGAIN, ECONNRESET: missing, restarting or queue full — wait for it
+  | 'absent' // ENOENT, ECONNREFUSED, EAGAIN, ECONNRESET; over TCP also unreachable, timed out, not resolvable: missing, restarting, away — wait for it
   | 'denied' // EACCES, EPERM: a permissions problem — or a socket not yet chmod-ed after bind: wait, and say how to fix it
   | 'exhausted' // EMFILE, ENFILE, ENOBUFS, ENOMEM: out of descriptors or memory here — retry
   | 'other'; // anything else (ENOTSOCK, ENAMETOOLONG, …)
@@ -88,6 +92,15 @@ export function classifyConnectError(code: string | undefined): BackendFailure {
     case 'EAGAIN':
     case 'EWOULDBLOCK':
     case 'ECONNRESET': // queued on a socket that closed before the connect completed: a restart
+    // A remote end: a network blip, a restart, a name not resolvable for now.
+    // Exactly what the client end of remote access must ride out: held too.
+    case 'ETIMEDOUT':
+    case 'EHOSTUNREACH':
+    case 'ENETUNREACH':
+    case 'EHOSTDOWN':
+    case 'ENETDOWN':
+    case 'EAI_AGAIN':
+    case 'ENOTFOUND':
       return 'absent';
     case 'EMFILE':
     case 'ENFILE':

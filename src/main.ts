@@ -1,7 +1,7 @@
 // Entry point: parse the command line, then run one command. Operator errors
 // end as one line on stderr and a sysexits code, never as a stack trace.
 
-import { validate, CommandLine, loadConfig, parseCommandLine } from './config';
+import { CommandLine, loadConfig, parseCommandLine, validate, validateFrom } from './config';
 import { renderConfigFile, renderHelp, renderMan, renderMarkdownTable } from './docs';
 import { instanceControlPath, queryControl } from './operator/control';
 import { EXIT_OK, EXIT_SOFTWARE, SockbridgeError, UnavailableError, UsageError } from './errors';
@@ -43,7 +43,7 @@ async function setDrained(cli: CommandLine, verb: 'drain' | 'enable'): Promise<v
 
 function checkConfig(cli: CommandLine): void {
   const cfg = loadConfig(cli);
-  validate(cfg);
+  validateFrom(cli, cfg);
   const width = Math.max(...OPTIONS.map((o) => o.name.length));
   for (const o of OPTIONS) {
     // One line per value, so the output is itself a valid config file.
@@ -64,7 +64,7 @@ function generate(what: string | undefined): void {
 
 async function run(cli: CommandLine): Promise<void> {
   const cfg = loadConfig(cli);
-  validate(cfg);
+  validateFrom(cli, cfg);
   const logger = createLogger(cfg);
   const notifier = Notifier.fromEnv(process.env);
   const passed = takeSystemdSockets(process.env, process.pid);

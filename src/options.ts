@@ -5,6 +5,7 @@
 import { parseCidrs } from './listen/access';
 import { statSync } from 'node:fs';
 import { basename, dirname } from 'node:path';
+import { parseListenAddress, parseTarget } from './endpoint';
 import { BadValue } from './errors';
 
 export type LogLevel = 'debug' | 'info' | 'notice' | 'warning' | 'error';
@@ -13,12 +14,16 @@ export const LOG_LEVELS: readonly LogLevel[] = ['debug', 'info', 'notice', 'warn
 /** The effective configuration. Durations are milliseconds; 0 means "off" where the help says so. */
 export interface Config {
   listen: string[];
+  listenMode: number;
+  listenOwner: string;
+  listenGroup: string;
   target: string[];
   backupTarget: string[];
   targetDir: string;
   balance: 'first' | 'roundrobin' | 'leastconn';
   connectTimeout: number;
-  retries: number;
+  /** 'auto': 3 for UNIX targets, none for TCP ones. */
+  retries: number | 'auto';
   clientTimeout: number;
   serverTimeout: number;
   maxConn: number;
@@ -43,6 +48,12 @@ export interface Config {
   tlsCert: string;
   tlsKey: string;
   tlsCa: string;
+  targetTls: 'off' | 'on';
+  targetTlsCa: string;
+  targetTlsCert: string;
+  targetTlsKey: string;
+  targetTlsName: string;
+  connectAttemptTimeout: number;
   metricsListen: string;
 }
 
@@ -128,16 +139,27 @@ export function parseTargetDir(pattern: string): { dir: string; match: (name: st
   return { dir: dirname(pattern), match: (n) => re.test(n) };
 }
 
+/** Retries for a target: --retries as given, or for "auto" 3 to a UNIX socket and none over TCP (see its help). */
+export function retriesFor(retries: Config['retries'], targetKind: 'unix' | 'abstract' | 'tcp'): number {
+  if (retries !== 'auto') return retries;
+  return targetKind === 'tcp' ? 0 : 3;
+}
+
 /** What the bridge reaches when neither --target nor --target-dir is given. */
 export const DEFAULT_TARGET = '/var/program/program.cmd';
 const BALANCES = ['first', 'roundrobin', 'leastconn'] as const;
 
-function socketPath(raw: string): string {
-  const path = raw.trim();
-  if (path === '') throw new BadValue('expected the path of a UNIX socket');
-  // sun_path holds 108 bytes including the terminating NUL.
-  if (Buffer.byteLength(path) > 107) throw new BadValue('a UNIX socket path is at most 107 bytes; use a shorter path or a symlinked directory');
-  return path;
+/** A target as written, once it parses (endpoint.ts). */
+function target(raw: string): string {
+  parseTarget(raw);
+  return raw.trim();
+}
+
+/** A user or group for a UNIX listener: a name, or a number. */
+function principal(raw: string): string {
+  const v = raw.trim();
+  if (v !== '' && !/^(\d+|[a-z_][a-z0-9_.-]*\$?)$/i.test(v)) throw new BadValue('expected a user or group name, or a number');
+  return v;
 }
 
 /** A directory (or a glob's directory) that exists must be one: a typo an operator wants to hear about at once. */
@@ -165,23 +187,43 @@ const countOpt = (min: number, max: number) =>
 
 export const OPTIONS: readonly AnyOption[] = [
   {
-    name: 'listen', key: 'listen', type: 'host:port', default: ['*:12345'], reloadable: false,
-    help: 'Address to accept TCP clients on; repeat for several. Ignored when systemd passes sockets (LISTEN_FDS). "*" = all interfaces, IPv4 and IPv6.',
-    parse: (raw) => { parseListen(raw); return [raw.trim()]; },
+    name: 'listen', key: 'listen', type: 'host:port|path|@name', default: ['*:12345'], reloadable: false,
+    help: 'Where to accept clients; repeat for several. TCP: HOST:PORT, [IPv6]:PORT, *:PORT or PORT ("*" = all interfaces, IPv4 and IPv6). A UNIX socket: a path (/run/app-remote.sock, ./x.sock), made with --listen-mode, --listen-owner and --listen-group, a stale file from a crashed run replaced, removed on a clean stop; or @name (abstract, no file). Ignored when systemd passes sockets (LISTEN_FDS).',
+    parse: (raw) => { parseListenAddress(raw); return [raw.trim()]; },
     format: (v) => v.join(', '),
     combine: (values) => values.flat(),
   },
   {
-    name: 'target', key: 'target', type: 'path', default: [DEFAULT_TARGET], reloadable: true,
-    help: 'The UNIX stream socket each client is connected to; repeat for several (each health-checked on its own, chosen by --balance). It may be missing or recreated at any time: clients wait for it. Not used by default when --target-dir is given.',
-    parse: (raw) => [socketPath(raw)],
+    name: 'listen-mode', key: 'listenMode', type: 'octal mode', default: 0o660, reloadable: false,
+    help: 'File mode of the UNIX sockets sockbridge binds for --listen (as HAProxy\'s "mode" and systemd\'s SocketMode=); who may write the socket may use it.',
+    parse: (raw) => {
+      const v = raw.trim();
+      if (!/^0?[0-7]{3,4}$/.test(v)) throw new BadValue('expected an octal file mode such as 0660');
+      return parseInt(v, 8);
+    },
+    format: (v) => `0${v.toString(8).padStart(3, '0')}`,
+  },
+  {
+    name: 'listen-owner', key: 'listenOwner', type: 'user', default: '', reloadable: false,
+    help: 'Owner of the UNIX sockets sockbridge binds for --listen (a name or a number; empty = the user sockbridge runs as). Giving them to another user needs CAP_CHOWN.',
+    parse: principal, format: String,
+  },
+  {
+    name: 'listen-group', key: 'listenGroup', type: 'group', default: '', reloadable: false,
+    help: 'Group of the UNIX sockets sockbridge binds for --listen (a name or a number): with --listen-mode 0660, its members may use the socket. Needs CAP_CHOWN unless sockbridge is a member.',
+    parse: principal, format: String,
+  },
+  {
+    name: 'target', key: 'target', type: 'path|@name|host:port', default: [DEFAULT_TARGET], reloadable: true,
+    help: 'What each client is connected to: a UNIX stream socket (a path with a "/", or @name for an abstract one) or a TCP address (HOST:PORT, [IPv6]:PORT; a name is resolved again every check interval); repeat for several (each health-checked on its own, chosen by --balance). It may be missing, refusing or unreachable for a while: clients wait for it. Not used by default when --target-dir is given.',
+    parse: (raw) => [target(raw)],
     format: (v) => v.join(', '),
     combine: (values) => values.flat(),
   },
   {
-    name: 'backup-target', key: 'backupTarget', type: 'path', default: [], reloadable: true,
+    name: 'backup-target', key: 'backupTarget', type: 'path|@name|host:port', default: [], reloadable: true,
     help: 'A socket used only while no regular target can take a client (all marked DOWN, or a client\'s connects to every one just failed), as HAProxy\'s "backup"; repeat for several. New sessions go back to the regular targets as soon as one accepts.',
-    parse: (raw) => [socketPath(raw)],
+    parse: (raw) => [target(raw)],
     format: (v) => v.join(', '),
     combine: (values) => values.flat(),
   },
@@ -224,6 +266,29 @@ export const OPTIONS: readonly AnyOption[] = [
     help: 'Require client certificates signed by these CAs (PEM); clients without one never reach the target.',
   },
   {
+    name: 'target-tls', key: 'targetTls', type: 'off|on', default: 'off', reloadable: true,
+    help: 'Speak TLS to TCP targets (the client end of remote access, towards a server end\'s TLS port), verifying their certificate against --target-tls-ca (or the system\'s CAs) for --target-tls-name (or the target\'s host). Verification cannot be turned off.',
+    parse: (raw) => oneOf(['off', 'on'] as const, raw),
+    format: String,
+  },
+  {
+    name: 'target-tls-ca', key: 'targetTlsCa', ...optionalPath, default: '', reloadable: true,
+    help: 'Verify TCP targets\' certificates against these CAs (PEM); empty: the system\'s bundle, /etc/ssl/certs/ca-certificates.crt. A relative path is looked up in $CREDENTIALS_DIRECTORY (LoadCredential=).',
+  },
+  {
+    name: 'target-tls-cert', key: 'targetTlsCert', ...optionalPath, default: '', reloadable: true,
+    help: 'This end\'s client certificate chain (PEM) for TCP targets that require one; needs --target-tls-key. A relative path is looked up in $CREDENTIALS_DIRECTORY.',
+  },
+  {
+    name: 'target-tls-key', key: 'targetTlsKey', ...optionalPath, default: '', reloadable: true,
+    help: 'The private key of --target-tls-cert (PEM). Under systemd pass it with LoadCredential= and give its name here.',
+  },
+  {
+    name: 'target-tls-name', key: 'targetTlsName', type: 'name', default: '', reloadable: true,
+    help: 'The name to verify in TCP targets\' certificates and to send as SNI (empty: each target\'s host as written).',
+    parse: (raw) => raw.trim(), format: String,
+  },
+  {
     name: 'send-proxy', key: 'sendProxy', type: 'none|v1|v2', default: 'none', reloadable: true,
     help: "Send a PROXY protocol header (HAProxy's v1 text or v2 binary) to the target on each connection, so the program learns the client's address.",
     parse: (raw) => oneOf(['none', 'v1', 'v2'] as const, raw),
@@ -234,8 +299,14 @@ export const OPTIONS: readonly AnyOption[] = [
     help: 'How long a client is held while the target is missing or refusing (restarting) before it is closed.',
   },
   {
-    name: 'retries', key: 'retries', ...countOpt(0, 100), default: 3, reloadable: true,
-    help: "Times a request is sent again on a new connection when the target resets the connection before answering (a restart dropped it from the old socket's queue). Only while the client has sent at most 64 KiB; 0 = never.",
+    name: 'connect-attempt-timeout', key: 'connectAttemptTimeout', ...durationOpt, default: 2000, reloadable: true,
+    help: 'How long one TCP connect attempt may take (at most what is left of connect-timeout), so that a host that drops SYNs costs one attempt, not the whole connect-timeout, and the next target (or a backup) gets the client. UNIX connects answer at once.',
+  },
+  {
+    name: 'retries', key: 'retries', type: 'count|auto', default: 'auto', reloadable: true,
+    help: "Times a request is sent again on a new connection when the target resets the connection before answering (a restart dropped it from the old socket's queue). Only while the client has sent at most 64 KiB; 0 = never. \"auto\": 3 for UNIX targets, none for TCP targets: over TCP a reset before the first reply byte does not prove that the far end did not act on the request, so retries there must be asked for.",
+    parse: (raw) => (raw.trim() === 'auto' ? 'auto' : parseCount(raw, 0, 100)),
+    format: String,
   },
   {
     name: 'client-timeout', key: 'clientTimeout', ...durationOpt, default: 50_000, reloadable: true,

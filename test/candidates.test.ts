@@ -19,7 +19,7 @@ import { tempDir } from './helpers';
 function settingsFor(dir: string, regular: string[], backups: string[], more: Partial<TargetSettings> = {}): TargetSettings {
   return {
     target: regular.map((n) => join(dir, `${n}.sock`)), backupTarget: backups.map((n) => join(dir, `${n}.sock`)), targetDir: '',
-    balance: 'first', connectTimeout: 1000, checkInterval: 0, rise: 1, fall: 1, errorLimit: 1, ...more,
+    balance: 'first', connectTimeout: 1000, connectAttemptTimeout: 2000, checkInterval: 0, rise: 1, fall: 1, errorLimit: 1, targetTlsMaterial: undefined, ...more,
   };
 }
 
@@ -62,7 +62,7 @@ function nativeOrder(p: Pool, balance: keyof typeof BALANCE, turn: number, avoid
   const dp = loadDataPlane();
   if (typeof dp === 'string') throw new Error(`the data plane's addon does not load: ${dp}`);
   const targets = p.pool.current;
-  const slots = dp.testOrder(targets.map(policyTarget), BALANCE[balance], avoid === undefined ? -1 : p.at(avoid).slot, turn, targets.map((x) => x.active));
+  const slots = dp.testOrder(targets.map((x) => policyTarget(x, 'auto', undefined)), BALANCE[balance], avoid === undefined ? -1 : p.at(avoid).slot, turn, targets.map((x) => x.active));
   return slots.map((s) => p.pool.bySlot(s)!.path.replace(/^.*\/|\.sock$/g, ''));
 }
 

@@ -45,7 +45,7 @@ test('malformed values on the command line: exit 64, names option, value and wha
     [['--on-marked-down', 'kill'], ['--on-marked-down', 'shutdown-sessions']],
     [['--log-level', 'loud'], ['--log-level', 'debug']],
     [['--rise', '2', '--rise', '3'], ['--rise', 'once']],
-    [['--target', 'x'.repeat(120)], ['--target', '107 bytes']],
+    [['--target', `/${'x'.repeat(120)}`], ['--target', '107 bytes']],
   ];
   for (const [args, expected] of cases) {
     const r = await runBridge(['check-config', ...args]);

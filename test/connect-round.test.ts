@@ -108,7 +108,7 @@ interface Harness {
 function settingsFor(targets: string[], more: Partial<BackendSettings> = {}): BackendSettings {
   return {
     target: targets, backupTarget: [], targetDir: '', balance: 'first', connectTimeout: 5000,
-    checkInterval: 0, rise: 1, fall: 1, errorLimit: 0, ...more,
+    connectAttemptTimeout: 2000, checkInterval: 0, rise: 1, fall: 1, errorLimit: 0, targetTlsMaterial: undefined, ...more,
   };
 }
 

@@ -180,12 +180,10 @@ test('access lists, edge cases: family-wide prefixes, mapped prefixes, named lis
   assert.deepEqual(compareAccess(dp, [], ['any'], [''], 'no IP'), [true]);
 });
 
-// KNOWN DISAGREEMENT (kept failing on purpose until fixed): parseCidrs takes an
-// IPv6 address with a zone id (net.isIP accepts "fe80::1%eth0") and passes it
-// through as "fe80::1%eth0/64"; TypeScript's addressBytes strips the zone and
-// matches, while native/addon.c's parse_prefix hands the text to inet_pton,
-// which refuses it, and the entry is silently dropped from the data plane's list.
-test('[known defect] access lists: an IPv6 CIDR written with a zone id (fe80::%eth0/64) is the same rule in C and TypeScript', () => {
+// A zone id (net.isIP accepts "fe80::1%eth0") names an interface, not
+// addresses: parseCidrs drops it, and the data plane's parse_prefix too, so
+// that the rule is the same on both sides (it once was silently lost in C).
+test('access lists: an IPv6 CIDR written with a zone id (fe80::%eth0/64) is the same rule in C and TypeScript', () => {
   const dp = addon();
   compareAccess(dp, ['fe80::%eth0/64'], ['any'], ['fe80::1', '2001:db8::1'], 'zone id in an allow CIDR');
 });
@@ -329,14 +327,14 @@ test('PROXY header, edge cases: mapped pairs are TCP4, mixed families TCP6 with 
   assert.equal(v2('192.0.2.1', 1, '2001:db8::1', 2), `${SIG}21210024${'00000000000000000000ffffc0000201'}${'20010db8000000000000000000000001'}00010002`);
 });
 
-// KNOWN DISAGREEMENT (kept failing on purpose until fixed): Node reports a
+// Node reports a
 // link-local IPv6 peer with its zone ("fe80::1%eth0": node's AddressToJS adds
 // it when sin6_scope_id is set), and proxyHeader('v1') copies that text into
 // the header, while the data plane writes the address from the sockaddr
-// (inet_ntop: no zone). A PROXY v1 receiver such as HAProxy does not accept a
+// (inet_ntop: no zone). proxy-protocol.ts drops the zone (it once copied it). A PROXY v1 receiver such as HAProxy does not accept a
 // zone in the address. (The C test hook cannot parse a zone, so C gets the
 // same address without it: what its sockaddr holds.)
-test('[known defect] PROXY v1 header: a link-local peer reported with a zone id gives the same header as the data plane writes for it', () => {
+test('PROXY v1 header: a link-local peer reported with a zone id gives the same header as the data plane writes for it', () => {
   const dp = addon();
   const c = dp.testProxyHeader(1, 'fe80::1', 40000, 'fe80::2', 8080).toString('latin1');
   const ts = proxyHeader('v1', { remoteAddress: 'fe80::1%eth0', remotePort: 40000, localAddress: 'fe80::2%eth0', localPort: 8080 }).toString('latin1');

@@ -178,13 +178,11 @@ test('a damaged or unknown handover state is refused with a HandoverError of a s
   }
 });
 
-// KNOWN DEFECT (kept failing on purpose until fixed): decodeState checks that
-// sessions and waiting are arrays but not what is in them; a record that is
-// null (a damaged store) makes it read null.client (v2) or null.c (v1) and
-// throw a TypeError. takeOver() (src/systemd/restart.ts) rethrows anything
-// that is not a HandoverError, so the new process dies at startup instead of
-// closing the handed-over connections and going on.
-test('[known defect] a state whose session or waiting record is not an object is refused with EHANDOVER_STATE, not a TypeError', async (t) => {
+// decodeState once checked that sessions and waiting were arrays but not what
+// was in them: a null record (a damaged store) threw a TypeError, which
+// takeOver() (src/systemd/restart.ts) rethrows, so the new process died at
+// startup instead of closing the handed-over connections and going on.
+test('a state whose session or waiting record is not an object is refused with EHANDOVER_STATE, not a TypeError', async (t) => {
   const dir = tempDir(t);
   const pairs = await socketPairs(t, dir, 1);
   const passed = pairs.map(([mine]) => mine);

@@ -88,6 +88,13 @@ export function errnoError(negativeErrno: number, syscall: string, what: string)
   return Object.assign(new Error(`${syscall} ${code} ${what}`), { code, errno: negativeErrno, syscall });
 }
 
+/** A connect error from the data plane as Node reports errors, its message the reason where errno alone does not say (TLS). */
+export function connectError(errno: number, target: string, reason: string): NodeJS.ErrnoException {
+  const err = errnoError(-errno, 'connect', target);
+  if (reason) err.message = reason;
+  return err;
+}
+
 /** "3.0.19" from OpenSSL_version_num()'s 0xMNN00PP0L. */
 export function opensslVersionText(num: number): string {
   return `${Math.floor(num / 0x10000000)}.${Math.floor(num / 0x100000) % 0x100}.${Math.floor(num / 0x10) % 0x100}`;

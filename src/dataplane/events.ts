@@ -38,13 +38,18 @@ export const enum ParkedWhy {
   HeldBeforeTls,
 }
 
-/** A session ended: everything its log entry needs. resets: 1 the client got a reset, 2 the target. */
+/**
+ * A session ended: everything its log entry needs. resets: 1 the client got
+ * a reset, 2 the target. A UNIX listener's client has no address ("", 0) but
+ * credentials (pid 0 when there are none).
+ */
 export type EndEvent = [kind: EventKind.End, id: number, reason: number, errno: number, bytesIn: number, bytesOut: number,
-  addr: string, port: number, startedAt: number, slot: number, resets: number, tls: boolean];
+  addr: string, port: number, startedAt: number, slot: number, resets: number, tls: boolean, pid: number, uid: number, gid: number];
+/** reason: why the connect failed, where errno alone does not say (a TLS handshake with the target). */
 export type ParkedEvent = [kind: EventKind.Parked, id: number, why: ParkedWhy, errno: number, slot: number, addr: string, port: number,
-  startedAt: number, tls: boolean, bytesIn: number];
+  startedAt: number, tls: boolean, bytesIn: number, reason: string];
 /** errno 0: connected (and relaying). */
-export type DialedEvent = [kind: EventKind.Dialed, id: number, errno: number, slot: number];
+export type DialedEvent = [kind: EventKind.Dialed, id: number, errno: number, slot: number, reason: string];
 export type DeniedEvent = [kind: EventKind.Denied, addr: string, port: number, listener: number];
 /** verify: OpenSSL's X509_V_ERR_* (0 when the certificate was not the reason). */
 export type TlsRefusedEvent = [kind: EventKind.TlsRefused, addr: string, port: number, verify: number, reason: string];

@@ -8,14 +8,16 @@
 // attempts only probe, as a health check does, and the data plane then runs
 // its handshake and its own connect (proceed).
 
-import net from 'node:net';
-import { errnoError, type DataPlaneAddon } from './addon';
+import { connectError, errnoError, type DataPlaneAddon } from './addon';
 import { ParkedWhy, reasonCode } from './events';
 import type { RelayContext } from '../session/contract';
 import type { ConnectFailure, Dialer, PendingConnect } from '../targets/backend';
+import { connectTarget } from '../targets/connector';
 import type { Target } from '../targets/pool';
 
 const ECANCELED = 125;
+/** A probe's TCP connect deadline. */
+const PROBE_MS = 2000;
 
 export class HeldClient {
   private pending: PendingConnect<number> | undefined;
@@ -39,12 +41,12 @@ export class HeldClient {
   }
 
   /** Its DIALED event: the attempt under way succeeded (errno 0, relaying now) or failed. */
-  dialed(errno: number, slot: number): void {
+  dialed(errno: number, slot: number, reason: string): void {
     const a = this.attempt;
     this.attempt = undefined;
     if (!a) return;
     if (errno === 0) return a.ok();
-    a.fail(errnoError(-errno, 'connect', this.ctx.backend.pool.bySlot(slot)?.path ?? `target ${slot}`));
+    a.fail(connectError(errno, this.ctx.backend.pool.bySlot(slot)?.path ?? `target ${slot}`, reason));
   }
 
   /** It ended, or a restart took it: nothing more is done for it here. */
@@ -88,15 +90,9 @@ export class HeldClient {
 /** A probe connect that closes at once (the target sees what a health check looks like). */
 const probeDialer: Dialer<number> = {
   attempt(target, ok, fail) {
-    const socket = net.createConnection({ path: target.path });
-    socket.once('connect', () => {
+    return connectTarget(target, { tls: undefined, attemptMs: PROBE_MS }, (socket) => {
       socket.destroy();
       ok(target.slot);
-    });
-    socket.once('error', (err: NodeJS.ErrnoException) => {
-      socket.destroy();
-      fail(err);
-    });
-    return () => socket.destroy();
+    }, fail);
   },
 };

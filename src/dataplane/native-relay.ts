@@ -16,7 +16,7 @@ import { refusalReason, TlsMaterial } from '../session/tls';
 import { CarriedClient, CarriedSession, closeQuietly, Handover } from '../systemd/fd-store';
 import type { Target } from '../targets/pool';
 import { BackendFailure, classifyConnectError, ConfigError, ResourceError } from '../errors';
-import { DataPlaneAddon, errnoError } from './addon';
+import { connectError, DataPlaneAddon, errnoError } from './addon';
 import { CLOSE_REASONS, DataPlaneEvent, EndEvent, EventKind, HandedEvent, ParkedEvent, ParkedWhy, reasonCode } from './events';
 import { HeldClient } from './held-client';
 import { compilePolicy } from './policy';
@@ -82,7 +82,7 @@ export class NativeRelay implements Relay {
    * or why the data plane refused it (then the previous one stays).
    */
   private publish(): string {
-    return this.addon.setPolicy(compilePolicy(this.ctx.cfg(), this.ctx.backend.pool.current, this.tls));
+    return this.addon.setPolicy(compilePolicy(this.ctx.cfg(), this.ctx.backend.pool.current, this.tls, this.ctx.targetTls()));
   }
 
   /** A reload: the new settings and TLS files for new clients; open sessions keep theirs. */
@@ -190,7 +190,7 @@ export class NativeRelay implements Relay {
     switch (e[0]) {
       case EventKind.End: return this.ended(e);
       case EventKind.Parked: return this.parked(e);
-      case EventKind.Dialed: return this.held.get(e[1])?.dialed(e[2], e[3]);
+      case EventKind.Dialed: return this.held.get(e[1])?.dialed(e[2], e[3], e[4]);
       case EventKind.Denied: return this.ctx.refused(e[1], e[2], 'refused by --allow/--deny');
       case EventKind.TlsRefused: return this.ctx.tlsRefused(e[1], e[2], refusalReason(e[3], e[4]));
       case EventKind.AcceptError: return this.listeners[e[1]]?.acceptFailed(errnoError(-e[2], 'accept', this.listeners[e[1]]!.listener.label));
@@ -199,7 +199,13 @@ export class NativeRelay implements Relay {
         if (u && --u.left === 0) u.done();
         return;
       }
-      case EventKind.Handed: return void this.givingBack?.handed.push(e);
+      case EventKind.Handed: {
+        if (this.givingBack) return void this.givingBack.handed.push(e);
+        // Late, after the restart stopped waiting: nobody carries it now.
+        closeQuietly(e[2]);
+        if (e[3] >= 0) closeQuietly(e[3]);
+        return;
+      }
       case EventKind.HandoverDone: {
         const h = this.givingBack;
         if (!h) return;
@@ -211,7 +217,7 @@ export class NativeRelay implements Relay {
 
   /** A session (or a client that never reached a target) ended: its log entry and counters. */
   private ended(e: EndEvent): void {
-    const [, id, reasonNo, errno, bytesIn, bytesOut, addr, port, startedAt, slot, resets] = e;
+    const [, id, reasonNo, errno, bytesIn, bytesOut, addr, port, startedAt, slot, resets, , pid, uid, gid] = e;
     const held = this.held.get(id);
     held?.forget();
     this.held.delete(id);
@@ -222,6 +228,7 @@ export class NativeRelay implements Relay {
       const end: BridgedSessionEnd = {
         clientAddr: addr, clientPort: port, startedAt, reason, error: errno ? getSystemErrorName(-errno) : undefined,
         bytesIn, bytesOut, target: slot >= 0 ? this.ctx.backend.pool.bySlot(slot) : undefined, resets,
+        ...(pid > 0 ? { cred: { pid, uid, gid } } : {}),
       };
       recordSessionEnd(this.ctx, end);
     }
@@ -231,14 +238,14 @@ export class NativeRelay implements Relay {
 
   /** A client waits for a decision: the queue, or hold-and-retry. */
   private parked(e: ParkedEvent): void {
-    const [, id, why, errno, slot, addr, port, startedAt] = e;
+    const [, id, why, errno, slot, addr, port, startedAt, , , reason] = e;
     this.held.get(id)?.forget();
     this.held.delete(id);
     this.ctx.onBusy();
     if (why === ParkedWhy.Queued) return this.enqueue(id);
     const failed = slot >= 0 ? this.ctx.backend.pool.bySlot(slot) : undefined;
     // A refused connect counts for the target's problem log and error-limit; a dropped request does not.
-    if (failed && errno !== 0 && why !== ParkedWhy.Retry) failed.liveResult(errnoKind(errno), errnoError(-errno, 'connect', failed.path));
+    if (failed && errno !== 0 && why !== ParkedWhy.Retry) failed.liveResult(errnoKind(errno), connectError(errno, failed.path, reason));
     if (why === ParkedWhy.Retry && this.ctx.logger.enabled('debug')) {
       this.ctx.logger.debug(`session ${addressLabel(addr, port)}: target dropped the connection unanswered (${getSystemErrorName(-errno)}); sending the request again on a new one`);
     }

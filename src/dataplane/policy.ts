@@ -3,18 +3,26 @@
 // policy.c). A reload, a target changing state, joining, leaving or being
 // drained publishes a new one; sessions keep what they started with.
 
-import type { Config } from '../options';
+import { Config, retriesFor } from '../options';
 import type { TlsMaterial } from '../session/tls';
 import { nodeTlsDefaults } from '../session/tls';
+import { TargetTlsMaterial, tlsNameOf } from '../targets/connector';
 import type { Target } from '../targets/pool';
 
 /** A target as the snapshot names it (state: 0 INIT, 1 UP, 2 DOWN, as enum target_state). */
 export interface PolicyTarget {
   slot: number;
+  /** A UNIX socket's path, "\0name" for an abstract one; or a TCP target's resolved address. */
   path?: string;
+  ip?: string;
+  port?: number;
   state: number;
   backup: boolean;
   drained: boolean;
+  /** Times a request dropped unanswered may be sent again on this target (--retries, by its kind). */
+  retries?: number;
+  /** A TCP target over TLS: the name its certificate must carry (and the SNI); '' without TLS. */
+  tlsName?: string;
 }
 
 /** What native/addon.c's setPolicy reads (the TLS part: tls_settings in native/dataplane.h). */
@@ -29,18 +37,24 @@ export interface PolicyInput {
   clientTimeout: number;
   serverTimeout: number;
   handshakeTimeout: number;
-  retries: number;
   maxConn: number;
-  tls: {
-    cert: Buffer;
-    key: Buffer;
-    ca: Buffer | undefined;
-    ciphers: string;
-    cipherSuites: string;
-    minVersion: number;
-    maxVersion: number;
-    honorCipherOrder: boolean;
-  } | undefined;
+  /** One TCP connect attempt's deadline (--connect-attempt-timeout). */
+  attemptTimeout: number;
+  tls: TlsInput | undefined;
+  /** TLS towards TCP targets: the CAs to trust, this end's certificate if any. */
+  targetTls: TlsInput | undefined;
+}
+
+/** The TLS part of the snapshot (native/dataplane.h: struct tls_settings), with Node's defaults spelled out. */
+export interface TlsInput {
+  cert: Buffer | undefined;
+  key: Buffer | undefined;
+  ca: Buffer | undefined;
+  ciphers: string;
+  cipherSuites: string;
+  minVersion: number;
+  maxVersion: number;
+  honorCipherOrder: boolean;
 }
 
 const STATES = { INIT: 0, UP: 1, DOWN: 2 } as const;
@@ -48,30 +62,37 @@ const BALANCES = { first: 0, roundrobin: 1, leastconn: 2 } as const;
 const PROXY = { none: 0, v1: 1, v2: 2 } as const;
 const TLS_VERSIONS: Record<string, number> = { 'TLSv1': 0x0301, 'TLSv1.1': 0x0302, 'TLSv1.2': 0x0303, 'TLSv1.3': 0x0304 };
 
-export function policyTarget(t: Target): PolicyTarget {
-  return { slot: t.slot, path: t.path, state: STATES[t.state], backup: t.role === 'backup', drained: t.drained };
+export function policyTarget(t: Target, retries: Config['retries'], targetTls: TargetTlsMaterial | undefined): PolicyTarget {
+  const e = t.endpoint;
+  const where = e.kind === 'unix' ? { path: e.path } : e.kind === 'abstract' ? { path: `\0${e.name}` } : { ip: t.address ?? '', port: e.port };
+  const tlsName = e.kind === 'tcp' && targetTls ? tlsNameOf(t, targetTls) : '';
+  return { slot: t.slot, ...where, state: STATES[t.state], backup: t.role === 'backup', drained: t.drained, retries: retriesFor(retries, e.kind), tlsName };
+}
+
+/** TLS files with Node's own defaults (session/tls.ts: nodeTlsDefaults), so that both relays offer the same TLS. */
+function tlsInput(files: { cert: Buffer | undefined; key: Buffer | undefined; ca: Buffer | undefined }): TlsInput {
+  const d = nodeTlsDefaults();
+  return {
+    ...files, ciphers: d.ciphers, cipherSuites: d.cipherSuites,
+    minVersion: TLS_VERSIONS[d.minVersion] ?? 0x0303, maxVersion: TLS_VERSIONS[d.maxVersion] ?? 0x0304, honorCipherOrder: d.honorCipherOrder,
+  };
 }
 
 /** The snapshot for this configuration, these targets (the pool's current ones, in its order) and TLS files. */
-export function compilePolicy(cfg: Config, targets: readonly Target[], tls: TlsMaterial | undefined): PolicyInput {
+export function compilePolicy(cfg: Config, targets: readonly Target[], tls: TlsMaterial | undefined, targetTls: TargetTlsMaterial | undefined): PolicyInput {
   return {
     allow: cfg.allow,
     deny: cfg.deny,
-    targets: targets.map(policyTarget),
+    targets: targets.map((t) => policyTarget(t, cfg.retries, targetTls)),
     balance: BALANCES[cfg.balance],
     sendProxy: PROXY[cfg.sendProxy],
     clientTimeout: cfg.clientTimeout,
     serverTimeout: cfg.serverTimeout,
     // As the TypeScript relay's handshake (tls.ts): bounded by the client timeout.
     handshakeTimeout: cfg.clientTimeout,
-    retries: cfg.retries,
     maxConn: cfg.maxConn,
-    tls: tls && (() => {
-      const d = nodeTlsDefaults();
-      return {
-        cert: tls.cert, key: tls.key, ca: tls.ca, ciphers: d.ciphers, cipherSuites: d.cipherSuites,
-        minVersion: TLS_VERSIONS[d.minVersion] ?? 0x0303, maxVersion: TLS_VERSIONS[d.maxVersion] ?? 0x0304, honorCipherOrder: d.honorCipherOrder,
-      };
-    })(),
+    attemptTimeout: cfg.connectAttemptTimeout,
+    tls: tls && tlsInput(tls),
+    targetTls: targetTls && tlsInput(targetTls),
   };
 }

@@ -31,12 +31,14 @@ export function parseCidrs(raw: string): string[] {
   const prefix = m[2] === undefined ? max : Number(m[2]);
   if (prefix > max) throw new BadValue(`prefix length must be at most ${max} for IPv${family}`);
   const bytes = addressBytes(m[1]!)!;
+  // A zone id (fe80::1%eth0) names an interface, not addresses: the rule is about the address.
+  const address = m[1]!.replace(/%.*$/, '');
   // ::ffff:a.b.c.d/n names IPv4 addresses: written so, it matches them.
   if (bytes.length === 4 && family === 6) {
     if (prefix < 96) throw new BadValue('an IPv4-mapped prefix (::ffff:…) must be at least /96; write the IPv4 CIDR instead');
     return [`${bytes.join('.')}/${prefix - 96}`];
   }
-  return [`${m[1]}/${prefix}`];
+  return [`${address}/${prefix}`];
 }
 
 /** An IP address as its bytes (4 for IPv4, also IPv4-mapped IPv6; 16 for IPv6), or undefined for anything else. */

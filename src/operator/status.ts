@@ -45,6 +45,10 @@ export interface TargetRow {
 }
 
 export interface TargetCounters {
+  /** What path names: a UNIX socket, an abstract one (@name), or TCP (host:port). */
+  kind: 'unix' | 'abstract' | 'tcp';
+  /** A TCP target's address now (its name resolved), null for the others or while unresolved. */
+  address: string | null;
   role: 'regular' | 'backup';
   /** `sockbridge drain`: no new sessions. */
   drained: boolean;
@@ -59,6 +63,7 @@ function targetRow(t: Target, now: number): TargetRow & TargetCounters {
   return {
     path: t.path, state: t.state, stateSince: new Date(t.stateSince).toISOString(), secondsInState: Math.round((now - t.stateSince) / 1000),
     lastCheck: t.lastCheck ? { ok: t.lastCheck.ok, detail: t.lastCheck.detail, at: new Date(t.lastCheck.at).toISOString() } : null,
+    kind: t.endpoint.kind, address: t.endpoint.kind === 'tcp' ? t.address ?? null : null,
     role: t.role, drained: t.drained, current: t.current, active: t.active, total: t.total, failed: t.failed,
   };
 }

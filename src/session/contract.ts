@@ -11,6 +11,7 @@ import type { Stats } from '../operator/stats';
 import type { Config } from '../options';
 import type { CarriedClient, CarriedSession, Handover } from '../systemd/fd-store';
 import type { Backend, ConnectFailure, Dialer } from '../targets/backend';
+import type { TargetTlsMaterial } from '../targets/connector';
 import type { Target } from '../targets/pool';
 import type { TlsMaterial } from './tls';
 
@@ -48,6 +49,8 @@ export interface RelayContext {
   readonly stats: Stats;
   /** The configuration in force now (a reload replaces it for new sessions). */
   cfg(): Config;
+  /** TLS towards TCP targets as in force now (--target-tls), or none. */
+  targetTls(): TargetTlsMaterial | undefined;
   /** A client refused before anything was read: counted and logged. */
   refused(addr: string, port: number, why: string): void;
   /** A client whose TLS handshake failed: counted and logged. */
@@ -142,6 +145,14 @@ export interface BridgedSessionEnd {
   target: Target | undefined;
   /** Bytes were still owed, so the end was a reset, not a FIN: 1 to the client, 2 to the target. */
   resets: number;
+  /** A UNIX listener's client (no address): who it is (SO_PEERCRED). */
+  cred?: { pid: number; uid: number; gid: number };
+}
+
+/** How a client is named in logs: its address, or for a UNIX listener's client its credentials. */
+export function clientLabel(addr: string, port: number, cred?: { pid: number; uid: number; gid: number }): string {
+  if (addr !== '') return addressLabel(addr, port);
+  return cred ? `pid ${cred.pid} (uid ${cred.uid}, gid ${cred.gid})` : 'a local client';
 }
 
 /** The counters and the one log entry of every session, whichever relay ran it. */
@@ -158,8 +169,7 @@ export function recordSessionEnd(ctx: { readonly stats: Stats; readonly logger: 
   if (!logger.enabled(level)) return;
   const fields: Fields = {
     EVENT: 'session-end',
-    CLIENT_ADDR: end.clientAddr,
-    CLIENT_PORT: end.clientPort,
+    ...(end.cred ? { CLIENT_PID: end.cred.pid, CLIENT_UID: end.cred.uid, CLIENT_GID: end.cred.gid } : { CLIENT_ADDR: end.clientAddr, CLIENT_PORT: end.clientPort }),
     BYTES_IN: bytesIn,
     BYTES_OUT: bytesOut,
     DURATION_MS: Date.now() - end.startedAt,
@@ -176,7 +186,7 @@ export function recordSessionEnd(ctx: { readonly stats: Stats; readonly logger: 
       : `; ${whom} got a reset, not a FIN: bytes were still undelivered`;
   }
   const why = reason === 'connect-timeout' ? ': the target did not accept within connect-timeout' : '';
-  logger.log(level, `session ${addressLabel(end.clientAddr, end.clientPort)} closed (${reason}${error ? ' ' + error : ''})${why}, ${bytesIn} bytes in, ${bytesOut} bytes out, ${fields['DURATION_MS']} ms${reset}`, fields);
+  logger.log(level, `session ${clientLabel(end.clientAddr, end.clientPort, end.cred)} closed (${reason}${error ? ' ' + error : ''})${why}, ${bytesIn} bytes in, ${bytesOut} bytes out, ${fields['DURATION_MS']} ms${reset}`, fields);
 }
 
 /**

@@ -37,7 +37,8 @@ export class JsRelay implements Relay {
     const cfg = ctx.cfg();
     this.access = new AccessList(cfg.allow, cfg.deny);
     this.sessionCtx = {
-      backend: ctx.backend, logger: ctx.logger, stats: ctx.stats, dialer: socketDialer, settings: cfg,
+      backend: ctx.backend, logger: ctx.logger, stats: ctx.stats, settings: cfg,
+      dialer: socketDialer(() => ({ tls: ctx.targetTls(), attemptMs: ctx.cfg().connectAttemptTimeout })),
       onClosed: (s) => this.onSessionClosed(s as Session),
     };
   }

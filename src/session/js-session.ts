@@ -17,8 +17,11 @@
 
 import { fstatSync, readFileSync } from 'node:fs';
 import net from 'node:net';
+import tls from 'node:tls';
 import { addressLabel, plainAddress } from '../listen/address';
 import type { ConnectFailure, Dialer, PendingConnect } from '../targets/backend';
+import { retriesFor } from '../options';
+import { connectTarget, TargetTlsMaterial } from '../targets/connector';
 import type { Target } from '../targets/pool';
 import { BridgedSession, CloseReason, recordSessionEnd, REPLAY_LIMIT, SessionContext, SessionSettings } from './contract';
 import { proxyHeader } from './proxy-protocol';
@@ -56,7 +59,8 @@ export class Session implements BridgedSession {
   private replay: Buffer[] | undefined = [];
   private replayBytes = 0;
   private clientEnded = false;
-  private retriesLeft: number;
+  /** Requests sent again so far (--retries bounds them, per the target's kind: retriesFor). */
+  private retried = 0;
   private readonly startedAt = Date.now();
   /** Taken when the session starts: a reload changes new sessions only. */
   private readonly settings: SessionSettings;
@@ -86,7 +90,6 @@ export class Session implements BridgedSession {
     this.clientAddr = plainAddress(client.remoteAddress ?? '?');
     this.clientPort = client.remotePort ?? 0;
     this.settings = ctx.settings;
-    this.retriesLeft = this.settings.retries;
     // The client arrives paused: nothing is read until the target is connected,
     // so a held client's request waits in the kernel, not in our memory.
     client.on('error', socketOnError);
@@ -149,6 +152,8 @@ export class Session implements BridgedSession {
     server.on('drain', socketOnDrain);
     server.on('error', socketOnError);
     server.on('close', socketOnClose);
+    // TLS towards the target (--target-tls) reads through its stream; a plain one with ownReads.
+    if (server instanceof tls.TLSSocket) server.on('data', serverOnData);
     // Every connection to the target, a retry's too, starts with the PROXY header.
     const { sendProxy } = this.settings;
     if (sendProxy !== 'none') server.write(proxyHeader(sendProxy, this.client));
@@ -246,12 +251,13 @@ export class Session implements BridgedSession {
    * request again on a fresh connection, as a restart must cost clients nothing.
    */
   private mayRetry(err: NodeJS.ErrnoException): boolean {
-    return this.replay !== undefined && this.retriesLeft > 0 && !this.client.destroyed &&
+    const allowed = this.target ? retriesFor(this.settings.retries, this.target.endpoint.kind) : 0;
+    return this.replay !== undefined && this.retried < allowed && !this.client.destroyed &&
       (err.code === 'ECONNRESET' || err.code === 'EPIPE');
   }
 
   private retry(err: NodeJS.ErrnoException): void {
-    this.retriesLeft--;
+    this.retried++;
     const old = this.server!;
     old.removeAllListeners();
     old.on('error', noop);
@@ -346,6 +352,11 @@ function clientOnData(this: BridgedSocket, chunk: Buffer): void {
   this[SESSION].fromClient(chunk);
 }
 
+/** A TLS target's decrypted bytes. */
+function serverOnData(this: BridgedSocket, chunk: Buffer): void {
+  this[SESSION].fromServer(chunk);
+}
+
 /**
  * Both sides of a plain session read with `onread` into buffers of our own
  * instead of a fresh allocation and the stream machinery per chunk (measured:
@@ -384,23 +395,21 @@ export function ownReads(): OwnReads {
   return reads;
 }
 
-/** The TypeScript relay's connections to the target: net.Sockets that read with ownReads. */
-export const socketDialer: Dialer<net.Socket> = {
-  attempt(target, ok, fail) {
-    const reads = ownReads();
-    const socket = net.createConnection({ path: target.path, allowHalfOpen: true, onread: reads });
-    reads.socket = socket;
-    socket.once('connect', () => {
-      socket.removeAllListeners('error');
-      ok(socket);
-    });
-    socket.once('error', (err: NodeJS.ErrnoException) => {
-      socket.destroy();
-      fail(err);
-    });
-    return () => socket.destroy();
-  },
-};
+/** The TypeScript relay's connections to the target: net.Sockets that read with ownReads (TLS ones through their stream). */
+export function socketDialer(settings: () => { tls: TargetTlsMaterial | undefined; attemptMs: number }): Dialer<net.Socket> {
+  return {
+    attempt(target, ok, fail) {
+      const { tls, attemptMs } = settings();
+      const secure = tls !== undefined && target.endpoint.kind === 'tcp';
+      const reads = secure ? undefined : ownReads();
+      return connectTarget(target, { tls: secure ? tls : undefined, attemptMs, allowHalfOpen: true, ...(reads ? { onread: reads } : {}) }, (socket) => {
+        if (reads) reads.socket = socket;
+        socket.removeAllListeners('error');
+        ok(socket);
+      }, fail);
+    },
+  };
+}
 
 /** The buffer for a socket's next read, given how the last one went. */
 function nextReadBuffer(buf: Buffer, n: number, dest: net.Socket | undefined): Buffer {

@@ -30,8 +30,9 @@ export interface ClientEnds {
 function endpoints(client: ClientEnds): Endpoints | undefined {
   const { remoteAddress, localAddress, remotePort, localPort } = client;
   if (!remoteAddress || !localAddress || remotePort === undefined || localPort === undefined) return undefined;
-  const src = plainAddress(remoteAddress);
-  const dst = plainAddress(localAddress);
+  // A link-local peer comes with its zone (fe80::1%eth0): no PROXY receiver takes one, and the data plane writes none.
+  const src = plainAddress(remoteAddress).replace(/%.*$/, '');
+  const dst = plainAddress(localAddress).replace(/%.*$/, '');
   if (net.isIPv4(src) && net.isIPv4(dst)) return { family: 4, src, dst, srcPort: remotePort, dstPort: localPort };
   const six = (a: string): string => (net.isIPv4(a) ? `::ffff:${a}` : a);
   return { family: 6, src: six(src), dst: six(dst), srcPort: remotePort, dstPort: localPort };

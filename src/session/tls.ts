@@ -14,6 +14,7 @@ import { isAbsolute, join } from 'node:path';
 import tls from 'node:tls';
 import { ConfigError } from '../errors';
 import type { Config } from '../options';
+import type { TargetTlsMaterial } from '../targets/connector';
 
 export type TlsSettings = Pick<Config, 'tlsCert' | 'tlsKey' | 'tlsCa' | 'clientTimeout'>;
 
@@ -57,7 +58,8 @@ function readPem(option: string, path: string, env: NodeJS.ProcessEnv): Buffer {
   try {
     return readFileSync(full);
   } catch (err) {
-    throw new ConfigError('ECONFIG_TLS_FILE', `cannot read ${option} ${full} (${(err as NodeJS.ErrnoException).code}); check the path (relative paths are looked up in $CREDENTIALS_DIRECTORY)`);
+    throw new ConfigError('ECONFIG_TLS_FILE', `cannot read ${option} ${full} (${(err as NodeJS.ErrnoException).code}); check the path (relative paths are looked up in $CREDENTIALS_DIRECTORY)`,
+      option.startsWith('--') ? option.slice(2) : undefined);
   }
 }
 
@@ -72,6 +74,32 @@ export function loadTlsMaterial(cfg: TlsSettings, env: NodeJS.ProcessEnv = proce
     tls.createSecureContext({ cert: material.cert, key: material.key, ...(material.ca ? { ca: material.ca } : {}) });
   } catch (err) {
     throw new ConfigError('ECONFIG_TLS', `cannot use --tls-cert ${cfg.tlsCert} with --tls-key ${cfg.tlsKey}${material.ca ? ` and --tls-ca ${cfg.tlsCa}` : ''}: ${(err as Error).message}`);
+  }
+  return material;
+}
+
+/** The system's CA bundle, read explicitly: Node builds differ in their default paths. */
+export const SYSTEM_CA_BUNDLE = '/etc/ssl/certs/ca-certificates.crt';
+
+/**
+ * TLS towards TCP targets (--target-tls on): the CAs to verify them against
+ * (--target-tls-ca, or the system's bundle) and this end's certificate, read
+ * and checked; undefined when it is off. Throws ConfigError.
+ */
+export function loadTargetTls(cfg: Pick<Config, 'targetTls' | 'targetTlsCa' | 'targetTlsCert' | 'targetTlsKey' | 'targetTlsName'>, env: NodeJS.ProcessEnv = process.env): TargetTlsMaterial | undefined {
+  if (cfg.targetTls === 'off') return undefined;
+  if (Boolean(cfg.targetTlsCert) !== Boolean(cfg.targetTlsKey)) {
+    throw new ConfigError('ECONFIG_TARGET_TLS', 'a client certificate needs both --target-tls-cert and --target-tls-key');
+  }
+  const ca = cfg.targetTlsCa ? readPem('--target-tls-ca', cfg.targetTlsCa, env) : readPem('the system CA bundle (no --target-tls-ca)', SYSTEM_CA_BUNDLE, {});
+  const material: TargetTlsMaterial = {
+    ca, cert: cfg.targetTlsCert ? readPem('--target-tls-cert', cfg.targetTlsCert, env) : undefined,
+    key: cfg.targetTlsKey ? readPem('--target-tls-key', cfg.targetTlsKey, env) : undefined, name: cfg.targetTlsName,
+  };
+  try {
+    tls.createSecureContext({ ca: material.ca, ...(material.cert ? { cert: material.cert, key: material.key } : {}) });
+  } catch (err) {
+    throw new ConfigError('ECONFIG_TARGET_TLS', `cannot use ${cfg.targetTlsCert ? `--target-tls-cert ${cfg.targetTlsCert} with --target-tls-key ${cfg.targetTlsKey}` : '--target-tls-ca'}: ${(err as Error).message}`);
   }
   return material;
 }

@@ -165,6 +165,10 @@ export function decodeState(bytes: Buffer, fds: number[]): Adopted {
   if (!Array.isArray(file.sessions) || !Array.isArray(file.waiting) || typeof file.totals !== 'object' || file.totals === null) {
     throw new HandoverError('EHANDOVER_STATE', 'the handover state in the fd store is damaged (no sessions, waiting clients or totals)');
   }
+  const records = [...file.sessions, ...file.waiting] as unknown[];
+  if (records.some((r) => typeof r !== 'object' || r === null)) {
+    throw new HandoverError('EHANDOVER_STATE', 'the handover state in the fd store is damaged (a record that is not an object)');
+  }
   const v1 = file.version === 1;
   const sessionRecords = v1 ? (file.sessions as unknown as SessionRecordV1[]).map(sessionFromV1) : file.sessions;
   const waitingRecords = v1 ? (file.waiting as unknown as ClientRecordV1[]).map(fromV1) : file.waiting;

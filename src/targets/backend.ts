@@ -40,7 +40,10 @@ export interface Dialer<C> {
 }
 
 const BACKOFF_FIRST_MS = 5;
+/** A local socket answers at once: retry it often. */
 const BACKOFF_MAX_MS = 200;
+/** A remote end: a SYN storm towards a host that is away helps nobody. */
+const BACKOFF_MAX_TCP_MS = 2000;
 
 /** One client's way to a target: a round over the targets, wait, again, until the deadline. */
 export class PendingConnect<C> {
@@ -124,7 +127,7 @@ export class PendingConnect<C> {
     }
     // Exponential, capped, with jitter so held clients do not retry in lockstep.
     const wait = Math.min(remaining, this.delay * (0.8 + Math.random() * 0.4));
-    this.delay = Math.min(this.delay * 2, BACKOFF_MAX_MS);
+    this.delay = Math.min(this.delay * 2, this.backend.pool.current.some((t) => t.endpoint.kind === 'tcp') ? BACKOFF_MAX_TCP_MS : BACKOFF_MAX_MS);
     // A waiter until connected or given up, attempts included: the directory
     // watch stays open (closed between attempts, it could miss the file
     // appearing, and the client would wait for its next backoff step).
@@ -215,7 +218,8 @@ export class Backend {
   private openWatchers(): void {
     const byDir = new Map<string, Set<string>>();
     for (const t of this.pool.current) {
-      if (t.fromDir) continue;
+      // Only a socket file appears in a directory (an abstract socket or a TCP target has none to watch).
+      if (t.fromDir || t.endpoint.kind !== 'unix') continue;
       const names = byDir.get(dirname(t.path)) ?? new Set<string>();
       names.add(basename(t.path));
       byDir.set(dirname(t.path), names);

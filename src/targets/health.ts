@@ -3,7 +3,6 @@
 // UP, `fall` consecutive failures mark it DOWN. --error-limit can mark it DOWN
 // from client traffic too (markDown). One per target (targets.ts).
 
-import net from 'node:net';
 import type { Reporter } from './problems';
 import type { Logger } from '../log';
 import type { Config } from '../options';
@@ -27,7 +26,7 @@ export class HealthCheck {
 
   private settings: HealthSettings;
   private timer: NodeJS.Timeout | undefined;
-  private probe: net.Socket | undefined;
+  private probe: (() => void) | undefined;
   private okStreak = 0;
   private failStreak = 0;
   private stopped = true;
@@ -37,6 +36,8 @@ export class HealthCheck {
     private readonly logger: Logger,
     private readonly problems: Reporter,
     private readonly onStateChange: (state: BackendState, reason: string) => void,
+    /** One probe: connect (and, over TLS, handshake), then close; returns a cancel. */
+    private readonly connect: (ok: () => void, fail: (err: NodeJS.ErrnoException) => void) => () => void,
   ) {
     this.settings = settings;
   }
@@ -50,7 +51,8 @@ export class HealthCheck {
     this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
-    this.probe?.destroy();
+    this.probe?.();
+    this.probe = undefined;
   }
 
   /** New settings (SIGHUP): check again now with them. */
@@ -77,25 +79,16 @@ export class HealthCheck {
     this.timer.unref();
   }
 
-  /** One probe: connect and close. A UNIX connect answers at once; the timer is a safety net. */
+  /** One probe: connect and close (over TLS: the handshake too). A UNIX connect answers at once; a TCP one has a deadline. */
   private runCheck(): void {
     this.timer = undefined;
-    this.probe?.destroy();
-    const socket = net.createConnection({ path: this.settings.target });
-    this.probe = socket;
-    const limit = Math.min(this.settings.connectTimeout || 1000, this.settings.checkInterval);
-    const timeout = setTimeout(() => socket.destroy(Object.assign(new Error('check timed out'), { code: 'ETIMEDOUT' })), limit);
+    this.probe?.();
     const settle = (err: NodeJS.ErrnoException | undefined): void => {
-      clearTimeout(timeout);
-      socket.removeAllListeners();
-      socket.on('error', () => {});
-      socket.destroy();
-      if (this.probe === socket) this.probe = undefined;
+      this.probe = undefined;
       this.record(err);
       this.schedule(this.settings.checkInterval);
     };
-    socket.once('connect', () => settle(undefined));
-    socket.once('error', (err: NodeJS.ErrnoException) => settle(err));
+    this.probe = this.connect(() => settle(undefined), settle);
   }
 
   private record(err: NodeJS.ErrnoException | undefined): void {

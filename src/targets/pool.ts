@@ -9,6 +9,10 @@
 
 import { Dirent, FSWatcher, readdirSync, statSync, watch } from 'node:fs';
 import { join } from 'node:path';
+import { lookup } from 'node:dns';
+import net from 'node:net';
+import { Endpoint, parseTarget } from '../endpoint';
+import { connectTarget, TargetTlsMaterial } from './connector';
 import { ProblemReporter } from './problems';
 import type { BackendFailure } from '../errors';
 import { HealthCheck } from './health';
@@ -17,7 +21,11 @@ import type { Logger } from '../log';
 import { Config, parseTargetDir } from '../options';
 
 export type TargetRole = 'regular' | 'backup';
-export type TargetSettings = Pick<Config, 'target' | 'backupTarget' | 'targetDir' | 'balance' | 'connectTimeout' | 'checkInterval' | 'rise' | 'fall' | 'errorLimit'>;
+export type TargetSettings = Pick<Config, 'target' | 'backupTarget' | 'targetDir' | 'balance' | 'connectTimeout' | 'connectAttemptTimeout' | 'checkInterval' | 'rise' | 'fall' | 'errorLimit'>
+  & { /** TLS towards TCP targets (--target-tls on), read and checked. */ targetTlsMaterial: TargetTlsMaterial | undefined };
+
+/** A TCP target's name is resolved again this often when health checks are off (else every check interval). */
+const RESOLVE_EVERY_MS = 2000;
 
 /** How often a --target-dir's directory itself is looked at (see TargetDir). */
 const DIR_CHECK_MS = 1000;
@@ -43,8 +51,18 @@ export class Target {
   private successesSeen = 0;
   private errorLimit: number;
   private readonly health: HealthCheck;
+  private settings: TargetSettings;
+  private resolver: NodeJS.Timeout | undefined;
+
+  /** What path says: a UNIX socket, an abstract one, or a TCP address. */
+  readonly endpoint: Endpoint;
+  /** A TCP target's address: its IP address as written, or what its name last resolved to. */
+  address: string | undefined;
+  /** Why its name does not resolve (now), for the connects that cannot be made. */
+  resolveError: NodeJS.ErrnoException | undefined;
 
   constructor(
+    /** The target as written (status and logs call it its path, for every kind). */
     readonly path: string,
     readonly role: TargetRole,
     readonly fromDir: boolean,
@@ -54,10 +72,42 @@ export class Target {
     logger: Logger,
     private readonly live: { counts?: SlotCounts },
     private readonly onState: (t: Target, state: BackendState) => void,
+    /** Its address changed: the data plane's snapshot must say so. */
+    private readonly onAddress: (t: Target) => void,
   ) {
+    this.settings = settings;
+    this.endpoint = parseTarget(path);
+    if (this.endpoint.kind === 'tcp' && net.isIP(this.endpoint.host)) this.address = this.endpoint.host;
     this.problems = new ProblemReporter(logger);
-    this.health = new HealthCheck({ ...settings, target: path }, logger, this.problems, (state) => this.onState(this, state));
+    this.health = new HealthCheck({ ...settings, target: path }, logger, this.problems, (state) => this.onState(this, state),
+      (ok, fail) => connectTarget(this, { tls: this.settings.targetTlsMaterial, attemptMs: this.probeMs() }, (s) => {
+        s.destroy();
+        ok();
+      }, fail));
     this.errorLimit = settings.errorLimit;
+  }
+
+  /** How long a health check's connect may take. */
+  private probeMs(): number {
+    const { connectTimeout, checkInterval, connectAttemptTimeout } = this.settings;
+    return Math.min(connectTimeout || 1000, checkInterval || Infinity, connectAttemptTimeout || Infinity);
+  }
+
+  /** A TCP target's name, resolved now and again every check interval, so that a DNS change is followed (and no lookup is made per connect). */
+  private resolve(): void {
+    const e = this.endpoint;
+    if (e.kind !== 'tcp' || net.isIP(e.host)) return;
+    lookup(e.host, (err, address) => {
+      if (err) {
+        this.resolveError = err;
+        if (this.address === undefined) this.problems.report(this.path, err);
+        return;
+      }
+      this.resolveError = undefined;
+      if (address === this.address) return;
+      this.address = address;
+      this.onAddress(this);
+    });
   }
 
   get state(): BackendState {
@@ -74,15 +124,26 @@ export class Target {
 
   start(): void {
     this.health.start();
+    if (this.endpoint.kind !== 'tcp' || net.isIP(this.endpoint.host)) return;
+    this.resolve();
+    this.resolver = setInterval(() => this.resolve(), this.settings.checkInterval || RESOLVE_EVERY_MS);
+    this.resolver.unref();
   }
 
   stop(): void {
     this.health.stop();
+    if (this.resolver) clearInterval(this.resolver);
+    this.resolver = undefined;
   }
 
   configure(settings: TargetSettings): void {
+    this.settings = settings;
     this.errorLimit = settings.errorLimit;
     this.health.configure({ ...settings, target: this.path });
+    if (this.resolver) {
+      this.stop();
+      this.start();
+    }
   }
 
   /** Sessions open on it now. */
@@ -399,7 +460,8 @@ export class TargetPool {
     for (const w of wanted) {
       let t = this.targets.find((x) => x.path === w.path && x.role === w.role && x.current);
       if (!t) {
-        t = new Target(w.path, w.role, w.fromDir, this.slots.take(), s, this.logger, this.live, (target, state) => this.events.onState(target, state));
+        t = new Target(w.path, w.role, w.fromDir, this.slots.take(), s, this.logger, this.live,
+          (target, state) => this.events.onState(target, state), () => this.events.onChange());
         t.drained = this.drained.has(w.path);
         if (this.running) t.start();
       }

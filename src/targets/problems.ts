@@ -38,9 +38,12 @@ export class ProblemReporter implements Reporter {
           `(SupplementaryGroups= in bridge.service, or run sockbridge as a member of it) and make the socket group-writable`, fields);
         return;
       case 'absent': {
-        const why = code === 'ENOENT' ? 'does not exist' : code === 'ECONNREFUSED' ? 'refuses connections (no program listening)'
-          : code === 'ECONNRESET' ? 'reset the connection (restarting)' : 'has a full accept queue';
-        this.logger.warning(`target ${target} ${why} (${code}); clients are held up to connect-timeout while waiting for it`, fields);
+        const why: Record<string, string> = {
+          ENOENT: 'does not exist', ECONNREFUSED: 'refuses connections (no program listening)', ECONNRESET: 'reset the connection (restarting)',
+          ETIMEDOUT: 'does not answer in time', EHOSTUNREACH: 'is unreachable', ENETUNREACH: 'is on an unreachable network',
+          EHOSTDOWN: 'is down', ENETDOWN: 'is on a network that is down', EAI_AGAIN: 'cannot be resolved right now', ENOTFOUND: 'has a name that does not resolve',
+        };
+        this.logger.warning(`target ${target} ${why[code] ?? 'has a full accept queue'} (${code}); clients are held up to connect-timeout while waiting for it`, fields);
         return;
       }
       case 'exhausted':

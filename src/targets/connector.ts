@@ -1,0 +1,95 @@
+// How TypeScript reaches a target, whatever it is: a UNIX socket, an
+// abstract one, or TCP (to the address last resolved for its name), with TLS
+// over TCP when --target-tls is on. The TypeScript relay's sessions, the
+// health checks and the probes of held TLS clients all connect here; the
+// data plane connects in C (native/accept.c: dial_start) with the same rules.
+
+import net from 'node:net';
+import tls from 'node:tls';
+import type { Target } from './pool';
+
+/** What --target-tls-* name, read and checked (session/tls.ts: loadTargetTls). */
+export interface TargetTlsMaterial {
+  ca: Buffer;
+  cert: Buffer | undefined;
+  key: Buffer | undefined;
+  /** --target-tls-name: the name to verify and send as SNI; '' = each target's host. */
+  name: string;
+}
+
+export interface ConnectOptions {
+  tls: TargetTlsMaterial | undefined;
+  /** A TCP attempt's deadline (connect and TLS handshake); UNIX connects answer at once. */
+  attemptMs: number;
+  /** For the TypeScript relay's sessions (net.OnReadOpts); TLS sockets read through their stream. */
+  onread?: net.OnReadOpts;
+  allowHalfOpen?: boolean;
+}
+
+/** The name a TCP target's certificate must carry. */
+export function tlsNameOf(target: Target, material: TargetTlsMaterial): string {
+  return material.name || (target.endpoint.kind === 'tcp' ? target.endpoint.host : '');
+}
+
+function timedOut(): NodeJS.ErrnoException {
+  return Object.assign(new Error('connect timed out'), { code: 'ETIMEDOUT' });
+}
+
+/**
+ * Connect to the target; exactly one of ok and fail is called, unless the
+ * returned function cancelled first. A TCP target whose name has not
+ * resolved yet fails with its resolver's error (EAI_AGAIN, ENOTFOUND).
+ */
+export function connectTarget(target: Target, opts: ConnectOptions, ok: (socket: net.Socket) => void, fail: (err: NodeJS.ErrnoException) => void): () => void {
+  const e = target.endpoint;
+  const base = { allowHalfOpen: opts.allowHalfOpen ?? false, ...(opts.onread ? { onread: opts.onread } : {}) };
+  let socket: net.Socket;
+  let ready = 'connect';
+  if (e.kind === 'unix') socket = net.createConnection({ ...base, path: e.path });
+  else if (e.kind === 'abstract') socket = net.createConnection({ ...base, path: `\0${e.name}` });
+  else {
+    const address = target.address;
+    if (address === undefined) {
+      const err = target.resolveError ?? Object.assign(new Error(`${e.host} is not resolved yet`), { code: 'EAI_AGAIN' });
+      process.nextTick(() => fail(err));
+      return () => {};
+    }
+    if (opts.tls) {
+      const name = tlsNameOf(target, opts.tls);
+      socket = tls.connect({
+        host: address, port: e.port, ca: opts.tls.ca, ...(opts.tls.cert ? { cert: opts.tls.cert, key: opts.tls.key } : {}),
+        // An IP address is checked as one and sent as no SNI; a name as a name.
+        ...(net.isIP(name) ? {} : { servername: name }),
+        checkServerIdentity: (_host, cert) => tls.checkServerIdentity(name, cert),
+      });
+      ready = 'secureConnect';
+    } else {
+      socket = net.createConnection({ ...base, host: address, port: e.port, noDelay: true });
+    }
+  }
+  let done = false;
+  const timer = e.kind === 'tcp' ? setTimeout(() => socket.destroy(timedOut()), opts.attemptMs) : undefined;
+  timer?.unref();
+  const settle = (err: NodeJS.ErrnoException | undefined): void => {
+    if (done) return;
+    done = true;
+    if (timer) clearTimeout(timer);
+    socket.removeListener(ready, onReady);
+    socket.removeListener('error', onError);
+    if (err) {
+      socket.destroy();
+      fail(err);
+    } else {
+      ok(socket);
+    }
+  };
+  const onReady = (): void => settle(undefined);
+  const onError = (err: NodeJS.ErrnoException): void => settle(err);
+  socket.once(ready, onReady);
+  socket.once('error', onError);
+  return () => {
+    done = true;
+    if (timer) clearTimeout(timer);
+    socket.destroy();
+  };
+}
