@@ -6,75 +6,13 @@
 // in the booted containers of test/e2e/run.sh.
 
 import assert from 'node:assert/strict';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import type net from 'node:net';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import tls from 'node:tls';
-import { BIN, bridgeToEcho, closedWithin, connect, echoServer, NODE_FLAGS, pythonProgram, readAll, RESETTING_PROGRAM, ROOT, roundTrip, tempDir, TEST_HOOKS, waitFor } from './helpers';
-
-interface SdEvent {
-  event: 'listening' | 'ready' | 'exited' | 'removed' | 'status';
-  text?: string;
-  port?: number;
-  gen?: number;
-  pid?: number;
-  code?: number;
-  stored?: Record<string, number>;
-  name?: string;
-  count?: number;
-}
-
-interface FakeSystemd {
-  port: number;
-  events: SdEvent[];
-  send(command: 'restart' | 'restart-corrupt' | 'restart-v1' | 'handover' | 'start' | 'stop'): void;
-  next(pred: (e: SdEvent) => boolean, what: string, timeoutMs?: number): Promise<SdEvent>;
-  log(gen: number): string;
-  /** Wait for a line in a generation's log (sockbridge writes its stderr lines once per event-loop turn). */
-  waitLog(gen: number, pattern: RegExp): Promise<void>;
-}
-
-/** fake-systemd.py running sockbridge with `args`; it and every bridge it started are stopped by PID when the test ends. */
-async function fakeSystemd(t: TestContext, dir: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<FakeSystemd> {
-  const script = join(ROOT, 'test', 'programs', 'fake-systemd.py');
-  // The handover needs the native relay (its fd passing): forced, so that one that cannot load fails here.
-  const child = spawn('python3', [script, dir, process.execPath, ...NODE_FLAGS, BIN, '--log-target', 'stderr', '--relay', 'native', ...args],
-    { stdio: ['pipe', 'pipe', 'inherit'], env: { ...process.env, ...env } });
-  const events: SdEvent[] = [];
-  let buf = '';
-  child.stdout!.setEncoding('utf8');
-  child.stdout!.on('data', (d: string) => {
-    buf += d;
-    for (let i; (i = buf.indexOf('\n')) >= 0; buf = buf.slice(i + 1)) events.push(JSON.parse(buf.slice(0, i)) as SdEvent);
-  });
-  t.after(async () => {
-    const bridges = events.filter((e) => e.event === 'ready').map((e) => e.pid!);
-    child.stdin!.end();
-    await waitFor(() => child.exitCode !== null || child.signalCode !== null, 20_000, 'fake-systemd.py to stop its bridge and exit').catch(() => child.kill('SIGKILL'));
-    for (const pid of bridges) {
-      try { process.kill(pid, 'SIGKILL'); } catch { /* stopped already */ }
-    }
-  });
-  const next = async (pred: (e: SdEvent) => boolean, what: string, timeoutMs = 15_000): Promise<SdEvent> => {
-    await waitFor(() => events.some(pred) || child.exitCode !== null, timeoutMs, what);
-    const e = events.find(pred);
-    if (!e) throw new Error(`fake-systemd.py exited (${child.exitCode}) before ${what}; events: ${JSON.stringify(events)}`);
-    return e;
-  };
-  const log = (gen: number): string => readFileSync(join(dir, `gen-${gen}.log`), 'utf8');
-  const listening = await next((e) => e.event === 'listening', 'the listening socket');
-  await next((e) => e.event === 'ready' && e.gen === 1, 'READY=1 from the first bridge');
-  return {
-    port: listening.port!, events, next,
-    send: (command) => child.stdin!.write(`${command}\n`),
-    log,
-    waitLog: (gen, pattern) => waitFor(() => pattern.test(log(gen)), 5000, `${pattern} in the log of bridge ${gen}`).catch((err: Error) => {
-      throw new Error(`${err.message}; its log:\n${log(gen)}`);
-    }),
-  };
-}
+import { bridgeToEcho, closedWithin, connect, echoServer, fakeSystemd, pythonProgram, readAll, RESETTING_PROGRAM, roundTrip, tempDir, TEST_HOOKS, waitFor, type FakeSystemd } from './helpers';
 
 /** The most common setup: an echo program, and sockbridge in front of it under fake-systemd.py with `args` (the target is added). */
 async function echoBehindFakeSystemd(t: TestContext, args: string[] = [], env: NodeJS.ProcessEnv = {}): Promise<{ dir: string; sd: FakeSystemd }> {

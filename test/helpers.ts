@@ -2,12 +2,13 @@
 // waiting for conditions with a deadline (never a bare sleep).
 
 import assert from 'node:assert/strict';
-import { ChildProcess, spawn, SpawnOptions, spawnSync } from 'node:child_process';
-import { chmodSync, cpSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, unlinkSync } from 'node:fs';
+import { ChildProcess, execFileSync, spawn, SpawnOptions, spawnSync } from 'node:child_process';
+import { chmodSync, cpSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import type { TestContext } from 'node:test';
+import tls from 'node:tls';
 
 export const ROOT = resolve(__dirname, '..', '..');
 export const BIN = join(ROOT, 'bin', 'sockbridge');
@@ -450,3 +451,113 @@ export const TEST_HOOKS: boolean = (() => {
     return false;
   }
 })();
+
+// ---- TLS material ------------------------------------------------------------------
+
+/** Run openssl in `dir` (its stderr in the error if it fails). */
+export function openssl(dir: string, ...args: string[]): void {
+  execFileSync('openssl', args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
+}
+
+/**
+ * A CA (ca.crt), a server certificate for 127.0.0.1 (server.crt, server.key,
+ * server.csr), and client certificates: good (client), signed by another CA
+ * (stranger), expired (expired); all ECDSA P-256, in `dir`.
+ */
+export function makePki(dir: string): void {
+  const ca = (name: string): void => openssl(dir, 'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.crt`, '-days', '30', '-subj', `/CN=${name}`);
+  const csr = (name: string): void => openssl(dir, 'req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${name}`);
+  const sign = (name: string, by: string, ...extra: string[]): void => openssl(dir, 'x509', '-req', '-in', `${name}.csr`, '-CA', `${by}.crt`, '-CAkey', `${by}.key`, '-CAcreateserial', '-out', `${name}.crt`, '-days', '30', ...extra);
+  ca('ca');
+  ca('other-ca');
+  csr('server');
+  writeFileSync(join(dir, 'san.ext'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
+  sign('server', 'ca', '-extfile', 'san.ext');
+  csr('client');
+  sign('client', 'ca');
+  csr('stranger');
+  sign('stranger', 'other-ca');
+  // An expired certificate needs explicit dates: openssl ca can set them.
+  csr('expired');
+  writeFileSync(join(dir, 'index.txt'), '');
+  writeFileSync(join(dir, 'serial'), '1000\n');
+  writeFileSync(join(dir, 'ca.cnf'), `[ca]\ndefault_ca=d\n[d]\ndir=${dir}\ndatabase=${dir}/index.txt\nnew_certs_dir=${dir}\nserial=${dir}/serial\ndefault_md=sha256\npolicy=p\n[p]\ncommonName=supplied\n`);
+  openssl(dir, 'ca', '-batch', '-config', 'ca.cnf', '-cert', 'ca.crt', '-keyfile', 'ca.key', '-in', 'expired.csr', '-out', 'expired.crt', '-startdate', '20200101000000Z', '-enddate', '20200102000000Z', '-notext');
+}
+
+/** A TLS client of the bridge trusting makePki's CA, with client certificate `client` (a name makePki made) if given. */
+export function tlsConnect(port: number, dir: string, client?: string, extra: tls.ConnectionOptions = {}): Promise<tls.TLSSocket> {
+  return new Promise((resolve, reject) => {
+    const opts: tls.ConnectionOptions = { host: '127.0.0.1', port, ca: readFileSync(join(dir, 'ca.crt')), ...extra };
+    if (client) {
+      opts.cert = readFileSync(join(dir, `${client}.crt`));
+      opts.key = readFileSync(join(dir, `${client}.key`));
+    }
+    const s = tls.connect(opts, () => resolve(s));
+    s.once('error', reject);
+  });
+}
+
+// ---- a fake systemd for restarts (test/programs/fake-systemd.py) ----------------------
+
+export interface SdEvent {
+  event: 'listening' | 'ready' | 'exited' | 'removed' | 'status';
+  text?: string;
+  port?: number;
+  gen?: number;
+  pid?: number;
+  code?: number;
+  stored?: Record<string, number>;
+  name?: string;
+  count?: number;
+}
+
+export interface FakeSystemd {
+  port: number;
+  events: SdEvent[];
+  send(command: 'restart' | 'restart-corrupt' | 'restart-v1' | 'handover' | 'start' | 'stop'): void;
+  next(pred: (e: SdEvent) => boolean, what: string, timeoutMs?: number): Promise<SdEvent>;
+  log(gen: number): string;
+  /** Wait for a line in a generation's log (sockbridge writes its stderr lines once per event-loop turn). */
+  waitLog(gen: number, pattern: RegExp): Promise<void>;
+}
+
+/** fake-systemd.py running sockbridge with `args`; it and every bridge it started are stopped by PID when the test ends. */
+export async function fakeSystemd(t: TestContext, dir: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<FakeSystemd> {
+  const script = join(ROOT, 'test', 'programs', 'fake-systemd.py');
+  // The handover needs the native relay (its fd passing): forced, so that one that cannot load fails here.
+  const child = spawn('python3', [script, dir, process.execPath, ...NODE_FLAGS, BIN, '--log-target', 'stderr', '--relay', 'native', ...args],
+    { stdio: ['pipe', 'pipe', 'inherit'], env: { ...process.env, ...env } });
+  const events: SdEvent[] = [];
+  let buf = '';
+  child.stdout!.setEncoding('utf8');
+  child.stdout!.on('data', (d: string) => {
+    buf += d;
+    for (let i; (i = buf.indexOf('\n')) >= 0; buf = buf.slice(i + 1)) events.push(JSON.parse(buf.slice(0, i)) as SdEvent);
+  });
+  t.after(async () => {
+    const bridges = events.filter((e) => e.event === 'ready').map((e) => e.pid!);
+    child.stdin!.end();
+    await waitFor(() => child.exitCode !== null || child.signalCode !== null, 20_000, 'fake-systemd.py to stop its bridge and exit').catch(() => child.kill('SIGKILL'));
+    for (const pid of bridges) {
+      try { process.kill(pid, 'SIGKILL'); } catch { /* stopped already */ }
+    }
+  });
+  const next = async (pred: (e: SdEvent) => boolean, what: string, timeoutMs = 15_000): Promise<SdEvent> => {
+    await waitFor(() => events.some(pred) || child.exitCode !== null, timeoutMs, what);
+    const e = events.find(pred);
+    if (!e) throw new Error(`fake-systemd.py exited (${child.exitCode}) before ${what}; events: ${JSON.stringify(events)}`);
+    return e;
+  };
+  const log = (gen: number): string => readFileSync(join(dir, `gen-${gen}.log`), 'utf8');
+  const listening = await next((e) => e.event === 'listening', 'the listening socket');
+  await next((e) => e.event === 'ready' && e.gen === 1, 'READY=1 from the first bridge');
+  return {
+    port: listening.port!, events, next,
+    send: (command) => child.stdin!.write(`${command}\n`),
+    log,
+    waitLog: (gen, pattern) => waitFor(() => pattern.test(log(gen)), 5000, `${pattern} in the log of bridge ${gen}`).catch((err: Error) => {
+      throw new Error(`${err.message}; its log:\n${log(gen)}`);
+    }),
+  };
+}

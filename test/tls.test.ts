@@ -3,38 +3,11 @@
 // a handshake. None of them reaches the program; each is logged with its address.
 
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import tls from 'node:tls';
-import { closedWithin, connect, echoServer, runBridge, startBridge, tempDir, UnixServer } from './helpers';
-
-function openssl(dir: string, ...args: string[]): void {
-  execFileSync('openssl', args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
-}
-
-/** A CA, a server certificate for 127.0.0.1, and client certificates: good, foreign, expired. */
-function makePki(dir: string): void {
-  const ca = (name: string): void => openssl(dir, 'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.crt`, '-days', '30', '-subj', `/CN=${name}`);
-  const csr = (name: string): void => openssl(dir, 'req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${name}`);
-  const sign = (name: string, by: string, ...extra: string[]): void => openssl(dir, 'x509', '-req', '-in', `${name}.csr`, '-CA', `${by}.crt`, '-CAkey', `${by}.key`, '-CAcreateserial', '-out', `${name}.crt`, '-days', '30', ...extra);
-  ca('ca');
-  ca('other-ca');
-  csr('server');
-  writeFileSync(join(dir, 'san.ext'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
-  sign('server', 'ca', '-extfile', 'san.ext');
-  csr('client');
-  sign('client', 'ca');
-  csr('stranger');
-  sign('stranger', 'other-ca');
-  // An expired certificate needs explicit dates: openssl ca can set them.
-  csr('expired');
-  writeFileSync(join(dir, 'index.txt'), '');
-  writeFileSync(join(dir, 'serial'), '1000\n');
-  writeFileSync(join(dir, 'ca.cnf'), `[ca]\ndefault_ca=d\n[d]\ndir=${dir}\ndatabase=${dir}/index.txt\nnew_certs_dir=${dir}\nserial=${dir}/serial\ndefault_md=sha256\npolicy=p\n[p]\ncommonName=supplied\n`);
-  openssl(dir, 'ca', '-batch', '-config', 'ca.cnf', '-cert', 'ca.crt', '-keyfile', 'ca.key', '-in', 'expired.csr', '-out', 'expired.crt', '-startdate', '20200101000000Z', '-enddate', '20200102000000Z', '-notext');
-}
+import { closedWithin, connect, echoServer, makePki, openssl, runBridge, startBridge, tempDir, tlsConnect, UnixServer } from './helpers';
 
 interface Setup {
   dir: string;
@@ -50,18 +23,6 @@ async function setup(t: { after(fn: () => void): void }): Promise<Setup> {
   let seen = 0;
   srv.server.on('connection', () => { seen++; });
   return { dir, srv, seen: () => seen };
-}
-
-function tlsConnect(port: number, dir: string, client?: string): Promise<tls.TLSSocket> {
-  return new Promise((resolve, reject) => {
-    const opts: tls.ConnectionOptions = { host: '127.0.0.1', port, ca: readFileSync(join(dir, 'ca.crt')) };
-    if (client) {
-      opts.cert = readFileSync(join(dir, `${client}.crt`));
-      opts.key = readFileSync(join(dir, `${client}.key`));
-    }
-    const s = tls.connect(opts, () => resolve(s));
-    s.once('error', reject);
-  });
 }
 
 /** Send, then read until EOF or an error; what arrived. */
