@@ -16,6 +16,18 @@ export interface BridgeContext {
   threads: number;
   /** Where the bridge's stderr goes. */
   stderrFile: string;
+  /** The TLS section's certificate and key (tlsBridges only). */
+  tls?: TlsFiles;
+}
+
+/** A P-256 ECDSA key and a self-signed certificate for 127.0.0.1 (tls.ts makes them). */
+export interface TlsFiles {
+  cert: string;
+  key: string;
+  /** Certificate and key in one PEM file, as HAProxy's `crt` wants them. */
+  pem: string;
+  /** What clients verify the bridge's certificate with (the certificate itself). */
+  ca: string;
 }
 
 export interface Command {
@@ -37,6 +49,8 @@ const NGINX_STREAM = '/usr/lib/nginx/modules/ngx_stream_module.so';
 const SOCAT = '/usr/bin/socat';
 const PROXYD = '/lib/systemd/systemd-socket-proxyd';
 const ACTIVATE = '/usr/bin/systemd-socket-activate';
+const STUNNEL = '/usr/bin/stunnel4';
+export const OPENSSL = '/usr/bin/openssl';
 
 /** Debian 12 package for each file a peer needs. */
 const PACKAGES: [string, string][] = [
@@ -46,6 +60,9 @@ const PACKAGES: [string, string][] = [
   [SOCAT, 'socat'],
   [PROXYD, 'systemd'],
   [ACTIVATE, 'systemd'],
+  // The TLS section's peer, and the tool that makes its certificate.
+  [STUNNEL, 'stunnel4'],
+  [OPENSSL, 'openssl'],
 ];
 
 function aptInstall(pkgs: string[]): boolean {
@@ -82,7 +99,7 @@ function missingFile(...files: string[]): string | null {
   return f ? `${f} not installed` : null;
 }
 
-function haproxyConfig(ctx: BridgeContext): string {
+function haproxyConfig(ctx: BridgeContext, bindOptions = ''): string {
   // No "log" line: HAProxy logs nothing without one. No splice options: the
   // default is no splicing, which is the fair comparison for a userspace relay.
   return `global
@@ -98,12 +115,31 @@ defaults
     timeout server 50s
 
 frontend bench_in
-    bind 127.0.0.1:${ctx.port}
+    bind 127.0.0.1:${ctx.port}${bindOptions}
     default_backend bench_unix
 
 backend bench_unix
     # A server address starting with "/" is a UNIX stream socket.
     server s1 ${ctx.target} maxconn 8192
+`;
+}
+
+/**
+ * stunnel4 in the foreground (the PID we started is the server), its own
+ * defaults otherwise: one thread per connection, log level notice (a line as
+ * a connection opens and one as it closes, like sockbridge's info level), on
+ * stderr only.
+ */
+function stunnelConfig(ctx: BridgeContext, tls: TlsFiles): string {
+  return `foreground = yes
+syslog = no
+pid =
+
+[svc]
+accept = 127.0.0.1:${ctx.port}
+connect = ${ctx.target}
+cert = ${tls.cert}
+key = ${tls.key}
 `;
 }
 
@@ -143,6 +179,64 @@ function writeConfig(ctx: BridgeContext, name: string, text: string): string {
 export function sockbridgeHasOption(bin: string, option: string): boolean {
   const help = spawnSync(bin, ['--help'], { encoding: 'utf8', timeout: 20_000 });
   return new RegExp(`${option}(?![\\w-])`).test(`${help.stdout ?? ''}${help.stderr ?? ''}`);
+}
+
+function needTls(ctx: BridgeContext): TlsFiles {
+  if (!ctx.tls) throw new Error('a TLS bridge started without its certificate');
+  return ctx.tls;
+}
+
+/**
+ * The TLS section's bridges, each terminating TLS in front of the UNIX socket
+ * with the same certificate; no option that changes versions or ciphers, so
+ * each negotiates its default with the load client (TLS 1.3, which the client
+ * pins, and the JSON records what was agreed).
+ */
+export function tlsBridges(sockbridgeBin: string): Bridge[] {
+  const hasRelay = sockbridgeHasOption(sockbridgeBin, '--relay');
+  const sockbridge = (name: string, extra: string[]): Bridge => ({
+    name,
+    unavailable: () => missingFile(sockbridgeBin),
+    command: (ctx) => {
+      const tls = needTls(ctx);
+      return {
+        cmd: sockbridgeBin,
+        args: [
+          '--listen', `127.0.0.1:${ctx.port}`, '--target', ctx.target, '--log-target', 'stderr',
+          '--tls-cert', tls.cert, '--tls-key', tls.key,
+          // Only for `sockbridge status` afterwards (per-thread handshakes); nothing else changes.
+          '--control-socket', join(ctx.dir, 'bridge.ctl'),
+          ...extra,
+        ],
+      };
+    },
+  });
+  return [
+    sockbridge('sockbridge', []),
+    { ...sockbridge('sockbridge-js', ['--relay', 'js']), unavailable: () => (hasRelay ? missingFile(sockbridgeBin) : 'this build has no --relay') },
+    {
+      name: 'haproxy',
+      unavailable: () => missingFile(HAPROXY),
+      command: (ctx) => ({ cmd: HAPROXY, args: ['-db', '-f', writeConfig(ctx, 'haproxy.cfg', haproxyConfig(ctx, ` ssl crt ${needTls(ctx).pem}`))] }),
+    },
+    {
+      name: 'stunnel',
+      unavailable: () => missingFile(STUNNEL),
+      command: (ctx) => ({ cmd: STUNNEL, args: [writeConfig(ctx, 'stunnel.conf', stunnelConfig(ctx, needTls(ctx)))] }),
+    },
+    {
+      name: 'socat',
+      unavailable: () => missingFile(SOCAT),
+      // A process per connection (fork), as in the plain section; verify=0: no client certificates.
+      command: (ctx) => {
+        const tls = needTls(ctx);
+        return {
+          cmd: SOCAT,
+          args: [`OPENSSL-LISTEN:${ctx.port},bind=127.0.0.1,cert=${tls.cert},key=${tls.key},verify=0,fork,reuseaddr,nodelay`, `UNIX-CONNECT:${ctx.target}`],
+        };
+      },
+    },
+  ];
 }
 
 export function allBridges(sockbridgeBin: string): Bridge[] {

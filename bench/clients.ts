@@ -9,17 +9,24 @@
 // (sockbridge / HAProxy, each / direct), measured seconds apart on the same
 // machine; absolute numbers on a shared 2-core box are noise.
 //
+// TLS: `redis-benchmark --tls` through the bridges that terminate TLS
+// (run.ts's TLS section: sockbridge --tls-cert, HAProxy `ssl crt`, stunnel4,
+// socat OPENSSL-LISTEN) to the same redis-server UNIX socket, a table of its own.
+//
 // QUICK=1: one pass of shorter runs (under 2 minutes; a full run is under 6).
 // BRIDGES=a,b,c runs only those columns (for development).
+// SECTIONS=plain or SECTIONS=tls runs only that part (default both).
 
 import { ChildProcess } from 'node:child_process';
 import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
+import { spawnSync } from 'node:child_process';
 import { dirname, join, resolve } from 'node:path';
-import { allBridges, Bridge, installMissing, sockbridgeHasOption } from './bridges';
+import { allBridges, Bridge, installMissing, sockbridgeHasOption, tlsBridges, TlsFiles } from './bridges';
 import { basePlan, BasePlan, combine, freePort, machine, replies, runAsMain, runTool, startLogged, stop, ToolResult } from './common';
 import { delay, treeCpuSeconds, waitUntil } from './proc';
 import { Metrics, renderMarkdown, renderText, Value } from './report';
+import { makeCertificates, tlsReplies } from './tls';
 
 const ROOT = resolve(__dirname, '..', '..');
 const OUT = join(ROOT, 'bench', 'out');
@@ -39,13 +46,15 @@ const JS_RELAY = 'sockbridge-js';
 interface Plan extends BasePlan {
   /** redis-benchmark -n: requests per test. */
   redisRequests: number;
+  /** redis-benchmark --tls -n: fewer, as TLS makes every column slower. */
+  redisTlsRequests: number;
   /** pgbench -T: seconds per pgbench run. */
   pgSeconds: number;
 }
 
 function makePlan(): Plan {
   const base = basePlan();
-  return { ...base, redisRequests: base.quick ? 50_000 : 100_000, pgSeconds: base.quick ? 4 : 8 };
+  return { ...base, redisRequests: base.quick ? 50_000 : 100_000, redisTlsRequests: base.quick ? 20_000 : 50_000, pgSeconds: base.quick ? 4 : 8 };
 }
 
 // ---- the servers -------------------------------------------------------------------
@@ -181,6 +190,8 @@ interface Lane {
   bridge: Bridge;
   endpoints: Map<ServiceName, Endpoint>;
   raw: Record<string, unknown>[];
+  /** The TLS part: the certificate clients verify; null for plain TCP. */
+  tls: TlsFiles | null;
 }
 
 /** sockbridge with the TypeScript relay, for builds whose --help has --relay. */
@@ -205,27 +216,34 @@ function comparedBridges(): Bridge[] {
   return bridges.filter((b) => !only || only.includes(b.name));
 }
 
-async function startEndpoint(bridge: Bridge, service: Service, plan: Plan, tmp: string): Promise<Endpoint> {
+/** An inline PING answered by +PONG over TLS, the certificate verified. */
+function redisAnswersTls(address: string, ca: string): Promise<boolean> {
+  return tlsReplies(address, ca, 'PING\r\n', (got) => got.toString().startsWith('+PONG'), 1000);
+}
+
+async function startEndpoint(bridge: Bridge, service: Service, plan: Plan, tmp: string, tls: TlsFiles | null): Promise<Endpoint> {
   const port = await freePort();
-  const stderrFile = join(OUT, `clients-${bridge.name}-${service.name}.stderr.log`);
-  const dir = join(tmp, `${bridge.name}-${service.name}`);
-  const cmd = bridge.command({ port, target: service.socket, dir, threads: plan.threads, stderrFile });
+  const label = `${tls ? 'tls-' : ''}${bridge.name}-${service.name}`;
+  const stderrFile = join(OUT, `clients-${label}.stderr.log`);
+  const dir = join(tmp, label);
+  const cmd = bridge.command({ port, target: service.socket, dir, threads: plan.threads, stderrFile, tls: tls ?? undefined });
   if (!cmd) return { child: null, pid: null, port: null };
   mkdirSync(dir, { recursive: true });
   const child = startLogged(cmd, stderrFile, { cwd: dir });
-  if (!(await waitUntil(() => service.answers(`127.0.0.1:${port}`), 15_000, 50))) {
+  const answers = (): Promise<boolean> => (tls ? redisAnswersTls(`127.0.0.1:${port}`, tls.ca) : service.answers(`127.0.0.1:${port}`));
+  if (!(await waitUntil(answers, 15_000, 50))) {
     await stop(child);
     throw new Error(`did not relay to ${service.name} within 15 s (see ${stderrFile})`);
   }
   return { child, pid: child.pid ?? null, port };
 }
 
-async function startLane(bridge: Bridge, services: Service[], plan: Plan, tmp: string): Promise<Lane> {
+async function startLane(bridge: Bridge, services: Service[], plan: Plan, tmp: string, tls: TlsFiles | null = null): Promise<Lane> {
   const why = bridge.unavailable();
   if (why) throw new Error(why);
-  const lane: Lane = { bridge, endpoints: new Map(), raw: [] };
+  const lane: Lane = { bridge, endpoints: new Map(), raw: [], tls };
   try {
-    for (const s of services) lane.endpoints.set(s.name, await startEndpoint(bridge, s, plan, tmp));
+    for (const s of services) lane.endpoints.set(s.name, await startEndpoint(bridge, s, plan, tmp, tls));
   } catch (e) {
     await stopLane(lane);
     throw e;
@@ -338,6 +356,37 @@ function pgbench(name: string, key: string, connectEach: boolean): Client {
 
 const CLIENTS: Client[] = [redisBenchmark, pgbench('pgbench -S', 'pg_select', false), pgbench('pgbench -S -C', 'pg_connect', true)];
 
+/** Does this redis-benchmark speak TLS (built with it, as Debian's 7.x is)? */
+function redisBenchmarkHasTls(): boolean {
+  const r = spawnSync(REDIS_BENCHMARK, ['--help'], { encoding: 'utf8', timeout: 20_000 });
+  return /--tls\b/.test(`${r.stdout ?? ''}${r.stderr ?? ''}`);
+}
+
+/**
+ * The same redis-benchmark run over TLS through a TLS-terminating bridge: its
+ * 50 connections each shake hands once (verifying the certificate with
+ * --cacert), then the requests. Same keys as the plain run, in a table of its own.
+ */
+const redisBenchmarkTls: Client = {
+  name: 'redis-benchmark --tls',
+  service: 'redis',
+  async run(lane, ep, ctx) {
+    const n = ctx.plan.redisTlsRequests;
+    if (ep.port === null || !lane.tls) {
+      // direct: the plain UNIX socket, with as many requests as the TLS columns
+      return redisBenchmark.run(lane, ep, { ...ctx, plan: { ...ctx.plan, redisRequests: n } });
+    }
+    const args = ['--tls', '--cacert', lane.tls.ca, '-h', '127.0.0.1', '-p', `${ep.port}`, '-q', '--csv', '-t', REDIS_TESTS.join(','), '-n', `${n}`, '-c', '50'];
+    const { out, cpu } = await measured(lane, ep, ctx, REDIS_BENCHMARK, args, 300_000);
+    const csv = parseRedisCsv(out);
+    const m: Metrics = {};
+    for (const t of REDIS_TESTS) m[`redis_${t}_rps`] = csv.get(t)?.rps ?? null;
+    if (REDIS_TESTS.some((t) => !csv.has(t))) throw new Error(`no result for every test in: ${lastLine(out)}`);
+    m.redis_cpu_us_per_req = perUnit(cpu, n * REDIS_TESTS.length);
+    return m;
+  },
+};
+
 // ---- the table ---------------------------------------------------------------------
 
 interface Row {
@@ -345,6 +394,13 @@ interface Row {
   label: string;
   digits: number;
 }
+
+const TLS_ROWS: Row[] = [
+  { key: 'redis_ping_inline_rps', label: 'redis-benchmark --tls PING_INLINE requests/s', digits: 0 },
+  { key: 'redis_set_rps', label: 'redis-benchmark --tls SET requests/s', digits: 0 },
+  { key: 'redis_get_rps', label: 'redis-benchmark --tls GET requests/s', digits: 0 },
+  { key: 'redis_cpu_us_per_req', label: 'redis over TLS: bridge CPU µs per request', digits: 2 },
+];
 
 const ROWS: Row[] = [
   { key: 'redis_ping_inline_rps', label: 'redis-benchmark PING_INLINE requests/s', digits: 0 },
@@ -363,11 +419,11 @@ function ratio(a: Value | undefined, b: Value | undefined): string {
 }
 
 /** Header and rows: each client figure × bridge, then the ratios. */
-function tableRows(names: string[], results: Record<string, Metrics>): string[][] {
+function tableRows(names: string[], results: Record<string, Metrics>, rowDefs: Row[] = ROWS): string[][] {
   const bridges = names.filter((n) => n !== 'direct');
   const vsHaproxy = bridges.filter((n) => n.startsWith('sockbridge'));
   const header = ['client', ...names, ...vsHaproxy.map((n) => `${n}/haproxy`), ...bridges.map((n) => `${n}/direct`)];
-  const rows = ROWS.map((row) => {
+  const rows = rowDefs.map((row) => {
     const val = (n: string): Value | undefined => results[n]?.[row.key];
     const cell = (n: string): string => (val(n) == null ? 'n/a' : (val(n) as number).toFixed(row.digits));
     return [
@@ -380,15 +436,19 @@ function tableRows(names: string[], results: Record<string, Metrics>): string[][
   return [header, ...rows];
 }
 
-function commandLine(plan: Plan): string {
-  const q = plan.quick ? 'QUICK=1 ' : '';
-  return process.env.MAKELEVEL ? `${q}make bench-clients` : `${q}node ${process.argv.slice(1).join(' ')}`;
+function commandLine(): string {
+  const env = ['QUICK', 'SECTIONS', 'BRIDGES'].filter((k) => process.env[k]).map((k) => `${k}=${process.env[k]} `).join('');
+  return process.env.MAKELEVEL ? `${env}make bench-clients` : `${env}node ${process.argv.slice(1).join(' ')}`;
 }
 
 interface Report {
   plan: Plan;
   names: string[];
   results: Record<string, Metrics>;
+  /** The TLS part: its columns (direct = plain UNIX socket, no TLS) and results; names empty when not run. */
+  tlsNames: string[];
+  tlsResults: Record<string, Metrics>;
+  tlsNotes: string[];
   notes: string[];
   started: Date;
   seconds: number;
@@ -397,28 +457,43 @@ interface Report {
 
 function writeReports(r: Report): string {
   const rows = tableRows(r.names, r.results);
+  const tlsRows = r.tlsNames.length > 0 ? tableRows(r.tlsNames, r.tlsResults, TLS_ROWS) : null;
   const p = r.plan;
   const md = [
     '# sockbridge with real clients',
     '',
     `- date: ${r.started.toISOString()} (${r.seconds.toFixed(0)} s)`,
     `- machine: ${machine()}`,
-    `- command: \`${commandLine(p)}\``,
+    `- command: \`${commandLine()}\``,
     `- plan: ${p.passes} pass(es), median; \`redis-benchmark -q --csv -t ${REDIS_TESTS.join(',')} -n ${p.redisRequests} -c 50\`; ` +
       `\`pgbench -S -n -c 8 -j 2 -T ${p.pgSeconds}\` and the same with \`-C\` (scale ${PG_SCALE}); HAProxy nbthread = ${p.threads}`,
     '- method: redis-server and PostgreSQL on UNIX sockets only; each bridge has one listener per server, started fresh; every client runs on all bridges back to back in alternating order; bridge CPU (user+sys) is the listener\'s whole process tree; direct = the client on the UNIX socket itself',
     '- read: requests/s and transactions/s higher is better; CPU and connection time lower is better',
     ...r.notes.map((n) => `- ${n}`),
     '',
-    renderMarkdown(rows),
-    '',
+    ...(r.names.length > 0 ? [renderMarkdown(rows), ''] : []),
+    ...(tlsRows
+      ? [
+          '## TLS',
+          '',
+          `- \`redis-benchmark --tls --cacert CERT -h 127.0.0.1 -p PORT -q --csv -t ${REDIS_TESTS.join(',')} -n ${p.redisTlsRequests} -c 50\` through each TLS-terminating bridge (the bridges of \`make bench\`'s TLS section, same options; P-256 ECDSA certificate made for the run) to the same redis-server UNIX socket; direct = plain \`redis-benchmark -s SOCKET\` without TLS, for what TLS and the bridge cost together`,
+          ...r.tlsNotes.map((n) => `- ${n}`),
+          '',
+          renderMarkdown(tlsRows),
+          '',
+        ]
+      : []),
   ].join('\n');
   mkdirSync(OUT, { recursive: true });
   writeFileSync(join(OUT, 'clients.md'), md);
   const file = join(OUT, `clients-${r.started.toISOString().replace(/[:.]/g, '-')}.json`);
-  const json = { date: r.started.toISOString(), seconds: r.seconds, machine: machine(), command: commandLine(p), plan: p, results: r.results, notes: r.notes, raw: r.raw };
+  const json = {
+    date: r.started.toISOString(), seconds: r.seconds, machine: machine(), command: commandLine(), plan: p, results: r.results, notes: r.notes, raw: r.raw,
+    tls: { results: r.tlsResults, notes: r.tlsNotes },
+  };
   writeFileSync(file, `${JSON.stringify(json, null, 2)}\n`);
-  return [renderText(rows), ...r.notes, `bench-clients: wrote ${join(OUT, 'clients.md')} and ${file}`].join('\n');
+  const tlsText = tlsRows ? ['', 'TLS:', renderText(tlsRows), ...r.tlsNotes] : [];
+  return [...(r.names.length > 0 ? [renderText(rows)] : []), ...r.notes, ...tlsText, `bench-clients: wrote ${join(OUT, 'clients.md')} and ${file}`].join('\n');
 }
 
 // ---- main --------------------------------------------------------------------------
@@ -429,13 +504,17 @@ function installClients(): void {
     ['/usr/sbin/haproxy', 'haproxy'],
     [REDIS_SERVER, 'redis-server'],
     [REDIS_BENCHMARK, 'redis-tools'],
+    // The TLS part's peers and the tool that makes its certificate.
+    ['/usr/bin/stunnel4', 'stunnel4'],
+    ['/usr/bin/socat', 'socat'],
+    ['/usr/bin/openssl', 'openssl'],
     // Any major will do; a path that cannot exist asks for the package.
     [pg ? join(pg, 'postgres') : join(PG_LIB, 'none'), 'postgresql'],
   ]);
 }
 
 /** Start each server; one that cannot run costs its rows, with a note saying why. */
-async function startServices(tmp: string, notes: string[]): Promise<{ services: Service[]; pgBin: string }> {
+async function startServices(tmp: string, notes: string[], withPostgres = true): Promise<{ services: Service[]; pgBin: string }> {
   const services: Service[] = [];
   const pgBin = postgresBin();
   const start = async (name: string, f: () => Promise<Service>): Promise<void> => {
@@ -449,16 +528,16 @@ async function startServices(tmp: string, notes: string[]): Promise<{ services: 
     if (!existsSync(REDIS_SERVER) || !existsSync(REDIS_BENCHMARK)) throw new Error(`${REDIS_SERVER} or ${REDIS_BENCHMARK} not installed`);
     return startRedis(tmp);
   });
-  await start('postgres', async () => {
+  if (withPostgres) await start('postgres', async () => {
     if (!pgBin) throw new Error(`no PostgreSQL server with pgbench under ${PG_LIB}`);
     return startPostgres(tmp, pgBin);
   });
   return { services, pgBin: pgBin ?? '' };
 }
 
-async function runPasses(lanes: Lane[], ctx: ClientContext, notes: string[]): Promise<Map<Lane, Metrics[]>> {
+async function runPasses(lanes: Lane[], ctx: ClientContext, notes: string[], all: Client[] = CLIENTS): Promise<Map<Lane, Metrics[]>> {
   const passes = new Map<Lane, Metrics[]>(lanes.map((l) => [l, []]));
-  const clients = CLIENTS.filter((c) => ctx.services.has(c.service));
+  const clients = all.filter((c) => ctx.services.has(c.service));
   for (let p = 0; p < ctx.plan.passes; p++) {
     ctx.pass = p + 1;
     // Alternate the order, so no bridge always runs right after the same neighbour.
@@ -484,38 +563,91 @@ async function runPasses(lanes: Lane[], ctx: ClientContext, notes: string[]): Pr
 /** The run's temporary directory, removed on an interrupt too. */
 let tmpDir: string | null = null;
 
+/** The TLS part's columns: direct (plain UNIX socket, no TLS) and run.ts's TLS bridges. */
+function tlsComparedBridges(): Bridge[] {
+  const only = process.env.BRIDGES?.split(',').filter(Boolean);
+  const direct = allBridges(SOCKBRIDGE).filter((b) => b.name === 'direct');
+  return [...direct, ...tlsBridges(SOCKBRIDGE)].filter((b) => !only || only.includes(b.name));
+}
+
+/**
+ * redis-benchmark --tls through each TLS bridge, in front of the redis-server
+ * already running; its own lanes, started after the plain ones stopped.
+ * Results and notes go into `out`.
+ */
+async function runTls(plan: Plan, redis: Service | undefined, tmp: string, out: { names: string[]; results: Record<string, Metrics>; notes: string[]; raw: Record<string, unknown> }): Promise<void> {
+  const bridges = tlsComparedBridges();
+  out.names = bridges.map((b) => b.name);
+  const skip = (why: string): void => {
+    out.notes.push(`redis-benchmark --tls: n/a (${why})`);
+  };
+  if (!redis) return skip('no redis-server');
+  if (!redisBenchmarkHasTls()) return skip(`${REDIS_BENCHMARK} --help lists no --tls: built without TLS`);
+  let tls: TlsFiles;
+  try {
+    tls = makeCertificates(tmp);
+  } catch (e) {
+    return skip((e as Error).message);
+  }
+  const lanes: Lane[] = [];
+  try {
+    for (const b of bridges) {
+      try {
+        lanes.push(await startLane(b, [redis], plan, tmp, b.name === 'direct' ? null : tls));
+      } catch (e) {
+        out.notes.push(`${b.name}: n/a (${(e as Error).message})`);
+      }
+    }
+    console.log(`bench-clients: TLS side by side: ${lanes.map((l) => l.bridge.name).join(', ')}`);
+    const ctx: ClientContext = { plan, services: new Map([['redis', redis]]), pgBin: '', pass: 0 };
+    const passes = await runPasses(lanes, ctx, out.notes, [redisBenchmarkTls]);
+    for (const l of lanes) {
+      out.results[l.bridge.name] = combine(passes.get(l) ?? []);
+      out.raw[`tls-${l.bridge.name}`] = l.raw;
+    }
+  } finally {
+    for (const l of lanes) await stopLane(l);
+  }
+}
+
 async function main(): Promise<number> {
   const started = new Date();
   const plan = makePlan();
   installClients();
   mkdirSync(OUT, { recursive: true });
+  const which = (process.env.SECTIONS ?? 'plain,tls').split(',').filter(Boolean);
   const tmp = mkdtempSync(join(os.tmpdir(), 'sockbridge-clients-'));
   tmpDir = tmp;
   chmodSync(tmp, 0o755); // PostgreSQL runs as its own user and must reach its directories
   const notes: string[] = [];
-  const bridges = comparedBridges();
+  const bridges = which.includes('plain') ? comparedBridges() : [];
   const results: Record<string, Metrics> = {};
   const raw: Record<string, unknown> = {};
+  const tlsOut = { names: [] as string[], results: {} as Record<string, Metrics>, notes: [] as string[], raw };
   let services: Service[] = [];
   const lanes: Lane[] = [];
-  console.log(`bench-clients: ${plan.quick ? 'QUICK ' : ''}run, ${plan.passes} pass(es), output in ${OUT}`);
+  console.log(`bench-clients: ${plan.quick ? 'QUICK ' : ''}run, ${plan.passes} pass(es), ${which.join(', ')}, output in ${OUT}`);
   try {
-    const up = await startServices(tmp, notes);
+    const up = await startServices(tmp, notes, which.includes('plain'));
     services = up.services;
-    for (const b of bridges) {
-      try {
-        lanes.push(await startLane(b, services, plan, tmp));
-      } catch (e) {
-        notes.push(`${b.name}: n/a (${(e as Error).message})`);
+    if (which.includes('plain')) {
+      for (const b of bridges) {
+        try {
+          lanes.push(await startLane(b, services, plan, tmp));
+        } catch (e) {
+          notes.push(`${b.name}: n/a (${(e as Error).message})`);
+        }
       }
+      console.log(`bench-clients: side by side: ${lanes.map((l) => l.bridge.name).join(', ')}; servers: ${services.map((s) => s.name).join(', ')}`);
+      const ctx: ClientContext = { plan, services: new Map(services.map((s) => [s.name, s])), pgBin: up.pgBin, pass: 0 };
+      const passes = await runPasses(lanes, ctx, notes);
+      for (const l of lanes) {
+        results[l.bridge.name] = combine(passes.get(l) ?? []);
+        raw[l.bridge.name] = l.raw;
+      }
+      for (const l of lanes.splice(0)) await stopLane(l);
     }
-    console.log(`bench-clients: side by side: ${lanes.map((l) => l.bridge.name).join(', ')}; servers: ${services.map((s) => s.name).join(', ')}`);
-    const ctx: ClientContext = { plan, services: new Map(services.map((s) => [s.name, s])), pgBin: up.pgBin, pass: 0 };
-    const passes = await runPasses(lanes, ctx, notes);
-    for (const l of lanes) {
-      results[l.bridge.name] = combine(passes.get(l) ?? []);
-      raw[l.bridge.name] = l.raw;
-    }
+    if (which.includes('tls')) await runTls(plan, services.find((s) => s.name === 'redis'), tmp, tlsOut);
   } finally {
     for (const l of lanes) await stopLane(l);
     for (const s of services) await s.stop();
@@ -523,7 +655,11 @@ async function main(): Promise<number> {
     tmpDir = null;
   }
   const seconds = (Date.now() - started.getTime()) / 1000;
-  console.log(writeReports({ plan, names: bridges.map((b) => b.name), results, notes, started, seconds, raw }));
+  console.log(
+    writeReports({
+      plan, names: bridges.map((b) => b.name), results, tlsNames: tlsOut.names, tlsResults: tlsOut.results, tlsNotes: tlsOut.notes, notes, started, seconds, raw,
+    }),
+  );
   return 0;
 }
 

@@ -14,6 +14,8 @@ export interface MetricDef {
   /** Shown as yes/no (1/0). */
   bool?: boolean;
   target?: TargetKind;
+  /** ge/le-haproxy: the factor of HAProxy's figure allowed (default 1.0; 1.05 = within 5 %). */
+  factor?: number;
 }
 
 export const METRICS: MetricDef[] = [
@@ -40,6 +42,33 @@ export const METRICS: MetricDef[] = [
   { key: 'verify_bad_bytes', label: 'verified echo: mismatched bytes', digits: 0, target: 'zero' },
 ];
 
+/**
+ * The TLS section (run.ts, SECTIONS=tls): the same keys where a workload is
+ * the plain one over TLS, so the workloads are shared; sockbridge with
+ * --tls-cert against HAProxy with `bind ... ssl crt`.
+ */
+export const TLS_METRICS: MetricDef[] = [
+  { key: 'halfclose_ok', label: 'TLS half-close: reply delivered (10 trials)', digits: 0, bool: true, target: 'yes' },
+  { key: 'hs_full_per_s', label: 'full handshakes/s', digits: 0, target: 'ge-haproxy' },
+  { key: 'cpu_us_per_full_hs', label: 'CPU µs per full handshake', digits: 0, target: 'le-haproxy' },
+  { key: 'hs_full_p50_us', label: 'full handshake p50, client side (µs)', digits: 0 },
+  { key: 'hs_resume_per_s', label: 'handshakes/s offering the last ticket', digits: 0 },
+  { key: 'hs_resumed_pct', label: '  of which resumed (%)', digits: 0 },
+  { key: 'cpu_us_per_resume_hs', label: '  CPU µs per handshake', digits: 0 },
+  { key: 'hs_errors', label: 'handshake errors (full + resumed runs)', digits: 0, target: 'zero' },
+  { key: 'pp1_p50_us', label: 'TLS ping-pong 1 conn p50 latency (µs)', digits: 0, target: 'le-haproxy', factor: 1.05 },
+  { key: 'pp1_p99_us', label: 'TLS ping-pong 1 conn p99 latency (µs)', digits: 0 },
+  { key: 'pp32_rtps', label: 'TLS ping-pong 32 conns round trips/s', digits: 0, target: 'ge-haproxy' },
+  { key: 'pp32_p99_us', label: 'TLS ping-pong 32 conns p99 latency (µs)', digits: 0 },
+  { key: 'cpu_us_per_rt', label: 'CPU µs per round trip (TLS, 32 conns)', digits: 2 },
+  { key: 'bulk_up_mbps', label: 'TLS bulk TCP→UNIX MB/s', digits: 0, target: 'ge-haproxy' },
+  { key: 'bulk_down_mbps', label: 'TLS bulk UNIX→TCP MB/s', digits: 0, target: 'ge-haproxy' },
+  { key: 'cpu_s_per_gib', label: 'CPU s per GiB (TLS bulk, both ways)', digits: 3, target: 'le-haproxy' },
+  { key: 'idle_kib_per_conn', label: 'memory per idle TLS conn (KiB PSS)', digits: 1, target: 'le-haproxy' },
+  { key: 'idle_failures', label: 'idle TLS conns failed after hold', digits: 0 },
+  { key: 'verify_bad_bytes', label: 'verified TLS echo: mismatched bytes', digits: 0, target: 'zero' },
+];
+
 const TARGET_TEXT: Record<TargetKind, string> = {
   'ge-haproxy': '≥ 1.0× haproxy',
   'le-haproxy': '≤ 1.0× haproxy',
@@ -57,26 +86,32 @@ export interface Verdict {
   result: 'PASS' | 'FAIL' | 'n/a';
 }
 
+function targetText(def: MetricDef): string {
+  const text = TARGET_TEXT[def.target as TargetKind];
+  return def.factor && def.factor !== 1 ? text.replace('1.0×', `${def.factor.toFixed(2)}×`) : text;
+}
+
 function judge(def: MetricDef, sb: Value, ref: Value): Verdict['result'] {
   if (!def.target || sb === null) return 'n/a';
+  const f = def.factor ?? 1;
   switch (def.target) {
     case 'zero':
       return sb === 0 ? 'PASS' : 'FAIL';
     case 'yes':
       return sb === 1 ? 'PASS' : 'FAIL';
     case 'ge-haproxy':
-      return ref === null ? 'n/a' : sb >= ref ? 'PASS' : 'FAIL';
+      return ref === null ? 'n/a' : sb >= ref * f ? 'PASS' : 'FAIL';
     case 'le-haproxy':
-      return ref === null ? 'n/a' : sb <= ref ? 'PASS' : 'FAIL';
+      return ref === null ? 'n/a' : sb <= ref * f ? 'PASS' : 'FAIL';
   }
 }
 
-export function verdicts(results: Record<string, Metrics>): Verdict[] {
+export function verdicts(results: Record<string, Metrics>, metrics: MetricDef[] = METRICS): Verdict[] {
   const sb = results[SUBJECT] ?? {};
   const ref = results[REFERENCE] ?? {};
-  return METRICS.filter((d) => d.target).map((d) => ({
+  return metrics.filter((d) => d.target).map((d) => ({
     metric: d.key,
-    target: TARGET_TEXT[d.target as TargetKind],
+    target: targetText(d),
     result: judge(d, sb[d.key] ?? null, ref[d.key] ?? null),
   }));
 }
@@ -92,18 +127,21 @@ function ratio(def: MetricDef, a: Value, b: Value): string {
   return `${(a / b).toFixed(2)}×`;
 }
 
-/** Header and rows of the table: metrics × bridges, ratios, target, verdict. */
-export function tableRows(bridges: string[], results: Record<string, Metrics>): string[][] {
-  const header = ['metric', ...bridges, 'sb/haproxy', 'sb/direct', 'target', 'sockbridge'];
-  const rows = METRICS.map((def) => {
+/**
+ * Header and rows of the table: metrics × bridges, ratios, target, verdict.
+ * floor: the column of the second ratio (direct), or null for none (TLS).
+ */
+export function tableRows(bridges: string[], results: Record<string, Metrics>, metrics: MetricDef[] = METRICS, floor: string | null = FLOOR): string[][] {
+  const header = ['metric', ...bridges, 'sb/haproxy', ...(floor ? ['sb/direct'] : []), 'target', 'sockbridge'];
+  const rows = metrics.map((def) => {
     const val = (b: string): Value => results[b]?.[def.key] ?? null;
     const sb = val(SUBJECT);
     return [
       def.label,
       ...bridges.map((b) => cell(def, val(b))),
       ratio(def, sb, val(REFERENCE)),
-      ratio(def, sb, val(FLOOR)),
-      def.target ? TARGET_TEXT[def.target] : '',
+      ...(floor ? [ratio(def, sb, val(floor))] : []),
+      def.target ? targetText(def) : '',
       judge(def, sb, val(REFERENCE)).replace('n/a', def.target ? 'n/a' : ''),
     ];
   });

@@ -8,17 +8,25 @@
 // sockbridge / direct), measured seconds apart and, in a full run, the median
 // of three passes in alternating bridge order. Every process is stopped by PID.
 //
+// Two sections, each with its own bridges and table: plain TCP → UNIX, and
+// TLS (the bridge terminates TLS in front of the same UNIX servers: full and
+// resumed handshakes, bulk, ping-pong, idle memory, half-close, a verified
+// echo; sockbridge --tls-cert against HAProxy `bind ... ssl crt`, stunnel4
+// and socat OPENSSL-LISTEN).
+//
 // QUICK=1 shortens every workload (about 2 minutes in all instead of < 10).
 // BRIDGES=a,b,c runs only those columns (for development).
+// SECTIONS=plain or SECTIONS=tls runs only that section (default both).
 
 import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { join, resolve } from 'node:path';
-import { allBridges, Bridge, installPeers } from './bridges';
+import { allBridges, Bridge, installPeers, tlsBridges, TlsFiles } from './bridges';
 import { basePlan, BasePlan, canConnect, combine, freePort, machine, replies, runAsMain, runTool, startLogged, stop, track } from './common';
 import { delay, stopTree, treeCpuSeconds, treePssKiB, waitUntil } from './proc';
-import { Metrics, renderMarkdown, renderText, tableRows, Value, verdicts } from './report';
+import { MetricDef, METRICS, Metrics, renderMarkdown, renderText, tableRows, TLS_METRICS, Value, verdicts } from './report';
+import { makeCertificates, perThreadHandshakes, tlsReplies } from './tls';
 
 const ROOT = resolve(__dirname, '..', '..');
 const BENCH = join(ROOT, 'bench');
@@ -36,12 +44,21 @@ interface Plan extends BasePlan {
   verifyBytes: number;
   /** Ping-pong message size in bytes. */
   pingSize: number;
+  /** TLS: seconds per handshake workload (full, resumed). */
+  hsSeconds: number;
+  /** TLS: load client threads for handshakes and the 32-connection ping-pong. */
+  tlsWorkers: number;
+  /** TLS: connections in flight per handshake thread. */
+  tlsConnsPerWorker: number;
+  /** TLS: the version the load client pins (1.3 unless TLS_VERSION=1.2). */
+  tlsVersion: string;
 }
 
 function makePlan(): Plan {
   const base = basePlan();
   return {
     ...base, seconds: 2, reqSeconds: 1, idleConns: base.quick ? 500 : 2000, verifyBytes: (base.quick ? 32 : 256) * 1024 * 1024, pingSize: 64,
+    hsSeconds: 3, tlsWorkers: base.threads, tlsConnsPerWorker: 8, tlsVersion: process.env.TLS_VERSION === '1.2' ? '1.2' : '1.3',
   };
 }
 
@@ -60,6 +77,11 @@ function parseLines(text: string): Json[] {
     }
   }
   return out;
+}
+
+function str(j: Json | undefined, key: string): string | null {
+  const v = j?.[key];
+  return typeof v === 'string' ? v : null;
 }
 
 function num(j: Json | undefined, key: string): Value {
@@ -106,6 +128,12 @@ function echoesOnce(address: string, timeoutMs: number): Promise<boolean> {
   return replies(address, msg, (got) => got.toString() === msg, timeoutMs);
 }
 
+/** The same over TLS, the certificate verified: it also terminates TLS. */
+function tlsEchoesOnce(address: string, ca: string, timeoutMs: number): Promise<boolean> {
+  const msg = 'ready-check-0123';
+  return tlsReplies(address, ca, msg, (got) => got.toString() === msg, timeoutMs);
+}
+
 // ---- one bridge, one workload ------------------------------------------------------
 
 /** One bridge, started once and kept for the whole run. */
@@ -116,6 +144,8 @@ interface Lane {
   child: ChildProcess | null;
   /** What the load client connects to: 127.0.0.1:PORT, or the UNIX path for "direct". */
   address: string;
+  /** The TLS section: the certificate the client verifies; null for plain TCP. */
+  tls: TlsFiles | null;
   /** Root PID of the bridge's process tree; null for "direct". */
   pid: number | null;
   /** Every load result, for the JSON file. */
@@ -126,10 +156,21 @@ interface Lane {
 
 type Workload = (lane: Lane, m: Metrics) => Promise<void>;
 
+/** The load client's mode: the TLS twin ("tls-pingpong") on a TLS lane. */
+const mode = (lane: Lane, name: string): string => (lane.tls ? `tls-${name}` : name);
+
+/** What every load run on this lane gets besides its workload's options. */
+function laneArgs(lane: Lane): string[] {
+  const args = ['--target', lane.address];
+  // TLS: the client verifies the certificate and the address it connects to.
+  if (lane.tls) args.push('--ca', lane.tls.ca, '--tls-version', lane.plan.tlsVersion);
+  return args;
+}
+
 /** Run the load client and the bridge's CPU seconds spent meanwhile (null for direct). */
 async function measured(lane: Lane, args: string[], timeoutMs: number): Promise<{ res: Json; cpu: Value }> {
   const before = lane.pid === null ? 0 : treeCpuSeconds(lane.pid);
-  const res = await runLoad([...args, '--target', lane.address], timeoutMs);
+  const res = await runLoad([...args, ...laneArgs(lane)], timeoutMs);
   const cpu = lane.pid === null ? null : treeCpuSeconds(lane.pid) - before;
   lane.raw.push({ ...res, bridge_cpu_s: cpu });
   return { res, cpu };
@@ -139,14 +180,14 @@ const limit = (seconds: number): number => (seconds + 60) * 1000;
 
 async function halfClose(lane: Lane, m: Metrics): Promise<void> {
   await lane.server.use('echo');
-  const { res } = await measured(lane, ['halfclose', '--size', '16384', '--trials', '10'], limit(10));
+  const { res } = await measured(lane, [mode(lane, 'halfclose'), '--size', '16384', '--trials', '10'], limit(10));
   m.halfclose_ok = num(res, 'ok');
 }
 
 async function pingPong1(lane: Lane, m: Metrics): Promise<void> {
   await lane.server.use('echo');
   const { seconds, pingSize } = lane.plan;
-  const { res } = await measured(lane, ['pingpong', '--conns', '1', '--size', `${pingSize}`, '--duration', `${seconds}`], limit(seconds));
+  const { res } = await measured(lane, [mode(lane, 'pingpong'), '--conns', '1', '--size', `${pingSize}`, '--duration', `${seconds}`], limit(seconds));
   m.pp1_p50_us = num(res, 'p50_us');
   m.pp1_p99_us = num(res, 'p99_us');
   m.pp1_rtps = num(res, 'rt_per_s');
@@ -155,7 +196,9 @@ async function pingPong1(lane: Lane, m: Metrics): Promise<void> {
 async function pingPong32(lane: Lane, m: Metrics): Promise<void> {
   await lane.server.use('echo');
   const { seconds, pingSize } = lane.plan;
-  const { res, cpu } = await measured(lane, ['pingpong', '--conns', '32', '--size', `${pingSize}`, '--duration', `${seconds}`], limit(seconds));
+  // TLS: the client's threads share the connections (its records cost it CPU too).
+  const workers = lane.tls ? ['--workers', `${lane.plan.tlsWorkers}`] : [];
+  const { res, cpu } = await measured(lane, [mode(lane, 'pingpong'), '--conns', '32', '--size', `${pingSize}`, '--duration', `${seconds}`, ...workers], limit(seconds));
   m.pp32_rtps = num(res, 'rt_per_s');
   m.pp32_p99_us = num(res, 'p99_us');
   const rts = num(res, 'all_round_trips'); // CPU was measured over the warm-up too
@@ -167,7 +210,7 @@ async function pingPong32(lane: Lane, m: Metrics): Promise<void> {
 /** One way for the whole duration: up = client → program (sink), down = program → client (source). */
 async function bulk(lane: Lane, m: Metrics, way: 'up' | 'down'): Promise<void> {
   await lane.server.use(way === 'up' ? 'sink' : 'source');
-  const { res, cpu } = await measured(lane, [`bulk-${way}`, '--duration', `${lane.plan.seconds}`], limit(lane.plan.seconds));
+  const { res, cpu } = await measured(lane, [mode(lane, `bulk-${way}`), '--duration', `${lane.plan.seconds}`], limit(lane.plan.seconds));
   m[`bulk_${way}_mbps`] = num(res, 'mb_per_s');
   m[`_bulk_${way}_bytes`] = num(res, 'bytes');
   m[`_bulk_${way}_cpu_s`] = cpu;
@@ -204,13 +247,13 @@ async function idle(lane: Lane, m: Metrics): Promise<void> {
   await lane.server.use('echo');
   const n = lane.plan.idleConns;
   const base = lane.pid === null ? null : treePssKiB(lane.pid);
-  const child = track(spawn(LOAD, ['idle', '--conns', `${n}`, '--hold-max', '120', '--target', lane.address], { stdio: ['pipe', 'pipe', 'inherit'] }));
+  const child = track(spawn(LOAD, [mode(lane, 'idle'), '--conns', `${n}`, '--hold-max', '120', ...laneArgs(lane)], { stdio: ['pipe', 'pipe', 'inherit'] }));
   let stdout = '';
   child.stdout?.on('data', (d: Buffer) => (stdout += d.toString()));
   const exited = new Promise<void>((r) => child.once('close', () => r()));
   try {
-    const ready = await waitUntil(() => parseLines(stdout).some((j) => j.phase === 'ready'), 90_000, 50);
-    if (!ready) throw new Error('connections were not opened within 90 s');
+    const ready = await waitUntil(() => parseLines(stdout).some((j) => j.phase === 'ready'), 120_000, 50);
+    if (!ready) throw new Error('connections were not opened within 120 s');
     // Not a readiness wait: give lazily allocated buffers and GC a moment to
     // settle so the figure is the steady idle cost, not a transient peak.
     await delay(1000);
@@ -231,31 +274,95 @@ async function idle(lane: Lane, m: Metrics): Promise<void> {
 
 async function verify(lane: Lane, m: Metrics): Promise<void> {
   await lane.server.use('echo');
-  const { res } = await measured(lane, ['verify', '--bytes', `${lane.plan.verifyBytes}`], limit(60 + lane.plan.verifyBytes / 1e7));
+  const { res } = await measured(lane, [mode(lane, 'verify'), '--bytes', `${lane.plan.verifyBytes}`], limit(60 + lane.plan.verifyBytes / 1e7));
   const bad = (num(res, 'mismatched') ?? NaN) + (num(res, 'missing') ?? NaN);
   m.verify_bad_bytes = Number.isNaN(bad) ? null : bad;
 }
 
-/** Run once, before anything else: the bridges are fresh, so idle's baseline is the idle process. */
-const FIRST: Workload[] = [idle, halfClose];
-/** Run plan.passes times (alternating the bridge order); the median is reported. */
-const REPEATED: Workload[] = [pingPong1, pingPong32, bulkUp, bulkDown, reqResp, churn];
-const LAST: Workload[] = [verify];
+/**
+ * TLS handshakes as fast as tlsWorkers threads × tlsConnsPerWorker connections
+ * in flight allow: each connects, shakes hands, echoes 16 bytes and closes
+ * (close_notify). Resumed: each connection offers the newest ticket its slot
+ * received on its previous connection (a ticket is offered once, as RFC 8446
+ * C.4 asks of clients and OpenSSL's client does), so a server that issues no
+ * new ticket on a resumption gets a full handshake every other time.
+ */
+async function handshakes(lane: Lane, m: Metrics, resume: boolean): Promise<void> {
+  await lane.server.use('echo');
+  const { hsSeconds, tlsWorkers, tlsConnsPerWorker } = lane.plan;
+  const args = [resume ? 'tls-resume' : 'tls-handshake', '--workers', `${tlsWorkers}`, '--conns', `${tlsConnsPerWorker}`, '--duration', `${hsSeconds}`];
+  const { res, cpu } = await measured(lane, args, limit(hsSeconds));
+  const hs = num(res, 'handshakes');
+  const perHs = cpu === null || !hs ? null : (cpu * 1e6) / hs;
+  const errors = num(res, 'errors');
+  if (resume) {
+    m.hs_resume_per_s = num(res, 'hs_per_s');
+    const resumed = num(res, 'resumed');
+    m.hs_resumed_pct = resumed === null || !hs ? null : (100 * resumed) / hs;
+    m.cpu_us_per_resume_hs = perHs;
+    m.hs_resume_errors = errors;
+  } else {
+    m.hs_full_per_s = num(res, 'hs_per_s');
+    m.hs_full_p50_us = num(res, 'hs_p50_us');
+    m.cpu_us_per_full_hs = perHs;
+    m.hs_full_errors = errors;
+    // The client's own CPU per handshake ("_": JSON only): it shares the machine.
+    const clientCpu = num(res, 'client_cpu_s');
+    m._client_us_per_full_hs = clientCpu === null || !hs ? null : (clientCpu * 1e6) / hs;
+  }
+}
+async function fullHandshakes(lane: Lane, m: Metrics): Promise<void> {
+  return handshakes(lane, m, false);
+}
+async function resumedHandshakes(lane: Lane, m: Metrics): Promise<void> {
+  return handshakes(lane, m, true);
+}
 
-async function startLane(bridge: Bridge, plan: Plan, server: TestServer, tmp: string): Promise<Lane> {
+/** One table: its bridges and workloads, run side by side. */
+interface Section {
+  name: 'plain' | 'tls';
+  bridges: Bridge[];
+  /** Run once, before anything else: the bridges are fresh, so idle's baseline is the idle process. */
+  first: Workload[];
+  /** Run plan.passes times (alternating the bridge order); the median is reported. */
+  repeated: Workload[];
+  last: Workload[];
+  metrics: MetricDef[];
+  /** The column of the second ratio (direct), or null. */
+  floor: string | null;
+}
+
+function sections(only: string[] | undefined, which: string[]): Section[] {
+  const pick = (bs: Bridge[]): Bridge[] => bs.filter((b) => !only || only.includes(b.name));
+  const all: Section[] = [
+    {
+      name: 'plain', bridges: pick(allBridges(SOCKBRIDGE)), metrics: METRICS, floor: 'direct',
+      first: [idle, halfClose], repeated: [pingPong1, pingPong32, bulkUp, bulkDown, reqResp, churn], last: [verify],
+    },
+    {
+      name: 'tls', bridges: pick(tlsBridges(SOCKBRIDGE)), metrics: TLS_METRICS, floor: null,
+      first: [idle, halfClose], repeated: [fullHandshakes, resumedHandshakes, pingPong1, pingPong32, bulkUp, bulkDown], last: [verify],
+    },
+  ];
+  return all.filter((s) => which.includes(s.name));
+}
+
+async function startLane(bridge: Bridge, plan: Plan, server: TestServer, tmp: string, tls: TlsFiles | null): Promise<Lane> {
   await server.use('echo');
   const port = await freePort();
-  const stderrFile = join(OUT, `${bridge.name}.stderr.log`);
-  const ctx = { port, target: server.path, dir: join(tmp, bridge.name), threads: plan.threads, stderrFile };
+  const label = tls ? `tls-${bridge.name}` : bridge.name;
+  const stderrFile = join(OUT, `${label}.stderr.log`);
+  const ctx = { port, target: server.path, dir: join(tmp, label), threads: plan.threads, stderrFile, tls: tls ?? undefined };
   const cmd = bridge.command(ctx);
   let child: ChildProcess | null = null;
   if (cmd) {
     mkdirSync(ctx.dir, { recursive: true });
     child = startLogged(cmd, stderrFile, { cwd: ctx.dir });
   }
-  const lane: Lane = { bridge, plan, server, child, address: cmd ? `127.0.0.1:${port}` : server.path, pid: child?.pid ?? null, raw: [], seconds: 0 };
+  const lane: Lane = { bridge, plan, server, child, address: cmd ? `127.0.0.1:${port}` : server.path, tls, pid: child?.pid ?? null, raw: [], seconds: 0 };
   // Ready = it accepts and relays one echo (socket-proxyd only starts then).
-  if (!(await waitUntil(() => echoesOnce(lane.address, 1000), 15_000, 50))) {
+  const ready = (): Promise<boolean> => (tls ? tlsEchoesOnce(lane.address, tls.ca, 1000) : echoesOnce(lane.address, 1000));
+  if (!(await waitUntil(ready, 15_000, 50))) {
     await stop(child);
     throw new Error(`did not relay within 15 s (see ${stderrFile})`);
   }
@@ -276,7 +383,10 @@ async function runWorkload(lane: Lane, w: Workload, m: Metrics): Promise<void> {
 /** Metrics computed from others once everything ran. */
 function derive(m: Metrics): void {
   const rr = RR_SIZES.map(([key]) => m[key]);
-  m.rr_worst_mbps = rr.some((v) => v === null || v === undefined) ? null : Math.min(...(rr as number[]));
+  if (rr.some((v) => v !== undefined)) m.rr_worst_mbps = rr.some((v) => v === null || v === undefined) ? null : Math.min(...(rr as number[]));
+  if (m.hs_full_errors !== undefined || m.hs_resume_errors !== undefined) {
+    m.hs_errors = m.hs_full_errors == null || m.hs_resume_errors == null ? null : m.hs_full_errors + m.hs_resume_errors;
+  }
   const [upB, downB, upC, downC] = [m._bulk_up_bytes, m._bulk_down_bytes, m._bulk_up_cpu_s, m._bulk_down_cpu_s];
   const gib = ((upB ?? 0) + (downB ?? 0)) / 2 ** 30;
   m.cpu_s_per_gib = upC == null || downC == null || upB == null || downB == null || gib === 0 ? null : (upC + downC) / gib;
@@ -284,9 +394,10 @@ function derive(m: Metrics): void {
 
 // ---- reporting ---------------------------------------------------------------------
 
-function commandLine(plan: Plan): string {
-  if (process.env.MAKELEVEL) return `${plan.quick ? 'QUICK=1 ' : ''}make bench`;
-  return `${plan.quick ? 'QUICK=1 ' : ''}node ${process.argv.slice(1).join(' ')}`;
+function commandLine(): string {
+  const env = ['QUICK', 'SECTIONS', 'BRIDGES', 'TLS_VERSION'].filter((k) => process.env[k]).map((k) => `${k}=${process.env[k]} `).join('');
+  if (process.env.MAKELEVEL) return `${env}make bench`;
+  return `${env}node ${process.argv.slice(1).join(' ')}`;
 }
 
 interface Column {
@@ -297,51 +408,97 @@ interface Column {
   raw: Json[];
 }
 
-function writeReports(plan: Plan, names: string[], cols: Record<string, Column>, started: Date, seconds: number): string {
+/** One section's outcome: its columns in order, and notes for under its table. */
+interface SectionResult {
+  section: Section;
+  names: string[];
+  cols: Record<string, Column>;
+  notes: string[];
+}
+
+function judgedSummary(r: SectionResult): { rows: string[][]; summary: string; results: Record<string, Metrics> } {
   const results: Record<string, Metrics> = {};
-  for (const n of names) results[n] = cols[n].metrics;
-  const rows = tableRows(names, results);
-  const judged = verdicts(results).filter((v) => v.result !== 'n/a');
+  for (const n of r.names) results[n] = r.cols[n].metrics;
+  const rows = tableRows(r.names, results, r.section.metrics, r.section.floor);
+  const judged = verdicts(results, r.section.metrics).filter((v) => v.result !== 'n/a');
   const failed = judged.filter((v) => v.result === 'FAIL').map((v) => v.metric);
+  const what = r.section.name === 'tls' ? 'TLS targets' : 'targets';
   const summary =
-    `sockbridge meets ${judged.length - failed.length} of ${judged.length} judged targets` +
-    (failed.length > 0 ? `; FAIL: ${failed.join(', ')}` : '');
+    `sockbridge meets ${judged.length - failed.length} of ${judged.length} judged ${what}` + (failed.length > 0 ? `; FAIL: ${failed.join(', ')}` : '');
+  return { rows, summary, results };
+}
+
+function naNotes(r: SectionResult): string[] {
+  return r.names.filter((n) => r.cols[n].status === 'n/a').map((n) => `- ${n}: n/a (${r.cols[n].reason ?? 'not run'})`);
+}
+
+/** What the TLS table needs said beside its numbers: what was negotiated, resumption, the client's cost, sockbridge's threads. */
+function tlsNotes(r: SectionResult, plan: Plan): string[] {
+  const notes: string[] = [];
+  const negotiated: string[] = [];
+  const clientCost: string[] = [];
+  for (const n of r.names) {
+    const col = r.cols[n];
+    if (col.status !== 'ok') continue;
+    const first = col.raw.find((j) => typeof j.version === 'string');
+    if (first) negotiated.push(`${n} ${str(first, 'version')} ${str(first, 'cipher')} ${str(first, 'group')}`);
+    const c = col.metrics._client_us_per_full_hs;
+    if (c != null) clientCost.push(`${n} ${c.toFixed(0)}`);
+  }
+  notes.push(`- negotiated (load client pins TLS ${plan.tlsVersion}): ${negotiated.join('; ') || 'n/a'}`);
+  if (clientCost.length > 0) {
+    notes.push(`- the load client's own CPU µs per full handshake (it shares the ${plan.threads} CPUs with the bridge): ${clientCost.join(', ')}`);
+  }
+  return [...notes, ...r.notes];
+}
+
+function sectionPlanText(s: Section, plan: Plan): string {
+  if (s.name === 'plain') {
+    return (
+      `${plan.passes} pass(es) of ${plan.seconds} s per ping-pong/bulk/churn workload and ${plan.reqSeconds} s per request/response size, ` +
+      `${plan.pingSize} B ping-pong messages, ${plan.idleConns} idle connections, ` +
+      `${plan.verifyBytes / 2 ** 20} MiB verified; HAProxy nbthread and nginx worker_processes = ${plan.threads}`
+    );
+  }
+  return (
+    `${plan.passes} pass(es) of ${plan.hsSeconds} s per handshake workload (${plan.tlsWorkers} client threads × ${plan.tlsConnsPerWorker} connections in flight; ` +
+    `connect, handshake, 16 B echo, close_notify, close) and ${plan.seconds} s per ping-pong/bulk workload (32-connection ping-pong on ${plan.tlsWorkers} client threads), ` +
+    `${plan.pingSize} B ping-pong messages, ${plan.idleConns} idle TLS connections, ${plan.verifyBytes / 2 ** 20} MiB verified; ` +
+    `TLS ${plan.tlsVersion} pinned by the client, which verifies the certificate (P-256 ECDSA, self-signed, SAN IP:127.0.0.1); HAProxy nbthread = ${plan.threads}`
+  );
+}
+
+function writeReports(plan: Plan, done: SectionResult[], started: Date, seconds: number): string {
   const stamp = started.toISOString().replace(/[:.]/g, '-');
-  const notes = names.filter((n) => cols[n].status === 'n/a').map((n) => `- ${n}: n/a (${cols[n].reason ?? 'not run'})`);
-  const planText =
-    `${plan.passes} pass(es) of ${plan.seconds} s per ping-pong/bulk/churn workload and ${plan.reqSeconds} s per request/response size, ` +
-    `${plan.pingSize} B ping-pong messages, ${plan.idleConns} idle connections, ` +
-    `${plan.verifyBytes / 2 ** 20} MiB verified; HAProxy nbthread and nginx worker_processes = ${plan.threads}`;
   const md = [
     `# sockbridge benchmark`,
     '',
     `- date: ${started.toISOString()} (${seconds.toFixed(0)} s)`,
     `- machine: ${machine()}`,
-    `- command: \`${commandLine(plan)}\``,
-    `- plan: ${planText}`,
+    `- command: \`${commandLine()}\``,
     `- method: every bridge started fresh, each workload run on all of them back to back; CPU (user+sys) and memory (PSS) are the bridge's whole process tree; direct = the client on the UNIX socket itself (no bridge: CPU and memory n/a)`,
     `- PASS/FAIL: sockbridge (default options) against HAProxy in the same run`,
-    ...notes,
-    '',
-    renderMarkdown(rows),
-    '',
-    summary,
-    '',
-  ].join('\n');
+  ];
+  const text: string[] = [];
+  const json: Record<string, unknown> = { date: started.toISOString(), seconds, machine: machine(), command: commandLine(), plan };
+  for (const r of done) {
+    const { rows, summary, results } = judgedSummary(r);
+    const notes = [...naNotes(r), ...(r.section.name === 'tls' ? tlsNotes(r, plan) : r.notes)];
+    if (r.section.name === 'plain') {
+      md.push(`- plan: ${sectionPlanText(r.section, plan)}`, ...notes, '', renderMarkdown(rows), '', summary, '');
+      json.bridges = r.cols;
+      json.verdicts = verdicts(results, r.section.metrics);
+    } else {
+      md.push('', '## TLS', '', `- plan: ${sectionPlanText(r.section, plan)}`, ...notes, '', renderMarkdown(rows), '', summary, '');
+      json.tls = { bridges: r.cols, verdicts: verdicts(results, r.section.metrics), notes };
+    }
+    text.push(...(r.section.name === 'tls' ? ['', 'TLS:'] : []), renderText(rows), ...notes, '', summary);
+  }
   mkdirSync(OUT, { recursive: true });
-  writeFileSync(join(OUT, 'latest.md'), md);
-  const json = {
-    date: started.toISOString(),
-    seconds,
-    machine: machine(),
-    command: commandLine(plan),
-    plan,
-    bridges: cols,
-    verdicts: verdicts(results),
-  };
+  writeFileSync(join(OUT, 'latest.md'), `${md.join('\n')}\n`);
   const file = join(OUT, `results-${stamp}.json`);
   writeFileSync(file, `${JSON.stringify(json, null, 2)}\n`);
-  return [renderText(rows), ...notes, '', summary, `bench: wrote ${file} and ${join(OUT, 'latest.md')}`].join('\n');
+  return [...text, `bench: wrote ${file} and ${join(OUT, 'latest.md')}`].join('\n');
 }
 
 // ---- main --------------------------------------------------------------------------
@@ -354,6 +511,75 @@ function buildHelpers(): void {
 /** The run's temporary directory, removed on an interrupt too. */
 let tmpDir: string | null = null;
 
+/**
+ * Every bridge of the section is started fresh up front and kept: each
+ * workload then runs on all of them back to back, so the sockbridge and
+ * HAProxy figures of a row are measured seconds apart, not minutes, on this
+ * shared machine. Stopped by PID at the end of the section.
+ */
+async function runSection(section: Section, plan: Plan, server: TestServer, tmp: string): Promise<SectionResult> {
+  const cols: Record<string, Column> = {};
+  const notes: string[] = [];
+  const lanes: Lane[] = [];
+  const names = section.bridges.map((b) => b.name);
+  let tls: TlsFiles | null = null;
+  if (section.name === 'tls') {
+    try {
+      tls = makeCertificates(tmp);
+    } catch (e) {
+      for (const n of names) cols[n] = { status: 'n/a', reason: (e as Error).message, metrics: {}, raw: [] };
+      return { section, names, cols, notes };
+    }
+  }
+  const tag = section.name === 'tls' ? 'tls: ' : '';
+  try {
+    for (const b of section.bridges) {
+      const why = b.unavailable();
+      try {
+        if (why) throw new Error(why);
+        lanes.push(await startLane(b, plan, server, tmp, tls));
+      } catch (e) {
+        const reason = (e as Error).message;
+        console.log(`bench: ${tag}${b.name}: n/a (${reason})`);
+        cols[b.name] = { status: 'n/a', reason, metrics: {}, raw: [] };
+      }
+    }
+    console.log(`bench: ${tag}side by side: ${lanes.map((l) => l.bridge.name).join(', ')}`);
+    const once = new Map<Lane, Metrics>(lanes.map((l) => [l, {}]));
+    const passes = new Map<Lane, Metrics[]>(lanes.map((l) => [l, []]));
+    const runAll = async (label: string, ws: Workload[], order: Lane[], into: (l: Lane) => Metrics): Promise<void> => {
+      for (const w of ws) {
+        const t0 = Date.now();
+        for (const lane of order) await runWorkload(lane, w, into(lane));
+        console.log(`bench: ${tag}${label}${w.name}: ${((Date.now() - t0) / 1000).toFixed(0)} s`);
+      }
+    };
+    await runAll('', section.first, lanes, (l) => once.get(l) as Metrics);
+    for (let p = 0; p < plan.passes; p++) {
+      // Alternate the order, so no bridge always runs right after the same neighbour.
+      const order = p % 2 === 1 ? [...lanes].reverse() : lanes;
+      const current = new Map<Lane, Metrics>(lanes.map((l) => [l, {}]));
+      await runAll(`pass ${p + 1}/${plan.passes}: `, section.repeated, order, (l) => current.get(l) as Metrics);
+      for (const l of lanes) passes.get(l)?.push(current.get(l) as Metrics);
+    }
+    await runAll('', section.last, lanes, (l) => once.get(l) as Metrics);
+    for (const l of lanes) {
+      const metrics = { ...combine(passes.get(l) ?? []), ...once.get(l) };
+      derive(metrics);
+      cols[l.bridge.name] = { status: 'ok', seconds: l.seconds, metrics, raw: l.raw };
+      // How the relay threads shared the handshakes (sockbridge's status, over the whole section).
+      if (tls && l.bridge.name.startsWith('sockbridge')) {
+        const spread = perThreadHandshakes(SOCKBRIDGE, join(tmp, `tls-${l.bridge.name}`, 'bridge.ctl'));
+        l.raw.push({ status_per_thread_handshakes: spread });
+        if (spread && spread.length > 0) notes.push(`- ${l.bridge.name}: TLS handshakes per relay thread (status): ${spread.join(' / ')}`);
+      }
+    }
+  } finally {
+    for (const l of lanes) await stop(l.child);
+  }
+  return { section, names, cols, notes };
+}
+
 async function main(): Promise<number> {
   const started = new Date();
   const plan = makePlan();
@@ -361,59 +587,20 @@ async function main(): Promise<number> {
   installPeers();
   mkdirSync(OUT, { recursive: true });
   const only = process.env.BRIDGES?.split(',').filter(Boolean);
-  const bridges = allBridges(SOCKBRIDGE).filter((b) => !only || only.includes(b.name));
+  const which = (process.env.SECTIONS ?? 'plain,tls').split(',').filter(Boolean);
   const tmp = mkdtempSync(join(os.tmpdir(), 'sockbridge-bench-'));
   tmpDir = tmp;
   const server = new TestServer(join(tmp, 'target.sock'));
-  const cols: Record<string, Column> = {};
-  const lanes: Lane[] = [];
-  console.log(`bench: ${plan.quick ? 'QUICK ' : ''}run, ${plan.passes} pass(es), output in ${OUT}`);
+  const done: SectionResult[] = [];
+  console.log(`bench: ${plan.quick ? 'QUICK ' : ''}run, ${plan.passes} pass(es), sections ${which.join(', ')}, output in ${OUT}`);
   try {
-    // Every bridge is started fresh up front and kept: each workload then runs
-    // on all of them back to back, so the sockbridge and HAProxy figures of a
-    // row are measured seconds apart, not minutes, on this shared machine.
-    for (const b of bridges) {
-      const why = b.unavailable();
-      try {
-        if (why) throw new Error(why);
-        lanes.push(await startLane(b, plan, server, tmp));
-      } catch (e) {
-        const reason = (e as Error).message;
-        console.log(`bench: ${b.name}: n/a (${reason})`);
-        cols[b.name] = { status: 'n/a', reason, metrics: {}, raw: [] };
-      }
-    }
-    console.log(`bench: side by side: ${lanes.map((l) => l.bridge.name).join(', ')}`);
-    const once = new Map<Lane, Metrics>(lanes.map((l) => [l, {}]));
-    const passes = new Map<Lane, Metrics[]>(lanes.map((l) => [l, []]));
-    const runAll = async (label: string, ws: Workload[], order: Lane[], into: (l: Lane) => Metrics): Promise<void> => {
-      for (const w of ws) {
-        const t0 = Date.now();
-        for (const lane of order) await runWorkload(lane, w, into(lane));
-        console.log(`bench: ${label}${w.name}: ${((Date.now() - t0) / 1000).toFixed(0)} s`);
-      }
-    };
-    await runAll('', FIRST, lanes, (l) => once.get(l) as Metrics);
-    for (let p = 0; p < plan.passes; p++) {
-      // Alternate the order, so no bridge always runs right after the same neighbour.
-      const order = p % 2 === 1 ? [...lanes].reverse() : lanes;
-      const current = new Map<Lane, Metrics>(lanes.map((l) => [l, {}]));
-      await runAll(`pass ${p + 1}/${plan.passes}: `, REPEATED, order, (l) => current.get(l) as Metrics);
-      for (const l of lanes) passes.get(l)?.push(current.get(l) as Metrics);
-    }
-    await runAll('', LAST, lanes, (l) => once.get(l) as Metrics);
-    for (const l of lanes) {
-      const metrics = { ...combine(passes.get(l) ?? []), ...once.get(l) };
-      derive(metrics);
-      cols[l.bridge.name] = { status: 'ok', seconds: l.seconds, metrics, raw: l.raw };
-    }
+    for (const section of sections(only, which)) done.push(await runSection(section, plan, server, tmp));
   } finally {
-    for (const l of lanes) await stop(l.child);
     await server.stop();
     rmSync(tmp, { recursive: true, force: true });
   }
   const seconds = (Date.now() - started.getTime()) / 1000;
-  console.log(writeReports(plan, bridges.map((b) => b.name), cols, started, seconds));
+  console.log(writeReports(plan, done, started, seconds));
   return 0;
 }
 
