@@ -196,7 +196,7 @@ static void refuse(struct thread *t, struct conn *c) {
 }
 
 /* A new client on this thread, under the snapshot of this turn. */
-static void admit_new(struct thread *t, int index, int fd, const struct sockaddr_storage *sa, socklen_t len) {
+void admit_new(struct thread *t, int index, int fd, const struct sockaddr_storage *sa, socklen_t len) {
   const struct policy *p = t->policy;
   struct conn *c = p ? conn_new(t, fd) : NULL;
   if (!c) {
@@ -232,6 +232,43 @@ void continue_admitted(struct thread *t, struct conn *c) {
   admit_to_target(t, c);
 }
 
+/* The kernel wakes one waiting thread per connection, and an idle thread
+   keeps winning: long sessions would pile up on it. So, as HAProxy's
+   listeners do, a thread that has clearly more sessions than the least
+   loaded one hands the new client over (one wake-up of that thread); in
+   the common, balanced case the client stays where it was accepted. */
+static struct thread *thread_for_new_client(struct thread *t) {
+  int64_t mine = atomic_load_explicit(&t->active, memory_order_relaxed);
+  struct thread *least = t;
+  int64_t fewest = mine;
+  /* Read-only, and from the next thread on: no shared cursor bounced between cores per accept. */
+  for (int i = 1; i < relay.nthreads; i++) {
+    struct thread *o = &relay.threads[(t->index + i) % relay.nthreads];
+    int64_t n = atomic_load_explicit(&o->active, memory_order_relaxed);
+    if (n < fewest) {
+      fewest = n;
+      least = o;
+    }
+  }
+  return fewest + 1 < mine ? least : t;
+}
+
+static void hand_to(struct thread *dest, int index, int fd, const struct sockaddr_storage *sa, socklen_t len) {
+  struct command *cmd = calloc(1, sizeof *cmd);
+  if (!cmd) {
+    close(fd);
+    return;
+  }
+  cmd->kind = C_ACCEPTED;
+  cmd->arg = fd;
+  cmd->arg2 = index;
+  memcpy(&cmd->peer, sa, len);
+  cmd->peer_len = len;
+  /* Counted now, so that the next accepts see it there. */
+  atomic_fetch_add_explicit(&dest->active, 1, memory_order_relaxed);
+  send_command(dest, cmd);
+}
+
 /* A listening socket is readable: accept what waits, up to ACCEPT_BATCH. */
 void accept_ready(struct thread *t, struct thread_listener *tl) {
   struct listener *l = &listeners[tl->index];
@@ -241,7 +278,9 @@ void accept_ready(struct thread *t, struct thread_listener *tl) {
     int fd = failpoint("accept-emfile") ? (errno = EMFILE, -1) : accept4(l->fd, (struct sockaddr *)&sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd >= 0) {
       atomic_fetch_add_explicit(&t->accepted, 1, memory_order_relaxed);
-      admit_new(t, tl->index, fd, &sa, len);
+      struct thread *dest = thread_for_new_client(t);
+      if (dest == t) admit_new(t, tl->index, fd, &sa, len);
+      else hand_to(dest, tl->index, fd, &sa, len);
       continue;
     }
     int err = errno;

@@ -254,6 +254,7 @@ enum command_kind {
   C_CLOSE_ALL, /* close every session, or those on some targets */
   C_LISTEN, C_UNLISTEN,
   C_PING, C_STOP, C_HANDOVER,
+  C_ACCEPTED,  /* a client another thread accepted, for this less loaded one */
 };
 
 struct command {
@@ -264,6 +265,8 @@ struct command {
   int arg2;            /* C_CLOSE: errno; C_DIAL: retries left */
   int *slots;          /* C_CLOSE_ALL: only sessions on these targets (owned), or all when NULL */
   int nslots;
+  struct sockaddr_storage peer; /* C_ACCEPTED: the client's address (arg: its fd, arg2: the listener) */
+  socklen_t peer_len;
   struct command *next;
 };
 
@@ -340,7 +343,7 @@ extern int nlisteners;
 struct relay_state {
   int nthreads;
   struct thread threads[MAX_THREADS];
-  unsigned cursor;             /* where the next least-loaded search starts */
+  atomic_uint cursor;          /* where the next least-loaded search starts (every thread searches) */
   int ping;
   atomic_int handover_budget;  /* sessions the fd store can still take (C_HANDOVER) */
   bool running;
@@ -382,6 +385,7 @@ void count_active(struct thread *t, struct conn *c, bool on);
 
 /* accept.c */
 void accept_ready(struct thread *t, struct thread_listener *tl);
+void admit_new(struct thread *t, int index, int fd, const struct sockaddr_storage *sa, socklen_t len);
 void listener_poll(struct thread *t, int index, bool on);
 void resume_listeners(struct thread *t);
 void admit_to_target(struct thread *t, struct conn *c);

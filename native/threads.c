@@ -53,15 +53,15 @@ void send_command(struct thread *t, struct command *cmd) {
 struct thread *least_loaded(void) {
   struct thread *best = &relay.threads[0];
   int64_t fewest = INT64_MAX;
+  unsigned start = atomic_fetch_add_explicit(&relay.cursor, 1, memory_order_relaxed);
   for (int i = 0; i < relay.nthreads; i++) {
-    struct thread *t = &relay.threads[(relay.cursor + (unsigned)i) % (unsigned)relay.nthreads];
+    struct thread *t = &relay.threads[(start + (unsigned)i) % (unsigned)relay.nthreads];
     int64_t n = atomic_load_explicit(&t->active, memory_order_relaxed);
     if (n < fewest) {
       fewest = n;
       best = t;
     }
   }
-  relay.cursor++;
   return best;
 }
 
@@ -281,6 +281,11 @@ static void run_commands(struct thread *t) {
     case C_HANDOVER:
       begin_handover(t, cmd->arg);
       break;
+    case C_ACCEPTED:
+      atomic_fetch_sub_explicit(&t->active, 1, memory_order_relaxed); /* (hand_to counted it ahead) */
+      if (t->handing_over || !t->policy) close(cmd->arg);
+      else admit_new(t, cmd->arg2, cmd->arg, &cmd->peer, cmd->peer_len);
+      break;
     }
     free(cmd);
     cmd = next;
@@ -347,6 +352,7 @@ static void thread_cleanup(struct thread *t) {
   free_dead(t);
   for (struct command *cmd = t->head, *next; cmd; cmd = next) {
     next = cmd->next;
+    if (cmd->kind == C_ACCEPTED) close(cmd->arg);
     if (cmd->conn) {
       if (cmd->conn->client.fd >= 0) close(cmd->conn->client.fd);
       if (cmd->conn->server.fd >= 0) close(cmd->conn->server.fd);

@@ -65,8 +65,10 @@ static int ticket_init(const struct ticket_key *k, unsigned char *iv, EVP_CIPHER
   return ok == 1 ? 1 : -1;
 }
 
-/* SSL_CTX_set_tlsext_ticket_key_evp_cb(3): 1 ok, 2 ok but issue a new ticket
-   (made with an older key), 0 unknown key (a full handshake), -1 error. */
+/* SSL_CTX_set_tlsext_ticket_key_evp_cb(3): 1 ok, 2 ok and issue a new
+   ticket, 0 unknown key (a full handshake), -1 error. A resumption always
+   gets a new ticket (2): TLS 1.3 clients use each ticket once (RFC 8446,
+   C.4), and without one every other connection would be a full handshake. */
 static int ticket_cb(SSL *ssl, unsigned char *name, unsigned char *iv, EVP_CIPHER_CTX *cipher, EVP_MAC_CTX *mac, int enc) {
   (void)ssl;
   int rc = 0;
@@ -78,7 +80,7 @@ static int ticket_cb(SSL *ssl, unsigned char *name, unsigned char *iv, EVP_CIPHE
       rc = ticket_init(&tickets.current, iv, cipher, mac, 1);
     }
   } else if (tickets.current.set && memcmp(name, tickets.current.name, 16) == 0) {
-    rc = ticket_init(&tickets.current, iv, cipher, mac, 0);
+    rc = ticket_init(&tickets.current, iv, cipher, mac, 0) == 1 ? 2 : -1;
   } else if (tickets.previous.set && memcmp(name, tickets.previous.name, 16) == 0) {
     rc = ticket_init(&tickets.previous, iv, cipher, mac, 0) == 1 ? 2 : -1;
   }
