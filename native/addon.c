@@ -375,6 +375,23 @@ static napi_value js_bind_unix(napi_env env, napi_callback_info info) {
   return int_result(env, bind_unix(path, len));
 }
 
+/* probeAbstract(name): connect(2) to an abstract UNIX socket and close: 0 or
+   -errno. Node's own sockets cannot name one (its path is padded to the
+   full sun_path), so health checks of @name targets come here. A UNIX
+   connect answers at once. */
+static napi_value js_probe_abstract(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  struct sockaddr_un sa = { .sun_family = AF_UNIX };
+  size_t len = 0;
+  if (napi_get_value_string_utf8(env, argv[0], sa.sun_path + 1, sizeof sa.sun_path - 1, &len) != napi_ok || len == 0) return int_result(env, -EINVAL);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return int_result(env, -errno);
+  int rc = connect(fd, (struct sockaddr *)&sa, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + len));
+  int err = rc < 0 ? errno : 0;
+  close(fd);
+  return int_result(env, -err);
+}
+
 /* listen(fd, backlog, passed): the listener's index or -errno. */
 static napi_value js_listen(napi_env env, napi_callback_info info) {
   ARGS(3);
@@ -469,7 +486,7 @@ static int prefixes(napi_env env, napi_value arr, struct prefix **out) {
   return count;
 }
 
-/* A target's address: {slot, path} (a UNIX socket; "\0name" an abstract one)
+/* A target's address: {slot, path} (a UNIX socket), {slot, abstract} (a name in the abstract namespace)
    or {slot, ip, port} (TCP, resolved by TypeScript); a target without one
    (a name not resolved yet) is left out: connects to it fail with ENOENT. */
 static bool target_ref(napi_env env, napi_value obj, struct target_ref *t) {
@@ -485,8 +502,15 @@ static bool target_ref(napi_env env, napi_value obj, struct target_ref *t) {
   size_t len = string_prop(env, obj, "path", un->sun_path, sizeof un->sun_path);
   if (len > 0 && len < sizeof un->sun_path - 1) {
     un->sun_family = AF_UNIX;
-    /* An abstract name's length is the address's: no NUL ends it. */
-    t->addr_len = un->sun_path[0] ? (socklen_t)sizeof *un : (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len);
+    t->addr_len = (socklen_t)sizeof *un;
+    return true;
+  }
+  /* An abstract socket: a NUL, then the name; the address's length is the name's (no NUL ends it). */
+  len = string_prop(env, obj, "abstract", un->sun_path + 1, sizeof un->sun_path - 1);
+  if (len > 0 && len < sizeof un->sun_path - 1) {
+    un->sun_family = AF_UNIX;
+    un->sun_path[0] = '\0';
+    t->addr_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + len);
     return true;
   }
   char ip[INET6_ADDRSTRLEN] = "";
@@ -986,7 +1010,7 @@ static napi_value js_test_proxy_header(napi_env env, napi_callback_info info) {
 static napi_value init_module(napi_env env, napi_value exports) {
   const struct { const char *name; napi_callback fn; } fns[] = {
     { "init", js_init }, { "stop", js_stop }, { "opensslVersion", js_openssl_version },
-    { "bindTcp", js_bind_tcp }, { "bindUnix", js_bind_unix }, { "listen", js_listen }, { "unlisten", js_unlisten }, { "localAddress", js_local_address },
+    { "bindTcp", js_bind_tcp }, { "bindUnix", js_bind_unix }, { "probeAbstract", js_probe_abstract }, { "listen", js_listen }, { "unlisten", js_unlisten }, { "localAddress", js_local_address },
     { "setPolicy", js_set_policy }, { "rotateTicketKeys", js_rotate_ticket_keys }, { "reclaim", js_reclaim },
     { "candidates", js_candidates },
     { "dial", js_dial }, { "proceed", js_proceed }, { "admit", js_admit }, { "close", js_close },

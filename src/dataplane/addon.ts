@@ -5,7 +5,7 @@
 
 import os from 'node:os';
 import { join } from 'node:path';
-import { getSystemErrorName } from 'node:util';
+import { errnoError } from '../targets/connector';
 import type { FdStoreCalls } from '../systemd/fd-store';
 import type { DataPlaneEvent } from './events';
 import type { PolicyInput, PolicyTarget } from './policy';
@@ -40,6 +40,9 @@ export interface DataPlaneAddon extends FdStoreCalls {
   stop(): void;
   opensslVersion(): number;
   bindTcp(host: string, port: number): number;
+  bindUnix(path: string): number;
+  /** connect(2) to an abstract socket and close: 0 or -errno (Node's sockets cannot name one). */
+  probeAbstract(name: string): number;
   listen(fd: number, backlog: number, passed: boolean): number;
   unlisten(index: number): void;
   localAddress(fd: number): string;
@@ -82,11 +85,7 @@ const MAX_THREADS = 64;
 /** Why the data plane is not used, when the addon cannot load (the rest of the sentence says why). */
 export const LOAD_FAILED = 'the native data plane cannot be loaded';
 
-/** An errno from the addon as Node reports errors: code, errno, syscall. */
-export function errnoError(negativeErrno: number, syscall: string, what: string): NodeJS.ErrnoException {
-  const code = getSystemErrorName(negativeErrno);
-  return Object.assign(new Error(`${syscall} ${code} ${what}`), { code, errno: negativeErrno, syscall });
-}
+export { errnoError };
 
 /** A connect error from the data plane as Node reports errors, its message the reason where errno alone does not say (TLS). */
 export function connectError(errno: number, target: string, reason: string): NodeJS.ErrnoException {

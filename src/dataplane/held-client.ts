@@ -12,12 +12,9 @@ import { connectError, errnoError, type DataPlaneAddon } from './addon';
 import { ParkedWhy, reasonCode } from './events';
 import type { RelayContext } from '../session/contract';
 import type { ConnectFailure, Dialer, PendingConnect } from '../targets/backend';
-import { connectTarget } from '../targets/connector';
 import type { Target } from '../targets/pool';
 
 const ECANCELED = 125;
-/** A probe's TCP connect deadline. */
-const PROBE_MS = 2000;
 
 export class HeldClient {
   private pending: PendingConnect<number> | undefined;
@@ -87,12 +84,9 @@ export class HeldClient {
   }
 }
 
-/** A probe connect that closes at once (the target sees what a health check looks like). */
+/** A probe connect that closes at once (the target sees what a health check looks like; no TLS handshake). */
 const probeDialer: Dialer<number> = {
   attempt(target, ok, fail) {
-    return connectTarget(target, { tls: undefined, attemptMs: PROBE_MS }, (socket) => {
-      socket.destroy();
-      ok(target.slot);
-    }, fail);
+    return target.probe(() => ok(target.slot), fail, false);
   },
 };

@@ -58,7 +58,8 @@ export class NativeRelay implements Relay {
         'lower --relay-threads, or raise the tasks limit (TasksMax= in the unit, ulimit -u)');
     }
     this.running = true;
-    this.ctx.backend.pool.useDataPlane((slot) => this.addon.slotCounts(slot), (avoid) => this.addon.candidates(avoid?.slot ?? -1));
+    this.ctx.backend.pool.useDataPlane((slot) => this.addon.slotCounts(slot), (avoid) => this.addon.candidates(avoid?.slot ?? -1),
+      (name) => this.addon.probeAbstract(name));
     this.tls = tls;
     const refused = this.publish();
     if (refused) throw new ConfigError('ECONFIG_TLS', `the data plane cannot use the TLS files: ${refused}`);

@@ -12,8 +12,9 @@ import type { Target } from '../targets/pool';
 /** A target as the snapshot names it (state: 0 INIT, 1 UP, 2 DOWN, as enum target_state). */
 export interface PolicyTarget {
   slot: number;
-  /** A UNIX socket's path, "\0name" for an abstract one; or a TCP target's resolved address. */
+  /** A UNIX socket's path, an abstract socket's name, or a TCP target's resolved address. */
   path?: string;
+  abstract?: string;
   ip?: string;
   port?: number;
   state: number;
@@ -64,7 +65,7 @@ const TLS_VERSIONS: Record<string, number> = { 'TLSv1': 0x0301, 'TLSv1.1': 0x030
 
 export function policyTarget(t: Target, retries: Config['retries'], targetTls: TargetTlsMaterial | undefined): PolicyTarget {
   const e = t.endpoint;
-  const where = e.kind === 'unix' ? { path: e.path } : e.kind === 'abstract' ? { path: `\0${e.name}` } : { ip: t.address ?? '', port: e.port };
+  const where = e.kind === 'unix' ? { path: e.path } : e.kind === 'abstract' ? { abstract: e.name } : { ip: t.address ?? '', port: e.port };
   const tlsName = e.kind === 'tcp' && targetTls ? tlsNameOf(t, targetTls) : '';
   return { slot: t.slot, ...where, state: STATES[t.state], backup: t.role === 'backup', drained: t.drained, retries: retriesFor(retries, e.kind), tlsName };
 }

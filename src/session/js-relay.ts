@@ -7,6 +7,7 @@
 // sessions: they get restart-grace, then close.
 
 import net from 'node:net';
+import { ConfigError } from '../errors';
 import { AccessList } from '../listen/access';
 import { plainAddress } from '../listen/address';
 import { Listener, ListenerInfo, ListenSpec, openListeners } from '../listen/listeners';
@@ -44,6 +45,11 @@ export class JsRelay implements Relay {
   }
 
   async start(specs: ListenSpec[], _handover: Handover | undefined, tls: TlsMaterial | undefined): Promise<ListenerInfo[]> {
+    const abstract = this.ctx.backend.pool.current.find((t) => t.endpoint.kind === 'abstract');
+    if (abstract) {
+      throw new ConfigError('ECONFIG_ABSTRACT', `target ${abstract.path} is an abstract socket, which only the native data plane reaches ` +
+        `(Node.js's own sockets cannot name one): ${this.info.why}; use a socket path instead, or the native data plane`);
+    }
     this.tls = TlsTerminator.create(tls, this.ctx.cfg());
     this.listeners = await openListeners(specs, this.ctx.cfg().backlog, this.ctx.logger, (socket) => this.accept(socket));
     this.sweepIdleSessions();

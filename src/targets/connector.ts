@@ -6,6 +6,7 @@
 
 import net from 'node:net';
 import tls from 'node:tls';
+import { getSystemErrorName } from 'node:util';
 import type { Target } from './pool';
 
 /** What --target-tls-* name, read and checked (session/tls.ts: loadTargetTls). */
@@ -29,6 +30,12 @@ export interface ConnectOptions {
 /** The name a TCP target's certificate must carry. */
 export function tlsNameOf(target: Target, material: TargetTlsMaterial): string {
   return material.name || (target.endpoint.kind === 'tcp' ? target.endpoint.host : '');
+}
+
+/** A negative errno as Node reports errors: code, errno, syscall. */
+export function errnoError(negativeErrno: number, syscall: string, what: string): NodeJS.ErrnoException {
+  const code = getSystemErrorName(negativeErrno);
+  return Object.assign(new Error(`${syscall} ${code} ${what}`), { code, errno: negativeErrno, syscall });
 }
 
 function timedOut(): NodeJS.ErrnoException {

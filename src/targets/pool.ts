@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { lookup } from 'node:dns';
 import net from 'node:net';
 import { Endpoint, parseTarget } from '../endpoint';
-import { connectTarget, TargetTlsMaterial } from './connector';
+import { connectTarget, errnoError, TargetTlsMaterial } from './connector';
 import { ProblemReporter } from './problems';
 import type { BackendFailure } from '../errors';
 import { HealthCheck } from './health';
@@ -34,6 +34,13 @@ const DIR_CHECK_MS = 1000;
 export interface SlotCounts {
   /** [open sessions, connects that succeeded] */
   (slot: number): [number, number];
+}
+
+/** What the native data plane offers targets once it runs: live counts, and a way to reach abstract sockets. */
+export interface LiveHooks {
+  counts?: SlotCounts;
+  /** connect(2) to an abstract socket and close: 0 or -errno (Node's own sockets cannot name one). */
+  probeAbstract?: (name: string) => number;
 }
 
 /** One socket sessions can be sent to. */
@@ -70,7 +77,7 @@ export class Target {
     readonly slot: number,
     settings: TargetSettings,
     logger: Logger,
-    private readonly live: { counts?: SlotCounts },
+    private readonly live: LiveHooks,
     private readonly onState: (t: Target, state: BackendState) => void,
     /** Its address changed: the data plane's snapshot must say so. */
     private readonly onAddress: (t: Target) => void,
@@ -80,11 +87,25 @@ export class Target {
     if (this.endpoint.kind === 'tcp' && net.isIP(this.endpoint.host)) this.address = this.endpoint.host;
     this.problems = new ProblemReporter(logger);
     this.health = new HealthCheck({ ...settings, target: path }, logger, this.problems, (state) => this.onState(this, state),
-      (ok, fail) => connectTarget(this, { tls: this.settings.targetTlsMaterial, attemptMs: this.probeMs() }, (s) => {
-        s.destroy();
-        ok();
-      }, fail));
+      (ok, fail) => this.probe(ok, fail));
     this.errorLimit = settings.errorLimit;
+  }
+
+  /**
+   * One probe connect, closed at once (a health check, or a held TLS
+   * client's test of the target): over TLS with its handshake; an abstract
+   * socket through the data plane, which can name one.
+   */
+  probe(ok: () => void, fail: (err: NodeJS.ErrnoException) => void, tls = true): () => void {
+    if (this.endpoint.kind === 'abstract') {
+      const rc = this.live.probeAbstract?.(this.endpoint.name) ?? -97; // EAFNOSUPPORT: no data plane
+      process.nextTick(() => (rc === 0 ? ok() : fail(errnoError(rc, 'connect', this.path))));
+      return () => {};
+    }
+    return connectTarget(this, { tls: tls ? this.settings.targetTlsMaterial : undefined, attemptMs: this.probeMs() }, (s) => {
+      s.destroy();
+      ok();
+    }, fail);
   }
 
   /** How long a health check's connect may take. */
@@ -334,7 +355,7 @@ export class TargetPool {
   private targets: Target[] = [];
   private readonly slots = new Slots();
   /** Shared with every target: where their live counts are, once the data plane runs. */
-  private readonly live: { counts?: SlotCounts } = {};
+  private readonly live: LiveHooks = {};
   private order: TargetOrder | undefined;
   private readonly drained = new Set<string>();
   private dir: TargetDir | undefined;
@@ -383,8 +404,9 @@ export class TargetPool {
    * (its fast path picks targets too): rounds ask it, and targets read their
    * counts from it. Before start().
    */
-  useDataPlane(counts: SlotCounts, order: (avoid: Target | undefined) => number[]): void {
+  useDataPlane(counts: SlotCounts, order: (avoid: Target | undefined) => number[], probeAbstract: (name: string) => number): void {
     this.live.counts = counts;
+    this.live.probeAbstract = probeAbstract;
     this.order = (avoid) => order(avoid).map((slot) => this.bySlot(slot)).filter((t): t is Target => t !== undefined);
   }
 
