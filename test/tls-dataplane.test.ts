@@ -1,10 +1,12 @@
 // TLS as the relays terminate it: the data plane's C threads (native/tls.c,
 // the default) and the TypeScript relay (src/session/tls.ts, --relay js;
 // SOCKBRIDGE_TEST_RELAY=js runs this file with it). Reload turning TLS on and
-// off, both relays offering the same TLS to openssl s_client, bad input
-// closing only its own session, handshakes spread over threads, rounds of
-// thousands of TLS sessions leaving nothing behind, session resumption, and a
-// restart that turns TLS on under the plain sessions it carries.
+// off (for new clients only: open sessions, and clients waiting in the
+// max-conn queue, keep what they were accepted with), both relays offering
+// the same TLS to openssl s_client, bad input closing only its own session,
+// handshakes spread over threads, rounds of thousands of TLS sessions leaving
+// nothing behind, session resumption, and a restart that turns TLS on under
+// the plain sessions it carries.
 
 import assert from 'node:assert/strict';
 import { ChildProcess, execFileSync, spawn } from 'node:child_process';
@@ -656,7 +658,7 @@ function ticketed(port: number, dir: string, session?: Buffer): Promise<{ reused
   })(), 10_000, 'a ticketed TLS session');
 }
 
-test(`TLS 1.3 session tickets resume, on every thread${TEST_RELAY === 'native' ? ' and after a reload' : ''} (${TEST_RELAY} relay)`, async (t) => {
+test(`TLS 1.3 session tickets resume${TEST_RELAY === 'native' ? ', on every thread and after a reload' : ''} (${TEST_RELAY} relay)`, async (t) => {
   const { dir, srv, ctl } = await setup(t);
   const conf = join(dir, 'bridge.conf');
   writeFileSync(conf, `listen = 127.0.0.1:0\ntarget = ${srv.path}\ncheck-interval = 0\ntls-cert = ${join(dir, 'server.crt')}\ntls-key = ${join(dir, 'server.key')}\n`);
@@ -721,4 +723,35 @@ test('a restart that turns TLS on carries the plain sessions on; new clients mus
   await finish(secure);
   await finish(carried);
   assert.equal(seen(), 3, 'the carried session, the other plain one, the TLS one');
+});
+
+test('a restart that turns TLS on: a plaintext client carried over while waiting in the max-conn queue is relayed in plaintext once admitted', async (t) => {
+  const { dir, srv, seen } = await setup(t);
+  const conf = join(dir, 'bridge.conf');
+  const plain = `target = ${srv.path}\ncheck-interval = 0\nmax-conn = 1\n`;
+  writeFileSync(conf, plain);
+  const sd = await fakeSystemd(t, dir, ['--config', conf]);
+  const busy = await connect(sd.port);
+  t.after(() => busy.destroy());
+  await echoes(busy, 'holding the only place');
+  const queued = await connect(sd.port);
+  t.after(() => queued.destroy());
+  const reply: Buffer[] = [];
+  queued.on('data', (d: Buffer) => reply.push(d));
+  queued.on('error', () => {});
+  queued.write('plain, queued across the restart');
+  await sd.next((e) => e.event === 'status' && e.gen === 1 && /1 active, 1 waiting/.test(e.text!), 'STATUS= to count the queued client');
+
+  writeFileSync(conf, `${plain}tls-cert = ${join(dir, 'server.crt')}\ntls-key = ${join(dir, 'server.key')}\n`);
+  sd.send('restart');
+  await sd.next((e) => e.event === 'ready' && e.gen === 2, 'READY=1 from the second bridge');
+  await sd.waitLog(2, /took over 1 sessions and 1 waiting clients/);
+  await echoes(busy, 'the carried session goes on');
+  await finish(busy);
+  await waitFor(() => Buffer.concat(reply).toString() === 'plain, queued across the restart' || queued.readableEnded || queued.destroyed, 5000,
+    'the queued plaintext client to be served or closed');
+  assert.equal(Buffer.concat(reply).toString(), 'plain, queued across the restart',
+    `a plaintext client accepted by the plain process was put through a TLS handshake by the next one (its log:\n${sd.log(2)})`);
+  assert.equal(seen(), 2);
+  await finish(queued);
 });
