@@ -209,6 +209,11 @@ void admit_new(struct thread *t, int index, int fd, const struct sockaddr_storag
   if (sa->ss_family == AF_UNIX) read_peer_cred(c);
   conn_link(t, c);
   if (!access_permits(p, sa)) return refuse(t, c);
+  /* Its TLS is decided now: a reload that turns TLS on or off while it waits changes new clients only. */
+  if (p->tls && SSL_CTX_up_ref(p->tls) == 1) {
+    c->tls_ctx = p->tls;
+    c->before_tls = true;
+  }
   /* Taken now: a reload changes new sessions only. */
   c->client_timeout = p->client_timeout;
   c->server_timeout = p->server_timeout;
@@ -221,12 +226,11 @@ void admit_new(struct thread *t, int index, int fd, const struct sockaddr_storag
 /* Under max-conn: on a TLS listener its handshake, then a target. */
 void continue_admitted(struct thread *t, struct conn *c) {
   const struct policy *p = t->policy;
-  if (p->tls && !c->tls_done) {
-    c->before_tls = true;
+  if (c->tls_ctx && !c->tls_done) {
     /* Held before its handshake while no target can take it, so that a
        restart can carry it (a TLS session cannot be carried). */
     if (!target_likely(p)) return conn_park(t, c, PK_HELD_BEFORE_TLS, ENOENT, -1, NULL);
-    if (!tls_begin(t, c, p->tls)) conn_end(t, c, R_DROPPED, ENOMEM, true);
+    if (!tls_begin(t, c, c->tls_ctx)) conn_end(t, c, R_DROPPED, ENOMEM, true);
     return;
   }
   admit_to_target(t, c);

@@ -169,6 +169,7 @@ struct conn {
   bool counted_active;       /* counted in the thread's relaying sessions */
   bool tls_done;             /* a TLS client whose handshake completed: cannot be carried */
   bool before_tls;           /* a TLS listener's client whose handshake has not started */
+  SSL_CTX *tls_ctx;          /* the TLS in force when it was accepted (or adopted): its handshake's, even after a reload */
   bool closed;               /* ended: only waits to be freed at the end of the loop turn */
   bool handing;              /* a restart takes it: not read any more, handed back once its buffers are empty */
   uint8_t send_proxy;        /* 0 none, 1 v1, 2 v2: taken from the snapshot when the session starts */

@@ -71,6 +71,7 @@ void read_peer_cred(struct conn *c) {
 }
 
 void free_conn(struct conn *c) {
+  if (c->tls_ctx) SSL_CTX_free(c->tls_ctx);
   tls_free(&c->client);
   tls_free(&c->server);
   free(c->up.pending.data);

@@ -235,6 +235,8 @@ static void run_commands(struct thread *t) {
       break;
     case C_ADOPT:
       conn_link(t, cmd->conn);
+      /* A previous process's client accepted on a TLS listener: this process's TLS for its handshake. */
+      if (cmd->conn->before_tls && t->policy && t->policy->tls && SSL_CTX_up_ref(t->policy->tls) == 1) cmd->conn->tls_ctx = t->policy->tls;
       /* js_adopt counted a queued one already; conn_park counts it again. */
       if (cmd->conn->parked == PK_QUEUED) atomic_fetch_sub(&shared.queued, 1);
       conn_park(t, cmd->conn, cmd->conn->parked, 0, -1, NULL);

@@ -60,7 +60,7 @@ export class JsRelay implements Relay {
     const cfg = this.ctx.cfg();
     this.sessionCtx.settings = cfg;
     this.access = new AccessList(cfg.allow, cfg.deny);
-    this.tls = TlsTerminator.create(tls, cfg);
+    this.tls = TlsTerminator.create(tls, cfg, this.tls);
     this.sweepIdleSessions();
     return '';
   }

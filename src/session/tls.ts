@@ -166,6 +166,7 @@ export class TlsTerminator {
         socket.destroy();
         return p.onFail(`client certificate refused: ${sent ? String(socket.authorizationError) : 'no certificate sent'}`);
       }
+      socket.allowHalfOpen = true; // as the raw socket: a client's FIN is relayed as a half-close
       p.onSecure(socket);
     });
     server.on('tlsClientError', (err: Error, socket: tls.TLSSocket) => {
@@ -174,12 +175,12 @@ export class TlsTerminator {
       socket.destroy();
       if (!p) return;
       this.pending.delete(raw!);
-      p.onFail(err.message.replace(/^[0-9A-F]+:error:[0-9A-F]+:SSL routines:[a-z_]*:/, '').replace(/:\.\.\/deps\/.*$/s, '').trim());
+      p.onFail(err.message.replace(/^[0-9A-F]+:error:[0-9A-F]+:SSL routines:[a-z0-9_]*:/, '').replace(/:\.\.\/deps\/.*$/s, '').trim());
     });
   }
 
-  /** undefined when TLS is off. */
-  static create(material: TlsMaterial | undefined, cfg: TlsSettings): TlsTerminator | undefined {
+  /** undefined when TLS is off. `previous`: the one it replaces (a reload), whose ticket keys it keeps, so that its tickets still resume. */
+  static create(material: TlsMaterial | undefined, cfg: TlsSettings, previous?: TlsTerminator): TlsTerminator | undefined {
     if (!material) return undefined;
     const d = nodeTlsDefaults();
     return new TlsTerminator(tls.createServer({
@@ -189,6 +190,7 @@ export class TlsTerminator {
       requestCert: material.ca !== undefined,
       rejectUnauthorized: false,
       handshakeTimeout: cfg.clientTimeout || DEFAULT_HANDSHAKE_TIMEOUT_MS,
+      ...(previous ? { ticketKeys: previous.server.getTicketKeys() } : {}),
     }), material.ca !== undefined);
   }
 
@@ -202,6 +204,8 @@ export class TlsTerminator {
       this.pending.delete(raw);
       p.onFail('closed during the TLS handshake');
     });
+    // The TLSSocket copies it: during the handshake a FIN must end the connection, not leave it half-open until handshakeTimeout.
+    raw.allowHalfOpen = false;
     this.server.emit('connection', raw);
     raw.resume(); // accepted paused (pauseOnConnect); the handshake must read
   }
