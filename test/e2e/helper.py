@@ -39,6 +39,19 @@
                                a TLS session: a round trip, DIR/ready, then
                                idle until the bridge closes it; writes the
                                wall-clock time of the close to DIR/closed.
+  redis-loop SOCKET USER DIR  redis-cli -s SOCKET INCR e2e:loop as USER, a new
+                               client each time, until DIR/stop (or
+                               --max-seconds); every reply must be the last
+                               one plus 1 (none lost, none repeated);
+                               DIR/progress: commands so far; prints and
+                               writes DIR/result: "ok=N failed=N max_ms=N
+                               errors=..."
+  tls-rogue HOST PORT CA [CERT KEY]
+                               a TLS client the server end must refuse (no
+                               client certificate, or one of another CA): it
+                               sends a redis SET e2e:rogue and fails unless
+                               the connection ends without a reply; prints
+                               its own port ("(port N)").
   journal-event EVENT PID COND...
                                checks the journal (JSON on stdin) holds an
                                EVENT= entry of process PID with every COND,
@@ -205,6 +218,72 @@ def tls_roundtrip(host, port, name, cafile, certfile="", keyfile="", size=1234):
         greet(s, name)
         echo(s, make_payload(int(size)))
     print(f"TLS round trip ok: {host}:{port} via backend={name}, {size} bytes, {'with' if certfile else 'without'} a client certificate")
+
+
+def redis_loop(sock, user, directory, max_seconds=120):
+    """A real client program, one process per command: redis-cli INCR through
+    the client end. Every failure is counted, none retried."""
+    import subprocess
+    ok = failed = 0
+    max_ms = 0.0
+    errors = {}
+    last = None
+    end = time.monotonic() + float(max_seconds)
+    stop_file = os.path.join(directory, "stop")
+    cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups",
+           "redis-cli", "-s", sock, "INCR", "e2e:loop"]
+    while not os.path.exists(stop_file) and time.monotonic() < end:
+        t0 = time.monotonic()
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=IO_TIMEOUT)
+            out = r.stdout.strip()
+            if r.returncode != 0 or not out.lstrip("-").isdigit():
+                raise ConnectionError(f"exit {r.returncode}: {(out + ' ' + r.stderr.strip()).strip()!r}")
+            value = int(out)
+            if last is not None and value != last + 1:
+                raise ValueError(f"INCR answered {value} after {last}: a command lost or repeated")
+            last = value
+            ok += 1
+        except Exception as e:  # every kind of failure counts
+            failed += 1
+            key = type(e).__name__
+            errors[key] = errors.get(key, 0) + 1
+            last = None
+            if failed <= 5:
+                print(f"command {ok + failed} failed after {(time.monotonic() - t0) * 1000:.0f} ms: {key}: {e}",
+                      file=sys.stderr, flush=True)
+        max_ms = max(max_ms, (time.monotonic() - t0) * 1000)
+        write_file(directory, "progress", f"{ok + failed}\n")
+    err = ",".join(f"{k}:{v}" for k, v in sorted(errors.items())) or "none"
+    result = f"ok={ok} failed={failed} max_ms={max_ms:.0f} errors={err}"
+    write_file(directory, "result", result + "\n")
+    print(result)
+    sys.exit(0 if failed == 0 and ok > 0 else 1)
+
+
+def tls_rogue(host, port, cafile, certfile="", keyfile=""):
+    """Succeeds when the server end refuses this client: the handshake or the
+    first read fails, or the connection ends, before any reply."""
+    import ssl
+    ctx = ssl.create_default_context(cafile=cafile)
+    if certfile:
+        ctx.load_cert_chain(certfile, keyfile)
+    what = "with a certificate of another CA" if certfile else "without a client certificate"
+    raw = connect(host, port)
+    # (Its port, for the server end's journal entry: CLIENT_PORT.)
+    what += f" (port {raw.getsockname()[1]})"
+    try:
+        with raw, ctx.wrap_socket(raw, server_hostname=host) as s:
+            # (TLS 1.3: the server's verdict on the certificate comes after
+            # the client's handshake is done, with its first read.)
+            s.sendall(b"*3\r\n$3\r\nSET\r\n$9\r\ne2e:rogue\r\n$1\r\n1\r\n")
+            reply = s.recv(100)
+    except (ssl.SSLError, ConnectionError) as e:
+        print(f"refused {what}: {type(e).__name__}: {e}")
+        return
+    if reply:
+        sys.exit(f"not refused {what}: the program answered {reply!r}")
+    print(f"refused {what}: the connection ended without a reply")
 
 
 def journal_tls_refused():
@@ -523,6 +602,8 @@ COMMANDS = {
     "request": request,
     "tls-idle": tls_idle,
     "journal-event": journal_event,
+    "redis-loop": redis_loop,
+    "tls-rogue": tls_rogue,
 }
 
 if __name__ == "__main__":

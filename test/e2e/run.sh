@@ -16,7 +16,13 @@
 # process through systemd's fd store; a TLS session closed after
 # restart-grace; a stop that drains and leaves the store empty), the
 # watchdog, reload, a second instance, `sockbridge status`, the sandbox
-# score (also with the metrics drop-in), TLS, a crash loop, an upgrade to a
+# score (also with the metrics drop-in), TLS, both ends (a second container
+# of the release on a private veth link, the client end
+# bridge-connect@redis.socket reaching redis behind the server end's
+# bridge.socket over TLS with client certificates: redis-cli through both,
+# the journals of both, refused certificates, the server end restarted and
+# stopped under a redis-cli loop, the client end's IPAddressAllow= and
+# sandbox score, its upgrade and removal), a crash loop, an upgrade to a
 # higher version (the package repacked, a session carried across it in
 # bridge.service and in a template instance), removal, and an upgrade from
 # 0.1.0 (built from git history, cached), which has no handover and is
@@ -37,7 +43,7 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # shellcheck source=scripts/rootfs.sh
 source "$repo/scripts/rootfs.sh"
 
-RUNTIME_PACKAGES=(nodejs python3 procps iproute2)
+RUNTIME_PACKAGES=(nodejs python3 procps iproute2 redis-server)
 WATCHDOG_SEC=10       # bridge.service's WatchdogSec=
 RESTART_SEC=1         # bridge.service's RestartSec=
 RESTART_GRACE=1       # bridge.conf's restart-grace (the default, 1s)
@@ -100,16 +106,19 @@ wait_exit() {
     done
 }
 
+# boot_container ROOT [MACHINE [NSPAWN OPTION...]]: boots a container of
+# ROOT; sets NSPAWN_PID and CPID (a caller may make them its own locals).
 boot_container() {
-    local root=$1
+    local root=$1 machine=${2:-sockbridge-e2e-$SUITE}
+    shift $(($# < 2 ? $# : 2))
     # The unified cgroup hierarchy (cgroup v2), as on a Debian 12 host, even
     # where the host itself has a hybrid one.
     SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 systemd-nspawn --quiet --register=no --keep-unit --console=passive \
         --boot --private-network --volatile=overlay --link-journal=no \
-        --resolv-conf=off --timezone=off --machine="sockbridge-e2e-$SUITE" \
+        --resolv-conf=off --timezone=off --machine="$machine" \
         --bind-ro="$repo/build:/mnt/build" --bind-ro="$repo/test/e2e:/mnt/e2e" \
-        --bind="$WORK/shared:/mnt/shared" \
-        -D "$root" >"$WORK/nspawn.log" 2>&1 &
+        --bind="$WORK/shared:/mnt/shared" "$@" \
+        -D "$root" >"$WORK/nspawn-$machine.log" 2>&1 &
     NSPAWN_PID=$!
     # The container's systemd is a child of the nspawn process.
     local end=$((SECONDS + 30)) pid
@@ -118,7 +127,7 @@ boot_container() {
             [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = systemd ] && CPID=$pid
         done
         [ -n "$CPID" ] && break
-        kill -0 "$NSPAWN_PID" 2>/dev/null || { cat "$WORK/nspawn.log" >&2; return 1; }
+        kill -0 "$NSPAWN_PID" 2>/dev/null || { cat "$WORK/nspawn-$machine.log" >&2; return 1; }
         [ $SECONDS -ge $end ] && { echo "no systemd in the container" >&2; return 1; }
         sleep 0.1
     done
@@ -159,6 +168,7 @@ cleanup() {
         c journalctl -b --no-pager -o short-monotonic >"$repo/build/e2e-journal-$SUITE.log" 2>&1 || true
         echo "container journal: build/e2e-journal-$SUITE.log" >&2
     fi
+    [ -z "$NSPAWN2_PID" ] || stop_client_container
     stop_container
     [ -n "$WORK" ] && rm -rf "$WORK"
     exit "$rc"
@@ -913,6 +923,378 @@ step_foreign_build() {
     [ "$starts" -le 2 ]
 }
 
+# --- both ends: a remote program's socket on this machine --------------------
+#
+# A second container of the same release (the client end), booted from the
+# same cached root, and a private link between the two that nothing else
+# uses: a veth pair made here, one end moved into each container's network
+# namespace, with addresses from a private range chosen here. The server
+# container puts bridge.socket on its link address (TLS, client
+# certificates required) in front of redis on its UNIX socket; the client
+# container runs bridge-connect@redis.socket, and redis-cli talks through
+# both ends. The client container's systemd may load BPF programs
+# (--system-call-filter=bpf, as on a host), so its IPAddressAllow= is
+# enforced, not only configured.
+
+LINK_SERVER=10.99.12.1
+LINK_CLIENT=10.99.12.2
+LINK_PORT=12345
+REDIS_SOCK=/run/redis-e2e/redis.sock
+CONNECT_SOCK=/run/sockbridge-connect/redis.sock
+CONNECT_CTL=/run/sockbridge-connect-redis/bridge.ctl
+MAX_CONNECT_EXPOSURE=1.3   # systemd-analyze security bridge-connect@NAME.service, at most (aim: 2.0)
+
+CPID2=
+NSPAWN2_PID=
+c2() {
+    nsenter -t "$CPID2" -a -- /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+        LC_ALL=C.UTF-8 SYSTEMD_PAGER= SYSTEMD_COLORS=0 "$@"
+}
+c2_bg() {
+    (exec nsenter -t "$CPID2" -a -- /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+        LC_ALL=C.UTF-8 "$@") &
+}
+is_state2() {
+    local state
+    state=$(c2 systemctl show -P ActiveState "$1")
+    [ "$state" = "$2" ] || { echo "$1 is $state, not $2 (client container)" >&2; return 1; }
+}
+# boot_client_container ROOT: the second container; sets NSPAWN2_PID, CPID2.
+boot_client_container() {
+    local NSPAWN_PID= CPID= rc=0
+    boot_container "$1" "sockbridge-e2e-$SUITE-client" --system-call-filter=bpf || rc=$?
+    NSPAWN2_PID=$NSPAWN_PID
+    CPID2=$CPID
+    return $rc
+}
+stop_client_container() {
+    local NSPAWN_PID=$NSPAWN2_PID CPID=$CPID2
+    # The journal of a failed run, for the report (as cleanup does for the
+    # server container).
+    if [ "$FAILED" -gt 0 ] && [ -n "$CPID" ] && kill -0 "$NSPAWN_PID" 2>/dev/null; then
+        c journalctl -b --no-pager -o short-monotonic >"$repo/build/e2e-journal-$SUITE-client.log" 2>&1 || true
+        echo "client container journal: build/e2e-journal-$SUITE-client.log" >&2
+    fi
+    stop_container
+    NSPAWN2_PID=
+    # (Its end of the link went with its network namespace; the other end
+    # goes with the server container's. One never moved is removed here.)
+    [ -z "${LINK_S:-}" ] || ip link del "$LINK_S" 2>/dev/null || true
+}
+# The steps below need the link (step 14a).
+need_link() {
+    [ -e "$WORK/link-up" ] || { echo "no client container or no link (step 14a failed)"; return 1; }
+}
+# The client end's target is the far end, marked UP by its health checks.
+connect_target_up() {
+    c2 sockbridge status --control-socket "$CONNECT_CTL" --json | python3 -c "import json, sys
+t = json.load(sys.stdin)['target']
+sys.exit(not (t['path'] == '$LINK_SERVER:$LINK_PORT' and t['state'] == 'UP'))"
+}
+# As the client container's local user "app" (group redis-users, let in by
+# the socket's SocketGroup=).
+as_app() { c2 setpriv --reuid=app --regid=app --init-groups "$@"; }
+
+# A CA, a server certificate for the link address, a client certificate;
+# and another CA with a client certificate of its own. Made on the host (the
+# containers have no openssl), as the README shows.
+make_link_certs() {
+    local d=$WORK/shared/link-tls
+    mkdir -p "$d"
+    (cd "$d"
+     for ca in ca other-ca; do
+         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $ca.key -out $ca.crt -days 2 \
+             -subj "/CN=sockbridge e2e $ca" -addext basicConstraints=critical,CA:TRUE \
+             -addext keyUsage=critical,keyCertSign,cRLSign -addext subjectKeyIdentifier=hash
+     done
+     printf '%s\n' "subjectAltName=IP:$LINK_SERVER" 'basicConstraints=critical,CA:FALSE' \
+         'keyUsage=critical,digitalSignature' 'extendedKeyUsage=serverAuth' \
+         'authorityKeyIdentifier=keyid' 'subjectKeyIdentifier=hash' >server.ext
+     printf '%s\n' 'basicConstraints=critical,CA:FALSE' 'keyUsage=critical,digitalSignature' 'extendedKeyUsage=clientAuth' \
+         'authorityKeyIdentifier=keyid' 'subjectKeyIdentifier=hash' >client.ext
+     for n in server:ca:server client:ca:client rogue:other-ca:client; do
+         IFS=: read -r name ca ext <<<"$n"
+         openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $name.key -out $name.csr -subj "/CN=e2e-$name"
+         openssl x509 -req -in $name.csr -CA $ca.crt -CAkey $ca.key -CAcreateserial -out $name.crt -days 2 -extfile $ext.ext
+     done
+     chmod 644 ./*.key) >/dev/null 2>&1
+    [ -s "$d/rogue.crt" ]
+}
+
+step_link() {
+    [ -n "$CPID2" ] || { cat "$WORK/nspawn-sockbridge-e2e-$SUITE-client.log" 2>/dev/null; echo "the client container did not boot"; return 1; }
+    ip link del "$LINK_S" 2>/dev/null || true
+    ip link add "$LINK_S" type veth peer name "$LINK_C"
+    ip link set "$LINK_S" netns "$CPID"
+    ip link set "$LINK_C" netns "$CPID2"
+    c ip addr add "$LINK_SERVER/24" dev "$LINK_S"
+    c ip link set "$LINK_S" up
+    c2 ip addr add "$LINK_CLIENT/24" dev "$LINK_C"
+    c2 ip link set "$LINK_C" up
+    # Across: a port nobody listens on answers with a reset.
+    poll 10 c2 python3 -c "import socket, sys
+try: socket.create_connection(('$LINK_SERVER', 9), 1)
+except ConnectionRefusedError: sys.exit(0)
+sys.exit(1)"
+    c2 apt-get install -y -q -o Dpkg::Use-Pty=0 /mnt/build/"$DEB_NAME" >/dev/null
+    c2 test -e /etc/sockbridge/connect.conf.example
+    c2 systemctl cat bridge-connect@redis.socket bridge-connect@redis.service >/dev/null
+    # No redis of its own on the client side: whatever answers is the server's.
+    c2 systemctl mask --now redis-server.service >/dev/null 2>&1
+    touch "$WORK/link-up"
+    echo "server $(c ip -br addr show "$LINK_S" | awk '{print $1, $3}'), client $(c2 ip -br addr show "$LINK_C" | awk '{print $1, $3}');" \
+        "$(c2 dpkg-query -W -f '${Package} ${Version}' sockbridge) in the client container"
+}
+
+step_server_end() {
+    need_link
+    make_link_certs
+    local d=/mnt/shared/link-tls
+    c cp /etc/sockbridge/bridge.conf /run/bridge.conf.before-link
+    # redis on its UNIX socket only (group redis, mode 0770), a unit of its
+    # own started once: restarting the packaged redis-server.service in the
+    # container now and then failed to spawn (219/CGROUP, "Failed to attach
+    # to cgroup ...: No such file or directory").
+    printf '%s\n' '[Unit]' 'Description=redis on /run/redis-e2e/redis.sock only' '[Service]' 'Type=notify' \
+        'ExecStart=/usr/bin/redis-server --port 0 --unixsocket /run/redis-e2e/redis.sock --unixsocketperm 770 --save "" --dir /run/redis-e2e --supervised systemd --daemonize no' \
+        'User=redis' 'Group=redis' 'RuntimeDirectory=redis-e2e' 'RuntimeDirectoryMode=0750' 'UMask=0007' |
+        c sh -c 'cat >/etc/systemd/system/redis-e2e.service'
+    # The server end as the README sets it up: the link address only, TLS,
+    # client certificates of its CA required, redis's group.
+    c install -m 0600 $d/server.key /etc/sockbridge/server.key
+    c install -m 0644 $d/server.crt /etc/sockbridge/server.crt
+    c install -m 0644 $d/ca.crt /etc/sockbridge/clients-ca.crt
+    c mkdir -p /etc/systemd/system/bridge.socket.d
+    printf '[Socket]\nListenStream=\nListenStream=%s:%s\n' "$LINK_SERVER" "$LINK_PORT" |
+        c sh -c 'cat >/etc/systemd/system/bridge.socket.d/link.conf'
+    printf '%s\n' '[Service]' 'SupplementaryGroups=redis' \
+        'LoadCredential=server.crt:/etc/sockbridge/server.crt' 'LoadCredential=server.key:/etc/sockbridge/server.key' \
+        'LoadCredential=clients-ca.crt:/etc/sockbridge/clients-ca.crt' |
+        c sh -c 'cat >/etc/systemd/system/bridge.service.d/link.conf'
+    c sed -i "s|^#\?target *=.*|target = $REDIS_SOCK|" /etc/sockbridge/bridge.conf
+    c sh -c 'printf "tls-cert = server.crt\ntls-key = server.key\ntls-ca = clients-ca.crt\n" >>/etc/sockbridge/bridge.conf'
+    c systemctl daemon-reload
+    c systemctl start redis-e2e.service
+    poll 20 c test -S "$REDIS_SOCK"
+    [ "$(c redis-cli -s "$REDIS_SOCK" PING)" = PONG ]
+    c redis-cli -s "$REDIS_SOCK" DEL e2e:greeting e2e:rogue e2e:loop >/dev/null
+    c systemctl restart bridge.socket
+    poll 10 c sh -c "ss -Hltn 'sport = :$LINK_PORT' | grep -q '$LINK_SERVER:$LINK_PORT'"
+    c ss -Hltn "sport = :$LINK_PORT" | awk '{print "listening:", $4}'
+    echo "redis $(c redis-server --version | grep -o 'v=[^ ]*') on $REDIS_SOCK ($(c stat -c "%A %U:%G" "$REDIS_SOCK"))"
+}
+
+step_client_end() {
+    local d=/mnt/shared/link-tls value
+    need_link
+    # A local user let in by the socket's group.
+    c2 groupadd --system redis-users
+    c2 useradd --no-create-home --groups redis-users app
+    c2 install -d -m 0700 /etc/sockbridge/connect-redis
+    c2 install -m 0644 $d/ca.crt $d/client.crt /etc/sockbridge/connect-redis/
+    c2 install -m 0600 $d/client.key /etc/sockbridge/connect-redis/client.key
+    c2 mkdir -p /etc/systemd/system/bridge-connect@redis.service.d /etc/systemd/system/bridge-connect@redis.socket.d
+    printf '%s\n' '[Service]' 'LoadCredential=ca.crt:/etc/sockbridge/connect-redis/ca.crt' \
+        'LoadCredential=client.crt:/etc/sockbridge/connect-redis/client.crt' \
+        'LoadCredential=client.key:/etc/sockbridge/connect-redis/client.key' |
+        c2 sh -c 'cat >/etc/systemd/system/bridge-connect@redis.service.d/tls.conf'
+    printf '[Service]\nIPAddressDeny=any\nIPAddressAllow=%s\n' "$LINK_SERVER" |
+        c2 sh -c 'cat >/etc/systemd/system/bridge-connect@redis.service.d/allow.conf'
+    printf '[Socket]\nSocketGroup=redis-users\n' |
+        c2 sh -c 'cat >/etc/systemd/system/bridge-connect@redis.socket.d/group.conf'
+    # The shipped example, its far-end lines turned on.
+    c2 sh -c "sed -E -e 's|^#target = .*|target = $LINK_SERVER:$LINK_PORT|' \
+        -e 's/^#(target-tls(-ca|-cert|-key)?) = /\1 = /' \
+        /etc/sockbridge/connect.conf.example >/etc/sockbridge/connect-redis.conf"
+    c2 grep '^[a-z]' /etc/sockbridge/connect-redis.conf | paste -sd ' '
+    c2 systemctl daemon-reload
+    c2 systemctl enable --now bridge-connect@redis.socket 2>/dev/null
+    poll 10 c2 test -S "$CONNECT_SOCK"
+    [ "$(c2 stat -c '%A %U:%G' "$CONNECT_SOCK")" = "srw-rw---- root:redis-users" ]
+    # On demand: nothing has connected yet.
+    is_state2 bridge-connect@redis.service inactive
+    [ "$(as_app redis-cli -s "$CONNECT_SOCK" PING)" = PONG ]
+    poll 10 is_state2 bridge-connect@redis.service active
+    [ "$(as_app redis-cli -s "$CONNECT_SOCK" SET e2e:greeting "hello from $LINK_CLIENT")" = OK ]
+    value=$(as_app redis-cli -s "$CONNECT_SOCK" GET e2e:greeting)
+    [ "$value" = "hello from $LINK_CLIENT" ]
+    # The value is in the server container's redis.
+    [ "$(c redis-cli -s "$REDIS_SOCK" GET e2e:greeting)" = "$value" ]
+    # A local user outside the socket's group is kept out by the file mode.
+    value=$(c2 setpriv --reuid=nobody --regid=nogroup --clear-groups redis-cli -s "$CONNECT_SOCK" PING 2>&1 || true)
+    echo "$value" | grep -q 'Permission denied' || { echo "nobody: $value"; return 1; }
+    value=$(as_app redis-cli -s "$CONNECT_SOCK" GET e2e:greeting)
+    # Its status (health checks: a TLS handshake with the far end).
+    poll 15 connect_target_up
+    c2 sockbridge status --control-socket "$CONNECT_CTL" | grep -E '^(target|state) '
+    echo "redis-cli as app: PING -> PONG, SET/GET \"$value\" (read back in the server's redis); nobody: Permission denied"
+}
+
+step_link_journals() {
+    local uid
+    need_link
+    uid=$(c2 id -u app)
+    # The client end names the local client by its credentials, and the far end.
+    poll 10 c2 sh -c "journalctl -u bridge-connect@redis.service -o json --no-pager EVENT=session-end |
+        python3 $H journal-event session-end - CLIENT_UID=$uid TARGET=$LINK_SERVER:$LINK_PORT REASON=done"
+    c2 sh -c "journalctl -u bridge-connect@redis.service -o json --no-pager EVENT=session-end |
+        python3 $H journal-event session-end - CLIENT_UID=$uid 'CLIENT_PID>=1' TARGET=$LINK_SERVER:$LINK_PORT REASON=done"
+    # The server end names the client end by its link address.
+    poll 10 c sh -c "journalctl -u bridge.service -o json --no-pager EVENT=session-end |
+        python3 $H journal-event session-end - CLIENT_ADDR=$LINK_CLIENT TARGET=$REDIS_SOCK REASON=done"
+    c sh -c "journalctl -u bridge.service -o json --no-pager EVENT=session-end |
+        python3 $H journal-event session-end - CLIENT_ADDR=$LINK_CLIENT TARGET=$REDIS_SOCK REASON=done"
+}
+
+step_link_refused() {
+    local d=/mnt/shared/link-tls out port
+    need_link
+    # Straight to the server end from the client container, past the client
+    # end: without a client certificate, then with one of another CA.
+    for cert in "" "$d/rogue.crt $d/rogue.key"; do
+        # shellcheck disable=SC2086 # two words or none
+        out=$(c2 timeout 15 python3 "$H" tls-rogue "$LINK_SERVER" "$LINK_PORT" $d/ca.crt $cert)
+        echo "$out"
+        port=$(echo "$out" | sed -n 's/.*(port \([0-9]*\)).*/\1/p')
+        poll 10 c sh -c "journalctl -u bridge.service -o json --no-pager EVENT=tls-refused |
+            python3 $H journal-event tls-refused - CLIENT_ADDR=$LINK_CLIENT CLIENT_PORT=$port"
+        c sh -c "journalctl -u bridge.service -o json --no-pager EVENT=tls-refused |
+            python3 $H journal-event tls-refused - CLIENT_ADDR=$LINK_CLIENT CLIENT_PORT=$port"
+    done
+    # Neither reached redis.
+    [ -z "$(c redis-cli -s "$REDIS_SOCK" GET e2e:rogue)" ]
+}
+
+# link_loop DIR: a redis-cli loop (as app) through the client end, in the
+# background; stopped and checked with finish_loop DIR.
+link_loop() {
+    mkdir -p "$WORK/shared/$1"
+    c2_bg timeout 150 python3 "$H" redis-loop "$CONNECT_SOCK" app "/mnt/shared/$1" 120 \
+        >"$WORK/shared/$1/out" 2>&1
+    echo $! >"$WORK/shared/$1/pid"
+}
+# Sessions of the client end that did not end well, for a failed step.
+connect_failures() {
+    c2 journalctl -u bridge-connect@redis.service -o cat --no-pager -p warning | tail -n 6
+}
+
+step_link_server_restart() {
+    need_link
+    link_loop redisloop
+    wait_sessions redisloop 20
+    restart_bridge
+    wait_sessions redisloop 20
+    finish_loop redisloop || { connect_failures; return 1; }
+}
+
+step_link_port_closed() {
+    local client t0
+    need_link
+    # The server end's port closed: the client end's connects are refused.
+    c systemctl stop bridge.socket bridge.service
+    not c sh -c "ss -Hltn 'sport = :$LINK_PORT' | grep -q LISTEN"
+    t0=$(now)
+    c2_bg timeout 20 setpriv --reuid=app --regid=app --init-groups redis-cli -s "$CONNECT_SOCK" PING \
+        >"$WORK/held-redis.out" 2>&1
+    client=$!
+    poll 10 c2 sh -c "sockbridge status --control-socket $CONNECT_CTL --json |
+        python3 -c 'import json, sys; sys.exit(json.load(sys.stdin)[\"sessions\"][\"waiting\"] < 1)'"
+    sleep 1
+    c systemctl start bridge.socket
+    wait_exit "$client" 15
+    wait "$client" || { cat "$WORK/held-redis.out"; connect_failures; return 1; }
+    [ "$(cat "$WORK/held-redis.out")" = PONG ]
+    echo "redis-cli PING while the server end's port was closed: held, PONG after $(elapsed "$t0")"
+}
+
+step_link_server_stops() {
+    local i
+    need_link
+    link_loop redisstops
+    wait_sessions redisstops 20
+    # Stopped, a second away, started again, three times: the client end
+    # holds its clients while the far end refuses.
+    for i in 1 2 3; do
+        c systemctl stop bridge.socket bridge.service
+        sleep 1
+        c systemctl start bridge.socket
+        wait_sessions redisstops 10
+    done
+    finish_loop redisstops || { connect_failures; return 1; }
+}
+
+step_link_security() {
+    local score shipped cg
+    need_link
+    # The allow list is enforced: a process in the service's control group
+    # reaches the far end, not the client container's own address.
+    c2_bg timeout 20 python3 -c "import socket
+s = socket.create_server(('$LINK_CLIENT', 7777)); s.settimeout(18)
+while True: s.accept()[0].close()" >/dev/null 2>&1
+    poll 10 c2 python3 -c "import socket; socket.create_connection(('$LINK_CLIENT', 7777), 1)"
+    cg=$(c2 systemctl show -P ControlGroup bridge-connect@redis.service)
+    [ -n "$cg" ]
+    c2 sh -c "echo \$\$ >'/sys/fs/cgroup$cg/cgroup.procs' && exec python3 -c \"import socket
+socket.create_connection(('$LINK_SERVER', $LINK_PORT), 2).close()
+try:
+    socket.create_connection(('$LINK_CLIENT', 7777), 2)
+except OSError as e:
+    print('inside bridge-connect@redis.service: $LINK_SERVER:$LINK_PORT reached, $LINK_CLIENT:7777 blocked (%s)' % type(e).__name__)
+else:
+    raise SystemExit('IPAddressDeny=any did not block $LINK_CLIENT:7777')\""
+    c2 systemd-analyze verify --man=no bridge-connect@test.socket bridge-connect@test.service
+    c2 systemd-analyze security --no-pager bridge-connect@test.service >"$repo/build/e2e-security-$SUITE-connect.txt" || true
+    c2 systemd-analyze security --no-pager bridge-connect@redis.service >"$repo/build/e2e-security-$SUITE-connect-allow.txt" || true
+    shipped=$(sed -n 's/.*Overall exposure level for bridge-connect@test.service: \([0-9.]*\).*/\1/p' "$repo/build/e2e-security-$SUITE-connect.txt")
+    score=$(sed -n 's/.*Overall exposure level for bridge-connect@redis.service: \([0-9.]*\).*/\1/p' "$repo/build/e2e-security-$SUITE-connect-allow.txt")
+    echo "systemd-analyze security: bridge-connect@test.service $shipped as shipped," \
+        "bridge-connect@redis.service $score with IPAddressDeny=any IPAddressAllow=$LINK_SERVER (at most $MAX_CONNECT_EXPOSURE)"
+    [ -n "$shipped" ] && [ -n "$score" ]
+    awk -v s="$shipped" -v m="$MAX_CONNECT_EXPOSURE" 'BEGIN { exit !(s <= m) }'
+}
+
+step_link_upgrade_remove() {
+    local deb pid1 pid2
+    need_link
+    deb=$(make_upgrade_deb)
+    mkdir -p "$WORK/shared/redisup"
+    c2_bg timeout 150 python3 "$H" redis-loop "$CONNECT_SOCK" app /mnt/shared/redisup 120 \
+        >"$WORK/shared/redisup/out" 2>&1
+    echo $! >"$WORK/shared/redisup/pid"
+    wait_sessions redisup 10
+    pid1=$(c2 systemctl show -P MainPID bridge-connect@redis.service)
+    c2 dpkg -i "/mnt/shared/$deb" >/dev/null
+    # The package restarted the running instance onto the new version.
+    poll 20 sh -c "p=\$(nsenter -t $CPID2 -a systemctl show -P MainPID bridge-connect@redis.service);
+        [ \"\$p\" != $pid1 ] && [ \"\$p\" != 0 ]"
+    pid2=$(c2 systemctl show -P MainPID bridge-connect@redis.service)
+    [ "$(c2 systemctl is-enabled bridge-connect@redis.socket)" = enabled ]
+    wait_sessions redisup 10
+    finish_loop redisup
+    c2 journalctl -o cat --no-pager _PID="$pid1" EVENT=handover | tail -n 1
+    # Removal stops the instance and its socket.
+    c2 apt-get remove -y -q -o Dpkg::Use-Pty=0 sockbridge >/dev/null
+    is_state2 bridge-connect@redis.socket inactive
+    is_state2 bridge-connect@redis.service inactive
+    not c2 test -e "$CONNECT_SOCK"
+    not c2 pgrep -f /usr/bin/sockbridge
+    echo "upgraded to $(dpkg-deb -f "$WORK/shared/$deb" Version): bridge-connect@redis MainPID $pid1 -> $pid2;" \
+        "removed: socket and service stopped, $CONNECT_SOCK gone"
+}
+
+step_link_undo() {
+    need_link
+    c systemctl stop redis-e2e.service
+    c rm -f /etc/systemd/system/bridge.socket.d/link.conf /etc/systemd/system/bridge.service.d/link.conf \
+        /etc/systemd/system/redis-e2e.service
+    c sh -c '[ ! -e /run/bridge.conf.before-link ] || cp /run/bridge.conf.before-link /etc/sockbridge/bridge.conf'
+    c systemctl daemon-reload
+    c systemctl restart bridge.socket
+    poll 10 listening 12345
+    roundtrip 127.0.0.1 12345 main
+    poll 10 is_state bridge.service active
+}
+
 # run_suite SUITE: build, boot, run every step; prints e2e-SUITE's counts
 # and writes them to $COUNTS/SUITE for main's total. Runs as a process of
 # its own (run.sh --suite SUITE).
@@ -972,6 +1354,27 @@ run_suite() {
     step "9b metrics with the documented drop-in, still <= $MAX_EXPOSURE" step_metrics
     step "9c TLS, keys by LoadCredential=, client certificate required" step_tls
     step "9d restart closes an idle TLS session after restart-grace" step_tls_restart
+    # Both ends: the client container lives for these steps only.
+    LINK_S=sbe2e-s$(suite_number "$SUITE")
+    LINK_C=sbe2e-c$(suite_number "$SUITE")
+    t0=$(now)
+    if boot_client_container "$root"; then
+        echo "e2e-$SUITE: client container booted ($(elapsed "$t0"))"
+    else
+        echo "e2e-$SUITE: client container did not boot ($(elapsed "$t0"))"
+    fi
+    step "14a client container, private link $LINK_SERVER-$LINK_CLIENT, package" step_link
+    step "14b server end: bridge.socket on the link, TLS, redis behind it" step_server_end
+    step "14c client end bridge-connect@redis: redis-cli PING, SET/GET" step_client_end
+    step "14d journals: CLIENT_UID + TARGET, server CLIENT_ADDR" step_link_journals
+    step "14e no / foreign client certificate: tls-refused, not in redis" step_link_refused
+    step "14f server end restarted under a redis-cli loop: no failure" step_link_server_restart
+    step "14g server end's port closed: a new client is held, then served" step_link_port_closed
+    step "14h server end stopped, started 3x under a redis-cli loop: no failure" step_link_server_stops
+    step "14i IPAddressAllow= enforced; security <= $MAX_CONNECT_EXPOSURE, verify" step_link_security
+    step "14j client end: upgrade restarts bridge-connect@, remove stops" step_link_upgrade_remove
+    step "14k server end back to its defaults" step_link_undo
+    stop_client_container
     step "12 crash loop (bad config) never wedges the socket" step_crash_loop
     step "11 upgrade (higher version) hands over bridge and bridge@ sessions" step_upgrade
     step "10 remove stops all, purge removes conffile" step_remove_purge
