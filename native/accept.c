@@ -158,9 +158,10 @@ void dial_step(struct thread *t, struct conn *c, uint32_t events) {
     return connected(t, c);
   }
   char *why = NULL;
-  int rc = tls_target_step(t, c, &why);
+  int err = 0;
+  int rc = tls_target_step(t, c, &why, &err);
   if (rc > 0) dial_done(t, c, 0, NULL);
-  else if (rc < 0) dial_done(t, c, EPROTO, why);
+  else if (rc < 0) dial_done(t, c, err, why);
 }
 
 /* The attempt's deadline passed (threads.c's sweep). */

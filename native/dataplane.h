@@ -422,7 +422,7 @@ bool tls_begin(struct thread *t, struct conn *c, SSL_CTX *ctx);
 void tls_handshake_step(struct thread *t, struct conn *c);
 void tls_handshake_timeout(struct thread *t, struct conn *c);
 bool tls_target_begin(struct thread *t, struct conn *c, const struct target_ref *target);
-int tls_target_step(struct thread *t, struct conn *c, char **why);
+int tls_target_step(struct thread *t, struct conn *c, char **why, int *err);
 SSL_CTX *tls_client_context(const struct tls_settings *s, char **error);
 void tls_free(struct side *s);
 char *tls_error_text(unsigned long err);

@@ -416,8 +416,11 @@ bool tls_target_begin(struct thread *t, struct conn *c, const struct target_ref 
   return true;
 }
 
-/* 1 done, 0 waiting (interest set), -1 refused (*why: owned, says why). */
-int tls_target_step(struct thread *t, struct conn *c, char **why) {
+/* 1 done, 0 waiting (interest set), -1 failed: *err EPROTO when TLS refused
+   (*why, owned, says why), or the socket's own error (a reset, an EOF: the
+   target went away mid-handshake, and the client is held as for a refused
+   connect: nothing reached the program). */
+int tls_target_step(struct thread *t, struct conn *c, char **why, int *err) {
   struct side *s = &c->server;
   ERR_clear_error();
   errno = 0;
@@ -433,16 +436,22 @@ int tls_target_step(struct thread *t, struct conn *c, char **why) {
     return 0;
   }
   long verify = SSL_get_verify_result(s->ssl);
-  unsigned long err = ERR_peek_last_error();
+  unsigned long queued = ERR_peek_last_error();
+  if (e == SSL_ERROR_SYSCALL && !queued) {
+    *err = errno ? errno : ECONNRESET;
+    ERR_clear_error();
+    return -1;
+  }
   char buf[320];
   if (verify != X509_V_OK) snprintf(buf, sizeof buf, "TLS: the target's certificate was refused: %s", X509_verify_cert_error_string(verify));
-  else if (err) {
-    char *text = tls_error_text(err);
+  else {
+    char *text = tls_error_text(queued);
     snprintf(buf, sizeof buf, "TLS: %s", text);
     free(text);
-  } else snprintf(buf, sizeof buf, "TLS: %s", e == SSL_ERROR_SYSCALL && errno ? strerror(errno) : "the target closed during the handshake");
+  }
   ERR_clear_error();
   *why = strdup(buf);
+  *err = EPROTO;
   return -1;
 }
 

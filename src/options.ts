@@ -188,7 +188,7 @@ const countOpt = (min: number, max: number) =>
 export const OPTIONS: readonly AnyOption[] = [
   {
     name: 'listen', key: 'listen', type: 'host:port|path|@name', default: ['*:12345'], reloadable: false,
-    help: 'Where to accept clients; repeat for several. TCP: HOST:PORT, [IPv6]:PORT, *:PORT or PORT ("*" = all interfaces, IPv4 and IPv6). A UNIX socket: a path (/run/app-remote.sock, ./x.sock), made with --listen-mode, --listen-owner and --listen-group, a stale file from a crashed run replaced, removed on a clean stop; or @name (abstract, no file). Ignored when systemd passes sockets (LISTEN_FDS).',
+    help: 'Where to accept clients; repeat for several. TCP: HOST:PORT, [IPv6]:PORT, *:PORT or PORT ("*" = all interfaces, IPv4 and IPv6). A UNIX socket: a path (/run/app-remote.sock, ./x.sock), made with --listen-mode, --listen-owner and --listen-group, a stale file from a crashed run replaced, removed on a clean stop; or @name (abstract, no file; it lives in a network namespace: a unit with PrivateNetwork=yes has its own). Ignored when systemd passes sockets (LISTEN_FDS).',
     parse: (raw) => { parseListenAddress(raw); return [raw.trim()]; },
     format: (v) => v.join(', '),
     combine: (values) => values.flat(),
@@ -215,7 +215,7 @@ export const OPTIONS: readonly AnyOption[] = [
   },
   {
     name: 'target', key: 'target', type: 'path|@name|host:port', default: [DEFAULT_TARGET], reloadable: true,
-    help: 'What each client is connected to: a UNIX stream socket (a path with a "/", or @name for an abstract one) or a TCP address (HOST:PORT, [IPv6]:PORT; a name is resolved again every check interval); repeat for several (each health-checked on its own, chosen by --balance). It may be missing, refusing or unreachable for a while: clients wait for it. Not used by default when --target-dir is given.',
+    help: 'What each client is connected to: a UNIX stream socket (a path with a "/", or @name for an abstract one, reached only by the native data plane and only within the network namespace: not from a unit with PrivateNetwork=yes) or a TCP address (HOST:PORT, [IPv6]:PORT; a name is resolved again every check interval); repeat for several (each health-checked on its own, chosen by --balance). It may be missing, refusing or unreachable for a while: clients wait for it. Not used by default when --target-dir is given.',
     parse: (raw) => [target(raw)],
     format: (v) => v.join(', '),
     combine: (values) => values.flat(),
@@ -409,7 +409,7 @@ export const OPTIONS: readonly AnyOption[] = [
 /** Flags that only make sense on the command line. */
 export const CLI_FLAGS: readonly { name: string; type: string; help: string }[] = [
   { name: 'config', type: 'file', help: 'Read options from FILE ("name = value" lines, "#" comments); the command line wins.' },
-  { name: 'instance', type: 'name', help: 'status: the instance to ask: NAME for bridge@NAME.service (/run/sockbridge@NAME/bridge.ctl); default bridge.service (/run/sockbridge/bridge.ctl).' },
+  { name: 'instance', type: 'name', help: 'status, drain, enable: the instance to ask: NAME for bridge@NAME.service (/run/sockbridge@NAME/bridge.ctl), connect-NAME for the client end bridge-connect@NAME.service (/run/sockbridge-connect-NAME/bridge.ctl); default bridge.service (/run/sockbridge/bridge.ctl).' },
   { name: 'json', type: '', help: 'status: print the report as JSON (a stable, documented shape).' },
   { name: 'help', type: '', help: 'Show this help and exit.' },
   { name: 'version', type: '', help: 'Show the version and exit.' },

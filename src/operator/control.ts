@@ -51,7 +51,10 @@ export function controlPath(setting: string, env: NodeJS.ProcessEnv): string | u
  * sockbridge@NAME, since systemd removes a runtime directory when its unit stops.
  */
 export function instanceControlPath(instance: string): string {
-  return instance === 'bridge' ? '/run/sockbridge/bridge.ctl' : `/run/sockbridge@${instance}/bridge.ctl`;
+  if (instance === 'bridge') return '/run/sockbridge/bridge.ctl';
+  // The client end's template (bridge-connect@NAME.service) has RuntimeDirectory=sockbridge-connect-NAME.
+  if (instance.startsWith('connect-')) return `/run/sockbridge-${instance}/bridge.ctl`;
+  return `/run/sockbridge@${instance}/bridge.ctl`;
 }
 
 export async function startControlServer(path: string, actions: ControlActions, logger: Logger): Promise<net.Server> {

@@ -165,7 +165,9 @@ export function recordSessionEnd(ctx: { readonly stats: Stats; readonly logger: 
     if (!end.target.current) ctx.backend.pool.prune();
   }
   if (reason !== 'done') stats.failed++;
-  const level = reason === 'connect-timeout' || reason === 'target-denied' || reason === 'target-error' ? 'warning' : 'info';
+  // A session that carried nothing either way (a health check, a port probe) is logged at debug, as HAProxy's "option dontlognull".
+  const empty = reason === 'done' && bytesIn === 0 && bytesOut === 0;
+  const level = reason === 'connect-timeout' || reason === 'target-denied' || reason === 'target-error' ? 'warning' : empty ? 'debug' : 'info';
   if (!logger.enabled(level)) return;
   const fields: Fields = {
     EVENT: 'session-end',

@@ -103,7 +103,11 @@ export class Target {
       return () => {};
     }
     return connectTarget(this, { tls: tls ? this.settings.targetTlsMaterial : undefined, attemptMs: this.probeMs() }, (s) => {
-      s.destroy();
+      // Over TLS a clean close (close_notify, then FIN), so that the far end sees a finished handshake, not a refused one.
+      s.on('error', () => {});
+      s.setTimeout(2000, () => s.destroy());
+      s.end();
+      s.resume();
       ok();
     }, fail);
   }
