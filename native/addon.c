@@ -238,9 +238,10 @@ static size_t event_args(napi_env env, const struct event *ev, napi_value *a) {
     a[n++] = boolean(env, ev->before_tls);
     a[n++] = num(env, ev->why);
     break;
-  case EV_HANDOVER_DONE: /* thread, closed */
+  case EV_HANDOVER_DONE: /* thread, TLS sessions closed, plain ones closed (their peer took none of their bytes) */
     a[n++] = num(env, ev->listener);
     a[n++] = num(env, ev->reason);
+    a[n++] = num(env, ev->why);
     break;
   }
   return n;

@@ -300,7 +300,7 @@ struct thread {
   bool stopping;
   bool handing_over;          /* C_HANDOVER ran: sessions still emptying their buffers */
   int64_t handover_deadline;
-  int handover_closed;
+  int handover_closed_tls, handover_closed_full;
   struct event *handover_done; /* allocated when the handover starts, so that it can always be sent */
   int index;
   atomic_uint_fast64_t next_seq; /* also read by the JavaScript thread (adopt, resume) */

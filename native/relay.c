@@ -299,7 +299,10 @@ static ssize_t write_side(struct thread *t, struct conn *c, struct side *s, cons
     side_failed(t, c, s, errno);
     return -1;
   }
-  if (w > 0) c->last_active = t->now;
+  if (w > 0) {
+    c->last_active = t->now;
+    s->outq = -1; /* its queue grew: a quiet sweep takes a new baseline */
+  }
   if (s == &c->client) {
     c->bytes_out += (uint64_t)w;
     atomic_fetch_add_explicit(&t->bytes_out, (uint64_t)w, memory_order_relaxed);
@@ -487,13 +490,20 @@ static enum reason idle_reason(const struct conn *c) {
   return sv < cl ? R_SERVER_TIMEOUT : R_CLIENT_TIMEOUT;
 }
 
+/* The send queue once the session went quiet after a write: what draining() compares with. */
+static void baseline(struct side *s) {
+  int outq = 0;
+  if (s->fd >= 0 && s->outq < 0 && ioctl(s->fd, SIOCOUTQ, &outq) == 0) s->outq = outq;
+}
+
 /* Whether a peer took bytes out of the kernel's send queue since the last
-   look: a reader draining what was already written is not idle either. */
+   look (emptying it counts): a reader draining what was already written is
+   not idle either. */
 static bool draining(struct side *s) {
   if (s->fd < 0) return false;
   int outq = 0;
   if (ioctl(s->fd, SIOCOUTQ, &outq) != 0) return false;
-  bool progress = outq > 0 && (s->outq < 0 || outq < s->outq);
+  bool progress = s->outq > 0 && outq < s->outq;
   s->outq = outq;
   return progress;
 }
@@ -514,7 +524,13 @@ void sweep(struct thread *t) {
     if (c->phase != PH_RELAY) continue;
     uint32_t cl = c->client_timeout, sv = c->server_timeout;
     uint32_t limit = cl && sv ? (cl < sv ? cl : sv) : cl | sv;
-    if (!limit || t->now - c->last_active < limit) continue;
+    if (!limit) continue;
+    /* Quiet since at least a sweep: the queue as the last write left it (a busy session costs no ioctl). */
+    if (t->now - c->last_active >= t->sweep_ms) {
+      baseline(&c->client);
+      baseline(&c->server);
+    }
+    if (t->now - c->last_active < limit) continue;
     bool a = draining(&c->client), b = draining(&c->server);
     if (a || b) {
       c->last_active = t->now;

@@ -163,7 +163,7 @@ static bool conn_is_tls(const struct conn *c) {
 static void begin_handover(struct thread *t, int grace_ms) {
   t->handing_over = true;
   t->handover_deadline = t->now + grace_ms;
-  t->handover_closed = 0;
+  t->handover_closed_tls = t->handover_closed_full = 0;
   /* Allocated now, so that the end of the handover can always be told. */
   t->handover_done = failpoint("handover-done") ? NULL : new_event(EV_HANDOVER_DONE);
   for (struct conn *c = t->conns, *next; c; c = next) {
@@ -200,7 +200,8 @@ static void handover_step(struct thread *t) {
       conn_hand_back(t, c);
     } else if (late) {
       conn_end(t, c, R_SHUTDOWN, 0, true);
-      t->handover_closed++;
+      if (tls) t->handover_closed_tls++;
+      else t->handover_closed_full++;
     } else {
       waiting = true;
     }
@@ -211,7 +212,8 @@ static void handover_step(struct thread *t) {
   t->handover_done = NULL;
   if (!ev) return; /* not allocated: JavaScript's deadline ends the wait */
   ev->listener = t->index;
-  ev->reason = t->handover_closed;
+  ev->reason = t->handover_closed_tls;
+  ev->why = t->handover_closed_full;
   push_event(ev);
 }
 

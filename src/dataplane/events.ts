@@ -59,7 +59,7 @@ export type UnlistenedEvent = [kind: EventKind.Unlistened, listener: number];
 export type HandedEvent = [kind: EventKind.Handed, id: number, clientFd: number, serverFd: number, directionsDone: number,
   replay: Buffer | undefined, bytesIn: number, bytesOut: number, addr: string, port: number, startedAt: number, slot: number,
   retriesLeft: number, clientEnded: boolean, beforeTls: boolean, parkedWhy: number];
-export type HandoverDoneEvent = [kind: EventKind.HandoverDone, thread: number, closed: number];
+export type HandoverDoneEvent = [kind: EventKind.HandoverDone, thread: number, closedTls: number, closedFull: number];
 
 export type DataPlaneEvent = EndEvent | ParkedEvent | DialedEvent | DeniedEvent | TlsRefusedEvent | AcceptErrorEvent | UnlistenedEvent
   | HandedEvent | HandoverDoneEvent;

@@ -37,7 +37,7 @@ export class NativeRelay implements Relay {
   private queueFullReported = false;
   private listeners: { listener: Listener; acceptFailed: (err: NodeJS.ErrnoException) => void }[] = [];
   private unlistening: { left: number; done: () => void } | undefined;
-  private givingBack: { threadsLeft: number; closed: number; handed: HandedEvent[]; done: () => void } | undefined;
+  private givingBack: { threadsLeft: number; closedTls: number; closedFull: number; handed: HandedEvent[]; done: () => void } | undefined;
   private timers: NodeJS.Timeout[] = [];
   private running = false;
   private stopping = false;
@@ -210,7 +210,8 @@ export class NativeRelay implements Relay {
       case EventKind.HandoverDone: {
         const h = this.givingBack;
         if (!h) return;
-        h.closed += e[2];
+        h.closedTls += e[2];
+        h.closedFull += e[3];
         if (--h.threadsLeft === 0) h.done();
       }
     }
@@ -304,11 +305,11 @@ export class NativeRelay implements Relay {
         if (timer) clearTimeout(timer);
         const h = this.givingBack;
         this.givingBack = undefined;
-        resolve({ ...this.carried(handed), closed: h?.closed ?? 0, complete });
+        resolve({ ...this.carried(handed), closedTls: h?.closedTls ?? 0, closedFull: h?.closedFull ?? 0, complete });
       };
       const threads = this.addon.handover(graceMs, sessionBudget);
       if (threads < 0) return finish(false);
-      this.givingBack = { threadsLeft: threads, closed: 0, handed, done: () => finish(true) };
+      this.givingBack = { threadsLeft: threads, closedTls: 0, closedFull: 0, handed, done: () => finish(true) };
       timer = setTimeout(() => finish(false), graceMs + HANDOVER_MARGIN_MS);
     });
   }

@@ -73,8 +73,9 @@ export interface RelayCounts {
 export interface HandedBack {
   sessions: CarriedSession[];
   waiting: CarriedClient[];
-  /** Sessions closed at restart-grace (TLS, or a peer that took none of its bytes). */
-  closed: number;
+  /** Sessions closed at restart-grace: TLS ones (never carried), and plain ones whose peer took none of their bytes. */
+  closedTls: number;
+  closedFull: number;
   /** false: the relay did not finish within restart-grace and a margin; what is still open is drained. */
   complete: boolean;
 }

@@ -118,7 +118,7 @@ export class JsRelay implements Relay {
     while (this.sessions.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     const open = [...this.sessions];
     for (const s of open) s.abort('shutdown');
-    return { sessions: [], waiting: [], closed: open.length, complete: true };
+    return { sessions: [], waiting: [], closedTls: open.length, closedFull: 0, complete: true };
   }
 
   alive(): boolean {

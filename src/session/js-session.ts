@@ -292,14 +292,17 @@ export class Session implements BridgedSession {
     if (this.busy) {
       this.busy = false;
       this.quietSince = now;
+      this.clientQueueSeen = -1;
       return;
     }
+    // The first quiet sweep after traffic: what the client's queue is compared with.
+    if (this.clientQueueSeen < 0) this.clientQueueSeen = kernelSendQueue(this.client, true);
     const { clientTimeout: c, serverTimeout: s } = this.settings;
     const limit = Math.min(c || Infinity, s || Infinity);
     if (now - this.quietSince < limit) return;
     // Nor is a client still draining what the kernel holds for it.
-    const queued = kernelSendQueue(this.client);
-    if (queued > 0 && (this.clientQueueSeen < 0 || queued < this.clientQueueSeen)) {
+    const queued = kernelSendQueue(this.client, true);
+    if (queued < this.clientQueueSeen) {
       this.clientQueueSeen = queued;
       this.quietSince = now;
       return;
@@ -458,11 +461,11 @@ function rawSocket(socket: net.Socket): net.Socket {
  * inode). Read only for a session about to be closed as idle. 0 when it
  * cannot tell (a UNIX socket, /proc hidden).
  */
-function kernelSendQueue(socket: net.Socket): number {
+function kernelSendQueue(socket: net.Socket, fresh = false): number {
   const fd = (rawSocket(socket) as unknown as { _handle?: { fd?: number } })._handle?.fd;
   if (fd === undefined || fd < 0) return 0;
   try {
-    return sendQueues().get(String(fstatSync(fd).ino)) ?? 0;
+    return sendQueues(fresh).get(String(fstatSync(fd).ino)) ?? 0;
   } catch {
     return 0; // closed meanwhile
   }
@@ -470,9 +473,9 @@ function kernelSendQueue(socket: net.Socket): number {
 
 /** tx_queue by inode, from /proc/net/tcp{,6}, read at most every 50 ms (a drain closes many sessions at once). */
 let queues: { at: number; byInode: Map<string, number> } | undefined;
-function sendQueues(): Map<string, number> {
+function sendQueues(fresh: boolean): Map<string, number> {
   const now = Date.now();
-  if (queues && now - queues.at < 50) return queues.byInode;
+  if (queues && !fresh && now - queues.at < 50) return queues.byInode;
   const byInode = new Map<string, number>();
   for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
     try {

@@ -100,9 +100,12 @@ export async function handOver(parts: RestartParts, notifySocket: string): Promi
     logger.warning(`restart: systemd did not confirm it holds the ${sessions.length} sessions and ${waiting.length} waiting clients (${outcome.error}); ` +
       'the next process takes over what reached the store', { EVENT: 'handover-unconfirmed', ERRNO: outcome.error, ...counts });
   }
-  // Only TLS sessions cannot be carried, unless the TypeScript relay runs (it carries none).
-  const what = fdStore ? 'TLS sessions' : 'sessions of the TypeScript relay';
-  const extra = refused.length > 0 ? `, ${refused.length} waiting clients beyond the fd store` : '';
-  logger.notice(`handed over ${sessions.length} sessions, ${waiting.length} held clients; closed ${back.closed} ${what}${extra}`,
-    { EVENT: 'handover', ...counts, CLOSED_TLS: back.closed, CLOSED_WAITING: refused.length });
+  // TLS sessions cannot be carried, nor any of the TypeScript relay's (it carries none).
+  const closed = [
+    ...(back.closedTls > 0 || back.closedFull === 0 ? [`closed ${back.closedTls} ${fdStore ? 'TLS sessions' : 'sessions of the TypeScript relay'}`] : []),
+    ...(back.closedFull > 0 ? [`closed ${back.closedFull} sessions whose peer took none of their bytes within restart-grace`] : []),
+    ...(refused.length > 0 ? [`${refused.length} waiting clients beyond the fd store`] : []),
+  ];
+  logger.notice(`handed over ${sessions.length} sessions, ${waiting.length} held clients; ${closed.join(', ')}`,
+    { EVENT: 'handover', ...counts, CLOSED_TLS: back.closedTls, CLOSED_FULL: back.closedFull, CLOSED_WAITING: refused.length });
 }
