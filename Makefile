@@ -36,27 +36,36 @@ run: build
 demo: build
 	bash scripts/demo.sh $(ARGS)
 
-# Every test: the unit/functional suite, the same under every other supported
-# Node major (make unit has just run it with this machine's), then the systemd
-# end-to-end test.
+# Every test: the unit/functional suite (with the data plane, then the relay
+# tests again with the TypeScript relay), the same under the sanitizer
+# build, a compatibility run under every other supported Node major, then
+# the systemd end-to-end test.
 HOST_MAJOR = $(shell node -p 'process.versions.node.split(".")[0]')
 test: unit test-asan
 	@echo "test-matrix: node $(HOST_MAJOR): this machine's $$(node --version) ($$(command -v node)) ran the suite in make unit"
 	$(MAKE) --no-print-directory test-matrix MAJORS="$(filter-out $(HOST_MAJOR),$(MAJORS))"
 	$(MAKE) --no-print-directory e2e
 
-# The whole suite with the native relay (forced: the tests' bridges run
-# --relay native), then the tests of what a relay does again with the
-# TypeScript relay.
-RELAY_TESTS := $(patsubst %,dist/test/%.test.js,relay retries limits lifecycle socket-recreated bad-peers health soak status targets)
-unit: build
-	node --test dist/test/*.test.js
-	SOCKBRIDGE_TEST_RELAY=js node --test $(RELAY_TESTS)
+# Test files run at once (they wait on sockets, timers and child processes far
+# more than they compute); TEST_CONCURRENCY=1 runs one at a time.
+TEST_CONCURRENCY ?= 3
+NODE_TEST = node --test --test-concurrency=$(TEST_CONCURRENCY)
+tests = $(patsubst %,dist/test/%.test.js,$(1))
 
-# The relay tests and the handover's (which always use the native relay)
-# against the native relay built with AddressSanitizer and UBSan (any report aborts the bridge, which fails its test). Node itself is
-# not instrumented: ASan's runtime is preloaded, and leaks are left to
-# test/soak.test.ts (Node's own allocations would drown them).
+# What a relay does: run again with the TypeScript relay (make unit) and
+# under the sanitizer build (make test-asan).
+RELAY_TESTS := relay retries limits lifecycle socket-recreated bad-peers health soak status targets tls tls-dataplane forced-end remote-access
+# The whole suite with the data plane (forced: the tests' bridges run
+# --relay native), then RELAY_TESTS with the TypeScript relay.
+unit: build
+	$(NODE_TEST) dist/test/*.test.js
+	SOCKBRIDGE_TEST_RELAY=js $(NODE_TEST) $(call tests,$(RELAY_TESTS))
+
+# RELAY_TESTS, the restart's and the failure-injection tests against the data
+# plane built with AddressSanitizer and UBSan, and with its test hooks
+# (SOCKBRIDGE_FAILPOINTS): any report aborts the bridge, which fails its
+# test. Node itself is not instrumented: ASan's runtime is preloaded, and
+# leaks are left to test/soak.test.ts (Node's own allocations would drown them).
 ASAN_RELAY := build/asan/relay.node
 NODE_INCLUDE ?= /usr/include/node
 $(ASAN_RELAY): $(NATIVE_SOURCES)
@@ -66,14 +75,20 @@ $(ASAN_RELAY): $(NATIVE_SOURCES)
 test-asan: build $(ASAN_RELAY)
 	LD_PRELOAD=$$(cc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1 \
 		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 SOCKBRIDGE_RELAY_ADDON=$(abspath $(ASAN_RELAY)) \
-		node --test $(RELAY_TESTS) dist/test/handover.test.js
+		$(NODE_TEST) $(call tests,$(RELAY_TESTS) handover dataplane-failures differential)
 
-# The unit/functional suite under Node 18, 20, 22, 24 and 26 in turn (official
-# builds from the npm registry, cached in /var/cache/sockbridge/node; addons
-# built per Node in build/matrix/). MAJORS="22 24" for some only.
+# Under Node 18, 20, 22, 24 and 26 in turn (official builds from the npm
+# registry, cached in /var/cache/sockbridge/node; addons built per Node in
+# build/matrix/), what depends on the Node release: loading the addons and
+# binding Node's OpenSSL (install, fast-path), TLS in both relays, the
+# TypeScript relay's use of Node's internals, socket activation, the fd
+# store, the control socket, config parsing. MATRIX_TESTS=all for the whole
+# suite; MAJORS="22 24" for some Nodes only.
 MAJORS ?= 18 20 22 24 26
+MATRIX_TESTS ?= install fast-path config tls relay handover remote-access systemd status
+MATRIX_JS_TESTS ?= relay tls remote-access
 test-matrix: build
-	MAJORS="$(MAJORS)" bash scripts/test-matrix.sh
+	MAJORS="$(MAJORS)" TESTS="$(filter-out all,$(MATRIX_TESTS))" JS_TESTS="$(MATRIX_JS_TESTS)" TEST_CONCURRENCY=$(TEST_CONCURRENCY) bash scripts/test-matrix.sh
 
 # For Debian 12 and 13 in turn: builds that release's .deb in a clean root
 # of it, boots a container of it, installs the package there and checks it

@@ -183,7 +183,11 @@ function pacedReader(s: net.Socket, bytesPerSecond: number, tcp: net.Socket = s)
     };
     s.once('end', () => {
       if (tcp.writableEnded || tcp.destroyed) return done('end');
-      tcp.write('?', (err?: Error | null) => done((err as NodeJS.ErrnoException | null | undefined)?.code === 'ECONNRESET' ? 'reset' : 'end'));
+      // After a FIN the write is taken (half-close); after a reset it fails: ECONNRESET, or EPIPE once a read consumed the error.
+      tcp.write('?', (err?: Error | null) => {
+        const code = (err as NodeJS.ErrnoException | null | undefined)?.code;
+        done(code === 'ECONNRESET' || code === 'EPIPE' ? 'reset' : 'end');
+      });
     });
     s.once('error', (err: NodeJS.ErrnoException) => done(err.code === 'ECONNRESET' ? 'reset' : `error ${err.code ?? err.message}`));
     s.once('close', () => { if (!s.readableEnded) done('close'); }); // after 'error', whose result stands
