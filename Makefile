@@ -71,7 +71,7 @@ NODE_INCLUDE ?= /usr/include/node
 $(ASAN_RELAY): $(NATIVE_SOURCES)
 	@mkdir -p $(dir $@)
 	cc -std=gnu11 -shared -fPIC -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all \
-		-DSOCKBRIDGE_TEST_HOOKS -Wall -Wextra -Werror -Wl,-z,now -I$(NODE_INCLUDE) -o $@ $(filter %.c,$^) -lpthread
+		-DSOCKBRIDGE_TEST_HOOKS -fvisibility=hidden -Wall -Wextra -Werror -Wl,-z,now -Wl,-Bsymbolic -I$(NODE_INCLUDE) -o $@ $(filter %.c,$^) -lpthread
 test-asan: build $(ASAN_RELAY)
 	LD_PRELOAD=$$(cc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1 \
 		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 SOCKBRIDGE_RELAY_ADDON=$(abspath $(ASAN_RELAY)) \

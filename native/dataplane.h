@@ -19,6 +19,9 @@
  * only through the event queue (addon.c). OpenSSL is the process's own
  * (Node's): this addon is compiled against OpenSSL 3.0 headers and not
  * linked with libssl, so its symbols bind to the one copy already loaded.
+ * Everything here is hidden (-fvisibility=hidden, -Bsymbolic): the process
+ * exports OpenSSL's internals too (Node 22's has a tls_free of its own), and
+ * a call to one of ours must never land in one of theirs.
  */
 #ifndef SOCKBRIDGE_DATAPLANE_H
 #define SOCKBRIDGE_DATAPLANE_H
