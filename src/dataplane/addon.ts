@@ -40,6 +40,8 @@ export interface DataPlaneAddon extends FdStoreCalls {
   stop(): void;
   opensslVersion(): number;
   bindTcp(host: string, port: number): number;
+  /** A bound, not listening, UNIX socket at path ("\0name": abstract): its fd, or -errno. */
+  bindUnix(path: string): number;
   listen(fd: number, backlog: number, passed: boolean): number;
   unlisten(index: number): void;
   localAddress(fd: number): string;
