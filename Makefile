@@ -48,7 +48,7 @@ test: unit test-asan
 # The whole suite with the native relay (forced: the tests' bridges run
 # --relay native), then the tests of what a relay does again with the
 # TypeScript relay.
-RELAY_TESTS := $(patsubst %,dist/test/%.test.js,relay retries limits lifecycle socket-recreated bad-peers health soak status targets)
+RELAY_TESTS := $(patsubst %,dist/test/%.test.js,relay retries limits lifecycle socket-recreated bad-peers health soak status targets unix-listen)
 unit: build
 	node --test dist/test/*.test.js
 	SOCKBRIDGE_TEST_RELAY=js node --test $(RELAY_TESTS)
