@@ -82,8 +82,9 @@ export async function bindUnixListener<H>(target: UnixListenTarget, label: strin
   } catch (err) {
     binder.discard(handle);
     unlinkQuietly(temp);
-    if (err instanceof ListenError) throw err;
-    throw unixListenError(label, (err as NodeJS.ErrnoException).code ?? 'error');
+    const code = (err as NodeJS.ErrnoException).code;
+    if (err instanceof ListenError || code === undefined) throw err; // a bug is not a listen error
+    throw unixListenError(label, code);
   }
 }
 
