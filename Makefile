@@ -54,7 +54,7 @@ tests = $(patsubst %,dist/test/%.test.js,$(1))
 
 # What a relay does: run again with the TypeScript relay (make unit) and
 # under the sanitizer build (make test-asan).
-RELAY_TESTS := relay retries limits lifecycle socket-recreated bad-peers health soak status targets tls tls-dataplane forced-end remote-access
+RELAY_TESTS := relay retries limits lifecycle socket-recreated bad-peers health soak status targets tls tls-dataplane forced-end remote-access unix-listen
 # The whole suite with the data plane (forced: the tests' bridges run
 # --relay native), then RELAY_TESTS with the TypeScript relay.
 unit: build
@@ -85,8 +85,8 @@ test-asan: build $(ASAN_RELAY)
 # store, the control socket, config parsing. MATRIX_TESTS=all for the whole
 # suite; MAJORS="22 24" for some Nodes only.
 MAJORS ?= 18 20 22 24 26
-MATRIX_TESTS ?= install fast-path config tls relay handover remote-access systemd status
-MATRIX_JS_TESTS ?= relay tls remote-access
+MATRIX_TESTS ?= install fast-path config tls relay handover remote-access systemd status unix-listen
+MATRIX_JS_TESTS ?= relay tls remote-access unix-listen
 test-matrix: build
 	MAJORS="$(MAJORS)" TESTS="$(filter-out all,$(MATRIX_TESTS))" JS_TESTS="$(MATRIX_JS_TESTS)" TEST_CONCURRENCY=$(TEST_CONCURRENCY) bash scripts/test-matrix.sh
 

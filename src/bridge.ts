@@ -10,7 +10,7 @@
 // which hears about sessions coming and going through onBusyChange().
 
 import { addressLabel } from './listen/address';
-import { checkDescriptorBudget, ListenerInfo, listenSpecs } from './listen/listeners';
+import { checkDescriptorBudget, ListenerInfo, listenSpecs, warnAccessListsNotApplied } from './listen/listeners';
 import type { Logger } from './log';
 import { applyReload, Config, formatValue, OPTIONS } from './options';
 import { Stats } from './operator/stats';
@@ -146,7 +146,9 @@ export class Bridge {
       Object.assign(this.stats, { total: totals.total, failed: totals.failed, denied: totals.denied });
       this.carriedBytes = { bytesIn: totals.bytesIn, bytesOut: totals.bytesOut };
     }
-    this.listeners = await this.relay.start(listenSpecs(listeners, this.cfg.listen), adopted?.handover, this.tls);
+    const specs = listenSpecs(listeners, this.cfg);
+    warnAccessListsNotApplied(specs, this.cfg, this.logger);
+    this.listeners = await this.relay.start(specs, adopted?.handover, this.tls);
     if (adopted && this.relay.adopted) {
       logTakeOver(this.logger, this.relay.adopted, adopted.lost);
       if (this.relay.busy) this.hooks.onBusyChange(true);

@@ -178,6 +178,29 @@ function parseTargetDirOption(raw: string): string {
   return pattern;
 }
 
+/**
+ * A --listen value. A UNIX path's directory must exist: sockbridge makes the
+ * socket, not its directory (RuntimeDirectory= or the package does), and a
+ * typo there is better heard at once than as a bind error.
+ */
+function parseListenOption(raw: string): string[] {
+  const e = parseListenAddress(raw);
+  if (e.kind === 'unix') checkListenDirectory(dirname(e.path));
+  return [raw.trim()];
+}
+
+function checkListenDirectory(dir: string): void {
+  let isDir: boolean;
+  try {
+    isDir = statSync(dir).isDirectory();
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? 'error';
+    if (code === 'ENOENT') throw new BadValue(`the directory ${dir} does not exist: create it (RuntimeDirectory= in the unit) or choose another path`);
+    throw new BadValue(`cannot reach the directory ${dir} (${code})`);
+  }
+  if (!isDir) throw new BadValue(`${dir} is not a directory`);
+}
+
 const optionalPath = { type: 'path', parse: (raw: string) => raw.trim(), format: String } as const;
 const durationOpt = { type: 'duration', parse: parseDuration, format: formatDuration } as const;
 const countOpt = (min: number, max: number) =>
@@ -188,14 +211,14 @@ const countOpt = (min: number, max: number) =>
 export const OPTIONS: readonly AnyOption[] = [
   {
     name: 'listen', key: 'listen', type: 'host:port|path|@name', default: ['*:12345'], reloadable: false,
-    help: 'Where to accept clients; repeat for several. TCP: HOST:PORT, [IPv6]:PORT, *:PORT or PORT ("*" = all interfaces, IPv4 and IPv6). A UNIX socket: a path (/run/app-remote.sock, ./x.sock), made with --listen-mode, --listen-owner and --listen-group, a stale file from a crashed run replaced, removed on a clean stop; or @name (abstract, no file; it lives in a network namespace: a unit with PrivateNetwork=yes has its own). Ignored when systemd passes sockets (LISTEN_FDS).',
-    parse: (raw) => { parseListenAddress(raw); return [raw.trim()]; },
+    help: 'Where to accept clients; repeat for several. TCP: HOST:PORT, [IPv6]:PORT, *:PORT or PORT ("*" = all interfaces, IPv4 and IPv6). A UNIX socket: a path (/run/app-remote.sock, ./x.sock), its directory must exist; made with --listen-mode, --listen-owner and --listen-group, a stale file from a crashed run replaced (one that still answers is another instance: refused), removed on a clean stop; or @name (abstract, no file; it lives in a network namespace: a unit with PrivateNetwork=yes has its own). Its clients have no address: --allow and --deny do not apply to them. Ignored when systemd passes sockets (LISTEN_FDS).',
+    parse: parseListenOption,
     format: (v) => v.join(', '),
     combine: (values) => values.flat(),
   },
   {
     name: 'listen-mode', key: 'listenMode', type: 'octal mode', default: 0o660, reloadable: false,
-    help: 'File mode of the UNIX sockets sockbridge binds for --listen (as HAProxy\'s "mode" and systemd\'s SocketMode=); who may write the socket may use it.',
+    help: 'File mode of the UNIX sockets sockbridge binds for --listen (as HAProxy\'s "mode" and systemd\'s SocketMode=); who may write the socket may use it. An abstract socket (@name) has no file, hence no mode or owner: any process in the network namespace may connect.',
     parse: (raw) => {
       const v = raw.trim();
       if (!/^0?[0-7]{3,4}$/.test(v)) throw new BadValue('expected an octal file mode such as 0660');
@@ -241,14 +264,14 @@ export const OPTIONS: readonly AnyOption[] = [
   },
   {
     name: 'allow', key: 'allow', type: 'cidr', default: [], reloadable: true,
-    help: 'Let clients from this address or CIDR in (repeatable; also any, localhost). As systemd\'s IPAddressAllow=: an allowed address is let in even if --deny matches it.',
+    help: 'Let clients from this address or CIDR in (repeatable; also any, localhost). As systemd\'s IPAddressAllow=: an allowed address is let in even if --deny matches it. IP clients only: a UNIX listener\'s clients have no address and are let in (a warning at start says so); its socket\'s mode and owner decide who may connect.',
     parse: parseCidrs,
     format: (v) => v.join(', '),
     combine: (values) => values.flat(),
   },
   {
     name: 'deny', key: 'deny', type: 'cidr', default: [], reloadable: true,
-    help: 'Refuse clients from this address or CIDR (repeatable; "any" with --allow makes an allow list). Refused clients are closed before anything is read.',
+    help: 'Refuse clients from this address or CIDR (repeatable; "any" with --allow makes an allow list). Refused clients are closed before anything is read. IP clients only, as --allow.',
     parse: parseCidrs,
     format: (v) => v.join(', '),
     combine: (values) => values.flat(),

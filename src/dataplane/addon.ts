@@ -40,6 +40,7 @@ export interface DataPlaneAddon extends FdStoreCalls {
   stop(): void;
   opensslVersion(): number;
   bindTcp(host: string, port: number): number;
+  /** A bound, not listening, UNIX socket at path ("\0name": abstract): its fd, or -errno. */
   bindUnix(path: string): number;
   /** connect(2) to an abstract socket and close: 0 or -errno (Node's sockets cannot name one). */
   probeAbstract(name: string): number;

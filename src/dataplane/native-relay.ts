@@ -11,6 +11,7 @@ import { getSystemErrorName } from 'node:util';
 import type { RelayInfo } from '../bridge';
 import { addressLabel } from '../listen/address';
 import { acceptErrorLog, Listener, ListenerInfo, listenError, ListenSpec } from '../listen/listeners';
+import { addonBindUnix, bindUnixListener, removeSocketFile, SocketFile, unixListenError } from '../listen/unix-listener';
 import { BridgedSessionEnd, HandedBack, recordSessionEnd, Relay, RelayContext, RelayCounts, ThreadCounts } from '../session/contract';
 import { refusalReason, TlsMaterial } from '../session/tls';
 import { CarriedClient, CarriedSession, closeQuietly, Handover } from '../systemd/fd-store';
@@ -100,23 +101,47 @@ export class NativeRelay implements Relay {
     if (this.running) this.publish();
   }
 
-  private openListeners(specs: ListenSpec[], backlog: number): ListenerInfo[] {
-    for (const spec of specs) {
-      let fd: number;
-      const passed = 'fd' in spec.target;
-      if ('fd' in spec.target) {
-        fd = spec.target.fd;
-      } else {
-        fd = this.addon.bindTcp(spec.target.host ?? '', spec.target.port);
-        if (fd < 0) throw listenError(spec.label, getSystemErrorName(fd));
-      }
-      const [, port] = this.addon.localAddress(fd).split(' ');
-      const index = this.addon.listen(fd, backlog, passed);
-      if (index < 0) throw listenError(spec.label, getSystemErrorName(index));
-      const label = 'fd' in spec.target ? spec.label : `${hostLabel(spec.target.host)}:${port ?? ''}`;
-      this.listeners[index] = { listener: { label, accept: 'native', close: () => this.addon.unlisten(index) }, acceptFailed: acceptErrorLog(label, this.ctx.logger) };
+  private async openListeners(specs: ListenSpec[], backlog: number): Promise<ListenerInfo[]> {
+    try {
+      for (const spec of specs) await this.openListener(spec, backlog);
+    } catch (err) {
+      // Those already open close now: their socket files go with them.
+      for (const l of this.listeners) l?.listener.close();
+      this.listeners = [];
+      throw err;
     }
     return this.listeners.map((l) => ({ address: l.listener.label, accept: l.listener.accept }));
+  }
+
+  /** Bind (unless systemd passed it), then let every thread accept there. */
+  private async openListener(spec: ListenSpec, backlog: number): Promise<void> {
+    const target = spec.target;
+    let fd: number;
+    let file: SocketFile | undefined;
+    let label = spec.label;
+    if ('fd' in target) {
+      fd = target.fd;
+    } else if ('unix' in target) {
+      ({ handle: fd, file } = await bindUnixListener(target.unix, spec.label, {
+        bind: async (address) => addonBindUnix(this.addon, address, spec.label),
+        discard: closeQuietly,
+      }));
+    } else {
+      fd = this.addon.bindTcp(target.host ?? '', target.port);
+      if (fd < 0) throw listenError(spec.label, getSystemErrorName(fd));
+      label = `${hostLabel(target.host)}:${this.addon.localAddress(fd).split(' ')[1] ?? ''}`;
+    }
+    const index = this.addon.listen(fd, backlog, 'fd' in target);
+    if (index < 0) {
+      if (!('fd' in target)) closeQuietly(fd);
+      if (file) removeSocketFile(file);
+      throw ('unix' in target ? unixListenError : listenError)(spec.label, getSystemErrorName(index));
+    }
+    const close = (): void => {
+      this.addon.unlisten(index);
+      if (file) removeSocketFile(file);
+    };
+    this.listeners[index] = { listener: { label, accept: 'native', close }, acceptFailed: acceptErrorLog(label, this.ctx.logger) };
   }
 
   /** Stop accepting: resolves once every thread has let go of every listener (or a bounded wait ran out). */

@@ -4,11 +4,14 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import { getSystemErrorName } from 'node:util';
+import { endpointLabel, parseListenAddress } from '../endpoint';
 import { ListenError } from '../errors';
 import type { Logger } from '../log';
-import { parseListen } from '../options';
+import type { Config } from '../options';
 import type { PassedSocket } from '../systemd/passed-sockets';
 import { ownReads } from '../session/js-session';
+import { closeQuietly } from '../systemd/fd-store';
+import { bindAbstractForNode, bindUnixListener, isUnixSocket, nodeBindsAbstractExactly, removeSocketFile, SocketFile, UnixListenTarget, unixListenError } from './unix-listener';
 
 /**
  * How a listener's clients are accepted and read: 'native' when the native
@@ -26,25 +29,45 @@ export interface ListenerInfo {
 }
 
 export interface Listener {
-  /** For logs: "0.0.0.0:12345" or "systemd fd 3 (bridge.socket)". */
+  /** For logs: "0.0.0.0:12345", "/run/app-remote.sock", "@name" or "systemd fd 3 (bridge.socket)". */
   label: string;
   accept: AcceptPath;
   /** Stop accepting and close the socket. */
   close(): void;
 }
 
-/** One socket to listen on: passed by systemd, or an address to bind. */
+/** One socket to listen on: passed by systemd, a TCP address or a UNIX socket to bind. */
 export interface ListenSpec {
   label: string;
-  target: { fd: number } | { port: number; host?: string };
+  target: { fd: number } | { port: number; host?: string } | { unix: UnixListenTarget };
+  /** 'unix' for a UNIX socket, bound here or passed: its clients have no IP address for --allow/--deny. */
+  family: 'unix' | 'ip';
 }
 
-export function listenSpecs(passed: PassedSocket[], listen: string[]): ListenSpec[] {
-  if (passed.length > 0) return passed.map((p) => ({ label: `systemd fd ${p.fd} (${p.name})`, target: { fd: p.fd } }));
-  return listen.map((raw) => {
-    const { host, port } = parseListen(raw);
-    return { label: raw, target: host === undefined ? { port } : { port, host } };
+export function listenSpecs(passed: PassedSocket[], cfg: Pick<Config, 'listen' | 'listenMode' | 'listenOwner' | 'listenGroup'>): ListenSpec[] {
+  if (passed.length > 0) {
+    return passed.map((p) => ({ label: `systemd fd ${p.fd} (${p.name})`, target: { fd: p.fd }, family: isUnixSocket(p.fd) ? 'unix' : 'ip' }));
+  }
+  return cfg.listen.map((raw): ListenSpec => {
+    const e = parseListenAddress(raw);
+    if (e.kind === 'tcp') return { label: raw, target: e.host === undefined ? { port: e.port } : { port: e.port, host: e.host }, family: 'ip' };
+    const unix = { endpoint: e, mode: cfg.listenMode, owner: cfg.listenOwner, group: cfg.listenGroup };
+    return { label: endpointLabel(e), target: { unix }, family: 'unix' };
   });
+}
+
+/**
+ * --allow and --deny judge IP addresses; a UNIX listener's clients have
+ * none and are let in unjudged. Said once at start, so that nobody believes
+ * an allow list guards a UNIX socket: its file's mode and owner do.
+ */
+export function warnAccessListsNotApplied(specs: ListenSpec[], cfg: Pick<Config, 'allow' | 'deny'>, logger: Logger): void {
+  const unix = specs.filter((s) => s.family === 'unix').map((s) => s.label);
+  if (unix.length === 0 || (cfg.allow.length === 0 && cfg.deny.length === 0)) return;
+  logger.warning(`--allow/--deny apply to IP clients only: clients of ${unix.join(', ')} are not judged by them — ` +
+    'who may connect there is decided by the socket file\'s mode and owner (--listen-mode/-owner/-group, or SocketMode=/SocketUser=/SocketGroup=; ' +
+    'an @name socket has no file: any process in the network namespace may connect)',
+  { EVENT: 'access-list-not-applied', LISTENERS: unix.join(' ') });
 }
 
 /** The one line for an address that cannot be listened on, whichever relay tried. */
@@ -62,8 +85,8 @@ const KEEPALIVE_DELAY_MS = 60_000;
 /**
  * Start accepting for the TypeScript relay. Clients arrive paused
  * (pauseOnConnect) and half-open capable (allowHalfOpen), as the relay needs
- * both, with TCP_NODELAY and keepalive on. Rejects with ListenError when an
- * address cannot be bound.
+ * both, with TCP_NODELAY and keepalive on over TCP. Rejects with ListenError
+ * when an address cannot be bound.
  */
 export async function openListeners(
   specs: ListenSpec[],
@@ -73,36 +96,72 @@ export async function openListeners(
 ): Promise<Listener[]> {
   const listeners: Listener[] = [];
   try {
-    for (const spec of specs) {
-      // TCP_NODELAY (no 40 ms Nagle/delayed-ACK stalls on request/response
-      // traffic) and keepalive on every client, here or in acceptWithOwnReads.
-      const server = net.createServer({
-        pauseOnConnect: true, allowHalfOpen: true, noDelay: true, keepAlive: true, keepAliveInitialDelay: KEEPALIVE_DELAY_MS,
-      }, onConnection);
-      await new Promise<void>((resolve, reject) => {
-        server.once('error', reject);
-        // The backlog goes positionally: with an fd, Node ignores {backlog} and
-        // would reset the queue systemd configured to 511.
-        server.listen(spec.target, backlog, () => {
-          server.off('error', reject);
-          resolve();
-        });
-      }).catch((err: NodeJS.ErrnoException) => {
-        throw listenError(spec.label, err.code ?? err.message);
-      });
-      watchAcceptErrors(server, spec.label, logger);
-      const accept = acceptWithOwnReads(server, onConnection);
-      const address = server.address();
-      const label = typeof address === 'object' && address !== null && !('fd' in spec.target)
-        ? `${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`
-        : spec.label;
-      listeners.push({ label, accept, close: () => server.close() });
-    }
+    for (const spec of specs) listeners.push(await openListener(spec, backlog, logger, onConnection));
   } catch (err) {
     for (const l of listeners) l.close();
     throw err;
   }
   return listeners;
+}
+
+async function openListener(spec: ListenSpec, backlog: number, logger: Logger, onConnection: (socket: net.Socket) => void): Promise<Listener> {
+  // TCP_NODELAY (no 40 ms Nagle/delayed-ACK stalls on request/response
+  // traffic) and keepalive on every TCP client, here or in acceptWithOwnReads.
+  const server = net.createServer({
+    pauseOnConnect: true, allowHalfOpen: true, noDelay: true, keepAlive: true, keepAliveInitialDelay: KEEPALIVE_DELAY_MS,
+  }, onConnection);
+  const target = spec.target;
+  let file: SocketFile | undefined;
+  if ('unix' in target) {
+    ({ file } = await bindUnixListener(target.unix, spec.label, {
+      bind: (address) => listenOnUnix(server, address, backlog, spec.label),
+      // Node unlinks the path it bound when the server closes: the temporary name, never the path renamed into place.
+      discard: () => server.close(),
+    }));
+  } else {
+    await listenOn(server, target, backlog).catch((err: NodeJS.ErrnoException) => {
+      throw listenError(spec.label, err.code ?? err.message);
+    });
+  }
+  watchAcceptErrors(server, spec.label, logger);
+  const accept = acceptWithOwnReads(server, onConnection);
+  const address = server.address();
+  const label = typeof address === 'object' && address !== null && 'port' in target
+    ? `${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`
+    : spec.label;
+  return {
+    label, accept, close: () => {
+      server.close();
+      if (file) removeSocketFile(file);
+    },
+  };
+}
+
+/** server.listen on a UNIX path or "\0name", an abstract name bound by the addon where Node cannot bind it exactly. */
+function listenOnUnix(server: net.Server, address: string, backlog: number, label: string): Promise<void> {
+  let target: { fd: number } | { path: string } = { path: address };
+  try {
+    if (address.startsWith('\0') && !nodeBindsAbstractExactly()) target = { fd: bindAbstractForNode(address, label) };
+  } catch (err) {
+    return Promise.reject(err);
+  }
+  return listenOn(server, target, backlog).catch((err: NodeJS.ErrnoException) => {
+    if ('fd' in target) closeQuietly(target.fd);
+    throw unixListenError(label, err.code ?? err.message);
+  });
+}
+
+/** server.listen, resolved once listening. The bind itself happens within the call (unix-listener.ts relies on it). */
+function listenOn(server: net.Server, target: { fd: number } | { port: number; host?: string } | { path: string }, backlog: number): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    // The backlog goes positionally: with an fd, Node ignores {backlog} and
+    // would reset the queue systemd configured to 511.
+    server.listen(target, backlog, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
 }
 
 /** The members of Node's listening handle used here (see acceptWithOwnReads). */
@@ -129,7 +188,9 @@ interface ListenHandle {
 function acceptWithOwnReads(server: net.Server, onConnection: (socket: net.Socket) => void): AcceptPath {
   const handle = (server as unknown as { _handle?: ListenHandle | null })._handle;
   if (!handle || typeof handle.onconnection !== 'function') return 'stream';
-  const inherited = handle.setNoDelay?.(true) === 0 && handle.setKeepAlive?.(true, KEEPALIVE_DELAY_MS / 1000) === 0;
+  // A UNIX listener's handle (a Pipe) has neither: nothing to set on its clients either.
+  const tcp = typeof handle.setNoDelay === 'function';
+  const inherited = !tcp || (handle.setNoDelay?.(true) === 0 && handle.setKeepAlive?.(true, KEEPALIVE_DELAY_MS / 1000) === 0);
   handle.onconnection = (status, clientHandle) => {
     if (status < 0 || clientHandle === undefined) {
       const code = getSystemErrorName(status);
