@@ -370,7 +370,8 @@ static napi_value js_bind_tcp(napi_env env, napi_callback_info info) {
 /* bindUnix(path): a bound UNIX socket ("\0name": abstract), or -errno. */
 static napi_value js_bind_unix(napi_env env, napi_callback_info info) {
   ARGS(1);
-  char path[sizeof ((struct sockaddr_un *)0)->sun_path];
+  /* Room for one byte more than sun_path holds, so that a name too long is refused, never cut short. */
+  char path[sizeof ((struct sockaddr_un *)0)->sun_path + 2];
   size_t len = 0;
   if (napi_get_value_string_utf8(env, argv[0], path, sizeof path, &len) != napi_ok) return int_result(env, -EINVAL);
   return int_result(env, bind_unix(path, len));

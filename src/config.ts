@@ -4,7 +4,7 @@
 import { readFileSync, statSync } from 'node:fs';
 import minimist from 'minimist';
 import { BadValue, ConfigError, UsageError } from './errors';
-import { parseTarget } from './endpoint';
+import { endpointLabel, parseListenAddress, parseTarget } from './endpoint';
 import { loadTargetTls, loadTlsMaterial } from './session/tls';
 import { Config, OptionSpec, OPTIONS, defaults, findOption } from './options';
 
@@ -208,9 +208,19 @@ export function validateFrom(cli: CommandLine, cfg: Config): void {
 
 export function validate(cfg: Config): void {
   checkTarget(cfg);
+  checkLoop(cfg);
   checkTargetTls(cfg);
   loadTlsMaterial(cfg); // readable, parseable, matching files
   loadTargetTls(cfg);
+}
+
+/** Listening where a target is would connect the bridge to itself, session after session. */
+function checkLoop(cfg: Config): void {
+  const targets = new Set([...cfg.target, ...cfg.backupTarget].map((t) => endpointLabel(parseTarget(t))));
+  const loop = cfg.listen.map((l) => endpointLabel(parseListenAddress(l))).find((l) => targets.has(l));
+  if (loop !== undefined) {
+    throw new ConfigError('ECONFIG_LOOP', `--listen ${loop} is also a target: the bridge would connect to itself; listen elsewhere or name the program's socket as the target`, 'listen');
+  }
 }
 
 /** A TLS setting for targets that would not apply is an error, not a silent no-op. */

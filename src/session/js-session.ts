@@ -87,7 +87,8 @@ export class Session implements BridgedSession {
   ) {
     this.client = client as BridgedSocket;
     this.client[SESSION] = this;
-    this.clientAddr = plainAddress(client.remoteAddress ?? '?');
+    // A UNIX listener's client has no address ('': logged as a local client; Node cannot read its credentials).
+    this.clientAddr = plainAddress(client.remoteAddress ?? '');
     this.clientPort = client.remotePort ?? 0;
     this.settings = ctx.settings;
     // The client arrives paused: nothing is read until the target is connected,
