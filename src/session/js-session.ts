@@ -296,8 +296,9 @@ export class Session implements BridgedSession {
       this.clientQueueSeen = -1;
       return;
     }
-    // The first quiet sweep after traffic: what the client's queue is compared with.
-    if (this.clientQueueSeen < 0) this.clientQueueSeen = kernelSendQueue(this.client, true);
+    // The first quiet sweep after traffic: what the client's queue is compared with. (From the table
+    // read for every session at most every 50 ms: thousands of quiet sessions must not each read /proc.)
+    if (this.clientQueueSeen < 0) this.clientQueueSeen = kernelSendQueue(this.client);
     const { clientTimeout: c, serverTimeout: s } = this.settings;
     const limit = Math.min(c || Infinity, s || Infinity);
     if (now - this.quietSince < limit) return;
