@@ -296,16 +296,20 @@ export class Session implements BridgedSession {
       this.clientQueueSeen = -1;
       return;
     }
-    // The first quiet sweep after traffic: what the client's queue is compared with. (From the table
-    // read for every session at most every 50 ms: thousands of quiet sessions must not each read /proc.)
-    if (this.clientQueueSeen < 0) this.clientQueueSeen = kernelSendQueue(this.client);
     const { clientTimeout: c, serverTimeout: s } = this.settings;
     const limit = Math.min(c || Infinity, s || Infinity);
     if (now - this.quietSince < limit) return;
-    // Nor is a client still draining what the kernel holds for it.
+    // Nor is a client still draining what the kernel holds for it: past the
+    // limit with bytes queued, look again at the next sweep, and go on while
+    // the queue shrinks. (Only such sessions read /proc: thousands of quiet
+    // ones must not.)
     const queued = kernelSendQueue(this.client, true);
-    if (queued < this.clientQueueSeen) {
+    if (queued > 0 && this.clientQueueSeen < 0) {
       this.clientQueueSeen = queued;
+      return;
+    }
+    if (this.clientQueueSeen >= 0 && queued < this.clientQueueSeen) {
+      this.clientQueueSeen = queued > 0 ? queued : -1;
       this.quietSince = now;
       return;
     }
