@@ -33,6 +33,8 @@ const enum Phase {
 }
 
 const SESSION = Symbol('session');
+/** How long a session past its idle limit is watched for a client draining the kernel's queue. */
+const QUEUE_LOOK_MS = 500;
 /** Read sizes: small while traffic is small (each idle socket holds one such buffer), large for bulk. */
 const SMALL_READ = 256;
 const LARGE_READ = 64 * 1024;
@@ -72,8 +74,9 @@ export class Session implements BridgedSession {
   private clientSpokeLast = false;
   /** Bytes both sockets had handed to the kernel at the last sweep. */
   private takenSeen = 0;
-  /** The client's kernel send queue at the last look (-1: not looked). */
+  /** The client's kernel send queue at the last look past the idle limit (-1: not looked), and when. */
   private clientQueueSeen = -1;
+  private clientQueueAt = 0;
   /** Which sides were reset (1 client, 2 target). */
   private resets = 0;
   private readonly client: BridgedSocket;
@@ -306,10 +309,14 @@ export class Session implements BridgedSession {
     const queued = kernelSendQueue(this.client, true);
     if (queued > 0 && this.clientQueueSeen < 0) {
       this.clientQueueSeen = queued;
+      this.clientQueueAt = now;
       return;
     }
+    // A reader paced in chunks may take nothing for a sweep or two: judge over a while.
+    if (this.clientQueueSeen >= 0 && now - this.clientQueueAt < Math.min(limit, QUEUE_LOOK_MS)) return;
     if (this.clientQueueSeen >= 0 && queued < this.clientQueueSeen) {
       this.clientQueueSeen = queued > 0 ? queued : -1;
+      this.clientQueueAt = now;
       this.quietSince = now;
       return;
     }
