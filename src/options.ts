@@ -11,6 +11,12 @@ import { BadValue } from './errors';
 export type LogLevel = 'debug' | 'info' | 'notice' | 'warning' | 'error';
 export const LOG_LEVELS: readonly LogLevel[] = ['debug', 'info', 'notice', 'warning', 'error'];
 
+/** New connections per source per period (--rate-per-source N/PERIOD). */
+export interface RateLimit {
+  count: number;
+  periodMs: number;
+}
+
 /** The effective configuration. Durations are milliseconds; 0 means "off" where the help says so. */
 export interface Config {
   listen: string[];
@@ -44,11 +50,26 @@ export interface Config {
   controlSocket: string;
   allow: string[];
   deny: string[];
+  allowUid: string[];
+  allowGid: string[];
+  maxConnPerSource: number;
+  ratePerSource: RateLimit | undefined;
+  sourcePrefixV6: number;
+  acceptProxy: 'none' | 'v1' | 'v2' | 'any';
+  acceptProxyFrom: string[];
   sendProxy: 'none' | 'v1' | 'v2';
   tlsCert: string;
   tlsKey: string;
   tlsCa: string;
+  tlsCrl: string;
+  tlsCrlAllowStale: 'off' | 'on';
+  tlsAllowCn: string[];
+  tlsAllowDns: string[];
+  tlsAllowUri: string[];
   targetTls: 'off' | 'on';
+  targetTlsAllowCn: string[];
+  targetTlsAllowDns: string[];
+  targetTlsAllowUri: string[];
   targetTlsCa: string;
   targetTlsCert: string;
   targetTlsKey: string;
@@ -153,6 +174,38 @@ const BALANCES = ['first', 'roundrobin', 'leastconn'] as const;
 function target(raw: string): string {
   parseTarget(raw);
   return raw.trim();
+}
+
+/** "10/1s", "600/1m": N new connections per PERIOD; "" = no limit. */
+export function parseRate(raw: string): RateLimit | undefined {
+  const v = raw.trim();
+  if (v === '') return undefined;
+  const m = /^(\d+)\/(.+)$/.exec(v);
+  if (!m) throw new BadValue('expected COUNT/PERIOD such as 10/1s or 600/1m');
+  const count = Number(m[1]);
+  const periodMs = parseDuration(m[2]!);
+  if (count < 1 || count > 1_000_000) throw new BadValue('the count must be from 1 to 1000000');
+  if (periodMs < 100 || periodMs > 3_600_000) throw new BadValue('the period must be from 100ms to 1h');
+  return { count, periodMs };
+}
+
+/**
+ * A certificate name pattern (--tls-allow-cn, --tls-allow-dns): a name, or
+ * "*." then a name: the star stands for exactly one whole leftmost label.
+ */
+export function namePattern(raw: string): string[] {
+  const v = raw.trim();
+  if (v === '' || /\s/.test(v)) throw new BadValue('expected a name such as backup.ops.example.org, or *.ops.example.org');
+  if (v.includes('*') && !(/^\*\.[^*]+$/.test(v))) throw new BadValue('"*" may only stand for the whole leftmost label: *.ops.example.org');
+  return [v];
+}
+
+/** A SAN URI pattern (--tls-allow-uri): exact, or a prefix ending in "/*" (spiffe://example.org/ns/prod/*). */
+export function uriPattern(raw: string): string[] {
+  const v = raw.trim();
+  if (!/^[a-z][a-z0-9+.-]*:\S+$/i.test(v)) throw new BadValue('expected a URI such as spiffe://example.org/ns/prod/sa/backup');
+  if (v.includes('*') && !(/\/\*$/.test(v) && !v.slice(0, -1).includes('*'))) throw new BadValue('"*" may only end a URI pattern, after a "/": spiffe://example.org/ns/prod/*');
+  return [v];
 }
 
 /** A user or group for a UNIX listener: a name, or a number. */
@@ -277,6 +330,47 @@ export const OPTIONS: readonly AnyOption[] = [
     combine: (values) => values.flat(),
   },
   {
+    name: 'allow-uid', key: 'allowUid', type: 'user', default: [], reloadable: true,
+    help: 'Let a UNIX listener\'s clients in only if they run as this user (a name or a number, from SO_PEERCRED; repeatable). With --allow-gid, either lets a client in. Refused clients are closed before anything is read. Needs the native data plane (Node cannot read a client\'s credentials).',
+    parse: (raw) => [principal(raw)],
+    format: (v) => v.join(', '),
+    combine: (values) => values.flat(),
+  },
+  {
+    name: 'allow-gid', key: 'allowGid', type: 'group', default: [], reloadable: true,
+    help: 'Let a UNIX listener\'s clients in if this group is their primary one or one of their supplementary groups (SO_PEERCRED, SO_PEERGROUPS; repeatable).',
+    parse: (raw) => [principal(raw)],
+    format: (v) => v.join(', '),
+    combine: (values) => values.flat(),
+  },
+  {
+    name: 'max-conn-per-source', key: 'maxConnPerSource', ...countOpt(0, 1_000_000), default: 0, reloadable: true,
+    help: 'Most sessions at once from one source (an IPv4 address, or an IPv6 prefix of --source-prefix-v6); beyond it new ones are refused, closed before anything is read (0 = no limit). As HAProxy\'s sc_conn_cur, nginx\'s limit_conn.',
+  },
+  {
+    name: 'rate-per-source', key: 'ratePerSource', type: 'count/period', default: undefined, reloadable: true,
+    help: 'Most new connections from one source per period, e.g. 20/1s or 600/1m (empty = no limit); beyond it refused, closed before anything is read. As HAProxy\'s sc_conn_rate.',
+    parse: parseRate,
+    format: (v) => (v ? `${v.count}/${formatDuration(v.periodMs)}` : ''),
+  },
+  {
+    name: 'source-prefix-v6', key: 'sourcePrefixV6', ...countOpt(1, 128), default: 64, reloadable: true,
+    help: 'How IPv6 clients are grouped into one source for the per-source limits: by this prefix length (one site usually has a /64). IPv4 clients, and IPv4-mapped IPv6 ones, are one source per address.',
+  },
+  {
+    name: 'accept-proxy', key: 'acceptProxy', type: 'none|v1|v2|any', default: 'none', reloadable: true,
+    help: 'Read a PROXY protocol header (HAProxy\'s v1 text, v2 binary, or either) from clients connecting from --accept-proxy-from, a load balancer in front: the access list, the per-source limits, the journal and --send-proxy then use the client address it names. A header that is malformed, truncated, too long or late closes that connection.',
+    parse: (raw) => oneOf(['none', 'v1', 'v2', 'any'] as const, raw),
+    format: String,
+  },
+  {
+    name: 'accept-proxy-from', key: 'acceptProxyFrom', type: 'cidr', default: [], reloadable: true,
+    help: 'The fronts trusted to send a PROXY header (repeatable). A client from anywhere else is judged by its own address and must not send one: its connection is relayed as it is.',
+    parse: parseCidrs,
+    format: (v) => v.join(', '),
+    combine: (values) => values.flat(),
+  },
+  {
     name: 'tls-cert', key: 'tlsCert', ...optionalPath, default: '', reloadable: true,
     help: 'Terminate TLS with this certificate chain (PEM); needs --tls-key. Re-read on reload, which also turns TLS on or off for new clients. A relative path is looked up in $CREDENTIALS_DIRECTORY (LoadCredential=).',
   },
@@ -287,6 +381,31 @@ export const OPTIONS: readonly AnyOption[] = [
   {
     name: 'tls-ca', key: 'tlsCa', ...optionalPath, default: '', reloadable: true,
     help: 'Require client certificates signed by these CAs (PEM); clients without one never reach the target.',
+  },
+  {
+    name: 'tls-crl', key: 'tlsCrl', ...optionalPath, default: '', reloadable: true,
+    help: 'Refuse client certificates these CRLs revoke (PEM; several in one file). Re-read on reload and when the file changes. A CRL past its next update fails closed: that CA\'s clients are refused, and status says why.',
+  },
+  {
+    name: 'tls-crl-allow-stale', key: 'tlsCrlAllowStale', type: 'off|on', default: 'off', reloadable: true,
+    help: 'Go on with a CRL past its next update instead of refusing its CA\'s clients (warned at every start and reload).',
+    parse: (raw) => oneOf(['off', 'on'] as const, raw),
+    format: String,
+  },
+  {
+    name: 'tls-allow-cn', key: 'tlsAllowCn', type: 'name', default: [], reloadable: true,
+    help: 'Let in only verified client certificates whose subject CN matches (repeatable; "*" stands for exactly one whole leftmost label, case is ignored). With --tls-allow-dns and --tls-allow-uri, any match lets a client in; none of them: any verified certificate.',
+    parse: namePattern, format: (v) => v.join(', '), combine: (values) => values.flat(),
+  },
+  {
+    name: 'tls-allow-dns', key: 'tlsAllowDns', type: 'name', default: [], reloadable: true,
+    help: 'Let in client certificates with a SAN DNS name that matches (repeatable; as --tls-allow-cn).',
+    parse: namePattern, format: (v) => v.join(', '), combine: (values) => values.flat(),
+  },
+  {
+    name: 'tls-allow-uri', key: 'tlsAllowUri', type: 'uri', default: [], reloadable: true,
+    help: 'Let in client certificates with a SAN URI that matches, such as a SPIFFE ID (repeatable; exact and case-sensitive, or a prefix ending in "/*" that matches anything after it: spiffe://example.org/ns/prod/*).',
+    parse: uriPattern, format: (v) => v.join(', '), combine: (values) => values.flat(),
   },
   {
     name: 'target-tls', key: 'targetTls', type: 'off|on', default: 'off', reloadable: true,
@@ -312,8 +431,23 @@ export const OPTIONS: readonly AnyOption[] = [
     parse: (raw) => raw.trim(), format: String,
   },
   {
+    name: 'target-tls-allow-cn', key: 'targetTlsAllowCn', type: 'name', default: [], reloadable: true,
+    help: 'Beyond the name check, reach only TCP targets whose certificate\'s subject CN matches (as --tls-allow-cn).',
+    parse: namePattern, format: (v) => v.join(', '), combine: (values) => values.flat(),
+  },
+  {
+    name: 'target-tls-allow-dns', key: 'targetTlsAllowDns', type: 'name', default: [], reloadable: true,
+    help: 'Beyond the name check, reach only TCP targets with a SAN DNS name that matches (as --tls-allow-dns).',
+    parse: namePattern, format: (v) => v.join(', '), combine: (values) => values.flat(),
+  },
+  {
+    name: 'target-tls-allow-uri', key: 'targetTlsAllowUri', type: 'uri', default: [], reloadable: true,
+    help: 'Beyond the name check, reach only TCP targets with a SAN URI that matches (as --tls-allow-uri).',
+    parse: uriPattern, format: (v) => v.join(', '), combine: (values) => values.flat(),
+  },
+  {
     name: 'send-proxy', key: 'sendProxy', type: 'none|v1|v2', default: 'none', reloadable: true,
-    help: "Send a PROXY protocol header (HAProxy's v1 text or v2 binary) to the target on each connection, so the program learns the client's address.",
+    help: "Send a PROXY protocol header (HAProxy's v1 text or v2 binary) to the target on each connection, so the program learns the client's address. v2 also carries, for a TLS client, the verified certificate's CN, the TLS version and cipher (PP2_TYPE_SSL) and the SNI (PP2_TYPE_AUTHORITY), and for a UNIX listener's client its pid, uid and gid (TLV 0xE0: three 32-bit big-endian numbers).",
     parse: (raw) => oneOf(['none', 'v1', 'v2'] as const, raw),
     format: String,
   },
