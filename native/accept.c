@@ -9,10 +9,13 @@
  * only after every thread has taken it out of its set; one passed by
  * systemd is never shut down, since systemd keeps listening on it.
  *
- * A client's steps, in order: accept → the access list → a place under
+ * A client's steps, in order: accept → from a trusted front, its PROXY
+ * header (--accept-proxy) → the access list, a UNIX client's credentials
+ * (--allow-uid/-gid) and its source's limits (limits.c) → a place under
  * max-conn (or TypeScript's queue, behind those already waiting) → the TLS
- * handshake, on a TLS listener → connect to the first target of the round
- * → relay. Whatever is not routine parks the client for TypeScript.
+ * handshake, on a TLS listener, with the certificate's identity checked in
+ * it (identity.c) → connect to the first target of the round → relay.
+ * Whatever is not routine parks the client for TypeScript.
  */
 #include "dataplane.h"
 
@@ -187,13 +190,109 @@ static bool target_likely(const struct policy *p) {
   return false;
 }
 
-static void refuse(struct thread *t, struct conn *c) {
+/* Refused before anything of it was read (what for, and the why of a bad
+   PROXY header: owned): counted, told to TypeScript, which logs it within
+   its limits, and closed. */
+static void refuse(struct thread *t, struct conn *c, enum deny_reason why, char *text) {
+  atomic_fetch_add_explicit(&t->denied[why], 1, memory_order_relaxed);
   struct event *ev = new_event(EV_DENIED);
   if (ev) {
     event_from_conn(ev, c);
+    ev->why = (int)why;
+    ev->data = text;
+    ev->len = text ? strlen(text) : 0;
     push_event(ev);
+  } else {
+    free(text);
   }
   conn_end(t, c, R_DROPPED, 0, false);
+}
+
+/* Who the client is is known now (its own address, or the one its front's
+   PROXY header named): the access list, a UNIX client's credentials, its
+   source's limits, then a place under max-conn. */
+static void admit_client(struct thread *t, struct conn *c) {
+  const struct policy *p = t->policy;
+  if (!access_permits(p, &c->peer)) return refuse(t, c, DENY_ACCESS, NULL);
+  if (c->peer.ss_family == AF_UNIX && !credentials_permit(p, c->client.fd, &c->cred)) return refuse(t, c, DENY_CREDENTIALS, NULL);
+  if (source_key_of(&c->peer, p->limits.prefix_v6, &c->source)) {
+    enum source_verdict v = source_admit(&c->source, &p->limits, t->now);
+    if (v == SV_NOMEM) return conn_end(t, c, R_DROPPED, ENOMEM, false);
+    if (v != SV_OK) return refuse(t, c, v == SV_CONN ? DENY_CONN_PER_SOURCE : DENY_RATE_PER_SOURCE, NULL);
+    c->source_counted = true;
+  }
+  /* Its TLS is decided now: a reload that turns TLS on or off while it waits changes new clients only. */
+  if (p->tls && SSL_CTX_up_ref(p->tls) == 1) {
+    c->tls_ctx = p->tls;
+    c->before_tls = true;
+  }
+  /* Taken now: a reload changes new sessions only. */
+  c->client_timeout = p->client_timeout;
+  c->server_timeout = p->server_timeout;
+  c->retries_left = -1; /* the target's, once it has one (relay_begin) */
+  if (!take_admission(p)) return conn_park(t, c, PK_QUEUED, 0, -1, NULL);
+  c->admitted = true;
+  continue_admitted(t, c);
+}
+
+/* ---- a PROXY header from a trusted front (--accept-proxy) --------------------------------- */
+
+static void proxy_refuse(struct thread *t, struct conn *c, const char *why) {
+  refuse(t, c, DENY_PROXY, strdup(why));
+}
+
+/* The front's socket is readable. Only the header's own bytes are taken out
+   of the socket: peeked first, then as many read as belong to it (all of
+   them until it ends), so that what follows (the client's first bytes, or
+   its TLS ClientHello) stays for the relay or OpenSSL. */
+void proxy_step(struct thread *t, struct conn *c) {
+  uint8_t *buf = (uint8_t *)c->proxy_buf;
+  ssize_t n;
+  do n = recv(c->client.fd, buf + c->proxy_len, PROXY_MAX - c->proxy_len, MSG_PEEK);
+  while (n < 0 && errno == EINTR);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+  if (n <= 0) return proxy_refuse(t, c, n == 0 ? "a PROXY header cut short" : strerror(errno));
+  size_t seen = c->proxy_len + (size_t)n;
+  struct proxy_info info;
+  int rc = proxy_parse(buf, seen, t->policy->accept_proxy, &info);
+  if (rc < 0) return proxy_refuse(t, c, info.why);
+  if (rc == 0 && seen >= PROXY_MAX) return proxy_refuse(t, c, "a PROXY header longer than 4096 bytes");
+  size_t take = rc > 0 ? (size_t)rc - c->proxy_len : (size_t)n;
+  ssize_t got;
+  do got = recv(c->client.fd, buf + c->proxy_len, take, 0);
+  while (got < 0 && errno == EINTR);
+  if (got != (ssize_t)take) return proxy_refuse(t, c, "a PROXY header cut short");
+  c->proxy_len += take;
+  if (rc == 0) return; /* more to come */
+  free(c->proxy_buf);
+  c->proxy_buf = NULL;
+  c->deadline = 0;
+  set_interest(t, &c->client, 0);
+  if (!info.local) {
+    memcpy(&c->peer, &info.src, info.src_len);
+    c->peer_len = info.src_len;
+    memcpy(&c->local, &info.dst, info.dst_len);
+    c->local_len = info.dst_len;
+    c->proxied = true;
+  }
+  admit_client(t, c);
+}
+
+/* Its header is read first, before anything else, within the handshake's deadline. */
+static void proxy_begin(struct thread *t, struct conn *c) {
+  c->proxy_buf = malloc(PROXY_MAX);
+  if (!c->proxy_buf) return conn_end(t, c, R_DROPPED, ENOMEM, false);
+  c->phase = PH_PROXY;
+  uint32_t limit = t->policy->handshake_timeout;
+  c->deadline = t->now + (limit ? limit : DEFAULT_HANDSHAKE_MS);
+  note_timeouts(t, c);
+  set_interest(t, &c->client, EPOLLIN);
+  proxy_step(t, c);
+}
+
+/* No complete header within the deadline (threads.c's sweep). */
+void proxy_timeout(struct thread *t, struct conn *c) {
+  proxy_refuse(t, c, "no complete PROXY header in time");
 }
 
 /* A new client on this thread, under the snapshot of this turn. */
@@ -209,19 +308,10 @@ void admit_new(struct thread *t, int index, int fd, const struct sockaddr_storag
   c->listener = index;
   if (sa->ss_family == AF_UNIX) read_peer_cred(c);
   conn_link(t, c);
-  if (!access_permits(p, sa)) return refuse(t, c);
-  /* Its TLS is decided now: a reload that turns TLS on or off while it waits changes new clients only. */
-  if (p->tls && SSL_CTX_up_ref(p->tls) == 1) {
-    c->tls_ctx = p->tls;
-    c->before_tls = true;
-  }
-  /* Taken now: a reload changes new sessions only. */
-  c->client_timeout = p->client_timeout;
-  c->server_timeout = p->server_timeout;
-  c->retries_left = -1; /* the target's, once it has one (relay_begin) */
-  if (!take_admission(p)) return conn_park(t, c, PK_QUEUED, 0, -1, NULL);
-  c->admitted = true;
-  continue_admitted(t, c);
+  /* A front's clients are judged by the address its header names; anyone
+     else by its own, and its bytes are relayed as they are. */
+  if (p->accept_proxy && in_prefixes(p->proxy_from, p->nproxy_from, sa)) return proxy_begin(t, c);
+  admit_client(t, c);
 }
 
 /* Under max-conn: on a TLS listener its handshake, then a target. */

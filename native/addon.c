@@ -97,6 +97,7 @@ void event_from_conn(struct event *ev, const struct conn *c) {
   memcpy(&ev->peer, &c->peer, c->peer_len);
   ev->peer_len = c->peer_len;
   ev->cred = c->cred;
+  if (c->peer_cn && (ev->kind == EV_END || ev->kind == EV_TLS_REFUSED)) ev->cn = strdup(c->peer_cn);
 }
 
 void push_event(struct event *ev) {
@@ -122,6 +123,8 @@ static struct event *take_events(void) {
 
 static void free_event(struct event *ev) {
   free(ev->data);
+  free(ev->cn);
+  free(ev->san);
   free(ev);
 }
 
@@ -158,13 +161,20 @@ static napi_value bytes_or_undefined(napi_env env, const char *data, size_t len,
   return v;
 }
 
+/* A C string as a JavaScript one ("" for NULL). */
+static napi_value text_value(napi_env env, const char *text) {
+  napi_value v;
+  napi_create_string_utf8(env, text ? text : "", NAPI_AUTO_LENGTH, &v);
+  return v;
+}
+
 /* One event as the arguments of the JavaScript handler, as src/dataplane/events.ts types them. */
 static size_t event_args(napi_env env, const struct event *ev, napi_value *a) {
   size_t n = 0;
   a[n++] = num(env, ev->kind);
   napi_value addr, port;
   switch (ev->kind) {
-  case EV_END: /* id, reason, errno, bytesIn, bytesOut, addr, port, startedAt, slot, resets, tls, pid, uid, gid */
+  case EV_END: /* id, reason, errno, bytesIn, bytesOut, addr, port, startedAt, slot, resets, tls, pid, uid, gid, cn */
     peer_values(env, ev, &addr, &port);
     a[n++] = num(env, (double)ev->id);
     a[n++] = num(env, ev->reason);
@@ -180,6 +190,7 @@ static size_t event_args(napi_env env, const struct event *ev, napi_value *a) {
     a[n++] = num(env, ev->cred.pid);
     a[n++] = num(env, ev->cred.pid ? (double)ev->cred.uid : -1);
     a[n++] = num(env, ev->cred.pid ? (double)ev->cred.gid : -1);
+    a[n++] = text_value(env, ev->cn);
     break;
   case EV_PARKED: /* id, why, errno, slot, addr, port, startedAt, tls, bytesIn, reason */
     peer_values(env, ev, &addr, &port);
@@ -200,18 +211,25 @@ static size_t event_args(napi_env env, const struct event *ev, napi_value *a) {
     a[n++] = num(env, ev->slot);
     napi_create_string_utf8(env, ev->data ? ev->data : "", NAPI_AUTO_LENGTH, &a[n++]);
     break;
-  case EV_DENIED: /* addr, port, listener */
+  case EV_DENIED: /* addr, port, listener, why (DENY_REASONS), detail, pid, uid, gid */
     peer_values(env, ev, &addr, &port);
     a[n++] = addr;
     a[n++] = port;
     a[n++] = num(env, ev->listener);
+    a[n++] = num(env, ev->why);
+    a[n++] = text_value(env, ev->data);
+    a[n++] = num(env, ev->cred.pid);
+    a[n++] = num(env, ev->cred.pid ? (double)ev->cred.uid : -1);
+    a[n++] = num(env, ev->cred.pid ? (double)ev->cred.gid : -1);
     break;
-  case EV_TLS_REFUSED: /* addr, port, verify result, reason */
+  case EV_TLS_REFUSED: /* addr, port, verify result, reason, cn, san */
     peer_values(env, ev, &addr, &port);
     a[n++] = addr;
     a[n++] = port;
     a[n++] = num(env, ev->err);
-    napi_create_string_utf8(env, ev->data ? ev->data : "", NAPI_AUTO_LENGTH, &a[n++]);
+    a[n++] = text_value(env, ev->data);
+    a[n++] = text_value(env, ev->cn);
+    a[n++] = text_value(env, ev->san);
     break;
   case EV_ACCEPT_ERROR: /* listener, errno */
     a[n++] = num(env, ev->listener);
@@ -255,7 +273,7 @@ static void deliver_batch(napi_env env, napi_value callback, struct event *ev) {
     struct event *next = ev->next;
     napi_handle_scope scope;
     napi_open_handle_scope(env, &scope);
-    napi_value argv[16], result;
+    napi_value argv[24], result;
     size_t argc = event_args(env, ev, argv);
     napi_status status = napi_call_function(env, undefined, callback, argc, argv, &result);
     napi_close_handle_scope(env, scope);
@@ -309,6 +327,7 @@ static napi_value js_init(napi_env env, napi_callback_info info) {
   ARGS(2);
   if (relay.running) return int_result(env, -EALREADY);
   failpoints_load();
+  sources_init();
   int n = int_arg(env, argv[0]);
   if (n < 1) n = 1;
   if (n > MAX_THREADS) n = MAX_THREADS;
@@ -431,9 +450,11 @@ static napi_value js_local_address(napi_env env, napi_callback_info info) {
 
 /* ---- the policy snapshot ------------------------------------------------------------------ */
 
+/* obj[name], or undefined (also when obj is not an object: an optional part left out). */
 static napi_value prop(napi_env env, napi_value obj, const char *name) {
   napi_value v;
-  if (napi_get_named_property(env, obj, name, &v) != napi_ok) napi_get_undefined(env, &v);
+  napi_valuetype type;
+  if (napi_typeof(env, obj, &type) != napi_ok || type != napi_object || napi_get_named_property(env, obj, name, &v) != napi_ok) napi_get_undefined(env, &v);
   return v;
 }
 
@@ -537,6 +558,72 @@ static bool target_ref(napi_env env, napi_value obj, struct target_ref *t) {
 
 static bool tls_settings_of(napi_env env, napi_value obj, struct tls_settings *s);
 
+/* An array of strings, copied; -1 when out of memory. */
+static int strings(napi_env env, napi_value arr, char ***out) {
+  uint32_t n = 0;
+  *out = NULL;
+  if (is_undefined(env, arr) || napi_get_array_length(env, arr, &n) != napi_ok || n == 0) return 0;
+  *out = calloc(n, sizeof **out);
+  if (!*out) return -1;
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value v;
+    size_t len = 0;
+    napi_get_element(env, arr, i, &v);
+    napi_get_value_string_utf8(env, v, NULL, 0, &len);
+    (*out)[i] = malloc(len + 1);
+    if (!(*out)[i]) return -1; /* the caller frees the n entries (calloc: the rest are NULL) */
+    napi_get_value_string_utf8(env, v, (*out)[i], len + 1, &len);
+  }
+  return (int)n;
+}
+
+/* An array of numbers (uids, gids), copied; -1 when out of memory. */
+static int ids(napi_env env, napi_value arr, unsigned **out) {
+  uint32_t n = 0;
+  *out = NULL;
+  if (is_undefined(env, arr) || napi_get_array_length(env, arr, &n) != napi_ok || n == 0) return 0;
+  *out = calloc(n, sizeof **out);
+  if (!*out) return -1;
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value v;
+    napi_get_element(env, arr, i, &v);
+    (*out)[i] = (unsigned)number_arg(env, v);
+  }
+  return (int)n;
+}
+
+/* {cn, dns, uri}: the allow-lists of identity.c; false when out of memory. */
+static bool identity_rules_of(napi_env env, napi_value obj, struct identity_rules *r) {
+  memset(r, 0, sizeof *r);
+  if (is_undefined(env, obj)) return true;
+  int a = strings(env, prop(env, obj, "cn"), &r->cn);
+  r->ncn = a < 0 ? 0 : a;
+  int b = strings(env, prop(env, obj, "dns"), &r->dns);
+  r->ndns = b < 0 ? 0 : b;
+  int c = strings(env, prop(env, obj, "uri"), &r->uri);
+  r->nuri = c < 0 ? 0 : c;
+  if (a >= 0 && b >= 0 && c >= 0) return true;
+  identity_rules_free(r);
+  return false;
+}
+
+/* A ticket carries the client's certificate, and resuming with it skips
+   verification: when what verification checks changes (TypeScript sums up
+   the CAs, CRLs and allow-lists as `verification`), every ticket issued
+   before is forgotten, as if both keys had rotated. */
+static void forget_tickets_if_changed(napi_env env, napi_value verification) {
+  static char last[128];
+  char now[128] = "";
+  size_t len = 0;
+  napi_get_value_string_utf8(env, verification, now, sizeof now, &len);
+  if (strcmp(now, last) == 0) return;
+  bool first = last[0] == '\0';
+  memcpy(last, now, sizeof last);
+  if (first) return;
+  tls_rotate_ticket_keys();
+  tls_rotate_ticket_keys();
+}
+
 /* setPolicy(policy): compile and publish a new snapshot (src/dataplane/policy.ts
    says what it holds). Returns "" or why it was refused (the old one stays). */
 static napi_value js_set_policy(napi_env env, napi_callback_info info) {
@@ -569,6 +656,25 @@ static napi_value js_set_policy(napi_env env, napi_callback_info info) {
   p->handshake_timeout = (uint32_t)int_arg(env, prop(env, obj, "handshakeTimeout"));
   p->attempt_timeout = (uint32_t)int_arg(env, prop(env, obj, "attemptTimeout"));
   p->max_conn = int_arg(env, prop(env, obj, "maxConn"));
+  p->crl_allow_stale = bool_arg(env, prop(env, obj, "crlAllowStale"));
+  p->nallow_uid = ids(env, prop(env, obj, "allowUid"), (unsigned **)&p->allow_uid);
+  p->nallow_gid = ids(env, prop(env, obj, "allowGid"), (unsigned **)&p->allow_gid);
+  if (p->nallow_uid < 0 || p->nallow_gid < 0) goto fail;
+  napi_value limits = prop(env, obj, "sourceLimits");
+  p->limits.max_conn = int_arg(env, prop(env, limits, "maxConn"));
+  p->limits.rate_count = (uint32_t)int_arg(env, prop(env, limits, "rateCount"));
+  p->limits.rate_period = (uint32_t)int_arg(env, prop(env, limits, "ratePeriodMs"));
+  p->limits.prefix_v6 = int_arg(env, prop(env, limits, "prefixV6"));
+  if (!p->limits.rate_period) p->limits.rate_count = 0;
+  p->accept_proxy = (uint8_t)int_arg(env, prop(env, obj, "acceptProxy"));
+  p->nproxy_from = prefixes(env, prop(env, obj, "acceptProxyFrom"), &p->proxy_from);
+  why = "an address in --accept-proxy-from that the data plane cannot read";
+  if (p->nproxy_from < 0) goto fail;
+  why = "out of memory";
+  why = "out of memory";
+  if (!identity_rules_of(env, prop(env, obj, "clientIdentity"), &p->client_identity) ||
+      !identity_rules_of(env, prop(env, obj, "targetIdentity"), &p->target_identity))
+    goto fail;
   napi_value tls = prop(env, obj, "tls");
   if (!is_undefined(env, tls)) {
     struct tls_settings s;
@@ -595,6 +701,7 @@ static napi_value js_set_policy(napi_env env, napi_callback_info info) {
       goto fail;
     }
   }
+  forget_tickets_if_changed(env, prop(env, obj, "verification"));
   policy_publish(p);
   napi_create_string_utf8(env, "", 0, &result);
   return result;
@@ -620,6 +727,11 @@ static bool tls_settings_of(napi_env env, napi_value obj, struct tls_settings *s
       !buffer_arg(env, prop(env, obj, "key"), (char **)&s->key, &s->key_len) || !buffer_arg(env, prop(env, obj, "ca"), &ca, &s->ca_len))
     return false;
   s->ca = ca;
+  char *crl = NULL;
+  if (!is_undefined(env, prop(env, obj, "crl"))) {
+    if (!buffer_arg(env, prop(env, obj, "crl"), &crl, &s->crl_len)) return false;
+    s->crl = crl;
+  }
   s->ciphers = string_copy(env, obj, "ciphers");
   s->suites = string_copy(env, obj, "cipherSuites");
   s->min_version = int_arg(env, prop(env, obj, "minVersion"));
@@ -893,6 +1005,28 @@ static napi_value js_thread_counters(napi_env env, napi_callback_info info) {
   return arr;
 }
 
+/* deniedCounts(): clients refused, by DENY_REASONS, all threads together. */
+static napi_value js_denied_counts(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value arr;
+  napi_create_array_with_length(env, DENY_KINDS, &arr);
+  for (int k = 0; k < DENY_KINDS; k++) {
+    double sum = 0;
+    for (int i = 0; i < relay.nthreads; i++) sum += (double)atomic_load_explicit(&relay.threads[i].denied[k], memory_order_relaxed);
+    napi_set_element(env, arr, (uint32_t)k, num(env, sum));
+  }
+  return arr;
+}
+
+/* sourceTable(): [entries with open sessions, idle entries, the idle budget] of the per-source table. */
+static napi_value js_source_table(napi_env env, napi_callback_info info) {
+  (void)info;
+  int values[3];
+  source_table_size(&values[0], &values[1]);
+  values[2] = source_idle_budget();
+  return int_array(env, values, 3);
+}
+
 /* slotCounts(slot): [open sessions, connects that succeeded] of one target. */
 static napi_value js_slot_counts(napi_env env, napi_callback_info info) {
   ARGS(1);
@@ -999,14 +1133,156 @@ static napi_value js_test_order(napi_env env, napi_callback_info info) {
   return int_array(env, order, count);
 }
 
-/* testProxyHeader(version, srcAddr, srcPort, dstAddr, dstPort): the header's bytes. */
+/* testProxyHeader(version, srcAddr, srcPort, dstAddr, dstPort, tlvs?): the header's bytes;
+   tlvs: {authority, ssl: {client, verify, version, cn, cipher}, cred: {pid, uid, gid}}, each optional. */
 static napi_value js_test_proxy_header(napi_env env, napi_callback_info info) {
-  ARGS(5);
+  ARGS(6);
   struct sockaddr_storage src = sockaddr_of(env, argv[1], int_arg(env, argv[2]));
   struct sockaddr_storage dst = sockaddr_of(env, argv[3], int_arg(env, argv[4]));
-  char out[256];
-  size_t len = proxy_header(int_arg(env, argv[0]), &src, &dst, out, sizeof out);
-  return bytes_or_undefined(env, out, len, true);
+  struct proxy_tlvs t = { 0 };
+  char *authority = NULL, *version = NULL, *cn = NULL, *cipher = NULL;
+  bool with_tlvs = !is_undefined(env, argv[5]);
+  if (with_tlvs) {
+    if (!is_undefined(env, prop(env, argv[5], "authority"))) t.authority = authority = string_copy(env, argv[5], "authority");
+    napi_value ssl = prop(env, argv[5], "ssl");
+    if (!is_undefined(env, ssl)) {
+      t.ssl = true;
+      t.client = (uint8_t)int_arg(env, prop(env, ssl, "client"));
+      t.verify = (uint32_t)number_arg(env, prop(env, ssl, "verify"));
+      if (!is_undefined(env, prop(env, ssl, "version"))) t.version = version = string_copy(env, ssl, "version");
+      if (!is_undefined(env, prop(env, ssl, "cn"))) t.cn = cn = string_copy(env, ssl, "cn");
+      if (!is_undefined(env, prop(env, ssl, "cipher"))) t.cipher = cipher = string_copy(env, ssl, "cipher");
+    }
+    napi_value cred = prop(env, argv[5], "cred");
+    if (!is_undefined(env, cred)) {
+      t.cred = true;
+      t.pid = (uint32_t)number_arg(env, prop(env, cred, "pid"));
+      t.uid = (uint32_t)number_arg(env, prop(env, cred, "uid"));
+      t.gid = (uint32_t)number_arg(env, prop(env, cred, "gid"));
+    }
+  }
+  size_t room = proxy_header_room(with_tlvs ? &t : NULL);
+  char *out = malloc(room);
+  napi_value result = undefined_result(env);
+  if (out) {
+    size_t len = proxy_header(int_arg(env, argv[0]), &src, &dst, with_tlvs ? &t : NULL, out, room);
+    result = bytes_or_undefined(env, out, len, true);
+  }
+  free(out);
+  free(authority);
+  free(version);
+  free(cn);
+  free(cipher);
+  return result;
+}
+
+/* A sockaddr as [address text, port], or [] for none. */
+static napi_value address_pair(napi_env env, const struct sockaddr_storage *sa) {
+  napi_value arr;
+  napi_create_array(env, &arr);
+  char text[INET6_ADDRSTRLEN] = "";
+  int port = 0;
+  if (sa->ss_family == AF_INET) {
+    inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, text, sizeof text);
+    port = ntohs(((const struct sockaddr_in *)sa)->sin_port);
+  } else if (sa->ss_family == AF_INET6) {
+    inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, text, sizeof text);
+    port = ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
+  } else {
+    return arr;
+  }
+  napi_set_element(env, arr, 0, text_value(env, text));
+  napi_set_element(env, arr, 1, num(env, port));
+  return arr;
+}
+
+/* testParseProxy(bytes, accept): proxy_parse as [length (0 more needed, -1 bad), local, src, dst, why]. */
+static napi_value js_test_parse_proxy(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  char *data;
+  size_t len;
+  if (!buffer_arg(env, argv[0], &data, &len)) return undefined_result(env);
+  struct proxy_info out;
+  int rc = proxy_parse((const uint8_t *)data, len, int_arg(env, argv[1]), &out);
+  napi_value arr;
+  napi_create_array_with_length(env, 5, &arr);
+  napi_set_element(env, arr, 0, num(env, rc));
+  napi_set_element(env, arr, 1, boolean(env, rc > 0 && out.local));
+  napi_set_element(env, arr, 2, address_pair(env, rc > 0 && !out.local ? &out.src : &(struct sockaddr_storage){ 0 }));
+  napi_set_element(env, arr, 3, address_pair(env, rc > 0 && !out.local ? &out.dst : &(struct sockaddr_storage){ 0 }));
+  napi_set_element(env, arr, 4, text_value(env, rc < 0 ? out.why : ""));
+  return arr;
+}
+
+/* testIdentity(rules {cn, dns, uri}, identities [{cn, dns, uri}]): identity_permits on each. */
+static napi_value js_test_identity(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  struct identity_rules rules;
+  if (!identity_rules_of(env, argv[0], &rules)) return undefined_result(env);
+  uint32_t n = 0;
+  napi_get_array_length(env, argv[1], &n);
+  napi_value out;
+  napi_create_array_with_length(env, n, &out);
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value v;
+    napi_get_element(env, argv[1], i, &v);
+    struct identity_rules names; /* the same shape: a CN list of one, the DNS names, the URIs */
+    struct identity id = { 0 };
+    if (!identity_rules_of(env, v, &names)) continue;
+    id.cn = names.ncn ? names.cn[0] : NULL;
+    id.dns = names.dns;
+    id.ndns = names.ndns;
+    id.uri = names.uri;
+    id.nuri = names.nuri;
+    napi_set_element(env, out, i, boolean(env, identity_permits(&rules, &id)));
+    identity_rules_free(&names);
+  }
+  identity_rules_free(&rules);
+  return out;
+}
+
+/* testSources(limits {maxConn, rateCount, ratePeriodMs, prefixV6}, steps [[op, address, now]]):
+   a fresh table run through admits ("admit": its verdict 0 ok, 1 per-source
+   connections, 2 rate) and ends ("end"); returns each admit's verdict, then
+   [live entries, idle entries]. Only while the relay is not running (the table is the process's). */
+static napi_value js_test_sources(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  if (relay.running) return undefined_result(env);
+  sources_init();
+  sources_clear();
+  struct source_limits l = {
+    .max_conn = int_arg(env, prop(env, argv[0], "maxConn")),
+    .rate_count = (uint32_t)int_arg(env, prop(env, argv[0], "rateCount")),
+    .rate_period = (uint32_t)int_arg(env, prop(env, argv[0], "ratePeriodMs")),
+    .prefix_v6 = int_arg(env, prop(env, argv[0], "prefixV6")),
+  };
+  uint32_t n = 0;
+  napi_get_array_length(env, argv[1], &n);
+  napi_value verdicts;
+  napi_create_array(env, &verdicts);
+  uint32_t count = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value step, op, addr, now;
+    napi_get_element(env, argv[1], i, &step);
+    napi_get_element(env, step, 0, &op);
+    napi_get_element(env, step, 1, &addr);
+    napi_get_element(env, step, 2, &now);
+    char kind[8] = "";
+    size_t klen;
+    napi_get_value_string_utf8(env, op, kind, sizeof kind, &klen);
+    struct sockaddr_storage sa = sockaddr_of(env, addr, 0);
+    struct source_key k;
+    if (!source_key_of(&sa, l.prefix_v6, &k)) continue;
+    int64_t at = (int64_t)number_arg(env, now);
+    if (strcmp(kind, "admit") == 0) napi_set_element(env, verdicts, count++, num(env, source_admit(&k, &l, at)));
+    else source_release(&k, &l);
+  }
+  int live, idle;
+  source_table_size(&live, &idle);
+  int sizes[2] = { live, idle };
+  napi_set_element(env, verdicts, count, int_array(env, sizes, 2));
+  sources_clear();
+  return verdicts;
 }
 
 static napi_value init_module(napi_env env, napi_value exports) {
@@ -1019,7 +1295,9 @@ static napi_value init_module(napi_env env, napi_value exports) {
     { "adopt", js_adopt }, { "resume", js_resume }, { "closeAll", js_close_all },
     { "handover", js_handover }, { "flushEvents", js_flush_events },
     { "counters", js_counters }, { "threadCounters", js_thread_counters }, { "slotCounts", js_slot_counts }, { "alive", js_alive },
+    { "deniedCounts", js_denied_counts }, { "sourceTable", js_source_table },
     { "testAccess", js_test_access }, { "testOrder", js_test_order }, { "testProxyHeader", js_test_proxy_header },
+    { "testParseProxy", js_test_parse_proxy }, { "testIdentity", js_test_identity }, { "testSources", js_test_sources },
   };
   for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
     napi_value f;

@@ -49,6 +49,11 @@
 #define MAX_TARGETS 1024
 #define EVENTS_PER_WAIT 64
 #define PARKED_BUCKETS 1024
+/* Idle entries the per-source table keeps for their rates (limits.c). */
+#define SOURCE_IDLE_MAX 4096
+/* The longest PROXY header read (v1's is 107 bytes; v2's TLVs can carry a certificate's names). */
+#define PROXY_MAX 4096
+
 /* Accepts per readiness event, so that one busy listener cannot starve the thread's sessions. */
 #define ACCEPT_BATCH 16
 /* After EMFILE and friends: stop accepting for a while instead of spinning on
@@ -64,6 +69,10 @@ enum reason {
   R_CONNECT_TIMEOUT, R_TARGET_DENIED, R_TARGET_ERROR,
   R_DROPPED, /* a queued client closed unserved (queue full, stop): not a session, not logged */
 };
+
+/* Why a client was refused before anything of it was read (EV_DENIED), in the
+   order of DENY_REASONS in src/dataplane/events.ts. */
+enum deny_reason { DENY_ACCESS, DENY_CONN_PER_SOURCE, DENY_RATE_PER_SOURCE, DENY_CREDENTIALS, DENY_PROXY, DENY_KINDS };
 
 /* Events for JavaScript, in the order of EventKind in src/dataplane/events.ts. */
 enum event_kind {
@@ -135,11 +144,18 @@ struct direction {
 };
 
 enum phase {
+  PH_PROXY,     /* from a trusted front: its PROXY header being read; not admitted yet */
   PH_HANDSHAKE, /* TLS listener: the client's handshake; no target yet */
   PH_PARKED,    /* waiting for TypeScript (enum parked_why); not polled */
   PH_DIALING,   /* a TCP connect to the target in progress (its own deadline) */
   PH_TARGET_TLS, /* connected; the TLS handshake with the target in progress */
   PH_RELAY,     /* both sides open, bytes moving */
+};
+
+/* A client's source for the per-source limits: an IPv4 address, or an IPv6 prefix. */
+struct source_key {
+  uint8_t family; /* 4 or 6 */
+  uint8_t bytes[16];
 };
 
 struct conn {
@@ -153,6 +169,11 @@ struct conn {
   struct sockaddr_storage peer, local;
   socklen_t peer_len, local_len;
   struct ucred cred;         /* a UNIX listener's client: who it is (SO_PEERCRED); pid 0 when unknown */
+  struct source_key source;  /* its source for the per-source limits (limits.c) */
+  bool source_counted;       /* counted there as an open session */
+  bool proxied;              /* its address came from a PROXY header (peer and local are the header's) */
+  char *proxy_buf;           /* PH_PROXY: the header's bytes read so far (PROXY_MAX) */
+  size_t proxy_len;
   int listener;
   int slot;                  /* the target it is (or was last) connected to, -1 none */
   int64_t started_at;        /* wall clock ms, for the log entry's duration */
@@ -173,6 +194,8 @@ struct conn {
   bool tls_done;             /* a TLS client whose handshake completed: cannot be carried */
   bool before_tls;           /* a TLS listener's client whose handshake has not started */
   SSL_CTX *tls_ctx;          /* the TLS in force when it was accepted (or adopted): its handshake's, even after a reload */
+  char *peer_cn, *peer_san;  /* a TLS peer's certificate: its CN and SANs as text, for the log and the PROXY header */
+  char *refusal;             /* why verification refused a certificate, when OpenSSL's reason says too little */
   bool closed;               /* ended: only waits to be freed at the end of the loop turn */
   bool handing;              /* a restart takes it: not read any more, handed back once its buffers are empty */
   uint8_t send_proxy;        /* 0 none, 1 v1, 2 v2: taken from the snapshot when the session starts */
@@ -183,11 +206,55 @@ struct conn {
 
 /* ---- the policy snapshot (policy.c) ---------------------------------------------- */
 
+/* Who a certificate must name to pass (identity.c): empty lists, any verified one. */
+struct identity_rules {
+  char **cn, **dns, **uri;
+  int ncn, ndns, nuri;
+};
+
+/* Who a certificate names: its subject's CN and its SAN DNS names and URIs. */
+struct identity {
+  char *cn;
+  char **dns, **uri;
+  int ndns, nuri;
+};
+
 /* A CIDR, as an address range of one family. */
 struct prefix {
   uint8_t family; /* 4 or 6 */
   uint8_t bits;
   uint8_t addr[16];
+};
+
+/* --max-conn-per-source, --rate-per-source, --source-prefix-v6. */
+struct source_limits {
+  int max_conn;          /* 0: none */
+  uint32_t rate_count;   /* 0: none */
+  uint32_t rate_period;  /* ms */
+  int prefix_v6;
+};
+
+enum source_verdict { SV_OK, SV_CONN, SV_RATE, SV_NOMEM };
+
+/* A PROXY header read (proxy.c): who the front says the client is. */
+struct proxy_info {
+  bool local;                    /* LOCAL, UNKNOWN or a family without addresses: the front's own connection */
+  struct sockaddr_storage src, dst;
+  socklen_t src_len, dst_len;
+  const char *why;               /* a bad header: why */
+};
+
+/* What a v2 PROXY header carries beyond the addresses (--send-proxy v2):
+   for a TLS client the SSL TLV and the SNI, for a UNIX listener's client its
+   credentials. Strings are NULL when absent. */
+struct proxy_tlvs {
+  const char *authority;    /* PP2_TYPE_AUTHORITY: the SNI */
+  bool ssl;                 /* PP2_TYPE_SSL */
+  uint8_t client;           /* PP2_CLIENT_SSL | PP2_CLIENT_CERT_CONN | PP2_CLIENT_CERT_SESS */
+  uint32_t verify;          /* 0: the client's certificate was verified */
+  const char *version, *cn, *cipher; /* its sub-TLVs */
+  bool cred;                /* PP2_TYPE_SOCKBRIDGE_CRED (0xE0): pid, uid, gid */
+  uint32_t pid, uid, gid;
 };
 
 enum target_state { TS_INIT, TS_UP, TS_DOWN };
@@ -218,6 +285,15 @@ struct policy {
   int max_conn;
   SSL_CTX *tls;               /* TLS on every listener, or NULL */
   SSL_CTX *target_tls;        /* TLS towards TCP targets, or NULL */
+  struct identity_rules client_identity, target_identity; /* --tls-allow-*, --target-tls-allow-* */
+  uid_t *allow_uid;           /* --allow-uid, --allow-gid: a UNIX listener's clients */
+  gid_t *allow_gid;
+  int nallow_uid, nallow_gid;
+  struct source_limits limits;
+  uint8_t accept_proxy;       /* 0 none, 1 v1, 2 v2, 3 either */
+  struct prefix *proxy_from;  /* --accept-proxy-from */
+  int nproxy_from;
+  bool crl_allow_stale;       /* --tls-crl-allow-stale */
   struct policy *retired_next;
 };
 
@@ -240,7 +316,8 @@ extern struct shared shared;
    same TLS. Borrowed from JavaScript's Buffers while the context is built. */
 struct tls_settings {
   const char *cert, *key, *ca; /* a client context (towards targets): cert and key may be absent, ca is what to trust */
-  size_t cert_len, key_len, ca_len;
+  const char *crl;             /* --tls-crl's CRLs (PEM), or NULL */
+  size_t cert_len, key_len, ca_len, crl_len;
   const char *ciphers, *suites; /* TLS 1.2 cipher list, TLS 1.3 suites ("" = OpenSSL's) */
   int min_version, max_version; /* TLS1_2_VERSION … */
   bool honor_cipher_order;
@@ -310,6 +387,7 @@ struct thread {
   atomic_int_fast64_t active;        /* relaying sessions */
   atomic_uint_fast64_t bytes_in, bytes_out;
   atomic_uint_fast64_t accepted, handshakes; /* clients this thread accepted, TLS handshakes it completed */
+  atomic_uint_fast64_t denied[DENY_KINDS];   /* clients it refused, by why */
   atomic_int answered;         /* the last C_PING this thread ran (see js_alive) */
 };
 
@@ -329,6 +407,7 @@ struct event {
   socklen_t peer_len;
   struct ucred cred;
   char *data;                /* HANDED: replay bytes; TLS_REFUSED: the reason (owned) */
+  char *cn, *san;            /* END, TLS_REFUSED: the client certificate's CN and SANs (owned), or NULL */
   size_t len;
   struct event *next;
 };
@@ -386,6 +465,7 @@ void set_interest(struct thread *t, struct side *s, uint32_t want);
 void sweep(struct thread *t);
 void note_timeouts(struct thread *t, struct conn *c);
 void count_active(struct thread *t, struct conn *c, bool on);
+void source_carried(struct thread *t, struct conn *c);
 
 /* accept.c */
 void accept_ready(struct thread *t, struct thread_listener *tl);
@@ -393,6 +473,8 @@ void admit_new(struct thread *t, int index, int fd, const struct sockaddr_storag
 void listener_poll(struct thread *t, int index, bool on);
 void resume_listeners(struct thread *t);
 void admit_to_target(struct thread *t, struct conn *c);
+void proxy_step(struct thread *t, struct conn *c);
+void proxy_timeout(struct thread *t, struct conn *c);
 void continue_admitted(struct thread *t, struct conn *c);
 int dial_start(struct thread *t, struct conn *c, int slot, bool for_js, int *err);
 void dial_step(struct thread *t, struct conn *c, uint32_t events);
@@ -407,6 +489,8 @@ void listener_unpolled(int index);
 const struct policy *policy_enter(struct thread *t);
 void policy_leave(struct thread *t);
 bool access_permits(const struct policy *p, const struct sockaddr_storage *sa);
+bool in_prefixes(const struct prefix *list, int n, const struct sockaddr_storage *sa);
+bool credentials_permit(const struct policy *p, int fd, const struct ucred *cred);
 int candidates(const struct policy *p, int avoid_slot, int *out, int max);
 bool take_admission(const struct policy *p);
 void release_admission(struct conn *c);
@@ -433,8 +517,30 @@ SSL_CTX *tls_context(const struct tls_settings *s, char **error);
 bool tls_rotate_ticket_keys(void);
 unsigned long tls_library_version(void);
 
+/* identity.c */
+bool name_matches(const char *pattern, const char *name);
+bool uri_matches(const char *pattern, const char *uri);
+bool identity_rules_empty(const struct identity_rules *r);
+bool identity_permits(const struct identity_rules *r, const struct identity *id);
+void identity_rules_free(struct identity_rules *r);
+void identity_of(X509 *cert, struct identity *id);
+void identity_free(struct identity *id);
+char *identity_san_text(const struct identity *id);
+
 /* proxy.c */
-size_t proxy_header(int version, const struct sockaddr_storage *src, const struct sockaddr_storage *dst, char *out, size_t cap);
+size_t proxy_header(int version, const struct sockaddr_storage *src, const struct sockaddr_storage *dst, const struct proxy_tlvs *tlvs, char *out, size_t cap);
+int proxy_parse(const uint8_t *buf, size_t len, int accept, struct proxy_info *out);
+size_t proxy_header_room(const struct proxy_tlvs *tlvs);
+
+/* limits.c */
+void sources_init(void);
+bool source_key_of(const struct sockaddr_storage *sa, int prefix_v6, struct source_key *k);
+enum source_verdict source_admit(const struct source_key *k, const struct source_limits *l, int64_t now);
+void source_add(const struct source_key *k, int64_t now);
+void source_release(const struct source_key *k, const struct source_limits *l);
+void source_table_size(int *live, int *idle);
+int source_idle_budget(void);
+void sources_clear(void);
 
 /* addon.c */
 struct event *new_event(enum event_kind kind);

@@ -39,6 +39,11 @@ void policy_free(struct policy *p) {
   if (!p) return;
   if (p->tls) SSL_CTX_free(p->tls); /* sessions that use it hold their own reference */
   if (p->target_tls) SSL_CTX_free(p->target_tls);
+  free(p->allow_uid);
+  free(p->allow_gid);
+  free(p->proxy_from);
+  identity_rules_free(&p->client_identity);
+  identity_rules_free(&p->target_identity);
   free(p->allow);
   free(p->deny);
   free(p->targets);
@@ -145,6 +150,34 @@ bool access_check(const struct prefix *allow, int nallow, const struct prefix *d
 
 bool access_permits(const struct policy *p, const struct sockaddr_storage *sa) {
   return access_check(p->allow, p->nallow, p->deny, p->ndeny, sa);
+}
+
+/* Whether the address is in one of the prefixes (--accept-proxy-from). */
+bool in_prefixes(const struct prefix *list, int n, const struct sockaddr_storage *sa) {
+  uint8_t addr[16];
+  int family = address_bytes(sa, addr);
+  return family && any_match(list, n, family, addr);
+}
+
+/* --allow-uid, --allow-gid: a UNIX listener's client runs as one of the
+   users, or has one of the groups as its primary group (SO_PEERCRED) or a
+   supplementary one (SO_PEERGROUPS, the groups it had when it connected).
+   Without either list, anyone who may open the socket gets in. */
+bool credentials_permit(const struct policy *p, int fd, const struct ucred *cred) {
+  if (!p->nallow_uid && !p->nallow_gid) return true;
+  if (!cred->pid) return false; /* unknown: refused, never waved through */
+  for (int i = 0; i < p->nallow_uid; i++)
+    if (p->allow_uid[i] == cred->uid) return true;
+  for (int i = 0; i < p->nallow_gid; i++)
+    if (p->allow_gid[i] == cred->gid) return true;
+  if (!p->nallow_gid) return false;
+  gid_t groups[256];
+  socklen_t len = sizeof groups;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) != 0) return false; /* more than 256: refused */
+  for (size_t g = 0; g < len / sizeof *groups; g++)
+    for (int i = 0; i < p->nallow_gid; i++)
+      if (p->allow_gid[i] == groups[g]) return true;
+  return false;
 }
 
 /* ---- the targets a connect round tries, in order ---------------------------------------- */

@@ -1,15 +1,35 @@
-/* The PROXY protocol header (HAProxy's spec, versions 1 and 2) that tells the
- * program behind the UNIX socket who the client is. The same bytes as
- * src/session/proxy-protocol.ts writes (test/differential.test.ts compares
- * them): both ends IPv4 (or IPv4-mapped) make a TCP4 header, anything else a
- * TCP6 one with IPv4 written as ::ffff:a.b.c.d; a client without an IP
- * address is UNKNOWN (v1) or LOCAL (v2).
+/* The PROXY protocol (HAProxy's spec, versions 1 and 2), both ways.
+ *
+ * Sent (--send-proxy), it tells the program behind the UNIX socket who the
+ * client is: the same bytes as src/session/proxy-protocol.ts writes
+ * (test/differential.test.ts compares them). Both ends IPv4 (or
+ * IPv4-mapped) make a TCP4 header, anything else a TCP6 one with IPv4
+ * written as ::ffff:a.b.c.d; a client without an IP address is UNKNOWN (v1)
+ * or LOCAL (v2). A v2 header also carries TLVs, in this order: the SNI
+ * (PP2_TYPE_AUTHORITY), the TLS facts (PP2_TYPE_SSL with its sub-TLVs
+ * version, CN, cipher), a UNIX listener's client's credentials (0xE0, ours:
+ * pid, uid, gid as 32-bit big-endian numbers). HAProxy reads TLVs after a
+ * LOCAL header too, so the credentials reach it.
+ *
+ * Received (--accept-proxy), from a trusted front: proxy_parse reads a
+ * header as HAProxy's conn_recv_proxy does, but strictly (canonical
+ * addresses, decimal ports without leading zeros), and says as soon as the
+ * bytes so far cannot be one, so that a stranger's bytes fail at once
+ * instead of at the deadline.
  */
 #include "dataplane.h"
 
 #include <arpa/inet.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+#define PP2_TYPE_AUTHORITY 0x02
+#define PP2_TYPE_SSL 0x20
+#define PP2_SUBTYPE_SSL_VERSION 0x21
+#define PP2_SUBTYPE_SSL_CN 0x22
+#define PP2_SUBTYPE_SSL_CIPHER 0x23
+#define PP2_TYPE_SOCKBRIDGE_CRED 0xE0
 
 static const unsigned char V2_SIGNATURE[12] = { 0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a };
 
@@ -30,8 +50,64 @@ static void as_v6(const uint8_t *bytes, int family, uint8_t out[16]) {
   memcpy(out + 12, bytes, 4);
 }
 
-/* The header into out (cap bytes at least 232); returns its length. */
-size_t proxy_header(int version, const struct sockaddr_storage *src, const struct sockaddr_storage *dst, char *out, size_t cap) {
+static size_t text_len(const char *text) {
+  return text ? strlen(text) : 0;
+}
+
+/* The room the header needs at most, TLVs included. */
+size_t proxy_header_room(const struct proxy_tlvs *t) {
+  size_t n = 16 + 36 + 232; /* v2 with IPv6 addresses, or v1 */
+  if (t) n += 3 + text_len(t->authority) + 3 + 5 + 3 * 3 + text_len(t->version) + text_len(t->cn) + text_len(t->cipher) + 3 + 12;
+  return n;
+}
+
+static uint8_t *put_tlv(uint8_t *o, uint8_t type, const void *value, size_t len) {
+  o[0] = type;
+  o[1] = (uint8_t)(len >> 8);
+  o[2] = (uint8_t)len;
+  memcpy(o + 3, value, len);
+  return o + 3 + len;
+}
+
+static uint8_t *put_text(uint8_t *o, uint8_t type, const char *text) {
+  return text ? put_tlv(o, type, text, text_len(text)) : o;
+}
+
+static uint8_t *put_u32(uint8_t *o, uint32_t v) {
+  o[0] = (uint8_t)(v >> 24);
+  o[1] = (uint8_t)(v >> 16);
+  o[2] = (uint8_t)(v >> 8);
+  o[3] = (uint8_t)v;
+  return o + 4;
+}
+
+/* The TLVs at o; returns where they end. */
+static uint8_t *put_tlvs(uint8_t *o, const struct proxy_tlvs *t) {
+  if (!t) return o;
+  if (t->authority && t->authority[0]) o = put_text(o, PP2_TYPE_AUTHORITY, t->authority);
+  if (t->ssl) {
+    uint8_t *head = o;
+    o += 3;
+    *o++ = t->client;
+    o = put_u32(o, t->verify);
+    o = put_text(o, PP2_SUBTYPE_SSL_VERSION, t->version);
+    o = put_text(o, PP2_SUBTYPE_SSL_CN, t->cn);
+    o = put_text(o, PP2_SUBTYPE_SSL_CIPHER, t->cipher);
+    size_t len = (size_t)(o - head) - 3;
+    head[0] = PP2_TYPE_SSL;
+    head[1] = (uint8_t)(len >> 8);
+    head[2] = (uint8_t)len;
+  }
+  if (t->cred) {
+    uint8_t v[12];
+    put_u32(put_u32(put_u32(v, t->pid), t->uid), t->gid);
+    o = put_tlv(o, PP2_TYPE_SOCKBRIDGE_CRED, v, sizeof v);
+  }
+  return o;
+}
+
+/* The header into out (cap at least proxy_header_room(tlvs)); returns its length. */
+size_t proxy_header(int version, const struct sockaddr_storage *src, const struct sockaddr_storage *dst, const struct proxy_tlvs *tlvs, char *out, size_t cap) {
   uint8_t s[16], d[16];
   int sf = address_bytes(src, s), df = address_bytes(dst, d);
   int sp = port_of(src), dp = port_of(dst);
@@ -52,31 +128,183 @@ size_t proxy_header(int version, const struct sockaddr_storage *src, const struc
     }
     return (size_t)snprintf(out, cap, "PROXY TCP%c %s %s %d %d\r\n", four ? '4' : '6', a, b, sp, dp);
   }
-  unsigned char *o = (unsigned char *)out;
+  uint8_t *o = (uint8_t *)out;
   memcpy(o, V2_SIGNATURE, 12);
+  uint8_t *at = o + 16;
   if (!known) {
     o[12] = 0x20; /* version 2, LOCAL */
     o[13] = 0x00;
-    o[14] = o[15] = 0;
-    return 16;
+  } else {
+    o[12] = 0x21; /* version 2, PROXY */
+    o[13] = four ? 0x11 : 0x21; /* TCP over IPv4 or IPv6 */
+    size_t alen = four ? 4 : 16;
+    if (four) {
+      memcpy(at, s, 4);
+      memcpy(at + 4, d, 4);
+    } else {
+      as_v6(s, sf, at);
+      as_v6(d, df, at + 16);
+    }
+    at += alen * 2;
+    *at++ = (uint8_t)(sp >> 8);
+    *at++ = (uint8_t)sp;
+    *at++ = (uint8_t)(dp >> 8);
+    *at++ = (uint8_t)dp;
   }
-  o[12] = 0x21; /* version 2, PROXY */
-  o[13] = four ? 0x11 : 0x21; /* TCP over IPv4 or IPv6 */
-  size_t alen = four ? 4 : 16, at = 16;
-  uint16_t body = (uint16_t)(alen * 2 + 4);
+  at = put_tlvs(at, tlvs);
+  size_t body = (size_t)(at - o) - 16;
   o[14] = (uint8_t)(body >> 8);
   o[15] = (uint8_t)body;
-  if (four) {
-    memcpy(o + at, s, 4);
-    memcpy(o + at + 4, d, 4);
-  } else {
-    as_v6(s, sf, o + at);
-    as_v6(d, df, o + at + 16);
+  return (size_t)(at - o);
+}
+
+/* ---- reading one -------------------------------------------------------------------------- */
+
+static const char V1_PREFIX[] = "PROXY ";
+#define V1_MAX 107 /* the spec's longest line, CRLF included */
+
+/* 0 when bytes so far could still be the start of `whole`, -1 when not. */
+static int prefix_of(const uint8_t *buf, size_t len, const void *whole, size_t whole_len) {
+  return memcmp(buf, whole, len < whole_len ? len : whole_len) == 0 ? 0 : -1;
+}
+
+static int bad(struct proxy_info *out, const char *why) {
+  out->why = why;
+  return -1;
+}
+
+/* A decimal port, 0 to 65535, without leading zeros. */
+static bool port_text(const char *s, size_t n, int *port) {
+  if (n == 0 || n > 5 || (n > 1 && s[0] == '0')) return false;
+  int v = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (s[i] < '0' || s[i] > '9') return false;
+    v = v * 10 + (s[i] - '0');
   }
-  at += alen * 2;
-  o[at++] = (uint8_t)(sp >> 8);
-  o[at++] = (uint8_t)sp;
-  o[at++] = (uint8_t)(dp >> 8);
-  o[at++] = (uint8_t)dp;
-  return at;
+  if (v > 65535) return false;
+  *port = v;
+  return true;
+}
+
+static bool address_text(int family, const char *s, size_t n, struct sockaddr_storage *sa, socklen_t *len, int port) {
+  char text[64];
+  if (n == 0 || n >= sizeof text) return false;
+  memcpy(text, s, n);
+  text[n] = '\0';
+  memset(sa, 0, sizeof *sa);
+  if (family == 4) {
+    struct sockaddr_in *in = (struct sockaddr_in *)sa;
+    if (inet_pton(AF_INET, text, &in->sin_addr) != 1) return false;
+    in->sin_family = AF_INET;
+    in->sin_port = htons((uint16_t)port);
+    *len = sizeof *in;
+  } else {
+    struct sockaddr_in6 *in = (struct sockaddr_in6 *)sa;
+    if (inet_pton(AF_INET6, text, &in->sin6_addr) != 1) return false;
+    in->sin6_family = AF_INET6;
+    in->sin6_port = htons((uint16_t)port);
+    *len = sizeof *in;
+  }
+  return true;
+}
+
+/* "PROXY TCP4 1.2.3.4 5.6.7.8 1111 2222\r\n", "PROXY TCP6 …", "PROXY UNKNOWN …\r\n". */
+static int parse_v1(const uint8_t *buf, size_t len, struct proxy_info *out) {
+  if (prefix_of(buf, len, V1_PREFIX, 6) < 0) return bad(out, "not a PROXY header");
+  size_t window = len < V1_MAX ? len : V1_MAX;
+  const uint8_t *cr = memchr(buf, '\r', window);
+  size_t line = cr ? (size_t)(cr - buf) : window;
+  if (memchr(buf, '\n', line)) return bad(out, "a v1 header without CRLF");
+  if (!cr || line + 1 >= window) return len >= V1_MAX ? bad(out, "a v1 header longer than 107 bytes") : 0;
+  if (cr[1] != '\n') return bad(out, "a v1 header without CRLF");
+  const char *p = (const char *)buf + 6, *end = (const char *)cr;
+  size_t rest = (size_t)(end - p);
+  if (rest >= 7 && memcmp(p, "UNKNOWN", 7) == 0 && (rest == 7 || p[7] == ' ')) {
+    out->local = true;
+    return (int)(line + 2);
+  }
+  int family = rest >= 5 && memcmp(p, "TCP4 ", 5) == 0 ? 4 : rest >= 5 && memcmp(p, "TCP6 ", 5) == 0 ? 6 : 0;
+  if (!family) return bad(out, "a v1 header with a protocol other than TCP4, TCP6 or UNKNOWN");
+  p += 5;
+  const char *field[4];
+  size_t flen[4];
+  for (int i = 0; i < 4; i++) {
+    const char *sp = i < 3 ? memchr(p, ' ', (size_t)(end - p)) : end;
+    if (!sp) return bad(out, "a v1 header with fewer than four fields");
+    field[i] = p;
+    flen[i] = (size_t)(sp - p);
+    p = sp + (i < 3 ? 1 : 0);
+  }
+  int sport, dport;
+  if (!port_text(field[2], flen[2], &sport) || !port_text(field[3], flen[3], &dport)) return bad(out, "a v1 header with a bad port");
+  if (!address_text(family, field[0], flen[0], &out->src, &out->src_len, sport) ||
+      !address_text(family, field[1], flen[1], &out->dst, &out->dst_len, dport))
+    return bad(out, "a v1 header with a bad address");
+  return (int)(line + 2);
+}
+
+/* What is wrong with the version/command byte and the family/protocol byte (NULL: nothing). */
+static const char *v2_fixed(const uint8_t *buf, size_t len) {
+  if (len > 12 && (buf[12] >> 4) != 2) return "a v2 header of another version";
+  if (len > 12 && (buf[12] & 0x0f) > 1) return "a v2 header with an unknown command";
+  if (len > 13 && ((buf[13] >> 4) > 3 || (buf[13] & 0x0f) > 2)) return "a v2 header with an unknown family or protocol";
+  return NULL;
+}
+
+/* LOCAL, or a family or protocol without addresses (UNSPEC, UNIX): the
+   front's own connection; PROXY over INET or INET6 with STREAM: addresses;
+   with DGRAM: an error. Its TLVs are skipped unread: the spec makes them
+   optional, and what a front says of its client beyond the address is not
+   passed on. */
+static int parse_v2(const uint8_t *buf, size_t len, struct proxy_info *out) {
+  if (prefix_of(buf, len, V2_SIGNATURE, 12) < 0) return bad(out, "not a PROXY header");
+  const char *wrong = v2_fixed(buf, len);
+  if (wrong) return bad(out, wrong);
+  if (len < 16) return 0;
+  int command = buf[12] & 0x0f, family = buf[13] >> 4, protocol = buf[13] & 0x0f;
+  size_t declared = ((size_t)buf[14] << 8) | buf[15], total = 16 + declared;
+  if (total > PROXY_MAX) return bad(out, "a v2 header longer than 4096 bytes");
+  size_t need = family == 1 ? 12 : family == 2 ? 36 : family == 3 ? 216 : 0;
+  if (command == 1 && protocol != 0 && need && declared < need) return bad(out, "a v2 header too short for its addresses");
+  if (len < total) return 0;
+  if (command == 0 || family == 0 || protocol == 0 || family == 3) {
+    out->local = true;
+    return (int)total;
+  }
+  if (protocol == 2) return bad(out, "a v2 header for a datagram");
+  const uint8_t *a = buf + 16;
+  size_t alen = family == 1 ? 4 : 16;
+  int sport = (a[2 * alen] << 8) | a[2 * alen + 1], dport = (a[2 * alen + 2] << 8) | a[2 * alen + 3];
+  memset(&out->src, 0, sizeof out->src);
+  memset(&out->dst, 0, sizeof out->dst);
+  if (family == 1) {
+    struct sockaddr_in *sa = (struct sockaddr_in *)&out->src, *da = (struct sockaddr_in *)&out->dst;
+    sa->sin_family = da->sin_family = AF_INET;
+    memcpy(&sa->sin_addr, a, 4);
+    memcpy(&da->sin_addr, a + 4, 4);
+    sa->sin_port = htons((uint16_t)sport);
+    da->sin_port = htons((uint16_t)dport);
+    out->src_len = out->dst_len = sizeof *sa;
+  } else {
+    struct sockaddr_in6 *sa = (struct sockaddr_in6 *)&out->src, *da = (struct sockaddr_in6 *)&out->dst;
+    sa->sin6_family = da->sin6_family = AF_INET6;
+    memcpy(&sa->sin6_addr, a, 16);
+    memcpy(&da->sin6_addr, a + 16, 16);
+    sa->sin6_port = htons((uint16_t)sport);
+    da->sin6_port = htons((uint16_t)dport);
+    out->src_len = out->dst_len = sizeof *sa;
+  }
+  return (int)total;
+}
+
+/* A PROXY header at the start of buf (len bytes so far), as `accept` allows
+   (1 v1, 2 v2, 3 either): its length when complete (out says who), 0 when
+   more bytes are needed, -1 when it cannot be one (out->why). */
+int proxy_parse(const uint8_t *buf, size_t len, int accept, struct proxy_info *out) {
+  memset(out, 0, sizeof *out);
+  if (len == 0) return 0;
+  bool v1 = buf[0] == 'P', v2 = buf[0] == 0x0d;
+  if ((v1 && !(accept & 1)) || (v2 && !(accept & 2)) || (!v1 && !v2))
+    return bad(out, accept == 1 ? "not a v1 PROXY header" : accept == 2 ? "not a v2 PROXY header" : "not a PROXY header");
+  return v1 ? parse_v1(buf, len, out) : parse_v2(buf, len, out);
 }

@@ -77,6 +77,10 @@ void free_conn(struct conn *c) {
   free(c->up.pending.data);
   free(c->down.pending.data);
   free(c->replay);
+  free(c->peer_cn);
+  free(c->peer_san);
+  free(c->refusal);
+  free(c->proxy_buf);
   free(c);
 }
 
@@ -148,6 +152,23 @@ static void close_side(struct side *s) {
   s->fd = -1;
 }
 
+/* Its session no longer counts for its source (limits.c). */
+static void source_done(struct thread *t, struct conn *c) {
+  if (!c->source_counted) return;
+  c->source_counted = false;
+  static const struct source_limits none;
+  const struct policy *p = t ? t->policy : NULL;
+  source_release(&c->source, p ? &p->limits : &none);
+}
+
+/* A previous process's session or waiting client, taken on: counted for its source again. */
+void source_carried(struct thread *t, struct conn *c) {
+  const struct policy *p = t->policy;
+  if (c->source_counted || !source_key_of(&c->peer, p ? p->limits.prefix_v6 : 64, &c->source)) return;
+  source_add(&c->source, t->now);
+  c->source_counted = true;
+}
+
 /* The one way a connection ends: both sockets closed, its counts released,
    and one EV_END for its log entry (a dropped queued client has none). A
    forced end resets each side still owed bytes; an error on one side is
@@ -167,6 +188,7 @@ void conn_end(struct thread *t, struct conn *c, enum reason reason, int err, boo
   close_side(&c->server);
   count_active(t, c, false);
   release_admission(c);
+  source_done(t, c);
   conn_unpark(t, c);
   unlink_conn(t, c);
   if (reason == R_DROPPED) return;
@@ -237,6 +259,7 @@ void conn_hand_back(struct thread *t, struct conn *c) {
   c->client.fd = c->server.fd = -1;
   count_active(t, c, false);
   release_admission(c);
+  source_done(t, c);
   conn_unpark(t, c);
   unlink_conn(t, c);
   push_event(ev);
@@ -385,6 +408,33 @@ static void pump(struct thread *t, struct conn *c) {
   settle(t, c);
 }
 
+/* What a v2 PROXY header tells of the client beyond its address (proxy.c):
+   its TLS, as HAProxy's send-proxy-v2-ssl-cn says it, or its credentials. */
+static void proxy_tlvs_of(const struct conn *c, struct proxy_tlvs *t) {
+  memset(t, 0, sizeof *t);
+  SSL *ssl = c->client.ssl;
+  if (c->tls_done && ssl) {
+    t->ssl = true;
+    t->client = 0x01; /* PP2_CLIENT_SSL */
+    t->verify = 1;
+    t->authority = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    t->version = SSL_get_version(ssl);
+    t->cipher = SSL_get_cipher_name(ssl);
+    if (SSL_get0_peer_certificate(ssl)) {
+      t->client |= 0x04; /* PP2_CLIENT_CERT_SESS */
+      if (!SSL_session_reused(ssl)) t->client |= 0x02; /* PP2_CLIENT_CERT_CONN */
+      t->verify = SSL_get_verify_result(ssl) == X509_V_OK ? 0 : 1;
+      t->cn = c->peer_cn;
+    }
+  }
+  if (c->cred.pid) {
+    t->cred = true;
+    t->pid = (uint32_t)c->cred.pid;
+    t->uid = c->cred.uid;
+    t->gid = c->cred.gid;
+  }
+}
+
 /* The target is connected: relay, sending the PROXY header and a retried
    request's bytes first. */
 void relay_begin(struct thread *t, struct conn *c, int server_fd, int slot) {
@@ -402,22 +452,21 @@ void relay_begin(struct thread *t, struct conn *c, int server_fd, int slot) {
   c->down = (struct direction){ 0 };
   c->send_proxy = p->send_proxy;
   count_active(t, c, true);
-  size_t header_len = 0;
-  char header[256];
+  struct proxy_tlvs tlvs;
   if (c->send_proxy) {
     if (!c->local_len) {
       c->local_len = sizeof c->local;
       if (getsockname(c->client.fd, (struct sockaddr *)&c->local, &c->local_len) != 0) c->local_len = 0;
     }
-    header_len = proxy_header(c->send_proxy, &c->peer, &c->local, header, sizeof header);
+    proxy_tlvs_of(c, &tlvs);
   }
-  size_t first = header_len + c->replay_len;
-  if (first) {
-    char *data = malloc(first);
+  size_t room = c->send_proxy ? proxy_header_room(&tlvs) : 0;
+  if (room + c->replay_len) {
+    char *data = malloc(room + c->replay_len);
     if (!data) return conn_end(t, c, R_SERVER_ERROR, ENOMEM, true);
-    memcpy(data, header, header_len);
+    size_t header_len = c->send_proxy ? proxy_header(c->send_proxy, &c->peer, &c->local, &tlvs, data, room) : 0;
     if (c->replay_len) memcpy(data + header_len, c->replay, c->replay_len);
-    c->up.pending = (struct pending){ .data = data, .len = first };
+    c->up.pending = (struct pending){ .data = data, .len = header_len + c->replay_len };
   }
   /* Kept for a retry only while one is allowed (on this target), and only until it answers. */
   c->replaying = c->retries_left > 0 && allowed > 0;
@@ -434,6 +483,7 @@ void relay_begin(struct thread *t, struct conn *c, int server_fd, int slot) {
 void side_event(struct thread *t, struct side *s, uint32_t events) {
   struct conn *c = s->conn;
   if (c->closed) return;
+  if (c->phase == PH_PROXY) return proxy_step(t, c);
   if (c->phase == PH_HANDSHAKE) return tls_handshake_step(t, c);
   if (c->phase == PH_DIALING || c->phase == PH_TARGET_TLS) {
     if (s == &c->server) dial_step(t, c, events);
@@ -515,9 +565,10 @@ static bool draining(struct side *s) {
 void sweep(struct thread *t) {
   for (struct conn *c = t->conns, *next; c; c = next) {
     next = c->next;
-    if (c->phase == PH_HANDSHAKE || c->phase == PH_DIALING || c->phase == PH_TARGET_TLS) {
+    if (c->phase == PH_PROXY || c->phase == PH_HANDSHAKE || c->phase == PH_DIALING || c->phase == PH_TARGET_TLS) {
       if (!c->deadline || t->now < c->deadline) continue;
-      if (c->phase == PH_HANDSHAKE) tls_handshake_timeout(t, c);
+      if (c->phase == PH_PROXY) proxy_timeout(t, c);
+      else if (c->phase == PH_HANDSHAKE) tls_handshake_timeout(t, c);
       else dial_timeout(t, c);
       continue;
     }

@@ -126,6 +126,7 @@ static void run_dial(struct thread *t, struct conn *c, uint64_t id, int slot) {
 /* C_START: a previous process's session, relayed on from where it was. */
 static void run_start(struct thread *t, struct conn *c) {
   conn_link(t, c);
+  source_carried(t, c);
   c->phase = PH_RELAY;
   c->last_active = t->now;
   count_active(t, c, true);
@@ -168,6 +169,11 @@ static void begin_handover(struct thread *t, int grace_ms) {
   t->handover_done = failpoint("handover-done") ? NULL : new_event(EV_HANDOVER_DONE);
   for (struct conn *c = t->conns, *next; c; c = next) {
     next = c->next;
+    if (c->phase == PH_PROXY) {
+      /* Half a PROXY header (microseconds' worth) is not worth carrying: its front connects again. */
+      conn_end(t, c, R_DROPPED, 0, true);
+      continue;
+    }
     if (c->phase == PH_DIALING || c->phase == PH_TARGET_TLS) {
       /* A connect under way is given up: the client waits again, for the next process. */
       set_interest(t, &c->server, 0);
@@ -237,6 +243,7 @@ static void run_commands(struct thread *t) {
       break;
     case C_ADOPT:
       conn_link(t, cmd->conn);
+      source_carried(t, cmd->conn);
       /* A previous process's client accepted on a TLS listener: this process's TLS for its handshake. */
       if (cmd->conn->before_tls && t->policy && t->policy->tls && SSL_CTX_up_ref(t->policy->tls) == 1) cmd->conn->tls_ctx = t->policy->tls;
       /* js_adopt counted a queued one already; conn_park counts it again. */

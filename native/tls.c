@@ -88,6 +88,66 @@ static int ticket_cb(SSL *ssl, unsigned char *name, unsigned char *iv, EVP_CIPHE
   return rc;
 }
 
+/* ---- verification ------------------------------------------------------------------------ */
+
+/* A refusal's words, kept on the connection for its log line. */
+static void refusal(struct conn *c, const char *text) {
+  free(c->refusal);
+  c->refusal = strdup(text);
+}
+
+/* OpenSSL's verify callback, for clients (server contexts) and for targets
+   (client contexts): called for each certificate of the chain, the leaf
+   (depth 0) last, with ok saying whether it passed so far. Here: a stale CRL
+   passes when --tls-crl-allow-stale says so; a revoked certificate's serial
+   is kept for the log; and the leaf's identity must pass the allow-lists of
+   the snapshot this thread reads (identity.c). */
+static int verify_peer(int ok, X509_STORE_CTX *store) {
+  SSL *ssl = X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx());
+  struct conn *c = ssl ? SSL_get_app_data(ssl) : NULL;
+  const struct policy *p = c && c->thread ? c->thread->policy : NULL;
+  if (!c || !p) return ok;
+  bool towards_target = ssl == c->server.ssl;
+  X509 *cert = X509_STORE_CTX_get_current_cert(store);
+  if (!ok) {
+    int err = X509_STORE_CTX_get_error(store);
+    if (err == X509_V_ERR_CRL_HAS_EXPIRED && p->crl_allow_stale && !towards_target) return 1;
+    if (err == X509_V_ERR_CERT_REVOKED && cert) {
+      char *serial = NULL;
+      BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert), NULL);
+      if (bn) serial = BN_bn2hex(bn);
+      BN_free(bn);
+      char text[160];
+      snprintf(text, sizeof text, "certificate revoked (serial %s)", serial ? serial : "?");
+      refusal(c, text);
+      OPENSSL_free(serial);
+    }
+    return 0;
+  }
+  if (X509_STORE_CTX_get_error_depth(store) != 0 || !cert) return 1;
+  struct identity id;
+  identity_of(cert, &id);
+  char *san = identity_san_text(&id);
+  bool allowed = identity_permits(towards_target ? &p->target_identity : &p->client_identity, &id);
+  if (!towards_target) {
+    free(c->peer_cn);
+    free(c->peer_san);
+    c->peer_cn = id.cn ? strdup(id.cn) : NULL;
+    c->peer_san = san;
+    san = NULL;
+  }
+  if (!allowed) {
+    const char *shown = towards_target ? san : c->peer_san;
+    char text[600];
+    snprintf(text, sizeof text, "identity not allowed: CN=%s%s%s", id.cn ? id.cn : "(none)", shown && shown[0] ? ", SAN " : "", shown ? shown : "");
+    refusal(c, text);
+    X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION);
+  }
+  free(san);
+  identity_free(&id);
+  return allowed ? 1 : 0;
+}
+
 /* ---- contexts --------------------------------------------------------------------------- */
 
 /* The reason of OpenSSL's first queued error, as its library says it ("no start line"), cleared. */
@@ -148,7 +208,26 @@ static bool use_client_cas(SSL_CTX *ctx, const char *pem, size_t len) {
   }
   BIO_free(bio);
   ERR_clear_error();
-  SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+  SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, verify_peer);
+  return n > 0;
+}
+
+/* --tls-crl: every CRL of the file, checked for the whole chain, as Node's
+   crl option, HAProxy's crl-file and nginx's ssl_crl do (a CA of the chain
+   without a CRL fails too). */
+static bool use_crls(SSL_CTX *ctx, const char *pem, size_t len) {
+  BIO *bio = pem_bio(pem, len);
+  if (!bio) return false;
+  X509_STORE *store = SSL_CTX_get_cert_store(ctx);
+  int n = 0;
+  X509_CRL *crl;
+  while ((crl = PEM_read_bio_X509_CRL(bio, NULL, NULL, NULL)) != NULL) {
+    if (X509_STORE_add_crl(store, crl) == 1) n++;
+    X509_CRL_free(crl);
+  }
+  BIO_free(bio);
+  ERR_clear_error();
+  X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL);
   return n > 0;
 }
 
@@ -179,6 +258,8 @@ SSL_CTX *tls_context(const struct tls_settings *s, char **error) {
   if (!use_key(ctx, s->key, s->key_len)) goto fail;
   step = "tls-ca";
   if (s->ca && !use_client_cas(ctx, s->ca, s->ca_len)) goto fail;
+  step = "tls-crl";
+  if (s->crl && !use_crls(ctx, s->crl, s->crl_len)) goto fail;
   /* Resumption by tickets only (no per-process session cache), as Node's. */
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER | SSL_SESS_CACHE_NO_INTERNAL);
   static const unsigned char sid_ctx[] = "sockbridge";
@@ -225,7 +306,7 @@ SSL_CTX *tls_client_context(const struct tls_settings *s, char **error) {
   BIO_free(bio);
   ERR_clear_error();
   if (n == 0) goto fail;
-  SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+  SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, verify_peer);
   if (s->cert && s->cert_len) {
     step = "target-tls-cert";
     if (!use_chain(ctx, s->cert, s->cert_len)) goto fail;
@@ -329,6 +410,7 @@ bool tls_begin(struct thread *t, struct conn *c, SSL_CTX *ctx) {
     return false;
   }
   SSL_set_accept_state(ssl);
+  SSL_set_app_data(ssl, c); /* for verify_peer */
   c->client.ssl = ssl;
   c->client.xprt = &xprt_tls;
   c->before_tls = false;
@@ -349,6 +431,8 @@ static void tls_refuse(struct thread *t, struct conn *c, long verify, char *reas
     ev->err = (int)verify;
     ev->data = reason;
     ev->len = reason ? strlen(reason) : 0;
+    ev->san = c->peer_san;
+    c->peer_san = NULL;
     push_event(ev);
   } else {
     free(reason);
@@ -358,12 +442,35 @@ static void tls_refuse(struct thread *t, struct conn *c, long verify, char *reas
   conn_end(t, c, R_DROPPED, 0, false);
 }
 
+/* A resumed session skips verification: its identity (kept in the ticket) is
+   judged again by the rules of now. (A reload that changes the CAs, the CRLs
+   or the rules also forgets every ticket: see js_set_policy.) */
+static bool resumed_identity(struct thread *t, struct conn *c) {
+  X509 *cert = SSL_get0_peer_certificate(c->client.ssl);
+  if (!cert) return true;
+  struct identity id;
+  identity_of(cert, &id);
+  free(c->peer_cn);
+  free(c->peer_san);
+  c->peer_cn = id.cn ? strdup(id.cn) : NULL;
+  c->peer_san = identity_san_text(&id);
+  bool allowed = identity_permits(&t->policy->client_identity, &id);
+  identity_free(&id);
+  if (!allowed) {
+    char text[600];
+    snprintf(text, sizeof text, "identity not allowed: CN=%s%s%s", c->peer_cn ? c->peer_cn : "(none)", c->peer_san && c->peer_san[0] ? ", SAN " : "", c->peer_san ? c->peer_san : "");
+    tls_refuse(t, c, X509_V_ERR_APPLICATION_VERIFICATION, strdup(text));
+  }
+  return allowed;
+}
+
 void tls_handshake_step(struct thread *t, struct conn *c) {
   struct side *s = &c->client;
   ERR_clear_error();
   errno = 0;
   int rc = SSL_do_handshake(s->ssl);
   if (rc == 1) {
+    if (SSL_session_reused(s->ssl) && !resumed_identity(t, c)) return;
     atomic_fetch_add_explicit(&t->handshakes, 1, memory_order_relaxed);
     c->tls_done = true;
     c->deadline = 0;
@@ -381,7 +488,10 @@ void tls_handshake_step(struct thread *t, struct conn *c) {
   long verify = SSL_get_verify_result(s->ssl);
   unsigned long err = ERR_peek_last_error();
   char *reason;
-  if (err) reason = tls_error_text(err);
+  if (c->refusal) {
+    reason = c->refusal;
+    c->refusal = NULL;
+  } else if (err) reason = tls_error_text(err);
   else reason = strdup(e == SSL_ERROR_SYSCALL && errno ? strerror(errno) : "closed during the TLS handshake");
   ERR_clear_error();
   tls_refuse(t, c, verify, reason);
@@ -410,6 +520,7 @@ bool tls_target_begin(struct thread *t, struct conn *c, const struct target_ref 
     return false;
   }
   SSL_set_connect_state(ssl);
+  SSL_set_app_data(ssl, c); /* for verify_peer */
   c->server.ssl = ssl;
   c->server.xprt = &xprt_tls;
   c->phase = PH_TARGET_TLS;
@@ -437,19 +548,24 @@ int tls_target_step(struct thread *t, struct conn *c, char **why, int *err) {
   }
   long verify = SSL_get_verify_result(s->ssl);
   unsigned long queued = ERR_peek_last_error();
-  if (e == SSL_ERROR_SYSCALL && !queued) {
+  /* Nothing says TLS refused (no error queued, the certificate not refused):
+     the connection went away under the handshake (an EOF, a reset, a
+     close_notify from a server being stopped). */
+  if (!queued && verify == X509_V_OK && !c->refusal) {
     *err = errno ? errno : ECONNRESET;
     ERR_clear_error();
     return -1;
   }
   char buf[320];
-  if (verify != X509_V_OK) snprintf(buf, sizeof buf, "TLS: the target's certificate was refused: %s", X509_verify_cert_error_string(verify));
+  if (verify != X509_V_OK) snprintf(buf, sizeof buf, "TLS: the target's certificate was refused: %s", c->refusal ? c->refusal : X509_verify_cert_error_string(verify));
   else {
     char *text = tls_error_text(queued);
     snprintf(buf, sizeof buf, "TLS: %s", text);
     free(text);
   }
   ERR_clear_error();
+  free(c->refusal);
+  c->refusal = NULL;
   *why = strdup(buf);
   *err = EPROTO;
   return -1;
