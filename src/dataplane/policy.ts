@@ -3,6 +3,7 @@
 // policy.c). A reload, a target changing state, joining, leaving or being
 // drained publishes a new one; sessions keep what they started with.
 
+import { createHash } from 'node:crypto';
 import { Config, retriesFor } from '../options';
 import type { TlsMaterial } from '../session/tls';
 import { nodeTlsDefaults } from '../session/tls';
@@ -44,6 +45,30 @@ export interface PolicyInput {
   tls: TlsInput | undefined;
   /** TLS towards TCP targets: the CAs to trust, this end's certificate if any. */
   targetTls: TlsInput | undefined;
+  /** --tls-allow-cn/-dns/-uri and --target-tls-allow-* (native/identity.c). */
+  clientIdentity: IdentityLists;
+  targetIdentity: IdentityLists;
+  crlAllowStale: boolean;
+  /** --allow-uid, --allow-gid, as numbers. */
+  allowUid: number[];
+  allowGid: number[];
+  /** Per-source limits (native/limits.c); rateCount 0: no rate limit. */
+  sourceLimits: { maxConn: number; rateCount: number; ratePeriodMs: number; prefixV6: number };
+  /** 0 none, 1 v1, 2 v2, 3 either; and the fronts it is read from. */
+  acceptProxy: number;
+  acceptProxyFrom: string[];
+  /**
+   * A digest of what verifying a client depends on (CAs, CRLs, allow-lists):
+   * when it changes, the data plane forgets every session ticket, since a
+   * resumption skips verification.
+   */
+  verification: string;
+}
+
+export interface IdentityLists {
+  cn: string[];
+  dns: string[];
+  uri: string[];
 }
 
 /** The TLS part of the snapshot (native/dataplane.h: struct tls_settings), with Node's defaults spelled out. */
@@ -51,6 +76,8 @@ export interface TlsInput {
   cert: Buffer | undefined;
   key: Buffer | undefined;
   ca: Buffer | undefined;
+  /** --tls-crl's CRLs (PEM), for a server context. */
+  crl?: Buffer | undefined;
   ciphers: string;
   cipherSuites: string;
   minVersion: number;
@@ -61,6 +88,7 @@ export interface TlsInput {
 const STATES = { INIT: 0, UP: 1, DOWN: 2 } as const;
 const BALANCES = { first: 0, roundrobin: 1, leastconn: 2 } as const;
 const PROXY = { none: 0, v1: 1, v2: 2 } as const;
+const ACCEPT_PROXY = { none: 0, v1: 1, v2: 2, any: 3 } as const;
 const TLS_VERSIONS: Record<string, number> = { 'TLSv1': 0x0301, 'TLSv1.1': 0x0302, 'TLSv1.2': 0x0303, 'TLSv1.3': 0x0304 };
 
 export function policyTarget(t: Target, retries: Config['retries'], targetTls: TargetTlsMaterial | undefined): PolicyTarget {
@@ -71,7 +99,7 @@ export function policyTarget(t: Target, retries: Config['retries'], targetTls: T
 }
 
 /** TLS files with Node's own defaults (session/tls.ts: nodeTlsDefaults), so that both relays offer the same TLS. */
-function tlsInput(files: { cert: Buffer | undefined; key: Buffer | undefined; ca: Buffer | undefined }): TlsInput {
+function tlsInput(files: { cert: Buffer | undefined; key: Buffer | undefined; ca: Buffer | undefined; crl?: Buffer | undefined }): TlsInput {
   const d = nodeTlsDefaults();
   return {
     ...files, ciphers: d.ciphers, cipherSuites: d.cipherSuites,
@@ -79,8 +107,20 @@ function tlsInput(files: { cert: Buffer | undefined; key: Buffer | undefined; ca
   };
 }
 
+function verificationDigest(cfg: Config, tls: TlsMaterial | undefined): string {
+  const h = createHash('sha256');
+  if (tls) {
+    h.update(tls.ca ?? '');
+    h.update('\0');
+    h.update(tls.crl ?? '');
+  }
+  h.update(JSON.stringify([cfg.tlsAllowCn, cfg.tlsAllowDns, cfg.tlsAllowUri, cfg.tlsCrlAllowStale]));
+  return h.digest('hex');
+}
+
 /** The snapshot for this configuration, these targets (the pool's current ones, in its order) and TLS files. */
-export function compilePolicy(cfg: Config, targets: readonly Target[], tls: TlsMaterial | undefined, targetTls: TargetTlsMaterial | undefined): PolicyInput {
+export function compilePolicy(cfg: Config, targets: readonly Target[], tls: TlsMaterial | undefined, targetTls: TargetTlsMaterial | undefined,
+  ids: { uid: number[]; gid: number[] } = { uid: [], gid: [] }): PolicyInput {
   return {
     allow: cfg.allow,
     deny: cfg.deny,
@@ -95,5 +135,17 @@ export function compilePolicy(cfg: Config, targets: readonly Target[], tls: TlsM
     attemptTimeout: cfg.connectAttemptTimeout,
     tls: tls && tlsInput(tls),
     targetTls: targetTls && tlsInput(targetTls),
+    clientIdentity: { cn: cfg.tlsAllowCn, dns: cfg.tlsAllowDns, uri: cfg.tlsAllowUri },
+    targetIdentity: { cn: cfg.targetTlsAllowCn, dns: cfg.targetTlsAllowDns, uri: cfg.targetTlsAllowUri },
+    crlAllowStale: cfg.tlsCrlAllowStale === 'on',
+    allowUid: ids.uid,
+    allowGid: ids.gid,
+    sourceLimits: {
+      maxConn: cfg.maxConnPerSource, rateCount: cfg.ratePerSource?.count ?? 0, ratePeriodMs: cfg.ratePerSource?.periodMs ?? 0,
+      prefixV6: cfg.sourcePrefixV6,
+    },
+    acceptProxy: ACCEPT_PROXY[cfg.acceptProxy],
+    acceptProxyFrom: cfg.acceptProxyFrom,
+    verification: verificationDigest(cfg, tls),
   };
 }
