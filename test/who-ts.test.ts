@@ -364,7 +364,7 @@ test('open to all: a TCP listener beyond loopback without client certificates or
   assert.equal(exposure([ip('0.0.0.0:1', '0.0.0.0')], none, false).openToAll, true);
   assert.equal(exposure([ip('[::]:1', '::')], none, false).openToAll, true);
   assert.equal(exposure([ip('192.0.2.1:1', '192.0.2.1')], none, false).openToAll, true);
-  assert.match(exposure([ip('127.0.0.1:1', '127.0.0.1'), ip('*:2')], none, false).why, /listening on \*:2 beyond loopback with neither client certificates nor an allow list/);
+  assert.match(exposure([ip('127.0.0.1:1', '127.0.0.1'), ip('*:2')], none, false).why, /accepting on \*:2 beyond loopback with neither client certificates nor an allow list/);
   assert.deepEqual(exposure([ip('127.0.0.1:1', '127.0.0.1'), ip('[::1]:1', '::1'), ip('localhost:1', 'localhost')], none, false), { openToAll: false, why: 'TCP listeners on loopback only' });
   assert.deepEqual(exposure([unix], none, false), { openToAll: false, why: 'no TCP listener' });
   assert.equal(exposure([ip('*:1')], none, true).openToAll, false, 'client certificates');
@@ -402,7 +402,7 @@ test('status and metrics: refusals by reason, exposure, the source table', () =>
     totals: { active: 0, waiting: 0, total: 0, failed: 0, denied: 5, bytesIn: 0, bytesOut: 0 },
     cfg: defaults(), listeners: [], relay: { kind: 'js', threads: 1, why: 'relay = js', perThread: [] },
     tls: { enabled: false, clientCertificates: false, cert: '' },
-    who: { deniedBy: { access: 1, tls: 0, identity: 1, uid: 0, concurrent: 2, rate: 1, proxy: 0 }, exposure: { openToAll: true, why: 'listening on *:12345 …' }, sources: { tracked: 7, live: 2, bound: 4098 } },
+    who: { deniedBy: { access: 1, tls: 0, identity: 1, uid: 0, concurrent: 2, rate: 1, proxy: 0 }, exposure: { openToAll: true, why: 'accepting on *:12345 …' }, sources: { tracked: 7, live: 2, bound: 4098 } },
   });
   assert.deepEqual(report.sessions.deniedBy, { access: 1, tls: 0, identity: 1, uid: 0, concurrent: 2, rate: 1, proxy: 0 });
   const metrics = renderMetrics(report);
@@ -413,7 +413,7 @@ test('status and metrics: refusals by reason, exposure, the source table', () =>
   assert.match(metrics, /^sockbridge_open_to_all 1$/m);
   assert.match(metrics, /^sockbridge_source_table_entries 7$/m);
   const human = renderStatus(report);
-  assert.match(human, /^exposure\s+OPEN TO ALL: listening on/m);
+  assert.match(human, /^exposure\s+OPEN TO ALL: accepting on/m);
   assert.match(human, /^refused by\s+access 1, identity 1, concurrent 2, rate 1$/m);
   assert.match(human, /^sources\s+7 tracked \(2 with sessions open\), at most 4098 now$/m);
 });

@@ -75,7 +75,7 @@ export function exposure(
   if (hasAllowList(cfg)) return { openToAll: false, why: `an allow list (--deny any --allow ${cfg.allow.join(' ')})` };
   return {
     openToAll: true,
-    why: `listening on ${beyond.join(', ')} beyond loopback with neither client certificates nor an allow list`,
+    why: `accepting on ${beyond.join(', ')} beyond loopback with neither client certificates nor an allow list`,
   };
 }
 

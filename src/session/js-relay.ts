@@ -78,6 +78,12 @@ export class JsRelay implements Relay {
     private readonly ctx: RelayContext,
   ) {
     const cfg = ctx.cfg();
+    // Refused here, before the bridge starts anything (or logs): a rule that cannot be enforced must not run unenforced.
+    if (cfg.allowUid.length > 0 || cfg.allowGid.length > 0) {
+      const option = cfg.allowUid.length > 0 ? 'allow-uid' : 'allow-gid';
+      throw new ConfigError('ECONFIG_PEERCRED', `--${option} needs the native data plane, which reads a UNIX client's credentials (SO_PEERCRED); ` +
+        `the TypeScript relay runs (${info.why}) and cannot: use relay = native, or remove --${option}`, option);
+    }
     this.applyPolicy(cfg);
     this.sessionCtx = {
       backend: ctx.backend, logger: ctx.logger, stats: ctx.stats, settings: cfg,
@@ -91,12 +97,6 @@ export class JsRelay implements Relay {
     if (abstract) {
       throw new ConfigError('ECONFIG_ABSTRACT', `target ${abstract.path} is an abstract socket, which only the native data plane reaches ` +
         `(Node.js's own sockets cannot name one): ${this.info.why}; use a socket path instead, or the native data plane`);
-    }
-    const cfg = this.ctx.cfg();
-    if (cfg.allowUid.length > 0 || cfg.allowGid.length > 0) {
-      const option = cfg.allowUid.length > 0 ? 'allow-uid' : 'allow-gid';
-      throw new ConfigError('ECONFIG_PEERCRED', `--${option} needs the native data plane, which reads a UNIX client's credentials (SO_PEERCRED); ` +
-        `the TypeScript relay runs (${this.info.why}) and cannot: use relay = native, or remove --${option}`, option);
     }
     this.tls = TlsTerminator.create(tls, this.ctx.cfg());
     this.listeners = await openListeners(specs, this.ctx.cfg().backlog, this.ctx.logger, (socket) => this.accept(socket));
