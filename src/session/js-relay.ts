@@ -209,27 +209,26 @@ export class JsRelay implements Relay {
     const addr = plainAddress(socket.remoteAddress ?? '');
     const port = socket.remotePort ?? 0;
     const cfg = this.ctx.cfg();
-    if (this.fronts === undefined || addr === '' || !this.fronts.permits(addr) || cfg.acceptProxy === 'none') return this.judge(socket, undefined, 0);
+    if (this.fronts === undefined || addr === '' || !this.fronts.permits(addr) || cfg.acceptProxy === 'none') return this.judge(socket, addr, port, undefined, 0);
     readProxyHeader(socket, cfg.acceptProxy, cfg.clientTimeout || PROXY_HEADER_TIMEOUT_MS, (r) => {
       if (this.stopping) return void socket.destroy();
       if (r.kind === 'error') {
         this.ctx.refused(addr, port, `(a trusted front) sent a PROXY header that was refused, connection closed: ${r.why}`, 'proxy');
         return void socket.destroy();
       }
-      const ends: ClientEnds | undefined = r.local || !r.src || !r.dst ? undefined
-        : { remoteAddress: r.src.address, remotePort: r.src.port, localAddress: r.dst.address, localPort: r.dst.port };
-      this.judge(socket, ends, r.length);
+      if (r.local || !r.src || !r.dst) return this.judge(socket, addr, port, undefined, r.length);
+      const ends: ClientEnds = { remoteAddress: r.src.address, remotePort: r.src.port, localAddress: r.dst.address, localPort: r.dst.port };
+      this.judge(socket, plainAddress(r.src.address), r.src.port, ends, r.length);
     });
   }
 
   /**
-   * A client as it really is (`ends`: named by a front's PROXY header of
-   * `headerBytes` bytes; undefined: the socket's own ends): the access list,
-   * the credential rule, the per-source limits, then TLS or admission.
+   * A client as it really is, `addr` and `port` (`ends`: both ends as a
+   * front's PROXY header of `headerBytes` bytes named them; undefined: the
+   * socket's own): the access list, the credential rule, the per-source
+   * limits, then TLS or admission.
    */
-  private judge(socket: net.Socket, ends: ClientEnds | undefined, headerBytes: number): void {
-    const addr = plainAddress(ends?.remoteAddress ?? socket.remoteAddress ?? '');
-    const port = ends?.remotePort ?? socket.remotePort ?? 0;
+  private judge(socket: net.Socket, addr: string, port: number, ends: ClientEnds | undefined, headerBytes: number): void {
     if (!this.access.permits(addr)) {
       this.ctx.refused(addr, port, 'refused by --allow/--deny');
       socket.destroy();

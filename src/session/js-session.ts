@@ -483,6 +483,7 @@ export function readProxyHeader(socket: net.Socket, accept: 'v1' | 'v2' | 'any',
     s[PREFACE] = undefined;
     s.off('data', onChunk);
     s.off('end', onEnd);
+    s.off('close', onEnd);
     s.off('error', onError);
     if (r.kind === 'ok' && got.length > r.length) s.unshift(got.subarray(r.length));
     done(r);
@@ -499,6 +500,7 @@ export function readProxyHeader(socket: net.Socket, accept: 'v1' | 'v2' | 'any',
   s[PREFACE] = onChunk; // a client reading with ownReads
   s.on('data', onChunk); // one read through the stream (Node's own accept path)
   s.on('end', onEnd);
+  s.on('close', onEnd); // (after an error, or destroyed: 'end' may never come)
   s.on('error', onError);
   s.resume();
 }
