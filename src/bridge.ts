@@ -9,15 +9,20 @@
 // (systemd/restart.ts). Exit-idle-time belongs to the caller (service.ts),
 // which hears about sessions coming and going through onBusyChange().
 
+import { performance } from 'node:perf_hooks';
 import { addressLabel } from './listen/address';
-import { checkDescriptorBudget, ListenerInfo, listenSpecs, warnAccessListsNotApplied } from './listen/listeners';
+import { Exposure, exposure, openToAllWarning } from './listen/exposure';
+import { describeNames } from './listen/identity';
+import { checkDescriptorBudget, ListenerInfo, ListenSpec, listenSpecs, warnAccessListsNotApplied } from './listen/listeners';
+import { notLogged, RepeatLimiter } from './listen/refusals';
+import { sourceKey } from './listen/source-limits';
 import type { Logger } from './log';
 import { applyReload, Config, formatValue, OPTIONS } from './options';
-import { Stats } from './operator/stats';
+import { DeniedReason, Stats } from './operator/stats';
 import { InstallError, SockbridgeError } from './errors';
 import { defaultThreads, LOAD_FAILED, loadDataPlane, type DataPlaneAddon } from './dataplane/addon';
 import { NativeRelay } from './dataplane/native-relay';
-import type { Relay, RelayContext, RelayInfo, ThreadCounts } from './session/contract';
+import type { Relay, RelayContext, RelayInfo, SourceTableInfo, ThreadCounts, TlsRefusalDetail } from './session/contract';
 import { JsRelay } from './session/js-relay';
 import { loadTargetTls, loadTlsMaterial, TlsMaterial, tlsInForce } from './session/tls';
 import type { TargetTlsMaterial } from './targets/connector';
@@ -32,6 +37,18 @@ import type { Target, TargetPool } from './targets/pool';
 export type { RelayInfo };
 
 const STATUS_EVERY_MS = 1000;
+/** Repeated refusals of one kind and key: one line per this interval (refusals.ts). */
+const REPEAT_LOG_MS = 10_000;
+/** A source over a per-source limit: one line per source per minute, and at most this many such lines a minute. */
+const SOURCE_LOG_MS = 60_000;
+const SOURCE_LOG_MAX = 20;
+
+/** Who may connect, as `status` reports it. */
+export interface WhoReport {
+  deniedBy: Record<DeniedReason, number>;
+  exposure: Exposure;
+  sources: SourceTableInfo | null;
+}
 
 export interface BridgeHooks {
   /** Sessions may have gone from none to some (true), or back (false). */
@@ -81,6 +98,12 @@ export class Bridge {
   private stopping: Promise<void> | undefined;
   /** Bytes counted by the processes before this one (a restart's handover): the counters go on from there. */
   private carriedBytes = { bytesIn: 0, bytesOut: 0 };
+  /** What clients connect to (exposure is judged on them at start and reload). */
+  private specs: ListenSpec[] = [];
+  private exposed: Exposure = { openToAll: false, why: 'not listening yet' };
+  private readonly identityLog = new RepeatLimiter(REPEAT_LOG_MS);
+  private readonly sourceLog = new RepeatLimiter(SOURCE_LOG_MS, SOURCE_LOG_MAX);
+  private readonly repeatLog = new RepeatLimiter(REPEAT_LOG_MS);
 
   constructor(
     cfg: Config,
@@ -97,8 +120,8 @@ export class Bridge {
     this.tls = loadTlsMaterial(cfg);
     const ctx: RelayContext = {
       backend: this.backend, logger, stats: this.stats, cfg: () => this.cfg, targetTls: () => this.targetTls,
-      refused: (addr, port, why) => this.refused(addr, port, why),
-      tlsRefused: (addr, port, reason) => this.tlsRefused(addr, port, reason),
+      refused: (addr, port, why, reason) => this.refused(addr, port, why, reason),
+      tlsRefused: (addr, port, reason, detail) => this.tlsRefused(addr, port, reason, detail),
       onBusy: () => this.hooks.onBusyChange(true),
       onSessionEnded: () => {
         if (!this.relay.busy) this.hooks.onBusyChange(false);
@@ -119,6 +142,11 @@ export class Bridge {
   /** Where clients connect, and how each listener takes them. */
   get listening(): ListenerInfo[] {
     return this.listeners;
+  }
+
+  /** Refusals by reason, whether the port is open to all, the per-source table (status). */
+  get who(): WhoReport {
+    return { deniedBy: { ...this.stats.deniedBy }, exposure: this.exposed, sources: this.relay.sources?.() ?? null };
   }
 
   /** TLS as it is in force now (status). */
@@ -149,6 +177,8 @@ export class Bridge {
     const specs = listenSpecs(listeners, this.cfg);
     warnAccessListsNotApplied(specs, this.cfg, this.logger);
     this.listeners = await this.relay.start(specs, adopted?.handover, this.tls);
+    this.specs = specs;
+    this.judgeExposure(this.cfg);
     if (adopted && this.relay.adopted) {
       logTakeOver(this.logger, this.relay.adopted, adopted.lost);
       if (this.relay.busy) this.hooks.onBusyChange(true);
@@ -164,18 +194,56 @@ export class Bridge {
 
   // ---- clients refused ----------------------------------------------------------------
 
-  /** Not on --allow, or on --deny: closed before a byte is read. */
-  private refused(addr: string, port: number, why: string): void {
-    this.stats.denied++;
-    if (this.logger.enabled('info')) {
-      this.logger.info(`client ${addressLabel(addr, port)} ${why}`, { EVENT: 'denied', CLIENT_ADDR: addr, CLIENT_PORT: port });
+  /**
+   * Closed before a byte is read: not on --allow or on --deny (one info
+   * line each, as ever), over a per-source limit (one line per source per
+   * minute, at most SOURCE_LOG_MAX such lines a minute), a bad PROXY header
+   * from a front or a UNIX client --allow-uid/--allow-gid refuse (one line
+   * per front, or per reason, every 10 s). Every one is counted.
+   */
+  private refused(addr: string, port: number, why: string, reason: DeniedReason = 'access'): void {
+    this.stats.deny(reason);
+    const fields = { EVENT: 'denied', REASON: reason, CLIENT_ADDR: addr, CLIENT_PORT: port };
+    const who = addr === '' ? 'a local client' : addressLabel(addr, port);
+    if (reason === 'access' || reason === 'tls' || reason === 'identity') {
+      if (this.logger.enabled('info')) this.logger.info(`client ${who} ${why}`, fields);
+      return;
     }
+    const now = performance.now();
+    if (reason === 'concurrent' || reason === 'rate') {
+      const source = sourceKey(addr, this.cfg.sourcePrefixV6) ?? addr;
+      const p = this.sourceLog.permit(source, now);
+      if (p) this.logger.warning(`client ${who} ${why}${notLogged(p, 'per-source refusals')}`, { ...fields, EVENT: 'source-limit', SOURCE: source });
+      return;
+    }
+    const p = this.repeatLog.permit(reason === 'proxy' ? `proxy ${addr}` : `${reason} ${why}`, now);
+    if (p) this.logger.warning(`client ${who} ${why}${notLogged(p)}`, fields);
   }
 
-  private tlsRefused(addr: string, port: number, reason: string): void {
-    this.stats.denied++;
-    this.logger.warning(`TLS handshake with ${addressLabel(addr, port)} failed, client refused: ${reason}`,
-      { EVENT: 'tls-refused', CLIENT_ADDR: addr, CLIENT_PORT: port, ERROR: reason });
+  /**
+   * A failed handshake: one warning line each, as ever. A refused identity:
+   * one line per identity and reason every 10 s, saying which identity
+   * (CLIENT_CN, CLIENT_SAN) and why.
+   */
+  private tlsRefused(addr: string, port: number, reason: string, detail: TlsRefusalDetail = {}): void {
+    const kind = detail.kind ?? 'tls';
+    this.stats.deny(kind);
+    const fields: Record<string, string | number> = { EVENT: 'tls-refused', REASON: kind, CLIENT_ADDR: addr, CLIENT_PORT: port, ERROR: reason };
+    if (detail.cn !== undefined) fields['CLIENT_CN'] = detail.cn;
+    if (detail.san) fields['CLIENT_SAN'] = detail.san;
+    if (kind === 'tls') {
+      this.logger.warning(`TLS handshake with ${addressLabel(addr, port)} failed, client refused: ${reason}`, fields);
+      return;
+    }
+    const p = this.identityLog.permit(`${detail.cn ?? ''}\0${detail.san ?? ''}\0${reason}`, performance.now());
+    if (!p) return;
+    this.logger.warning(`TLS client ${addressLabel(addr, port)} refused: certificate ${describeNames(detail.cn, detail.san)} ${reason}${notLogged(p)}`, fields);
+  }
+
+  /** Whether the port is open to everyone, said at every start and reload (exposure.ts). */
+  private judgeExposure(cfg: Config): void {
+    this.exposed = exposure(this.specs, cfg, this.tls?.ca !== undefined);
+    if (this.exposed.openToAll) this.logger.warning(openToAllWarning(this.exposed), { EVENT: 'open-to-all' });
   }
 
   // ---- targets ---------------------------------------------------------------------------
@@ -251,6 +319,7 @@ export class Bridge {
     if (refused) this.logger.error(`TLS files not reloaded, keeping the previous ones: ${refused}`, { EVENT: 'reload-failed' });
     else this.tls = tls;
     this.checkBudgets(next);
+    this.judgeExposure(next);
     this.logger.setLevel(next.logLevel);
     this.publishStatus();
     this.notifier.ready();

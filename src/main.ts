@@ -9,6 +9,8 @@ import { takeSystemdSockets } from './systemd/passed-sockets';
 import { createLogger, Logger } from './log';
 import { Notifier } from './systemd/notify';
 import { formatValue, OPTIONS } from './options';
+import { exposure, HOW_TO_CLOSE } from './listen/exposure';
+import { listenSpecs } from './listen/listeners';
 import { Service } from './service';
 import { renderStatus, StatusReport } from './operator/status';
 import { VERSION } from './version';
@@ -51,6 +53,9 @@ function checkConfig(cli: CommandLine): void {
     const values = Array.isArray(value) ? value.map(String) : [formatValue(o, cfg)];
     for (const v of values) process.stdout.write(`${o.name.padEnd(width)} = ${v}\n`);
   }
+  // As a comment, so that the output stays a valid config file (sockets systemd would pass are not known here).
+  const e = exposure(listenSpecs([], cfg), cfg, cfg.tlsCert !== '' && cfg.tlsCa !== '');
+  process.stdout.write(`# exposure: ${e.openToAll ? `OPEN TO ALL: ${e.why}; close it: ${HOW_TO_CLOSE}` : `closed: ${e.why}`}\n`);
 }
 
 function generate(what: string | undefined): void {

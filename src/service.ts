@@ -86,7 +86,7 @@ export class Service {
   report(): StatusReport {
     return buildReport({
       version: VERSION, startedAt: this.startedAt, targets: this.bridge.backend.pool, totals: this.bridge.snapshot(), cfg: this.cfg,
-      listeners: this.bridge.listening, relay: this.bridge.relayInfo, tls: this.bridge.tlsInForce,
+      listeners: this.bridge.listening, relay: this.bridge.relayInfo, tls: this.bridge.tlsInForce, who: this.bridge.who,
     });
   }
 }

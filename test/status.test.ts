@@ -41,7 +41,7 @@ test('status: the control socket reports state, counters and configuration for t
   assert.equal(report.target.path, srv.path);
   assert.equal(report.target.state, 'UP');
   assert.equal(report.target.lastCheck?.ok, true);
-  assert.deepEqual(report.sessions, { active: 0, waiting: 0, total: 3, failed: 0, denied: 0 });
+  assert.deepEqual(report.sessions, { active: 0, waiting: 0, total: 3, failed: 0, denied: 0, deniedBy: { access: 0, tls: 0, identity: 0, uid: 0, concurrent: 0, rate: 0, proxy: 0 } });
   assert.deepEqual(report.bytes, { in: 12, out: 12 });
   assert.equal(report.workers, 1);
   assert.equal(report.relay.kind, TEST_RELAY, 'the relay the test asked for');

@@ -2,8 +2,9 @@
 // the whole service, in a stable JSON shape, a table for people, and the
 // Prometheus text format.
 
-import type { BridgeSnapshot, RelayInfo } from '../bridge';
-import type { ThreadCounts } from '../session/contract';
+import type { BridgeSnapshot, RelayInfo, WhoReport } from '../bridge';
+import type { SourceTableInfo, ThreadCounts } from '../session/contract';
+import { DENIED_REASONS, DeniedReason } from './stats';
 import type { Target, TargetPool } from '../targets/pool';
 import type { ListenerInfo } from '../listen/listeners';
 import { Config, formatValue, OPTIONS } from '../options';
@@ -20,7 +21,8 @@ export interface StatusReport {
   target: TargetRow;
   /** Every target: configured ones (regular first, then backups), and removed ones with sessions left. */
   targets: (TargetRow & TargetCounters)[];
-  sessions: { active: number; waiting: number; total: number; failed: number; denied: number };
+  /** `denied` counts every refusal (also a previous process's, after a restart); `deniedBy` this process's, by reason. */
+  sessions: { active: number; waiting: number; total: number; failed: number; denied: number; deniedBy: Record<DeniedReason, number> };
   bytes: { in: number; out: number };
   config: Record<string, string>;
   /**
@@ -34,6 +36,10 @@ export interface StatusReport {
   relay: RelayInfo & { perThread: ThreadCounts[] };
   /** TLS as it is in force now (a reload changes it for new clients): on or off, client certificates required or not. */
   tls: { enabled: boolean; clientCertificates: boolean; cert: string };
+  /** Whether a TCP listener beyond loopback has neither client certificates nor an allow list (listen/exposure.ts), and why, or what closes it. */
+  exposure: { openToAll: boolean; why: string };
+  /** The per-source limits' table: entries, sources with a session open, and the most it may hold now; null when no limit applies (or the relay keeps none). */
+  sources: SourceTableInfo | null;
 }
 
 export interface TargetRow {
@@ -77,6 +83,7 @@ export function buildReport(opts: {
   listeners: ListenerInfo[];
   relay: StatusReport['relay'];
   tls: StatusReport['tls'];
+  who?: WhoReport;
 }): StatusReport {
   const now = Date.now();
   const { totals, cfg } = opts;
@@ -95,13 +102,23 @@ export function buildReport(opts: {
       ? { path: first.path, state: first.state, stateSince: first.stateSince, secondsInState: first.secondsInState, lastCheck: first.lastCheck }
       : { path: opts.targets.describe(), state: 'DOWN', stateSince: new Date(opts.startedAt).toISOString(), secondsInState: Math.round((now - opts.startedAt) / 1000), lastCheck: null },
     targets,
-    sessions: { active: totals.active, waiting: totals.waiting, total: totals.total, failed: totals.failed, denied: totals.denied },
+    sessions: {
+      active: totals.active, waiting: totals.waiting, total: totals.total, failed: totals.failed, denied: totals.denied,
+      deniedBy: opts.who?.deniedBy ?? { access: 0, tls: 0, identity: 0, uid: 0, concurrent: 0, rate: 0, proxy: 0 },
+    },
     bytes: { in: totals.bytesIn, out: totals.bytesOut },
     config,
     listeners: opts.listeners,
     relay: opts.relay,
     tls: opts.tls,
+    exposure: opts.who?.exposure ?? { openToAll: false, why: 'unknown' },
+    sources: opts.who?.sources ?? null,
   };
+}
+
+/** "concurrent 3, rate 12" for the reasons with refusals; "" when none. */
+function refusedBy(r: StatusReport): string {
+  return DENIED_REASONS.filter((k) => r.sessions.deniedBy[k] > 0).map((k) => `${k} ${r.sessions.deniedBy[k]}`).join(', ');
 }
 
 function duration(seconds: number): string {
@@ -123,6 +140,9 @@ export function renderStatus(r: StatusReport): string {
     ['bytes', `${r.bytes.in} in (client → target), ${r.bytes.out} out`],
     ['relay', r.relay.kind === 'native' ? `native, ${r.relay.threads} threads` : `js (${r.relay.why})`],
     ['tls', r.tls.enabled ? `on (${r.tls.cert})${r.tls.clientCertificates ? ', client certificates required' : ''}` : 'off'],
+    ['exposure', r.exposure.openToAll ? `OPEN TO ALL: ${r.exposure.why}` : `closed: ${r.exposure.why}`],
+    ...(refusedBy(r) ? [['refused by', refusedBy(r)] as [string, string]] : []),
+    ...(r.sources ? [['sources', `${r.sources.tracked} tracked (${r.sources.live} with sessions open), at most ${r.sources.bound} now`] as [string, string]] : []),
     ['uptime', `${duration(r.uptimeSeconds)} (pid ${r.pid}, sockbridge ${r.version})`],
   ];
   const config = Object.entries(r.config).map(([k, v]): [string, string] => [`  ${k}`, v]);
@@ -150,13 +170,19 @@ export function renderMetrics(r: StatusReport): string {
   metric('sockbridge_sessions_waiting', 'gauge', 'Clients held waiting for the target or for a free slot under max-conn.', r.sessions.waiting);
   metric('sockbridge_sessions_total', 'counter', 'Sessions ended, whatever the reason.', r.sessions.total);
   metric('sockbridge_sessions_failed_total', 'counter', 'Sessions that never reached the target or ended on an error or timeout.', r.sessions.failed);
-  metric('sockbridge_connections_denied_total', 'counter', 'Clients refused by --allow/--deny or a failed TLS handshake.', r.sessions.denied);
+  // One family: the sample without a label is every refusal (kept for what already reads it, and it includes a
+  // previous process's after a restart); those labelled by reason are this process's. Sum the labelled ones, not all.
+  out.push('# HELP sockbridge_connections_denied_total Clients refused before reaching the target: all (no label), and by reason (access, tls, identity, uid, concurrent, rate, proxy).',
+    '# TYPE sockbridge_connections_denied_total counter', `sockbridge_connections_denied_total ${r.sessions.denied}`,
+    ...DENIED_REASONS.map((k) => `sockbridge_connections_denied_total{reason="${k}"} ${r.sessions.deniedBy[k]}`));
   metric('sockbridge_received_bytes_total', 'counter', 'Bytes received from clients (and sent to the target).', r.bytes.in);
   metric('sockbridge_sent_bytes_total', 'counter', 'Bytes sent to clients (received from the target).', r.bytes.out);
   metric('sockbridge_workers', 'gauge', 'Processes serving (always 1: the data plane uses threads).', r.workers);
   metric('sockbridge_relay_native', 'gauge', 'Whether the native relay moves the bytes (1) or the TypeScript one (0).', r.relay.kind === 'native' ? 1 : 0);
   metric('sockbridge_relay_threads', 'gauge', 'Threads relaying sessions.', r.relay.threads);
   metric('sockbridge_tls_enabled', 'gauge', 'Whether new clients must speak TLS (1) or not (0), as now in force.', r.tls.enabled ? 1 : 0);
+  metric('sockbridge_open_to_all', 'gauge', 'Whether a TCP listener beyond loopback has neither client certificates nor an allow list (1): anyone who can reach it can use the program.', r.exposure.openToAll ? 1 : 0);
+  if (r.sources) metric('sockbridge_source_table_entries', 'gauge', 'Sources the per-source limits track now (live and idle).', r.sources.tracked);
   const perTarget = (name: string, type: 'gauge' | 'counter', help: string, value: (t: StatusReport['targets'][number]) => number): void => {
     out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
     for (const t of r.targets) out.push(`${name}{target="${t.path.replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"} ${value(t)}`);

@@ -7,7 +7,7 @@ import type net from 'node:net';
 import { addressLabel } from '../listen/address';
 import type { ListenerInfo, ListenSpec } from '../listen/listeners';
 import type { Fields, Logger } from '../log';
-import type { Stats } from '../operator/stats';
+import type { DeniedReason, Stats } from '../operator/stats';
 import type { Config } from '../options';
 import type { CarriedClient, CarriedSession, Handover } from '../systemd/fd-store';
 import type { Backend, ConnectFailure, Dialer } from '../targets/backend';
@@ -42,6 +42,29 @@ export interface ThreadCounts {
   handshakes: number;
 }
 
+/**
+ * What a TLS refusal knows beyond its reason: whether the handshake failed
+ * ('tls': no certificate, a foreign or expired one, garbage) or the
+ * certificate verified but its identity is on no allow-list ('identity');
+ * and the certificate's names, when one was presented: its subject CN and
+ * its SAN DNS names and URIs as one field ("DNS:a.example, URI:spiffe://…").
+ */
+export interface TlsRefusalDetail {
+  kind?: 'tls' | 'identity';
+  cn?: string | undefined;
+  san?: string | undefined;
+}
+
+/** A relay's table of sources for the per-source limits (status). */
+export interface SourceTableInfo {
+  /** Entries now: sources with a session open, and idle ones kept for their rate windows. */
+  tracked: number;
+  /** Sources with a session open. */
+  live: number;
+  /** What the table may hold now: live sources plus the idle ones kept at most (source-limits.ts: IDLE_MAX). */
+  bound: number;
+}
+
 /** What a relay needs from the bridge. */
 export interface RelayContext {
   readonly backend: Backend;
@@ -51,10 +74,22 @@ export interface RelayContext {
   cfg(): Config;
   /** TLS towards TCP targets as in force now (--target-tls), or none. */
   targetTls(): TargetTlsMaterial | undefined;
-  /** A client refused before anything was read: counted and logged. */
-  refused(addr: string, port: number, why: string): void;
-  /** A client whose TLS handshake failed: counted and logged. */
-  tlsRefused(addr: string, port: number, reason: string): void;
+  /**
+   * A client refused before anything was read (a front's: before anything
+   * after its PROXY header): counted by reason (default 'access') and
+   * logged; `why` follows "client ADDR:PORT " in the line ("refused by
+   * --allow/--deny"). Repeated concurrent, rate, proxy and uid refusals are
+   * logged rate-limited.
+   */
+  refused(addr: string, port: number, why: string, reason?: DeniedReason): void;
+  /**
+   * A TLS client refused: its handshake failed, or (detail.kind
+   * 'identity') its certificate's identity is on no allow-list, `reason`
+   * then saying why in words that follow its names ("matches none of
+   * --tls-allow-cn *.ops.example.org"). Counted and logged, with the
+   * certificate's CN and SAN when known (identity refusals rate-limited).
+   */
+  tlsRefused(addr: string, port: number, reason: string, detail?: TlsRefusalDetail): void;
   /** Sessions or waiting clients may have appeared. */
   onBusy(): void;
   /** A session or waiting client ended. */
@@ -108,6 +143,8 @@ export interface Relay {
   readonly adopted: { resumed: number; admitted: number; gone: number } | undefined;
   /** Whether its threads answer (the systemd watchdog). */
   alive(): boolean;
+  /** Its table of sources, when a per-source limit is in force and it keeps one (status). */
+  sources?(): SourceTableInfo | undefined;
   /** After the drain: let the process exit. */
   stop(): void;
 }

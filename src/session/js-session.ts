@@ -24,7 +24,7 @@ import { retriesFor } from '../options';
 import { connectTarget, TargetTlsMaterial } from '../targets/connector';
 import type { Target } from '../targets/pool';
 import { BridgedSession, CloseReason, recordSessionEnd, REPLAY_LIMIT, SessionContext, SessionSettings } from './contract';
-import { proxyHeader } from './proxy-protocol';
+import { ClientEnds, parseProxyHeader, ProxyExtra, proxyHeader, ProxyParse } from './proxy-protocol';
 
 const enum Phase {
   Connecting,
@@ -33,6 +33,8 @@ const enum Phase {
 }
 
 const SESSION = Symbol('session');
+/** Who reads a socket's bytes before it has a session: the PROXY header reader (readProxyHeader). */
+const PREFACE = Symbol('preface');
 /** How long a session past its idle limit is watched for a client draining the kernel's queue. */
 const QUEUE_LOOK_MS = 500;
 /** Read sizes: small while traffic is small (each idle socket holds one such buffer), large for bulk. */
@@ -40,6 +42,20 @@ const SMALL_READ = 256;
 const LARGE_READ = 64 * 1024;
 interface BridgedSocket extends net.Socket {
   [SESSION]: Session;
+  [PREFACE]?: ((chunk: Buffer) => void) | undefined;
+}
+
+/**
+ * Who the client is when the socket does not say it alone, for the log
+ * entry, --send-proxy and the counters.
+ */
+export interface SessionOrigin {
+  /** The real client and the address it reached, from a trusted front's PROXY header. */
+  ends?: ClientEnds | undefined;
+  /** What a --send-proxy v2 header carries beyond the addresses (a TLS client's TLVs). */
+  extra?: ProxyExtra | undefined;
+  /** Bytes of that PROXY header read from a plain client socket: the front's, not the client's. */
+  headerBytes?: number;
 }
 
 export class Session implements BridgedSession {
@@ -87,12 +103,14 @@ export class Session implements BridgedSession {
   constructor(
     client: net.Socket,
     private readonly ctx: SessionContext,
+    private readonly origin: SessionOrigin = {},
   ) {
     this.client = client as BridgedSocket;
     this.client[SESSION] = this;
     // A UNIX listener's client has no address ('': logged as a local client; Node cannot read its credentials).
-    this.clientAddr = plainAddress(client.remoteAddress ?? '');
-    this.clientPort = client.remotePort ?? 0;
+    const ends = origin.ends ?? client;
+    this.clientAddr = plainAddress(ends.remoteAddress ?? '');
+    this.clientPort = ends.remotePort ?? 0;
     this.settings = ctx.settings;
     // The client arrives paused: nothing is read until the target is connected,
     // so a held client's request waits in the kernel, not in our memory.
@@ -128,7 +146,12 @@ export class Session implements BridgedSession {
 
   /** Bytes from the client so far (the stats take them over when the session ends). */
   get bytesIn(): number {
-    return this.phase === Phase.Closed ? 0 : this.client.bytesRead;
+    return this.phase === Phase.Closed ? 0 : this.clientBytesRead();
+  }
+
+  /** What the client sent, without a front's PROXY header. */
+  private clientBytesRead(): number {
+    return this.client.bytesRead - (this.origin.headerBytes ?? 0);
   }
 
   /** Bytes to the client so far. */
@@ -160,7 +183,7 @@ export class Session implements BridgedSession {
     if (server instanceof tls.TLSSocket) server.on('data', serverOnData);
     // Every connection to the target, a retry's too, starts with the PROXY header.
     const { sendProxy } = this.settings;
-    if (sendProxy !== 'none') server.write(proxyHeader(sendProxy, this.client));
+    if (sendProxy !== 'none') server.write(proxyHeader(sendProxy, this.origin.ends ?? this.client, this.origin.extra));
     this.server = server;
     this.serverClosed = false;
     this.phase = Phase.Open;
@@ -349,7 +372,7 @@ export class Session implements BridgedSession {
   private finish(): void {
     if (this.phase === Phase.Closed) return;
     const wasOpen = this.phase === Phase.Open;
-    this.finalBytes = { bytesIn: this.client.bytesRead, bytesOut: this.client.bytesWritten };
+    this.finalBytes = { bytesIn: this.clientBytesRead(), bytesOut: this.client.bytesWritten };
     this.phase = Phase.Closed;
     if (wasOpen) this.target?.released();
     recordSessionEnd(this.ctx, {
@@ -403,7 +426,16 @@ export function ownReads(): OwnReads {
     },
     callback(n: number, buf: Uint8Array): boolean {
       const socket = reads.socket as BridgedSocket;
-      const dest = socket[SESSION].forward(socket, (buf as Buffer).subarray(0, n));
+      const session = socket[SESSION] as Session | undefined;
+      if (session === undefined) {
+        // Before its session: a front's PROXY header (readProxyHeader), copied, as this buffer is reused.
+        next = buf as Buffer;
+        const preface = socket[PREFACE];
+        if (preface) preface(Buffer.from(buf.subarray(0, n)));
+        else socket.destroy(); // nobody should be reading it
+        return true;
+      }
+      const dest = session.forward(socket, (buf as Buffer).subarray(0, n));
       next = nextReadBuffer(buf as Buffer, n, dest);
       return true;
     },
@@ -425,6 +457,52 @@ export function socketDialer(settings: () => { tls: TargetTlsMaterial | undefine
       }, fail);
     },
   };
+}
+
+/** A front's header, read: the parse, an error (also late, truncated, a socket error) or ok. */
+export type ProxyHeaderRead = Exclude<ProxyParse, { kind: 'incomplete' }>;
+
+/**
+ * A trusted front's PROXY header (--accept-proxy), read before anything
+ * else, TLS included. The socket arrives paused; it is read until the
+ * header is complete or cannot be (parseProxyHeader), the front closes
+ * (truncated), or `timeoutMs` passes (late), then paused again: `done`
+ * gets the verdict once, and the bytes after the header are put back
+ * (unshift) for whoever reads next: the session's 'data' handler, or the
+ * TLS server, which takes what its socket holds (TLSSocket's initRead).
+ */
+export function readProxyHeader(socket: net.Socket, accept: 'v1' | 'v2' | 'any', timeoutMs: number, done: (r: ProxyHeaderRead) => void): void {
+  const s = socket as BridgedSocket;
+  let got: Buffer = Buffer.alloc(0);
+  let finished = false;
+  const finish = (r: ProxyHeaderRead): void => {
+    if (finished) return;
+    finished = true;
+    clearTimeout(timer);
+    s.pause();
+    s[PREFACE] = undefined;
+    s.off('data', onChunk);
+    s.off('end', onEnd);
+    s.off('close', onEnd);
+    s.off('error', onError);
+    if (r.kind === 'ok' && got.length > r.length) s.unshift(got.subarray(r.length));
+    done(r);
+  };
+  const onChunk = (chunk: Buffer): void => {
+    got = got.length === 0 ? chunk : Buffer.concat([got, chunk]);
+    const r = parseProxyHeader(got, accept);
+    if (r.kind !== 'incomplete') finish(r);
+  };
+  const onEnd = (): void => finish({ kind: 'error', why: got.length === 0 ? 'closed before sending a PROXY header' : `closed after ${got.length} bytes of a PROXY header: truncated` });
+  const onError = (err: NodeJS.ErrnoException): void => finish({ kind: 'error', why: `${err.code ?? err.message} while reading a PROXY header` });
+  const timer = setTimeout(() => finish({ kind: 'error', why: `no complete PROXY header within ${timeoutMs} ms (${got.length} bytes): late` }), timeoutMs);
+  timer.unref();
+  s[PREFACE] = onChunk; // a client reading with ownReads
+  s.on('data', onChunk); // one read through the stream (Node's own accept path)
+  s.on('end', onEnd);
+  s.on('close', onEnd); // (after an error, or destroyed: 'end' may never come)
+  s.on('error', onError);
+  s.resume();
 }
 
 /** The buffer for a socket's next read, given how the last one went. */

@@ -1,5 +1,6 @@
 // TLS termination (--tls-cert, --tls-key) with optional client-certificate
-// authentication (--tls-ca: a certificate signed by it is required). The
+// authentication (--tls-ca: a certificate signed by it is required) and
+// identity allow-lists (--tls-allow-cn/-dns/-uri: listen/identity.ts). The
 // files are read and checked here, whichever relay terminates: the data
 // plane (native/tls.c) gets the PEM bytes and Node's own defaults, so that
 // both offer the same TLS; the TypeScript relay hands accepted sockets to a
@@ -13,10 +14,13 @@ import type net from 'node:net';
 import { isAbsolute, join } from 'node:path';
 import tls from 'node:tls';
 import { ConfigError } from '../errors';
+import { describeSan, IdentityRules, identityAllowed, identityOf, noRules, unmatched } from '../listen/identity';
 import type { Config } from '../options';
 import type { TargetTlsMaterial } from '../targets/connector';
+import type { TlsRefusalDetail } from './contract';
+import type { ProxyExtra } from './proxy-protocol';
 
-export type TlsSettings = Pick<Config, 'tlsCert' | 'tlsKey' | 'tlsCa' | 'clientTimeout'>;
+export type TlsSettings = Pick<Config, 'tlsCert' | 'tlsKey' | 'tlsCa' | 'clientTimeout' | 'tlsAllowCn' | 'tlsAllowDns' | 'tlsAllowUri'>;
 
 /** The files of a TLS configuration, read and checked. */
 export interface TlsMaterial {
@@ -86,7 +90,10 @@ export const SYSTEM_CA_BUNDLE = '/etc/ssl/certs/ca-certificates.crt';
  * (--target-tls-ca, or the system's bundle) and this end's certificate, read
  * and checked; undefined when it is off. Throws ConfigError.
  */
-export function loadTargetTls(cfg: Pick<Config, 'targetTls' | 'targetTlsCa' | 'targetTlsCert' | 'targetTlsKey' | 'targetTlsName'>, env: NodeJS.ProcessEnv = process.env): TargetTlsMaterial | undefined {
+export function loadTargetTls(
+  cfg: Pick<Config, 'targetTls' | 'targetTlsCa' | 'targetTlsCert' | 'targetTlsKey' | 'targetTlsName' | 'targetTlsAllowCn' | 'targetTlsAllowDns' | 'targetTlsAllowUri'>,
+  env: NodeJS.ProcessEnv = process.env,
+): TargetTlsMaterial | undefined {
   if (cfg.targetTls === 'off') return undefined;
   if (Boolean(cfg.targetTlsCert) !== Boolean(cfg.targetTlsKey)) {
     throw new ConfigError('ECONFIG_TARGET_TLS', 'a client certificate needs both --target-tls-cert and --target-tls-key');
@@ -95,6 +102,7 @@ export function loadTargetTls(cfg: Pick<Config, 'targetTls' | 'targetTlsCa' | 't
   const material: TargetTlsMaterial = {
     ca, cert: cfg.targetTlsCert ? readPem('--target-tls-cert', cfg.targetTlsCert, env) : undefined,
     key: cfg.targetTlsKey ? readPem('--target-tls-key', cfg.targetTlsKey, env) : undefined, name: cfg.targetTlsName,
+    allow: { cn: cfg.targetTlsAllowCn, dns: cfg.targetTlsAllowDns, uri: cfg.targetTlsAllowUri },
   };
   try {
     tls.createSecureContext({ ca: material.ca, ...(material.cert ? { cert: material.cert, key: material.key } : {}) });
@@ -128,7 +136,34 @@ export function refusalReason(verify: number, reason: string): string {
 
 interface Pending {
   onSecure(socket: tls.TLSSocket): void;
-  onFail(reason: string): void;
+  onFail(reason: string, detail?: TlsRefusalDetail): void;
+}
+
+/** A certificate Node returned, or undefined when none was presented (Node gives null or an empty object). */
+function presented(socket: tls.TLSSocket): tls.PeerCertificate | undefined {
+  const cert = socket.getPeerCertificate() as tls.PeerCertificate | null;
+  return cert !== null && Object.keys(cert).length > 0 ? cert : undefined;
+}
+
+/** The certificate's names for the refusal's log entry (CLIENT_CN, CLIENT_SAN). */
+function namesOf(cert: tls.PeerCertificate | undefined): TlsRefusalDetail {
+  if (!cert) return {};
+  const peer = identityOf(cert);
+  return { cn: peer.cn, san: describeSan(peer) };
+}
+
+/** What a --send-proxy v2 header says of a TLS client (PP2_TYPE_SSL, PP2_TYPE_AUTHORITY): Node's names are OpenSSL's. */
+export function tlsClientInfo(socket: tls.TLSSocket): NonNullable<ProxyExtra['ssl']> {
+  const cert = presented(socket);
+  const servername = (socket as tls.TLSSocket & { servername?: string | false | null }).servername;
+  return {
+    verified: cert !== undefined && socket.authorized,
+    certificate: cert !== undefined,
+    cn: cert ? identityOf(cert).cn : undefined,
+    version: socket.getProtocol() ?? '',
+    cipher: socket.getCipher()?.name ?? '',
+    sni: typeof servername === 'string' && servername !== '' ? servername : undefined,
+  };
 }
 
 /**
@@ -152,6 +187,7 @@ export class TlsTerminator {
   private constructor(
     private readonly server: tls.Server,
     verifyClients: boolean,
+    rules: IdentityRules,
   ) {
     server.on('secureConnection', (socket: tls.TLSSocket) => {
       const raw = rawOf(socket);
@@ -161,10 +197,20 @@ export class TlsTerminator {
       // Verified here rather than by rejectUnauthorized, which would close the
       // connection without telling us why (expired, unknown issuer, none sent).
       if (verifyClients && !socket.authorized) {
-        const cert = socket.getPeerCertificate() as tls.PeerCertificate | null; // null when none was sent
-        const sent = cert !== null && Object.keys(cert).length > 0;
+        const cert = presented(socket);
         socket.destroy();
-        return p.onFail(`client certificate refused: ${sent ? String(socket.authorizationError) : 'no certificate sent'}`);
+        return p.onFail(`client certificate refused: ${cert ? String(socket.authorizationError) : 'no certificate sent'}`, namesOf(cert));
+      }
+      // The allow-lists, once the certificate verified: a refused identity never reaches the program.
+      if (!noRules(rules)) {
+        const cert = presented(socket);
+        const peer = cert ? identityOf(cert) : { cn: undefined, dns: [], uri: [] };
+        if (!identityAllowed(rules, peer)) {
+          socket.destroy();
+          // Without --tls-ca no certificate is asked for, so no identity can match (config.ts should refuse that configuration).
+          const why = verifyClients ? unmatched(rules, '--tls-allow') : `${unmatched(rules, '--tls-allow')} (no client certificate is asked for without --tls-ca)`;
+          return p.onFail(why, { kind: 'identity', cn: peer.cn, san: describeSan(peer) });
+        }
       }
       socket.allowHalfOpen = true; // as the raw socket: a client's FIN is relayed as a half-close
       p.onSecure(socket);
@@ -191,11 +237,15 @@ export class TlsTerminator {
       rejectUnauthorized: false,
       handshakeTimeout: cfg.clientTimeout || DEFAULT_HANDSHAKE_TIMEOUT_MS,
       ...(previous ? { ticketKeys: previous.server.getTicketKeys() } : {}),
-    }), material.ca !== undefined);
+    }), material.ca !== undefined, { cn: cfg.tlsAllowCn, dns: cfg.tlsAllowDns, uri: cfg.tlsAllowUri });
   }
 
-  /** Handshake on a freshly accepted socket; exactly one of the callbacks is called. */
-  wrap(raw: net.Socket, onSecure: (socket: tls.TLSSocket) => void, onFail: (reason: string) => void): void {
+  /**
+   * Handshake on a freshly accepted socket (bytes a front's PROXY header
+   * was followed by put back on it: the TLS server reads those first);
+   * exactly one of the callbacks is called.
+   */
+  wrap(raw: net.Socket, onSecure: (socket: tls.TLSSocket) => void, onFail: (reason: string, detail?: TlsRefusalDetail) => void): void {
     this.pending.set(raw, { onSecure, onFail });
     // A client that goes away mid-handshake may not produce a tlsClientError.
     raw.once('close', () => {

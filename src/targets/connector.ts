@@ -7,6 +7,7 @@
 import net from 'node:net';
 import tls from 'node:tls';
 import { getSystemErrorName } from 'node:util';
+import { describeIdentity, IdentityRules, identityAllowed, identityOf, noRules, unmatched } from '../listen/identity';
 import type { Target } from './pool';
 
 /** What --target-tls-* name, read and checked (session/tls.ts: loadTargetTls). */
@@ -16,6 +17,8 @@ export interface TargetTlsMaterial {
   key: Buffer | undefined;
   /** --target-tls-name: the name to verify and send as SNI; '' = each target's host. */
   name: string;
+  /** --target-tls-allow-cn/-dns/-uri: beyond the name check, the identities the far end may have (none: any). */
+  allow?: IdentityRules;
 }
 
 export interface ConnectOptions {
@@ -36,6 +39,18 @@ export function tlsNameOf(target: Target, material: TargetTlsMaterial): string {
 export function errnoError(negativeErrno: number, syscall: string, what: string): NodeJS.ErrnoException {
   const code = getSystemErrorName(negativeErrno);
   return Object.assign(new Error(`${syscall} ${code} ${what}`), { code, errno: negativeErrno, syscall });
+}
+
+/**
+ * The far end's certificate against --target-tls-allow-*, once its name
+ * checked: a refusal is a failed connect (EPROTO), whose message says which
+ * identity was refused and why, as the target's problem report logs it.
+ */
+function checkAllowed(rules: IdentityRules | undefined, cert: tls.PeerCertificate): Error | undefined {
+  if (!rules || noRules(rules)) return undefined;
+  const peer = identityOf(cert);
+  if (identityAllowed(rules, peer)) return undefined;
+  return Object.assign(new Error(`target certificate ${describeIdentity(peer)} ${unmatched(rules, '--target-tls-allow')}`), { code: 'EPROTO' });
 }
 
 function timedOut(): NodeJS.ErrnoException {
@@ -67,7 +82,7 @@ export function connectTarget(target: Target, opts: ConnectOptions, ok: (socket:
         host: address, port: e.port, ca: opts.tls.ca, ...(opts.tls.cert ? { cert: opts.tls.cert, key: opts.tls.key } : {}),
         // An IP address is checked as one and sent as no SNI; a name as a name.
         ...(net.isIP(name) ? {} : { servername: name }),
-        checkServerIdentity: (_host, cert) => tls.checkServerIdentity(name, cert),
+        checkServerIdentity: (_host, cert) => tls.checkServerIdentity(name, cert) ?? checkAllowed(opts.tls!.allow, cert),
       });
       ready = 'secureConnect';
     } else {
