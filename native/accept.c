@@ -191,10 +191,9 @@ static bool target_likely(const struct policy *p) {
 }
 
 /* Refused before anything of it was read (what for, and the why of a bad
-   PROXY header: owned): counted, told to TypeScript, which logs it within
-   its limits, and closed. */
+   PROXY header: owned): told to TypeScript, which counts it and logs it
+   within its limits, and closed. */
 static void refuse(struct thread *t, struct conn *c, enum deny_reason why, char *text) {
-  atomic_fetch_add_explicit(&t->denied[why], 1, memory_order_relaxed);
   struct event *ev = new_event(EV_DENIED);
   if (ev) {
     event_from_conn(ev, c);
@@ -251,17 +250,23 @@ void proxy_step(struct thread *t, struct conn *c) {
   do n = recv(c->client.fd, buf + c->proxy_len, PROXY_MAX - c->proxy_len, MSG_PEEK);
   while (n < 0 && errno == EINTR);
   if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
-  if (n <= 0) return proxy_refuse(t, c, n == 0 ? "a PROXY header cut short" : strerror(errno));
+  if (n <= 0) {
+    char why[96];
+    if (n < 0) snprintf(why, sizeof why, "%s while reading a PROXY header", strerrorname_np(errno) ? strerrorname_np(errno) : strerror(errno));
+    else if (c->proxy_len == 0) snprintf(why, sizeof why, "closed before sending a PROXY header");
+    else snprintf(why, sizeof why, "closed after %zu bytes of a PROXY header: truncated", c->proxy_len);
+    return proxy_refuse(t, c, why);
+  }
   size_t seen = c->proxy_len + (size_t)n;
   struct proxy_info info;
   int rc = proxy_parse(buf, seen, t->policy->accept_proxy, &info);
   if (rc < 0) return proxy_refuse(t, c, info.why);
-  if (rc == 0 && seen >= PROXY_MAX) return proxy_refuse(t, c, "a PROXY header longer than 4096 bytes");
+  /* (a v1 line ends within 107 bytes and a v2 header says its length: proxy_parse refuses either before PROXY_MAX) */
   size_t take = rc > 0 ? (size_t)rc - c->proxy_len : (size_t)n;
   ssize_t got;
   do got = recv(c->client.fd, buf + c->proxy_len, take, 0);
   while (got < 0 && errno == EINTR);
-  if (got != (ssize_t)take) return proxy_refuse(t, c, "a PROXY header cut short");
+  if (got != (ssize_t)take) return proxy_refuse(t, c, "the PROXY header's bytes could not be read back");
   c->proxy_len += take;
   if (rc == 0) return; /* more to come */
   free(c->proxy_buf);
@@ -278,13 +283,13 @@ void proxy_step(struct thread *t, struct conn *c) {
   admit_client(t, c);
 }
 
-/* Its header is read first, before anything else, within the handshake's deadline. */
+/* Its header is read first, before anything else, within the client timeout (5 s without one: HAProxy's timeout client). */
 static void proxy_begin(struct thread *t, struct conn *c) {
   c->proxy_buf = malloc(PROXY_MAX);
   if (!c->proxy_buf) return conn_end(t, c, R_DROPPED, ENOMEM, false);
   c->phase = PH_PROXY;
   uint32_t limit = t->policy->handshake_timeout;
-  c->deadline = t->now + (limit ? limit : DEFAULT_HANDSHAKE_MS);
+  c->deadline = t->now + (limit ? limit : PROXY_DEFAULT_MS);
   note_timeouts(t, c);
   set_interest(t, &c->client, EPOLLIN);
   proxy_step(t, c);
@@ -292,7 +297,10 @@ static void proxy_begin(struct thread *t, struct conn *c) {
 
 /* No complete header within the deadline (threads.c's sweep). */
 void proxy_timeout(struct thread *t, struct conn *c) {
-  proxy_refuse(t, c, "no complete PROXY header in time");
+  char why[96];
+  uint32_t limit = t->policy->handshake_timeout;
+  snprintf(why, sizeof why, "no complete PROXY header within %u ms (%zu bytes): late", limit ? limit : PROXY_DEFAULT_MS, c->proxy_len);
+  proxy_refuse(t, c, why);
 }
 
 /* A new client on this thread, under the snapshot of this turn. */

@@ -1005,19 +1005,6 @@ static napi_value js_thread_counters(napi_env env, napi_callback_info info) {
   return arr;
 }
 
-/* deniedCounts(): clients refused, by DENY_REASONS, all threads together. */
-static napi_value js_denied_counts(napi_env env, napi_callback_info info) {
-  (void)info;
-  napi_value arr;
-  napi_create_array_with_length(env, DENY_KINDS, &arr);
-  for (int k = 0; k < DENY_KINDS; k++) {
-    double sum = 0;
-    for (int i = 0; i < relay.nthreads; i++) sum += (double)atomic_load_explicit(&relay.threads[i].denied[k], memory_order_relaxed);
-    napi_set_element(env, arr, (uint32_t)k, num(env, sum));
-  }
-  return arr;
-}
-
 /* sourceTable(): [entries with open sessions, idle entries, the idle budget] of the per-source table. */
 static napi_value js_source_table(napi_env env, napi_callback_info info) {
   (void)info;
@@ -1295,7 +1282,7 @@ static napi_value init_module(napi_env env, napi_value exports) {
     { "adopt", js_adopt }, { "resume", js_resume }, { "closeAll", js_close_all },
     { "handover", js_handover }, { "flushEvents", js_flush_events },
     { "counters", js_counters }, { "threadCounters", js_thread_counters }, { "slotCounts", js_slot_counts }, { "alive", js_alive },
-    { "deniedCounts", js_denied_counts }, { "sourceTable", js_source_table },
+    { "sourceTable", js_source_table },
     { "testAccess", js_test_access }, { "testOrder", js_test_order }, { "testProxyHeader", js_test_proxy_header },
     { "testParseProxy", js_test_parse_proxy }, { "testIdentity", js_test_identity }, { "testSources", js_test_sources },
   };

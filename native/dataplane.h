@@ -62,6 +62,8 @@
 #define KEEPALIVE_IDLE_S 60
 /* A TLS handshake without a client timeout still ends (as Node's handshakeTimeout). */
 #define DEFAULT_HANDSHAKE_MS 30000
+/* A front's PROXY header without a client timeout still has a deadline (as the TypeScript relay's). */
+#define PROXY_DEFAULT_MS 5000
 
 /* Why a session ended, in the order of CLOSE_REASONS in src/dataplane/events.ts. */
 enum reason {
@@ -241,7 +243,7 @@ struct proxy_info {
   bool local;                    /* LOCAL, UNKNOWN or a family without addresses: the front's own connection */
   struct sockaddr_storage src, dst;
   socklen_t src_len, dst_len;
-  const char *why;               /* a bad header: why */
+  char why[160];                 /* a bad header: why */
 };
 
 /* What a v2 PROXY header carries beyond the addresses (--send-proxy v2):
@@ -387,7 +389,6 @@ struct thread {
   atomic_int_fast64_t active;        /* relaying sessions */
   atomic_uint_fast64_t bytes_in, bytes_out;
   atomic_uint_fast64_t accepted, handshakes; /* clients this thread accepted, TLS handshakes it completed */
-  atomic_uint_fast64_t denied[DENY_KINDS];   /* clients it refused, by why */
   atomic_int answered;         /* the last C_PING this thread ran (see js_alive) */
 };
 
@@ -526,6 +527,7 @@ void identity_rules_free(struct identity_rules *r);
 void identity_of(X509 *cert, struct identity *id);
 void identity_free(struct identity *id);
 char *identity_san_text(const struct identity *id);
+void identity_refusal_text(char *out, size_t size, const char *what, const struct identity *id, const char *san, const struct identity_rules *rules, const char *prefix);
 
 /* proxy.c */
 size_t proxy_header(int version, const struct sockaddr_storage *src, const struct sockaddr_storage *dst, const struct proxy_tlvs *tlvs, char *out, size_t cap);

@@ -145,3 +145,70 @@ char *identity_san_text(const struct identity *id) {
   for (int i = 0; i < id->nuri; i++) at += (size_t)snprintf(out + at, len - at, "%sURI:%s", at ? ", " : "", id->uri[i]);
   return out;
 }
+
+/* Appends to a bounded buffer; what does not fit is cut (a log line, not data). */
+static void put(char *out, size_t size, size_t *at, const char *text) {
+  size_t n = strlen(text);
+  if (*at + 1 >= size) return;
+  if (n > size - 1 - *at) n = size - 1 - *at;
+  memcpy(out + *at, text, n);
+  *at += n;
+  out[*at] = '\0';
+}
+
+/* A CN quoted as JavaScript's JSON.stringify quotes it, so both relays log the same words. */
+static void put_quoted(char *out, size_t size, size_t *at, const char *s) {
+  put(out, size, at, "\"");
+  for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+    char one[8];
+    switch (*p) {
+    case '"': put(out, size, at, "\\\""); continue;
+    case '\\': put(out, size, at, "\\\\"); continue;
+    case '\b': put(out, size, at, "\\b"); continue;
+    case '\f': put(out, size, at, "\\f"); continue;
+    case '\n': put(out, size, at, "\\n"); continue;
+    case '\r': put(out, size, at, "\\r"); continue;
+    case '\t': put(out, size, at, "\\t"); continue;
+    default:
+      if (*p < 0x20) snprintf(one, sizeof one, "\\u%04x", *p);
+      else snprintf(one, sizeof one, "%c", *p);
+      put(out, size, at, one);
+    }
+  }
+  put(out, size, at, "\"");
+}
+
+static void put_list(char *out, size_t size, size_t *at, bool *first, const char *prefix, const char *kind, char **names, int n) {
+  if (n == 0) return;
+  put(out, size, at, *first ? " " : ", ");
+  *first = false;
+  put(out, size, at, prefix);
+  put(out, size, at, kind);
+  for (int i = 0; i < n; i++) {
+    put(out, size, at, " ");
+    put(out, size, at, names[i]);
+  }
+}
+
+/* Why a certificate was refused, in the TypeScript relay's words
+   (identity.ts describeNames + unmatched): 'target certificate CN "x", SAN
+   DNS:y matches none of --target-tls-allow-cn a b, --target-tls-allow-uri …'. */
+void identity_refusal_text(char *out, size_t size, const char *what, const struct identity *id, const char *san, const struct identity_rules *rules, const char *prefix) {
+  size_t at = 0;
+  out[0] = '\0';
+  put(out, size, &at, what);
+  put(out, size, &at, " ");
+  if (id->cn) {
+    put(out, size, &at, "CN ");
+    put_quoted(out, size, &at, id->cn);
+  } else {
+    put(out, size, &at, "no CN");
+  }
+  put(out, size, &at, san && san[0] ? ", SAN " : ", no SAN DNS name or URI");
+  if (san && san[0]) put(out, size, &at, san);
+  put(out, size, &at, " matches none of");
+  bool first = true;
+  put_list(out, size, &at, &first, prefix, "-cn", rules->cn, rules->ncn);
+  put_list(out, size, &at, &first, prefix, "-dns", rules->dns, rules->ndns);
+  put_list(out, size, &at, &first, prefix, "-uri", rules->uri, rules->nuri);
+}

@@ -20,6 +20,7 @@
 #include "dataplane.h"
 
 #include <arpa/inet.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -160,16 +161,23 @@ size_t proxy_header(int version, const struct sockaddr_storage *src, const struc
 
 /* ---- reading one -------------------------------------------------------------------------- */
 
+/* The checks and their words are those of src/session/proxy-protocol.ts's
+   parseProxyHeader, in the same order, so that both relays refuse a header
+   for the same reason and say it the same way. */
+
 static const char V1_PREFIX[] = "PROXY ";
 #define V1_MAX 107 /* the spec's longest line, CRLF included */
 
-/* 0 when bytes so far could still be the start of `whole`, -1 when not. */
-static int prefix_of(const uint8_t *buf, size_t len, const void *whole, size_t whole_len) {
-  return memcmp(buf, whole, len < whole_len ? len : whole_len) == 0 ? 0 : -1;
+/* Whether the bytes so far agree with `whole` (as far as either goes). */
+static bool starts_like(const uint8_t *buf, size_t len, const void *whole, size_t whole_len) {
+  return memcmp(buf, whole, len < whole_len ? len : whole_len) == 0;
 }
 
-static int bad(struct proxy_info *out, const char *why) {
-  out->why = why;
+__attribute__((format(printf, 2, 3))) static int bad(struct proxy_info *out, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(out->why, sizeof out->why, fmt, ap);
+  va_end(ap);
   return -1;
 }
 
@@ -186,7 +194,8 @@ static bool port_text(const char *s, size_t n, int *port) {
   return true;
 }
 
-static bool address_text(int family, const char *s, size_t n, struct sockaddr_storage *sa, socklen_t *len, int port) {
+/* An address of the family (inet_pton: IPv4 without leading zeros; IPv6 without a zone). */
+static bool address_text(int family, const char *s, size_t n, struct sockaddr_storage *sa, socklen_t *len) {
   char text[64];
   if (n == 0 || n >= sizeof text) return false;
   memcpy(text, s, n);
@@ -196,59 +205,89 @@ static bool address_text(int family, const char *s, size_t n, struct sockaddr_st
     struct sockaddr_in *in = (struct sockaddr_in *)sa;
     if (inet_pton(AF_INET, text, &in->sin_addr) != 1) return false;
     in->sin_family = AF_INET;
-    in->sin_port = htons((uint16_t)port);
     *len = sizeof *in;
   } else {
     struct sockaddr_in6 *in = (struct sockaddr_in6 *)sa;
     if (inet_pton(AF_INET6, text, &in->sin6_addr) != 1) return false;
     in->sin6_family = AF_INET6;
-    in->sin6_port = htons((uint16_t)port);
     *len = sizeof *in;
   }
   return true;
 }
 
-/* "PROXY TCP4 1.2.3.4 5.6.7.8 1111 2222\r\n", "PROXY TCP6 …", "PROXY UNKNOWN …\r\n". */
-static int parse_v1(const uint8_t *buf, size_t len, struct proxy_info *out) {
-  if (prefix_of(buf, len, V1_PREFIX, 6) < 0) return bad(out, "not a PROXY header");
-  size_t window = len < V1_MAX ? len : V1_MAX;
-  const uint8_t *cr = memchr(buf, '\r', window);
-  size_t line = cr ? (size_t)(cr - buf) : window;
-  if (memchr(buf, '\n', line)) return bad(out, "a v1 header without CRLF");
-  if (!cr || line + 1 >= window) return len >= V1_MAX ? bad(out, "a v1 header longer than 107 bytes") : 0;
-  if (cr[1] != '\n') return bad(out, "a v1 header without CRLF");
-  const char *p = (const char *)buf + 6, *end = (const char *)cr;
-  size_t rest = (size_t)(end - p);
-  if (rest >= 7 && memcmp(p, "UNKNOWN", 7) == 0 && (rest == 7 || p[7] == ' ')) {
-    out->local = true;
-    return (int)(line + 2);
-  }
-  int family = rest >= 5 && memcmp(p, "TCP4 ", 5) == 0 ? 4 : rest >= 5 && memcmp(p, "TCP6 ", 5) == 0 ? 6 : 0;
-  if (!family) return bad(out, "a v1 header with a protocol other than TCP4, TCP6 or UNKNOWN");
-  p += 5;
-  const char *field[4];
-  size_t flen[4];
-  for (int i = 0; i < 4; i++) {
-    const char *sp = i < 3 ? memchr(p, ' ', (size_t)(end - p)) : end;
-    if (!sp) return bad(out, "a v1 header with fewer than four fields");
-    field[i] = p;
-    flen[i] = (size_t)(sp - p);
-    p = sp + (i < 3 ? 1 : 0);
-  }
-  int sport, dport;
-  if (!port_text(field[2], flen[2], &sport) || !port_text(field[3], flen[3], &dport)) return bad(out, "a v1 header with a bad port");
-  if (!address_text(family, field[0], flen[0], &out->src, &out->src_len, sport) ||
-      !address_text(family, field[1], flen[1], &out->dst, &out->dst_len, dport))
-    return bad(out, "a v1 header with a bad address");
-  return (int)(line + 2);
+static void set_port(struct sockaddr_storage *sa, int port) {
+  if (sa->ss_family == AF_INET) ((struct sockaddr_in *)sa)->sin_port = htons((uint16_t)port);
+  else ((struct sockaddr_in6 *)sa)->sin6_port = htons((uint16_t)port);
 }
 
-/* What is wrong with the version/command byte and the family/protocol byte (NULL: nothing). */
-static const char *v2_fixed(const uint8_t *buf, size_t len) {
-  if (len > 12 && (buf[12] >> 4) != 2) return "a v2 header of another version";
-  if (len > 12 && (buf[12] & 0x0f) > 1) return "a v2 header with an unknown command";
-  if (len > 13 && ((buf[13] >> 4) > 3 || (buf[13] & 0x0f) > 2)) return "a v2 header with an unknown family or protocol";
-  return NULL;
+/* "PROXY TCP4 1.2.3.4 5.6.7.8 1111 2222\r\n", "PROXY TCP6 …", "PROXY UNKNOWN …\r\n". */
+static int parse_v1(const uint8_t *buf, size_t len, struct proxy_info *out) {
+  size_t window = len < V1_MAX ? len : V1_MAX;
+  const uint8_t *crp = memchr(buf, '\r', window), *lfp = memchr(buf, '\n', window);
+  long cr = crp ? crp - buf : -1, lf = lfp ? lfp - buf : -1;
+  if (lf >= 0 && lf != cr + 1) return bad(out, "a v1 line ended by a lone LF (CRLF expected)");
+  if (cr >= 0 && (size_t)cr + 1 < window && buf[cr + 1] != '\n') return bad(out, "a lone CR in a v1 line (CRLF expected)");
+  if (cr < 0 || (size_t)cr + 1 >= window) {
+    if (len >= V1_MAX) return bad(out, "no CRLF within %d bytes: a v1 line too long", V1_MAX);
+    return 0;
+  }
+  int length = (int)cr + 2;
+  /* The fields, split on every space as the TypeScript twin's split(' '). */
+  const char *line = (const char *)buf, *end = line + cr;
+  const char *field[8];
+  size_t flen[8];
+  int nfields = 0;
+  for (const char *p = line;; ) {
+    const char *sp = memchr(p, ' ', (size_t)(end - p));
+    const char *stop = sp ? sp : end;
+    if (nfields < 8) {
+      field[nfields] = p;
+      flen[nfields] = (size_t)(stop - p);
+    }
+    nfields++;
+    if (!sp) break;
+    p = sp + 1;
+  }
+  if (nfields >= 2 && flen[1] == 7 && memcmp(field[1], "UNKNOWN", 7) == 0) {
+    out->local = true;
+    return length;
+  }
+  int family = nfields >= 2 && flen[1] == 4 && memcmp(field[1], "TCP4", 4) == 0 ? 4 : nfields >= 2 && flen[1] == 4 && memcmp(field[1], "TCP6", 4) == 0 ? 6 : 0;
+  if (!family) {
+    /* JSON.stringify of at most 16 characters, as the twin writes it (printable ASCII only: others are \u escapes there). */
+    char shown[16 * 6 + 3];
+    size_t at = 0, n = nfields >= 2 ? (flen[1] < 16 ? flen[1] : 16) : 0;
+    shown[at++] = '"';
+    for (size_t i = 0; i < n; i++) {
+      unsigned char ch = (unsigned char)field[1][i];
+      if (ch == '"' || ch == '\\') at += (size_t)snprintf(shown + at, sizeof shown - at, "\\%c", ch);
+      else if (ch < 0x20 || ch >= 0x7f) at += (size_t)snprintf(shown + at, sizeof shown - at, "\\u%04x", ch);
+      else shown[at++] = (char)ch;
+    }
+    shown[at++] = '"';
+    shown[at] = '\0';
+    return bad(out, "an unknown v1 protocol %s (TCP4, TCP6 or UNKNOWN)", shown);
+  }
+  if (nfields != 6) return bad(out, "a v1 line needs exactly two addresses and two ports, one space apart");
+  if (!address_text(family, field[2], flen[2], &out->src, &out->src_len) || !address_text(family, field[3], flen[3], &out->dst, &out->dst_len))
+    return bad(out, "a v1 address that is not IPv%d (TCP%d)", family, family);
+  int sport, dport;
+  if (!port_text(field[4], flen[4], &sport) || !port_text(field[5], flen[5], &dport))
+    return bad(out, "a v1 port that is not a number from 0 to 65535 without leading zeros");
+  set_port(&out->src, sport);
+  set_port(&out->dst, dport);
+  return length;
+}
+
+/* What is wrong with the version/command byte and the family/protocol byte (false: nothing). */
+static bool v2_fixed(const uint8_t *buf, size_t len, struct proxy_info *out) {
+  if (len <= 12) return false;
+  if (buf[12] >> 4 != 2) return bad(out, "a v2 signature with version %d (2 expected)", buf[12] >> 4), true;
+  if ((buf[12] & 0x0f) > 1) return bad(out, "an unknown v2 command %d (LOCAL 0 or PROXY 1)", buf[12] & 0x0f), true;
+  if (len <= 13) return false;
+  if (buf[13] >> 4 > 3) return bad(out, "an unknown v2 address family %d", buf[13] >> 4), true;
+  if ((buf[13] & 0x0f) > 2) return bad(out, "an unknown v2 transport protocol %d", buf[13] & 0x0f), true;
+  return false;
 }
 
 /* LOCAL, or a family or protocol without addresses (UNSPEC, UNIX): the
@@ -257,24 +296,22 @@ static const char *v2_fixed(const uint8_t *buf, size_t len) {
    optional, and what a front says of its client beyond the address is not
    passed on. */
 static int parse_v2(const uint8_t *buf, size_t len, struct proxy_info *out) {
-  if (prefix_of(buf, len, V2_SIGNATURE, 12) < 0) return bad(out, "not a PROXY header");
-  const char *wrong = v2_fixed(buf, len);
-  if (wrong) return bad(out, wrong);
+  if (v2_fixed(buf, len, out)) return -1;
   if (len < 16) return 0;
   int command = buf[12] & 0x0f, family = buf[13] >> 4, protocol = buf[13] & 0x0f;
   size_t declared = ((size_t)buf[14] << 8) | buf[15], total = 16 + declared;
-  if (total > PROXY_MAX) return bad(out, "a v2 header longer than 4096 bytes");
+  if (total > PROXY_MAX) return bad(out, "a v2 header of %zu bytes, longer than %d", total, PROXY_MAX);
   size_t need = family == 1 ? 12 : family == 2 ? 36 : family == 3 ? 216 : 0;
-  if (command == 1 && protocol != 0 && need && declared < need) return bad(out, "a v2 header too short for its addresses");
+  if (command == 1 && protocol != 0 && need && declared < need)
+    return bad(out, "a v2 length of %zu, shorter than the %zu bytes of its addresses", declared, need);
   if (len < total) return 0;
   if (command == 0 || family == 0 || protocol == 0 || family == 3) {
     out->local = true;
     return (int)total;
   }
-  if (protocol == 2) return bad(out, "a v2 header for a datagram");
+  if (protocol == 2) return bad(out, "a v2 header for a datagram (UDP) connection");
   const uint8_t *a = buf + 16;
   size_t alen = family == 1 ? 4 : 16;
-  int sport = (a[2 * alen] << 8) | a[2 * alen + 1], dport = (a[2 * alen + 2] << 8) | a[2 * alen + 3];
   memset(&out->src, 0, sizeof out->src);
   memset(&out->dst, 0, sizeof out->dst);
   if (family == 1) {
@@ -282,18 +319,16 @@ static int parse_v2(const uint8_t *buf, size_t len, struct proxy_info *out) {
     sa->sin_family = da->sin_family = AF_INET;
     memcpy(&sa->sin_addr, a, 4);
     memcpy(&da->sin_addr, a + 4, 4);
-    sa->sin_port = htons((uint16_t)sport);
-    da->sin_port = htons((uint16_t)dport);
     out->src_len = out->dst_len = sizeof *sa;
   } else {
     struct sockaddr_in6 *sa = (struct sockaddr_in6 *)&out->src, *da = (struct sockaddr_in6 *)&out->dst;
     sa->sin6_family = da->sin6_family = AF_INET6;
     memcpy(&sa->sin6_addr, a, 16);
     memcpy(&da->sin6_addr, a + 16, 16);
-    sa->sin6_port = htons((uint16_t)sport);
-    da->sin6_port = htons((uint16_t)dport);
     out->src_len = out->dst_len = sizeof *sa;
   }
+  set_port(&out->src, (a[2 * alen] << 8) | a[2 * alen + 1]);
+  set_port(&out->dst, (a[2 * alen + 2] << 8) | a[2 * alen + 3]);
   return (int)total;
 }
 
@@ -303,8 +338,9 @@ static int parse_v2(const uint8_t *buf, size_t len, struct proxy_info *out) {
 int proxy_parse(const uint8_t *buf, size_t len, int accept, struct proxy_info *out) {
   memset(out, 0, sizeof *out);
   if (len == 0) return 0;
-  bool v1 = buf[0] == 'P', v2 = buf[0] == 0x0d;
-  if ((v1 && !(accept & 1)) || (v2 && !(accept & 2)) || (!v1 && !v2))
-    return bad(out, accept == 1 ? "not a v1 PROXY header" : accept == 2 ? "not a v2 PROXY header" : "not a PROXY header");
-  return v1 ? parse_v1(buf, len, out) : parse_v2(buf, len, out);
+  bool v1 = starts_like(buf, len, V1_PREFIX, 6), v2 = starts_like(buf, len, V2_SIGNATURE, 12);
+  if (v1 && (accept & 1)) return parse_v1(buf, len, out);
+  if (v2 && (accept & 2)) return parse_v2(buf, len, out);
+  if (v1 || v2) return bad(out, "a PROXY %s header, but only %s is accepted (--accept-proxy)", v1 ? "v1" : "v2", accept == 1 ? "v1" : accept == 2 ? "v2" : "any");
+  return bad(out, "not a PROXY protocol header");
 }

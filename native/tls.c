@@ -138,8 +138,9 @@ static int verify_peer(int ok, X509_STORE_CTX *store) {
   }
   if (!allowed) {
     const char *shown = towards_target ? san : c->peer_san;
-    char text[600];
-    snprintf(text, sizeof text, "identity not allowed: CN=%s%s%s", id.cn ? id.cn : "(none)", shown && shown[0] ? ", SAN " : "", shown ? shown : "");
+    char text[1024];
+    if (towards_target) identity_refusal_text(text, sizeof text, "target certificate", &id, shown, &p->target_identity, "--target-tls-allow");
+    else identity_refusal_text(text, sizeof text, "client certificate", &id, shown, &p->client_identity, "--tls-allow");
     refusal(c, text);
     X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION);
   }
@@ -455,12 +456,12 @@ static bool resumed_identity(struct thread *t, struct conn *c) {
   c->peer_cn = id.cn ? strdup(id.cn) : NULL;
   c->peer_san = identity_san_text(&id);
   bool allowed = identity_permits(&t->policy->client_identity, &id);
-  identity_free(&id);
   if (!allowed) {
-    char text[600];
-    snprintf(text, sizeof text, "identity not allowed: CN=%s%s%s", c->peer_cn ? c->peer_cn : "(none)", c->peer_san && c->peer_san[0] ? ", SAN " : "", c->peer_san ? c->peer_san : "");
+    char text[1024];
+    identity_refusal_text(text, sizeof text, "client certificate", &id, c->peer_san, &t->policy->client_identity, "--tls-allow");
     tls_refuse(t, c, X509_V_ERR_APPLICATION_VERIFICATION, strdup(text));
   }
+  identity_free(&id);
   return allowed;
 }
 
@@ -556,8 +557,10 @@ int tls_target_step(struct thread *t, struct conn *c, char **why, int *err) {
     ERR_clear_error();
     return -1;
   }
-  char buf[320];
-  if (verify != X509_V_OK) snprintf(buf, sizeof buf, "TLS: the target's certificate was refused: %s", c->refusal ? c->refusal : X509_verify_cert_error_string(verify));
+  char buf[1100];
+  /* An identity refusal is said in the TypeScript relay's words (identity_refusal_text). */
+  if (verify == X509_V_ERR_APPLICATION_VERIFICATION && c->refusal) snprintf(buf, sizeof buf, "%s", c->refusal);
+  else if (verify != X509_V_OK) snprintf(buf, sizeof buf, "TLS: the target's certificate was refused: %s", c->refusal ? c->refusal : X509_verify_cert_error_string(verify));
   else {
     char *text = tls_error_text(queued);
     snprintf(buf, sizeof buf, "TLS: %s", text);

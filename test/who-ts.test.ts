@@ -304,11 +304,14 @@ test('--send-proxy v2 TLVs: AUTHORITY, then SSL (version, CN, cipher), then 0xE0
     '0d0a0d0a000d0a515549540a', '21', '11', '0052', // PROXY, TCP over IPv4, 12 + 18 + 52 bytes
     'c0000207', 'c6336401', '15b3', '01bb',
     '02', '000f', Buffer.from('app.example.org').toString('hex'), // PP2_TYPE_AUTHORITY
-    '20', '0031', '03', '00000000', // PP2_TYPE_SSL: PP2_CLIENT_SSL | PP2_CLIENT_CERT_CONN, verified
+    '20', '0031', '07', '00000000', // PP2_TYPE_SSL: PP2_CLIENT_SSL | PP2_CLIENT_CERT_CONN | PP2_CLIENT_CERT_SESS, verified
     '21', '0007', Buffer.from('TLSv1.3').toString('hex'),
     '22', '0006', Buffer.from('client').toString('hex'),
     '23', '0016', Buffer.from('TLS_AES_128_GCM_SHA256').toString('hex'),
   ].join(''));
+  // A resumed session: the certificate came with the session, not this connection (CERT_SESS only).
+  const resumed = proxyHeader('v2', ENDS, { ssl: { verified: true, resumed: true, cn: 'client', version: 'TLSv1.3', cipher: 'TLS_AES_128_GCM_SHA256' } });
+  assert.equal(resumed.subarray(28, 28 + 4).toString('hex'), '20003105');
   // No certificate, no SNI: client 0x01, verify 1, no CN sub-TLV, no AUTHORITY.
   const anon = proxyHeader('v2', ENDS, { ssl: { verified: false, version: 'TLSv1.2', cipher: 'ECDHE-ECDSA-AES128-GCM-SHA256' } });
   assert.equal(anon.subarray(28).toString('hex'), [

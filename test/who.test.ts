@@ -15,16 +15,11 @@ import tls from 'node:tls';
 import { IDLE_MAX } from '../src/listen/source-limits';
 import type { StatusReport } from '../src/operator/status';
 import {
-  assertOneCleanLine, BridgeProcess, closedWithin, delay, echoServer, makePki, openssl, runBridge, startBridge, tempDir, unixServer, UnixServer, waitFor,
+  assertOneCleanLine, BridgeProcess, closedWithin, delay, echoServer, makePki, openssl, runBridge, startBridge, tempDir, TEST_RELAY, unixServer, UnixServer, waitFor,
 } from './helpers';
 
-/**
- * The relay these run with. The data plane's side of issue 20 (native/) is
- * being written: until it lands only the TypeScript relay enforces these
- * rules. Then this becomes TEST_RELAY (helpers.ts), so that `make unit` runs
- * the file with both.
- */
-const RELAY = 'js';
+/** The relay these run with: `make unit` runs the file with both (SOCKBRIDGE_TEST_RELAY=js). */
+const RELAY = TEST_RELAY;
 
 async function status(ctl: string): Promise<StatusReport> {
   const r = await runBridge(['status', '--json', '--control-socket', ctl]);
@@ -458,7 +453,7 @@ test(`--accept-proxy v1 refuses a v2 header, and a front's header goes before TL
   assert.deepEqual(got.tlvs.map((tv) => tv.type), [0x02, 0x20], 'AUTHORITY, then SSL');
   assert.equal(got.tlvs[0]!.value.toString(), 'app.example.org');
   const ssl = got.tlvs[1]!.value;
-  assert.equal(ssl[0], 0x03, 'PP2_CLIENT_SSL | PP2_CLIENT_CERT_CONN');
+  assert.equal(ssl[0], 0x07, 'PP2_CLIENT_SSL | PP2_CLIENT_CERT_CONN | PP2_CLIENT_CERT_SESS');
   assert.equal(ssl.readUInt32BE(1), 0, 'verified');
   const subs = tlvs(ssl.subarray(5));
   assert.deepEqual(subs.map((s) => [s.type, s.value.toString()]), [[0x21, version], [0x22, 'client'], [0x23, cipher]]);

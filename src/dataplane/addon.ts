@@ -8,7 +8,14 @@ import { join } from 'node:path';
 import { errnoError } from '../targets/connector';
 import type { FdStoreCalls } from '../systemd/fd-store';
 import type { DataPlaneEvent } from './events';
-import type { PolicyInput, PolicyTarget } from './policy';
+import type { IdentityLists, PolicyInput, PolicyTarget } from './policy';
+
+/** What testProxyHeader's v2 TLVs hold (struct proxy_tlvs in native/dataplane.h). */
+export interface TestTlvs {
+  authority?: string;
+  ssl?: { client: number; verify: number; version?: string; cn?: string; cipher?: string };
+  cred?: { pid: number; uid: number; gid: number };
+}
 
 /** A waiting client a previous process handed over (native-relay.ts adopts it). */
 export interface CarriedClientInput {
@@ -70,7 +77,14 @@ export interface DataPlaneAddon extends FdStoreCalls {
   alive(): boolean;
   testAccess(allow: string[], deny: string[], addresses: string[]): boolean[];
   testOrder(targets: PolicyTarget[], balance: number, avoid: number, turn: number, actives: number[]): number[];
-  testProxyHeader(version: number, srcAddr: string, srcPort: number, dstAddr: string, dstPort: number): Buffer;
+  /** The per-source table: [entries with sessions open, idle entries, the idle budget]. */
+  sourceTable(): [number, number, number];
+  testProxyHeader(version: number, srcAddr: string, srcPort: number, dstAddr: string, dstPort: number, tlvs?: TestTlvs): Buffer;
+  /** proxy_parse: [length (0: more needed, -1: bad), local, [src, port] or [], [dst, port] or [], why]. */
+  testParseProxy(bytes: Buffer, accept: number): [number, boolean, [string, number] | [], [string, number] | [], string];
+  testIdentity(rules: IdentityLists, identities: IdentityLists[]): boolean[];
+  /** A fresh per-source table run through admits (verdict 0 ok, 1 concurrent, 2 rate) and ends; the last element: [live, idle] entries. */
+  testSources(limits: PolicyInput['sourceLimits'], steps: ['admit' | 'end', string, number][]): (number | [number, number])[];
   /** A test build (failure injection: SOCKBRIDGE_FAILPOINTS). */
   readonly testHooks: boolean;
 }

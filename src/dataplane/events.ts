@@ -44,15 +44,24 @@ export const enum ParkedWhy {
  * credentials (pid 0 when there are none).
  */
 export type EndEvent = [kind: EventKind.End, id: number, reason: number, errno: number, bytesIn: number, bytesOut: number,
-  addr: string, port: number, startedAt: number, slot: number, resets: number, tls: boolean, pid: number, uid: number, gid: number];
+  addr: string, port: number, startedAt: number, slot: number, resets: number, tls: boolean, pid: number, uid: number, gid: number,
+  cn: string];
 /** reason: why the connect failed, where errno alone does not say (a TLS handshake with the target). */
 export type ParkedEvent = [kind: EventKind.Parked, id: number, why: ParkedWhy, errno: number, slot: number, addr: string, port: number,
   startedAt: number, tls: boolean, bytesIn: number, reason: string];
 /** errno 0: connected (and relaying). */
 export type DialedEvent = [kind: EventKind.Dialed, id: number, errno: number, slot: number, reason: string];
-export type DeniedEvent = [kind: EventKind.Denied, addr: string, port: number, listener: number];
-/** verify: OpenSSL's X509_V_ERR_* (0 when the certificate was not the reason). */
-export type TlsRefusedEvent = [kind: EventKind.TlsRefused, addr: string, port: number, verify: number, reason: string];
+/** Why a client was refused before anything was read (enum deny_reason), as Stats counts it. */
+export const DENY_REASONS = ['access', 'concurrent', 'rate', 'uid', 'proxy'] as const;
+/** detail: a bad PROXY header's fault; pid 0 when the client is not a UNIX listener's (uid, gid -1). */
+export type DeniedEvent = [kind: EventKind.Denied, addr: string, port: number, listener: number, why: number, detail: string,
+  pid: number, uid: number, gid: number];
+/**
+ * verify: OpenSSL's X509_V_ERR_* (0 when the certificate was not the
+ * reason; 50, APPLICATION_VERIFICATION, when its identity is on no
+ * allow-list); cn and san: the certificate's names ("" when unknown).
+ */
+export type TlsRefusedEvent = [kind: EventKind.TlsRefused, addr: string, port: number, verify: number, reason: string, cn: string, san: string];
 export type AcceptErrorEvent = [kind: EventKind.AcceptError, listener: number, errno: number];
 export type UnlistenedEvent = [kind: EventKind.Unlistened, listener: number];
 /** serverFd -1: a waiting client (parkedWhy says how it waited). directionsDone: 1 client → target, 2 target → client. */

@@ -12,16 +12,21 @@ import type { RelayInfo } from '../bridge';
 import { addressLabel } from '../listen/address';
 import { acceptErrorLog, Listener, ListenerInfo, listenError, ListenSpec } from '../listen/listeners';
 import { addonBindUnix, bindUnixListener, removeSocketFile, SocketFile, unixListenError } from '../listen/unix-listener';
-import { BridgedSessionEnd, HandedBack, recordSessionEnd, Relay, RelayContext, RelayCounts, ThreadCounts } from '../session/contract';
+import { BridgedSessionEnd, HandedBack, recordSessionEnd, Relay, RelayContext, RelayCounts, SourceTableInfo, ThreadCounts } from '../session/contract';
 import { refusalReason, TlsMaterial } from '../session/tls';
+import { resolveIds, unmatched } from '../listen/identity';
+import { overLimit, SourceLimits } from '../listen/source-limits';
 import { CarriedClient, CarriedSession, closeQuietly, Handover } from '../systemd/fd-store';
 import type { Target } from '../targets/pool';
 import { BackendFailure, classifyConnectError, ConfigError, ResourceError } from '../errors';
 import { connectError, DataPlaneAddon, errnoError } from './addon';
-import { CLOSE_REASONS, DataPlaneEvent, EndEvent, EventKind, HandedEvent, ParkedEvent, ParkedWhy, reasonCode } from './events';
+import { CLOSE_REASONS, DataPlaneEvent, DENY_REASONS, DeniedEvent, EndEvent, EventKind, HandedEvent, ParkedEvent, ParkedWhy, reasonCode, TlsRefusedEvent } from './events';
 import { HeldClient } from './held-client';
 import { compilePolicy } from './policy';
 
+/** OpenSSL's verify results the refusals name (x509_vfy.h). */
+const X509_V_ERR_CERT_REVOKED = 23;
+const X509_V_ERR_APPLICATION_VERIFICATION = 50;
 /** Events not yet delivered are fetched this often anyway (see native/addon.c: flushEvents). */
 const FLUSH_EVERY_MS = 1000;
 /** TLS session-ticket keys are replaced this often; tickets of the previous key still resume. */
@@ -43,6 +48,7 @@ export class NativeRelay implements Relay {
   private running = false;
   private stopping = false;
   private tls: TlsMaterial | undefined;
+  private ids = { uid: [] as number[], gid: [] as number[] };
 
   constructor(
     private readonly addon: DataPlaneAddon,
@@ -62,6 +68,7 @@ export class NativeRelay implements Relay {
     this.ctx.backend.pool.useDataPlane((slot) => this.addon.slotCounts(slot), (avoid) => this.addon.candidates(avoid?.slot ?? -1),
       (name) => this.addon.probeAbstract(name));
     this.tls = tls;
+    this.resolveIds();
     const refused = this.publish();
     if (refused) throw new ConfigError('ECONFIG_TLS', `the data plane cannot use the TLS files: ${refused}`);
     const every = (fn: () => void, ms: number): void => {
@@ -84,16 +91,36 @@ export class NativeRelay implements Relay {
    * or why the data plane refused it (then the previous one stays).
    */
   private publish(): string {
-    return this.addon.setPolicy(compilePolicy(this.ctx.cfg(), this.ctx.backend.pool.current, this.tls, this.ctx.targetTls()));
+    return this.addon.setPolicy(compilePolicy(this.ctx.cfg(), this.ctx.backend.pool.current, this.tls, this.ctx.targetTls(), this.ids));
+  }
+
+  /** --allow-uid and --allow-gid as numbers: looked up at start and reload only (getent), not at every publish. */
+  private resolveIds(): void {
+    const cfg = this.ctx.cfg();
+    this.ids = { uid: resolveIds(cfg.allowUid, 'passwd'), gid: resolveIds(cfg.allowGid, 'group') };
   }
 
   /** A reload: the new settings and TLS files for new clients; open sessions keep theirs. */
   configure(tls: TlsMaterial | undefined): string {
-    const before = this.tls;
+    const before = { tls: this.tls, ids: this.ids };
+    try {
+      this.resolveIds();
+    } catch (err) {
+      if (err instanceof ConfigError) return err.message;
+      throw err;
+    }
     this.tls = tls;
     const refused = this.publish();
-    if (refused) this.tls = before;
+    if (refused) ({ tls: this.tls, ids: this.ids } = before);
     return refused;
+  }
+
+  /** The per-source table (native/limits.c), when a per-source limit is in force. */
+  sources(): SourceTableInfo | undefined {
+    const cfg = this.ctx.cfg();
+    if (!SourceLimits.needed(cfg.maxConnPerSource, cfg.ratePerSource)) return undefined;
+    const [live, idle, budget] = this.addon.sourceTable();
+    return { tracked: live + idle, live, bound: live + budget };
   }
 
   /** The targets' set, states or drained flags changed. */
@@ -217,8 +244,8 @@ export class NativeRelay implements Relay {
       case EventKind.End: return this.ended(e);
       case EventKind.Parked: return this.parked(e);
       case EventKind.Dialed: return this.held.get(e[1])?.dialed(e[2], e[3], e[4]);
-      case EventKind.Denied: return this.ctx.refused(e[1], e[2], 'refused by --allow/--deny');
-      case EventKind.TlsRefused: return this.ctx.tlsRefused(e[1], e[2], refusalReason(e[3], e[4]));
+      case EventKind.Denied: return this.denied(e);
+      case EventKind.TlsRefused: return this.tlsRefused(e);
       case EventKind.AcceptError: return this.listeners[e[1]]?.acceptFailed(errnoError(-e[2], 'accept', this.listeners[e[1]]!.listener.label));
       case EventKind.Unlistened: {
         const u = this.unlistening;
@@ -242,9 +269,37 @@ export class NativeRelay implements Relay {
     }
   }
 
+  /** Refused before anything was read: in the TypeScript relay's words (js-relay.ts). */
+  private denied(e: DeniedEvent): void {
+    const [, addr, port, , whyNo, detail, pid, uid, gid] = e;
+    const reason = DENY_REASONS[whyNo] ?? 'access';
+    const cfg = this.ctx.cfg();
+    switch (reason) {
+      case 'access': return this.ctx.refused(addr, port, 'refused by --allow/--deny');
+      case 'concurrent':
+      case 'rate': return this.ctx.refused(addr, port, overLimit(reason, addr, cfg), reason);
+      case 'uid': return this.ctx.refused(addr, port, pid > 0
+        ? `pid ${pid} (uid ${uid}, gid ${gid}) refused by --allow-uid/--allow-gid` : 'refused by --allow-uid/--allow-gid: its credentials cannot be read', 'uid');
+      case 'proxy': return this.ctx.refused(addr, port, `(a trusted front) sent a PROXY header that was refused, connection closed: ${detail}`, 'proxy');
+    }
+  }
+
+  /** A TLS client refused: its handshake failed, or its certificate's identity is on no allow-list. */
+  private tlsRefused(e: TlsRefusedEvent): void {
+    const [, addr, port, verify, reason, cn, san] = e;
+    const names = { ...(cn !== '' ? { cn } : {}), ...(san !== '' ? { san } : {}) };
+    if (verify === X509_V_ERR_APPLICATION_VERIFICATION) {
+      const cfg = this.ctx.cfg();
+      return this.ctx.tlsRefused(addr, port, unmatched({ cn: cfg.tlsAllowCn, dns: cfg.tlsAllowDns, uri: cfg.tlsAllowUri }, '--tls-allow'), { kind: 'identity', ...names });
+    }
+    // A revocation says which certificate (its serial) in reason; OpenSSL's code alone would not.
+    const why = verify === X509_V_ERR_CERT_REVOKED && reason !== '' ? `client certificate refused: ${reason}` : refusalReason(verify, reason);
+    this.ctx.tlsRefused(addr, port, why, names);
+  }
+
   /** A session (or a client that never reached a target) ended: its log entry and counters. */
   private ended(e: EndEvent): void {
-    const [, id, reasonNo, errno, bytesIn, bytesOut, addr, port, startedAt, slot, resets, , pid, uid, gid] = e;
+    const [, id, reasonNo, errno, bytesIn, bytesOut, addr, port, startedAt, slot, resets, , pid, uid, gid, cn] = e;
     const held = this.held.get(id);
     held?.forget();
     this.held.delete(id);
@@ -256,6 +311,7 @@ export class NativeRelay implements Relay {
         clientAddr: addr, clientPort: port, startedAt, reason, error: errno ? getSystemErrorName(-errno) : undefined,
         bytesIn, bytesOut, target: slot >= 0 ? this.ctx.backend.pool.bySlot(slot) : undefined, resets,
         ...(pid > 0 ? { cred: { pid, uid, gid } } : {}),
+        ...(cn !== '' ? { cn } : {}),
       };
       recordSessionEnd(this.ctx, end);
     }

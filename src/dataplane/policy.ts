@@ -3,10 +3,9 @@
 // policy.c). A reload, a target changing state, joining, leaving or being
 // drained publishes a new one; sessions keep what they started with.
 
-import { createHash } from 'node:crypto';
 import { Config, retriesFor } from '../options';
 import type { TlsMaterial } from '../session/tls';
-import { nodeTlsDefaults } from '../session/tls';
+import { nodeTlsDefaults, verificationDigest } from '../session/tls';
 import { TargetTlsMaterial, tlsNameOf } from '../targets/connector';
 import type { Target } from '../targets/pool';
 
@@ -102,20 +101,9 @@ export function policyTarget(t: Target, retries: Config['retries'], targetTls: T
 function tlsInput(files: { cert: Buffer | undefined; key: Buffer | undefined; ca: Buffer | undefined; crl?: Buffer | undefined }): TlsInput {
   const d = nodeTlsDefaults();
   return {
-    ...files, ciphers: d.ciphers, cipherSuites: d.cipherSuites,
+    cert: files.cert, key: files.key, ca: files.ca, crl: files.crl, ciphers: d.ciphers, cipherSuites: d.cipherSuites,
     minVersion: TLS_VERSIONS[d.minVersion] ?? 0x0303, maxVersion: TLS_VERSIONS[d.maxVersion] ?? 0x0304, honorCipherOrder: d.honorCipherOrder,
   };
-}
-
-function verificationDigest(cfg: Config, tls: TlsMaterial | undefined): string {
-  const h = createHash('sha256');
-  if (tls) {
-    h.update(tls.ca ?? '');
-    h.update('\0');
-    h.update(tls.crl ?? '');
-  }
-  h.update(JSON.stringify([cfg.tlsAllowCn, cfg.tlsAllowDns, cfg.tlsAllowUri, cfg.tlsCrlAllowStale]));
-  return h.digest('hex');
 }
 
 /** The snapshot for this configuration, these targets (the pool's current ones, in its order) and TLS files. */

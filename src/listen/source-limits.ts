@@ -49,7 +49,7 @@
 //     size <= live sources + IDLE_MAX.
 
 import { BadValue } from '../errors';
-import type { RateLimit } from '../options';
+import { type Config, formatDuration, type RateLimit } from '../options';
 import { addressBytes } from './access';
 
 /** Idle sources kept for their rate windows (the C twin uses the same number). */
@@ -221,4 +221,14 @@ function roll(e: Entry, now: number, p: number): void {
     e.cur = 0;
     e.start = now;
   }
+}
+
+/** The end of a refusal's log line: which limit, for which source (both relays). */
+export function overLimit(verdict: 'concurrent' | 'rate', addr: string, cfg: Pick<Config, 'sourcePrefixV6' | 'maxConnPerSource' | 'ratePerSource'>): string {
+  const source = sourceKey(addr, cfg.sourcePrefixV6) ?? addr;
+  if (verdict === 'concurrent') {
+    return `refused: ${cfg.maxConnPerSource} sessions from ${source} are open already (--max-conn-per-source ${cfg.maxConnPerSource})`;
+  }
+  const r = cfg.ratePerSource ?? { count: 0, periodMs: 0 };
+  return `refused: ${source} opened ${r.count} connections in the last ${formatDuration(r.periodMs)} (--rate-per-source ${r.count}/${formatDuration(r.periodMs)})`;
 }

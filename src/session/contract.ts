@@ -185,6 +185,8 @@ export interface BridgedSessionEnd {
   resets: number;
   /** A UNIX listener's client (no address): who it is (SO_PEERCRED). */
   cred?: { pid: number; uid: number; gid: number };
+  /** A TLS client's certificate: its subject CN (CLIENT_CN). */
+  cn?: string | undefined;
 }
 
 /** How a client is named in logs: its address, or for a UNIX listener's client its credentials. */
@@ -210,6 +212,7 @@ export function recordSessionEnd(ctx: { readonly stats: Stats; readonly logger: 
   const fields: Fields = {
     EVENT: 'session-end',
     ...(end.cred ? { CLIENT_PID: end.cred.pid, CLIENT_UID: end.cred.uid, CLIENT_GID: end.cred.gid } : { CLIENT_ADDR: end.clientAddr, CLIENT_PORT: end.clientPort }),
+    ...(end.cn !== undefined ? { CLIENT_CN: end.cn } : {}),
     BYTES_IN: bytesIn,
     BYTES_OUT: bytesOut,
     DURATION_MS: Date.now() - end.startedAt,

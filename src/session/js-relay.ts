@@ -27,8 +27,8 @@ import { ConfigError } from '../errors';
 import { AccessList } from '../listen/access';
 import { plainAddress } from '../listen/address';
 import { Listener, ListenerInfo, ListenSpec, openListeners } from '../listen/listeners';
-import { SourceLimits, sourceKey } from '../listen/source-limits';
-import { type Config, formatDuration } from '../options';
+import { overLimit, SourceLimits } from '../listen/source-limits';
+import type { Config } from '../options';
 import type { Handover } from '../systemd/fd-store';
 import type { Target } from '../targets/pool';
 import { BridgedSession, HandedBack, idleSweepInterval, Relay, RelayContext, RelayCounts, SessionContext, SourceTableInfo } from './contract';
@@ -244,7 +244,7 @@ export class JsRelay implements Relay {
     if (limits && addr !== '') {
       const verdict = limits.admit(addr, performance.now());
       if (verdict !== 'ok') {
-        this.ctx.refused(addr, port, this.overLimit(verdict, addr), verdict);
+        this.ctx.refused(addr, port, overLimit(verdict, addr, this.ctx.cfg()), verdict);
         socket.destroy();
         return;
       }
@@ -264,17 +264,6 @@ export class JsRelay implements Relay {
       // (The header was read from the raw socket: the TLS socket's byte counts never held it.)
       this.admit(secure, this.ctx.cfg().sendProxy === 'v2' ? { ...origin, extra: { ssl: tlsClientInfo(secure) } } : origin);
     }, (reason, detail) => this.ctx.tlsRefused(addr, port, reason, detail));
-  }
-
-  /** The end of a refusal's line: which limit, for which source. */
-  private overLimit(verdict: 'concurrent' | 'rate', addr: string): string {
-    const cfg = this.ctx.cfg();
-    const source = sourceKey(addr, cfg.sourcePrefixV6) ?? addr;
-    if (verdict === 'concurrent') {
-      return `refused: ${cfg.maxConnPerSource} sessions from ${source} are open already (--max-conn-per-source ${cfg.maxConnPerSource})`;
-    }
-    const r = cfg.ratePerSource!;
-    return `refused: ${source} opened ${r.count} connections in the last ${formatDuration(r.periodMs)} (--rate-per-source ${r.count}/${formatDuration(r.periodMs)})`;
   }
 
   /** A client that may use the service: a session now, or a place in the queue over max-conn. */

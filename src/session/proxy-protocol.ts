@@ -24,6 +24,7 @@ export const PP2_SUBTYPE_SSL_CN = 0x22;
 export const PP2_SUBTYPE_SSL_CIPHER = 0x23;
 export const PP2_CLIENT_SSL = 0x01;
 export const PP2_CLIENT_CERT_CONN = 0x02;
+export const PP2_CLIENT_CERT_SESS = 0x04;
 /** sockbridge's: a UNIX listener's client, as SO_PEERCRED gives it: pid, uid, gid, each a 32-bit big-endian number (12 bytes). */
 export const PP2_TYPE_SOCKBRIDGE_CRED = 0xe0;
 
@@ -49,8 +50,10 @@ export interface ProxyExtra {
   ssl?: {
     /** The client presented a certificate and it verified: the SSL TLV's verify field is 0, else 1 (the spec: "zero if the client presented a certificate and it was successfully verified, non-zero otherwise"). */
     verified: boolean;
-    /** The client presented a certificate on this connection (PP2_CLIENT_CERT_CONN); default: `verified`. */
+    /** The client presented a certificate (PP2_CLIENT_CERT_SESS; and PP2_CLIENT_CERT_CONN unless `resumed`); default: `verified`. */
     certificate?: boolean;
+    /** The TLS session was resumed: the certificate was presented on an earlier connection of the session. */
+    resumed?: boolean;
     /** The certificate's subject CN (identity.ts: identityOf), if any. */
     cn?: string | undefined;
     /** "TLSv1.3", as OpenSSL's SSL_get_version() and Node's getProtocol() name it. */
@@ -84,7 +87,8 @@ function endpoints(client: ClientEnds): Endpoints | undefined {
  *   1. PP2_TYPE_AUTHORITY 0x02 — only for a TLS client that sent an SNI:
  *      the name's bytes.
  *   2. PP2_TYPE_SSL 0x20 — a TLS client: client (1 byte: PP2_CLIENT_SSL
- *      0x01, | PP2_CLIENT_CERT_CONN 0x02 when it presented a certificate),
+ *      0x01, | PP2_CLIENT_CERT_SESS 0x04 when it presented a certificate,
+ *      | PP2_CLIENT_CERT_CONN 0x02 when on this connection: not resumed),
  *      verify (uint32 big-endian: 0 when the certificate verified, else 1),
  *      then the sub-TLVs PP2_SUBTYPE_SSL_VERSION 0x21 ("TLSv1.3"),
  *      PP2_SUBTYPE_SSL_CN 0x22 (only when the certificate has a CN),
@@ -134,7 +138,8 @@ function encodeTlvs(extra: ProxyExtra): Buffer {
   if (ssl) {
     if (ssl.sni) out.push(tlv(PP2_TYPE_AUTHORITY, Buffer.from(ssl.sni, 'utf8')));
     const fixed = Buffer.alloc(5);
-    fixed[0] = PP2_CLIENT_SSL | ((ssl.certificate ?? ssl.verified) ? PP2_CLIENT_CERT_CONN : 0);
+    const certificate = ssl.certificate ?? ssl.verified;
+    fixed[0] = PP2_CLIENT_SSL | (certificate ? PP2_CLIENT_CERT_SESS : 0) | (certificate && !ssl.resumed ? PP2_CLIENT_CERT_CONN : 0);
     fixed.writeUInt32BE(ssl.verified ? 0 : 1, 1);
     const subs = [tlv(PP2_SUBTYPE_SSL_VERSION, Buffer.from(ssl.version, 'utf8'))];
     if (ssl.cn !== undefined) subs.push(tlv(PP2_SUBTYPE_SSL_CN, Buffer.from(ssl.cn, 'utf8')));
@@ -211,6 +216,8 @@ export type ProxyParse =
 
 /** The longest v1 line, CRLF included (the spec: "PROXY UNKNOWN" with two full IPv6 addresses). */
 export const V1_MAX_LENGTH = 107;
+/** The longest v2 header taken (its TLVs included): a front's TLVs name a client, they do not carry megabytes. */
+export const PROXY_MAX_LENGTH = 4096;
 const V1_PREFIX = Buffer.from('PROXY ');
 const V2_FAMILY_LENGTH: Record<number, number> = { 0x1: 12, 0x2: 36, 0x3: 216 };
 
@@ -234,7 +241,8 @@ const V2_FAMILY_LENGTH: Record<number, number> = { 0x1: 12, 0x2: 36, 0x3: 216 };
  * 2 and its low nibble (command) LOCAL 0 or PROXY 1; the 14th byte's family
  * (high nibble) UNSPEC 0, INET 1, INET6 2 or UNIX 3 and protocol (low
  * nibble) UNSPEC 0, STREAM 1 or DGRAM 2; bytes 15-16 the length of what
- * follows (any uint16: TLVs are skipped, counted, not checked). LOCAL: local
+ * follows (the whole header at most PROXY_MAX_LENGTH: TLVs are skipped,
+ * counted, not checked). LOCAL: local
  * whatever the rest says. PROXY: INET/INET6 with STREAM give addresses (the
  * length at least 12, 36); UNSPEC family or protocol, and UNIX (length at
  * least 216), are local; DGRAM with INET/INET6 is an error (a datagram's
@@ -313,6 +321,7 @@ function parseV2(buf: Buffer): ProxyParse {
   const protocol = buf[13]! & 0x0f;
   const declared = buf.readUInt16BE(14);
   const length = 16 + declared;
+  if (length > PROXY_MAX_LENGTH) return { kind: 'error', why: `a v2 header of ${length} bytes, longer than ${PROXY_MAX_LENGTH}` };
   const needs = V2_FAMILY_LENGTH[family];
   if (command === 1 && protocol !== 0 && needs !== undefined && declared < needs) {
     return { kind: 'error', why: `a v2 length of ${declared}, shorter than the ${needs} bytes of its addresses` };

@@ -9,6 +9,7 @@
 // words for both. Reload reads the files again: certificate rotation
 // without a restart.
 
+import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type net from 'node:net';
 import { isAbsolute, join } from 'node:path';
@@ -18,15 +19,19 @@ import { describeSan, IdentityRules, identityAllowed, identityOf, noRules, unmat
 import type { Config } from '../options';
 import type { TargetTlsMaterial } from '../targets/connector';
 import type { TlsRefusalDetail } from './contract';
+import { CrlInfo, describeCrl, readCrls, staleCrls } from './crl';
 import type { ProxyExtra } from './proxy-protocol';
 
-export type TlsSettings = Pick<Config, 'tlsCert' | 'tlsKey' | 'tlsCa' | 'clientTimeout' | 'tlsAllowCn' | 'tlsAllowDns' | 'tlsAllowUri'>;
+export type TlsSettings = Pick<Config, 'tlsCert' | 'tlsKey' | 'tlsCa' | 'tlsCrl' | 'tlsCrlAllowStale' | 'clientTimeout' | 'tlsAllowCn' | 'tlsAllowDns' | 'tlsAllowUri'>;
 
 /** The files of a TLS configuration, read and checked. */
 export interface TlsMaterial {
   cert: Buffer;
   key: Buffer;
   ca: Buffer | undefined;
+  /** --tls-crl's CRLs (PEM), and what they say of themselves (crl.ts). */
+  crl: Buffer | undefined;
+  crls: CrlInfo[];
 }
 
 const DEFAULT_HANDSHAKE_TIMEOUT_MS = 30_000;
@@ -73,13 +78,34 @@ export function loadTlsMaterial(cfg: TlsSettings, env: NodeJS.ProcessEnv = proce
   if (!cfg.tlsCert || !cfg.tlsKey) {
     throw new ConfigError('ECONFIG_TLS', 'TLS needs both --tls-cert and --tls-key (--tls-ca alone is not enough)');
   }
-  const material = { cert: readPem('--tls-cert', cfg.tlsCert, env), key: readPem('--tls-key', cfg.tlsKey, env), ca: cfg.tlsCa ? readPem('--tls-ca', cfg.tlsCa, env) : undefined };
+  if (cfg.tlsCrl && !cfg.tlsCa) {
+    throw new ConfigError('ECONFIG_TLS_CRL', '--tls-crl needs --tls-ca: without client certificates there is nothing to revoke', 'tls-crl');
+  }
+  const crl = cfg.tlsCrl ? readPem('--tls-crl', cfg.tlsCrl, env) : undefined;
+  const material: TlsMaterial = {
+    cert: readPem('--tls-cert', cfg.tlsCert, env), key: readPem('--tls-key', cfg.tlsKey, env), ca: cfg.tlsCa ? readPem('--tls-ca', cfg.tlsCa, env) : undefined,
+    crl, crls: crl ? readCrls(crl, cfg.tlsCrl) : [],
+  };
   try {
-    tls.createSecureContext({ cert: material.cert, key: material.key, ...(material.ca ? { ca: material.ca } : {}) });
+    tls.createSecureContext({ cert: material.cert, key: material.key, ...(material.ca ? { ca: material.ca } : {}), ...(crl ? { crl } : {}) });
   } catch (err) {
-    throw new ConfigError('ECONFIG_TLS', `cannot use --tls-cert ${cfg.tlsCert} with --tls-key ${cfg.tlsKey}${material.ca ? ` and --tls-ca ${cfg.tlsCa}` : ''}: ${(err as Error).message}`);
+    throw new ConfigError('ECONFIG_TLS', `cannot use --tls-cert ${cfg.tlsCert} with --tls-key ${cfg.tlsKey}${material.ca ? ` and --tls-ca ${cfg.tlsCa}` : ''}${crl ? ` and --tls-crl ${cfg.tlsCrl}` : ''}: ${(err as Error).message}`);
   }
   return material;
+}
+
+/**
+ * A digest of what verifying a client depends on (the CAs, the CRLs, the
+ * allow-lists, the stale switch). Both relays forget their session tickets
+ * when it changes: a resumption skips verification.
+ */
+export function verificationDigest(cfg: Pick<TlsSettings, 'tlsAllowCn' | 'tlsAllowDns' | 'tlsAllowUri' | 'tlsCrlAllowStale'>, material: TlsMaterial | undefined): string {
+  const h = createHash('sha256');
+  h.update(material?.ca ?? '');
+  h.update('\0');
+  h.update(material?.crl ?? '');
+  h.update(JSON.stringify([cfg.tlsAllowCn, cfg.tlsAllowDns, cfg.tlsAllowUri, cfg.tlsCrlAllowStale]));
+  return h.digest('hex');
 }
 
 /** The system's CA bundle, read explicitly: Node builds differ in their default paths. */
@@ -112,9 +138,25 @@ export function loadTargetTls(
   return material;
 }
 
-/** What `sockbridge status` says is in force. */
-export function tlsInForce(cfg: TlsSettings, material: TlsMaterial | undefined): { enabled: boolean; clientCertificates: boolean; cert: string } {
-  return { enabled: material !== undefined, clientCertificates: material?.ca !== undefined, cert: material ? cfg.tlsCert : '' };
+/** What `sockbridge status` says is in force; `crls` says which are stale and what that means. */
+export function tlsInForce(cfg: TlsSettings, material: TlsMaterial | undefined, now = new Date()): {
+  enabled: boolean; clientCertificates: boolean; cert: string; crls: { crl: string; stale: boolean }[]; crlProblem: string;
+} {
+  const crls = (material?.crls ?? []).map((c) => ({ crl: describeCrl(c), stale: staleCrls([c], now).length > 0 }));
+  return {
+    enabled: material !== undefined, clientCertificates: material?.ca !== undefined, cert: material ? cfg.tlsCert : '',
+    crls, crlProblem: material ? crlProblem(cfg, material.crls, now) : '',
+  };
+}
+
+/** What stale CRLs mean now ("" when none is): the status line and the log line at start, reload and when one goes stale. */
+export function crlProblem(cfg: Pick<TlsSettings, 'tlsCrlAllowStale'>, crls: readonly CrlInfo[], now = new Date()): string {
+  const stale = staleCrls(crls, now);
+  if (stale.length === 0) return '';
+  const names = stale.map(describeCrl).join('; ');
+  return cfg.tlsCrlAllowStale === 'on'
+    ? `past its next update, used anyway (--tls-crl-allow-stale): ${names}`
+    : `past its next update, so every client certificate of that CA is refused until a newer CRL is in the file: ${names}`;
 }
 
 /** OpenSSL's X509_V_ERR_* numbers as Node names them (authorizationError), for the log. */
@@ -159,6 +201,7 @@ export function tlsClientInfo(socket: tls.TLSSocket): NonNullable<ProxyExtra['ss
   return {
     verified: cert !== undefined && socket.authorized,
     certificate: cert !== undefined,
+    resumed: socket.isSessionReused(),
     cn: cert ? identityOf(cert).cn : undefined,
     version: socket.getProtocol() ?? '',
     cipher: socket.getCipher()?.name ?? '',
@@ -188,6 +231,9 @@ export class TlsTerminator {
     private readonly server: tls.Server,
     verifyClients: boolean,
     rules: IdentityRules,
+    allowStale: boolean,
+    /** What verifying a client depends on: tickets survive a reload only while it stays the same. */
+    readonly verification: string,
   ) {
     server.on('secureConnection', (socket: tls.TLSSocket) => {
       const raw = rawOf(socket);
@@ -196,10 +242,15 @@ export class TlsTerminator {
       this.pending.delete(raw!);
       // Verified here rather than by rejectUnauthorized, which would close the
       // connection without telling us why (expired, unknown issuer, none sent).
-      if (verifyClients && !socket.authorized) {
+      // A stale CRL is the last error OpenSSL reports only when nothing else
+      // was wrong (a revocation found in it comes after): --tls-crl-allow-stale lets that one pass.
+      const staleAllowed = allowStale && String(socket.authorizationError) === 'CRL_HAS_EXPIRED';
+      if (verifyClients && !socket.authorized && !staleAllowed) {
         const cert = presented(socket);
         socket.destroy();
-        return p.onFail(`client certificate refused: ${cert ? String(socket.authorizationError) : 'no certificate sent'}`, namesOf(cert));
+        const error = String(socket.authorizationError);
+        const why = !cert ? 'no certificate sent' : error === 'CERT_REVOKED' ? `certificate revoked (serial ${cert.serialNumber.toUpperCase()})` : error;
+        return p.onFail(`client certificate refused: ${why}`, namesOf(cert));
       }
       // The allow-lists, once the certificate verified: a refused identity never reaches the program.
       if (!noRules(rules)) {
@@ -229,15 +280,19 @@ export class TlsTerminator {
   static create(material: TlsMaterial | undefined, cfg: TlsSettings, previous?: TlsTerminator): TlsTerminator | undefined {
     if (!material) return undefined;
     const d = nodeTlsDefaults();
+    const verification = verificationDigest(cfg, material);
+    // A resumed session skips the certificate's verification: after a change
+    // to the CAs, CRLs or allow-lists, tickets issued before are not honoured.
+    const keep = previous && previous.verification === verification;
     return new TlsTerminator(tls.createServer({
-      cert: material.cert, key: material.key, ...(material.ca ? { ca: material.ca } : {}),
+      cert: material.cert, key: material.key, ...(material.ca ? { ca: material.ca } : {}), ...(material.crl ? { crl: material.crl } : {}),
       ciphers: tls.DEFAULT_CIPHERS, minVersion: d.minVersion as tls.SecureVersion, maxVersion: d.maxVersion as tls.SecureVersion,
       honorCipherOrder: d.honorCipherOrder,
       requestCert: material.ca !== undefined,
       rejectUnauthorized: false,
       handshakeTimeout: cfg.clientTimeout || DEFAULT_HANDSHAKE_TIMEOUT_MS,
-      ...(previous ? { ticketKeys: previous.server.getTicketKeys() } : {}),
-    }), material.ca !== undefined, { cn: cfg.tlsAllowCn, dns: cfg.tlsAllowDns, uri: cfg.tlsAllowUri });
+      ...(keep ? { ticketKeys: previous.server.getTicketKeys() } : {}),
+    }), material.ca !== undefined, { cn: cfg.tlsAllowCn, dns: cfg.tlsAllowDns, uri: cfg.tlsAllowUri }, cfg.tlsCrlAllowStale === 'on', verification);
   }
 
   /**
