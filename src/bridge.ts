@@ -24,7 +24,8 @@ import { defaultThreads, LOAD_FAILED, loadDataPlane, type DataPlaneAddon } from 
 import { NativeRelay } from './dataplane/native-relay';
 import type { Relay, RelayContext, RelayInfo, SourceTableInfo, ThreadCounts, TlsRefusalDetail } from './session/contract';
 import { JsRelay } from './session/js-relay';
-import { loadTargetTls, loadTlsMaterial, TlsMaterial, tlsInForce } from './session/tls';
+import { crlProblem, loadTargetTls, loadTlsMaterial, TlsMaterial, tlsInForce } from './session/tls';
+import { TlsFileWatch } from './session/tls-watch';
 import type { TargetTlsMaterial } from './targets/connector';
 import { splitPassed, storeCapacity, storeNeeded } from './systemd/fd-store';
 import type { Notifier } from './systemd/notify';
@@ -104,6 +105,10 @@ export class Bridge {
   private readonly identityLog = new RepeatLimiter(REPEAT_LOG_MS);
   private readonly sourceLog = new RepeatLimiter(SOURCE_LOG_MS, SOURCE_LOG_MAX);
   private readonly repeatLog = new RepeatLimiter(REPEAT_LOG_MS);
+  /** Renewed certificates, keys and CRLs are put in force without a reload (tls-watch.ts). */
+  private readonly tlsWatch: TlsFileWatch;
+  /** What stale CRLs mean, as last said ("" when none is stale): said again only when it changes. */
+  private crlSaid = '';
 
   constructor(
     cfg: Config,
@@ -128,6 +133,7 @@ export class Bridge {
       },
     };
     ({ relay: this.relay, addon: this.fdStore } = chooseRelay(cfg, ctx));
+    this.tlsWatch = new TlsFileWatch(logger, (files) => this.tlsFilesChanged(files));
   }
 
   /** Sessions or waiting clients exist now. */
@@ -184,7 +190,12 @@ export class Bridge {
       if (this.relay.busy) this.hooks.onBusyChange(true);
     }
     this.checkBudgets(this.cfg);
-    this.statusTimer = setInterval(() => this.publishStatus(), STATUS_EVERY_MS);
+    this.tlsWatch.configure(this.cfg);
+    this.checkCrls(true);
+    this.statusTimer = setInterval(() => {
+      this.publishStatus();
+      this.checkCrls(false);
+    }, STATUS_EVERY_MS);
     this.statusTimer.unref();
     this.publishStatus();
     this.notifier.ready();
@@ -297,33 +308,72 @@ export class Bridge {
     this.notifier.reloading();
     announceReload(this.logger, this.cfg, requested);
     const next = applyReload(this.cfg, requested);
-    let tls = this.tls;
-    try {
-      tls = loadTlsMaterial(next);
-    } catch (err) {
-      if (!(err instanceof SockbridgeError)) throw err;
-      // The files changed since the check: keep serving with the old ones.
-      this.logger.error(`TLS files not reloaded, keeping the previous ones: ${err.message}`, { EVENT: 'reload-failed' });
-    }
-    let targetTls = this.targetTls;
-    try {
-      targetTls = loadTargetTls(next);
-    } catch (err) {
-      if (!(err instanceof SockbridgeError)) throw err;
-      this.logger.error(`target TLS files not reloaded, keeping the previous ones: ${err.message}`, { EVENT: 'reload-failed' });
-    }
     this.cfg = next;
-    this.targetTls = targetTls;
-    this.backend.configure({ ...next, targetTlsMaterial: targetTls });
-    const refused = this.relay.configure(tls);
-    if (refused) this.logger.error(`TLS files not reloaded, keeping the previous ones: ${refused}`, { EVENT: 'reload-failed' });
-    else this.tls = tls;
+    this.applyTls(next, 'reloaded');
+    this.tlsWatch.configure(next);
+    this.checkCrls(true);
     this.checkBudgets(next);
+    warnAccessListsNotApplied(this.specs, next, this.logger);
     this.judgeExposure(next);
     this.logger.setLevel(next.logLevel);
     this.publishStatus();
     this.notifier.ready();
     return next;
+  }
+
+  /**
+   * Reads the TLS files `cfg` names (both ends) and puts them in force for
+   * new sessions; a file that cannot be read or used leaves the previous
+   * material in force, said in one line. Whether everything was taken.
+   */
+  private applyTls(cfg: Config, done: string): boolean {
+    let taken = true;
+    const kept = (what: string, why: string): void => {
+      taken = false;
+      this.logger.error(`${what} not ${done}, keeping the previous ones: ${why}`, { EVENT: 'reload-failed', ERROR: why });
+    };
+    let tls = this.tls;
+    try {
+      tls = loadTlsMaterial(cfg);
+    } catch (err) {
+      if (!(err instanceof SockbridgeError)) throw err;
+      kept('TLS files', err.message);
+    }
+    try {
+      this.targetTls = loadTargetTls(cfg);
+    } catch (err) {
+      if (!(err instanceof SockbridgeError)) throw err;
+      kept('target TLS files', err.message);
+    }
+    this.backend.configure({ ...cfg, targetTlsMaterial: this.targetTls });
+    const refused = this.relay.configure(tls);
+    if (refused) kept('TLS files', refused);
+    else this.tls = tls;
+    return taken;
+  }
+
+  /** A certificate, key or CRL file changed on disk (renewed): read them all again, as a reload would. */
+  private tlsFilesChanged(files: string[]): void {
+    if (this.stopping) return;
+    if (!this.applyTls(this.cfg, 're-read after a change')) return;
+    this.logger.notice(`TLS files re-read after a change to ${files.join(', ')}: in force for new sessions`, { EVENT: 'tls-files-reloaded', FILES: files.join(' ') });
+    this.checkCrls(true);
+    this.publishStatus();
+  }
+
+  /**
+   * A stale CRL (past its nextUpdate) refuses every certificate of its CA,
+   * or, with --tls-crl-allow-stale, is used anyway: said at every start,
+   * reload and re-read (`always`), and otherwise once when it happens.
+   */
+  private checkCrls(always: boolean): void {
+    const problem = this.tls ? crlProblem(this.cfg, this.tls.crls) : '';
+    if (problem === this.crlSaid && !always) return;
+    this.crlSaid = problem;
+    if (!problem) return;
+    const fields = { EVENT: 'crl-stale', CRL: this.cfg.tlsCrl };
+    if (this.cfg.tlsCrlAllowStale === 'on') this.logger.warning(`--tls-crl ${this.cfg.tlsCrl}: ${problem}`, fields);
+    else this.logger.error(`--tls-crl ${this.cfg.tlsCrl}: ${problem}`, fields);
   }
 
   /** SIGTERM: stop accepting, let sessions finish up to drain-timeout, then close them. */
@@ -369,6 +419,7 @@ export class Bridge {
         await this.idleWithin(1000);
       }
     }
+    this.tlsWatch.stop();
     this.relay.stop();
     this.backend.stop();
     this.notifier.stopWatchdog();

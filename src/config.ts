@@ -210,6 +210,7 @@ export function validate(cfg: Config): void {
   checkTarget(cfg);
   checkLoop(cfg);
   checkTargetTls(cfg);
+  checkWhoMayConnect(cfg);
   loadTlsMaterial(cfg); // readable, parseable, matching files
   loadTargetTls(cfg);
 }
@@ -225,7 +226,8 @@ function checkLoop(cfg: Config): void {
 
 /** A TLS setting for targets that would not apply is an error, not a silent no-op. */
 function checkTargetTls(cfg: Config): void {
-  const given = (['targetTlsCa', 'targetTlsCert', 'targetTlsKey', 'targetTlsName'] as const).filter((k) => cfg[k] !== '');
+  const given = (['targetTlsCa', 'targetTlsCert', 'targetTlsKey', 'targetTlsName', 'targetTlsAllowCn', 'targetTlsAllowDns', 'targetTlsAllowUri'] as const)
+    .filter((k) => cfg[k].length > 0);
   if (cfg.targetTls === 'off' && given.length > 0) {
     const names = given.map((k) => k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)).join(', ');
     throw new ConfigError('ECONFIG_TARGET_TLS', `${names} set, but target-tls is off: add target-tls = on (or --target-tls on) to speak TLS to TCP targets`,
@@ -234,6 +236,20 @@ function checkTargetTls(cfg: Config): void {
   const tcp = [...cfg.target, ...cfg.backupTarget].some((t) => parseTarget(t).kind === 'tcp');
   if (cfg.targetTls === 'on' && !tcp) {
     throw new ConfigError('ECONFIG_TARGET_TLS', 'target-tls is on, but no target is a TCP target (HOST:PORT): it applies to TCP targets only');
+  }
+}
+
+/** Who-may-connect settings that would not apply are errors, not silent no-ops: each needs another. */
+function checkWhoMayConnect(cfg: Config): void {
+  const allow = ([['tlsAllowCn', 'tls-allow-cn'], ['tlsAllowDns', 'tls-allow-dns'], ['tlsAllowUri', 'tls-allow-uri']] as const).find(([k]) => cfg[k].length > 0);
+  if (allow && cfg.tlsCa === '') {
+    throw new ConfigError('ECONFIG_TLS_ALLOW', `--${allow[1]} set, but --tls-ca is not: identities are checked on client certificates, which only --tls-ca asks for; add --tls-ca`, allow[1]);
+  }
+  if (cfg.acceptProxy !== 'none' && cfg.acceptProxyFrom.length === 0) {
+    throw new ConfigError('ECONFIG_ACCEPT_PROXY', `--accept-proxy ${cfg.acceptProxy} needs --accept-proxy-from: name the fronts trusted to send a PROXY header (from anyone, a header would let any client choose its address)`, 'accept-proxy');
+  }
+  if (cfg.acceptProxy === 'none' && cfg.acceptProxyFrom.length > 0) {
+    throw new ConfigError('ECONFIG_ACCEPT_PROXY', '--accept-proxy-from set, but --accept-proxy is none: add --accept-proxy v1, v2 or any to read the fronts\' headers', 'accept-proxy-from');
   }
 }
 

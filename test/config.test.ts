@@ -89,6 +89,28 @@ test('a target that exists but is not a socket: exit 78', async (t) => {
   }
 });
 
+test('who-may-connect settings that would not apply: exit 64 from the command line, 78 from the file, naming what is missing', async (t) => {
+  const dir = tempDir(t);
+  const target = join(dir, 'program.sock');
+  const cases: [string[], string, string[]][] = [
+    [['--tls-allow-cn', 'a.example.org'], 'tls-allow-cn = a.example.org\n', ['--tls-allow-cn', '--tls-ca']],
+    [['--tls-allow-uri', 'spiffe://example.org/*'], 'tls-allow-uri = spiffe://example.org/*\n', ['--tls-allow-uri', '--tls-ca']],
+    [['--target-tls-allow-dns', 'b.example.org'], 'target-tls-allow-dns = b.example.org\n', ['target-tls-allow-dns', 'target-tls = on']],
+    [['--accept-proxy', 'v2'], 'accept-proxy = v2\n', ['--accept-proxy v2', '--accept-proxy-from']],
+    [['--accept-proxy-from', '10.0.0.0/8'], 'accept-proxy-from = 10.0.0.0/8\n', ['--accept-proxy-from', '--accept-proxy is none']],
+  ];
+  const file = join(dir, 'bridge.conf');
+  for (const [args, text, expected] of cases) {
+    const cli = await runBridge(['check-config', '--target', target, '--listen', '127.0.0.1:0', ...args]);
+    assert.equal(cli.code, 64, `${args.join(' ')}: ${cli.stderr}`);
+    assertOneCleanLine(cli.stderr, ...expected);
+    writeFileSync(file, text);
+    const conf = await runBridge(['check-config', '--config', file, '--target', target, '--listen', '127.0.0.1:0']);
+    assert.equal(conf.code, 78, `${text}: ${conf.stderr}`);
+    assertOneCleanLine(conf.stderr, ...expected);
+  }
+});
+
 test('check-config: defaults ← file ← command line, printed as a config file', async (t) => {
   const dir = tempDir(t);
   const sock = join(dir, 'app.sock');

@@ -11,7 +11,7 @@
 import assert from 'node:assert/strict';
 import { ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
-import { copyFileSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { Duplex } from 'node:stream';
@@ -155,7 +155,7 @@ test(`reload turns TLS on, then off, for new clients; sessions opened before kee
   writeFileSync(conf, `${plain}tls-cert = ${join(dir, 'server.crt')}\ntls-key = ${join(dir, 'server.key')}\n`);
   await reload(bridge, 1);
   const on = await status(ctl);
-  assert.deepEqual(on.tls, { enabled: true, clientCertificates: false, cert: join(dir, 'server.crt') });
+  assert.deepEqual(on.tls, { enabled: true, clientCertificates: false, cert: join(dir, 'server.crt'), crls: [], crlProblem: '' });
   await plainRefused(bridge.port, seen);
   await bridge.waitForLog(/TLS handshake with 127\.0\.0\.1:\d+ failed, client refused/);
   const secure = await within(tlsConnect(bridge.port, dir), 5000, 'a TLS client after TLS was turned on');
@@ -208,6 +208,48 @@ test(`reload: a new certificate and key for new clients; a TLS session opened be
   for (let i = 0; i < 3; i++) await echoes(old, `the old session goes on ${i}`);
   await finish(old);
   await finish(fresh);
+});
+
+test(`renewal: a certificate and key renewed in place are in force for new clients without a reload; a pair that does not match keeps the previous one (${TEST_RELAY} relay)`, async (t) => {
+  const { dir, srv } = await setup(t);
+  const liveCrt = join(dir, 'live.crt');
+  const liveKey = join(dir, 'live.key');
+  copyFileSync(join(dir, 'server.crt'), liveCrt);
+  copyFileSync(join(dir, 'server.key'), liveKey);
+  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', srv.path, '--check-interval', '0', '--tls-cert', liveCrt, '--tls-key', liveKey, ...RELAY]);
+  const old = await tlsConnect(bridge.port, dir);
+  t.after(() => old.destroy());
+  await echoes(old, 'before the renewal');
+  const oldSerial = old.getPeerCertificate().serialNumber;
+
+  // As an ACME client renews: a new key and certificate written beside the
+  // old ones, then renamed over them (the key first, as certbot's order does not matter).
+  openssl(dir, 'req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'next.key', '-out', 'next.csr', '-subj', '/CN=next');
+  openssl(dir, 'x509', '-req', '-in', 'next.csr', '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'next.crt', '-days', '30', '-extfile', 'san.ext');
+  copyFileSync(join(dir, 'next.key'), join(dir, 'live.key.new'));
+  copyFileSync(join(dir, 'next.crt'), join(dir, 'live.crt.new'));
+  renameSync(join(dir, 'live.key.new'), liveKey);
+  renameSync(join(dir, 'live.crt.new'), liveCrt);
+  await waitFor(() => /TLS files re-read after a change to/.test(bridge.log()), 10_000, `the renewal to be noticed (log:\n${bridge.log()})`);
+  assert.doesNotMatch(bridge.log(), /configuration reloaded/, 'no reload was asked for');
+  const fresh = await tlsConnect(bridge.port, dir);
+  t.after(() => fresh.destroy());
+  const newSerial = fresh.getPeerCertificate().serialNumber;
+  assert.equal(newSerial, new X509Certificate(readFileSync(join(dir, 'next.crt'))).serialNumber.toUpperCase(), 'a new client still got the old certificate');
+  assert.notEqual(newSerial, oldSerial);
+  await echoes(fresh, 'with the renewed certificate');
+  await echoes(old, 'the session opened before goes on');
+
+  // Half a renewal, written through: the old certificate with the new key. Refused, the renewed pair stays.
+  writeFileSync(liveCrt, readFileSync(join(dir, 'server.crt')));
+  await waitFor(() => /TLS files not re-read after a change, keeping the previous ones/.test(bridge.log()), 10_000, `the mismatch to be logged (log:\n${bridge.log()})`);
+  const third = await tlsConnect(bridge.port, dir);
+  t.after(() => third.destroy());
+  assert.equal(third.getPeerCertificate().serialNumber, newSerial, 'a pair that does not match was put in force');
+  await echoes(third, 'still the renewed pair');
+  await finish(old);
+  await finish(fresh);
+  await finish(third);
 });
 
 /**

@@ -410,8 +410,10 @@ test('status and metrics: refusals by reason, exposure, the source table', () =>
   assert.deepEqual(report.sessions.deniedBy, { access: 1, tls: 0, identity: 1, uid: 0, concurrent: 2, rate: 1, proxy: 0 });
   const metrics = renderMetrics(report);
   assert.match(metrics, /^sockbridge_connections_denied_total 5$/m);
-  assert.match(metrics, /^sockbridge_connections_denied_total\{reason="concurrent"\} 2$/m);
-  assert.match(metrics, /^sockbridge_connections_denied_total\{reason="proxy"\} 0$/m);
+  assert.match(metrics, /^sockbridge_connections_denied_by_reason_total\{reason="concurrent"\} 2$/m);
+  assert.match(metrics, /^sockbridge_connections_denied_by_reason_total\{reason="proxy"\} 0$/m);
+  // A family is either labelled or not: sum(sockbridge_connections_denied_by_reason_total) must not count twice.
+  assert.doesNotMatch(metrics, /^sockbridge_connections_denied_total\{/m);
   assert.equal((metrics.match(/^# TYPE sockbridge_connections_denied_total counter$/gm) ?? []).length, 1, 'one family');
   assert.match(metrics, /^sockbridge_open_to_all 1$/m);
   assert.match(metrics, /^sockbridge_source_table_entries 7$/m);

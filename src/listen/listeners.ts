@@ -61,8 +61,13 @@ export function listenSpecs(passed: PassedSocket[], cfg: Pick<Config, 'listen' |
  * none and are let in unjudged. Said once at start, so that nobody believes
  * an allow list guards a UNIX socket: its file's mode and owner do.
  */
-export function warnAccessListsNotApplied(specs: ListenSpec[], cfg: Pick<Config, 'allow' | 'deny'>, logger: Logger): void {
+export function warnAccessListsNotApplied(specs: ListenSpec[], cfg: Pick<Config, 'allow' | 'deny' | 'allowUid' | 'allowGid'>, logger: Logger): void {
   const unix = specs.filter((s) => s.family === 'unix').map((s) => s.label);
+  const ip = specs.filter((s) => s.family !== 'unix').map((s) => s.label);
+  if (ip.length > 0 && (cfg.allowUid.length > 0 || cfg.allowGid.length > 0)) {
+    logger.warning(`--allow-uid/--allow-gid apply to UNIX listeners only: clients of ${ip.join(', ')} are not judged by them — use --allow/--deny or client certificates there`,
+      { EVENT: 'access-list-not-applied', LISTENERS: ip.join(' ') });
+  }
   if (unix.length === 0 || (cfg.allow.length === 0 && cfg.deny.length === 0)) return;
   logger.warning(`--allow/--deny apply to IP clients only: clients of ${unix.join(', ')} are not judged by them — ` +
     'who may connect there is decided by the socket file\'s mode and owner (--listen-mode/-owner/-group, or SocketMode=/SocketUser=/SocketGroup=; ' +

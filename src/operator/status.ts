@@ -172,9 +172,12 @@ export function renderMetrics(r: StatusReport): string {
   metric('sockbridge_sessions_failed_total', 'counter', 'Sessions that never reached the target or ended on an error or timeout.', r.sessions.failed);
   // One family: the sample without a label is every refusal (kept for what already reads it, and it includes a
   // previous process's after a restart); those labelled by reason are this process's. Sum the labelled ones, not all.
-  out.push('# HELP sockbridge_connections_denied_total Clients refused before reaching the target: all (no label), and by reason (access, tls, identity, uid, concurrent, rate, proxy).',
+  // Two families, not one with and without a label: sum() over one family would count every refusal twice.
+  out.push('# HELP sockbridge_connections_denied_total Clients refused before reaching the target (also those a previous process refused, after a restart).',
     '# TYPE sockbridge_connections_denied_total counter', `sockbridge_connections_denied_total ${r.sessions.denied}`,
-    ...DENIED_REASONS.map((k) => `sockbridge_connections_denied_total{reason="${k}"} ${r.sessions.deniedBy[k]}`));
+    '# HELP sockbridge_connections_denied_by_reason_total Clients this process refused, by reason (access, tls, identity, uid, concurrent, rate, proxy).',
+    '# TYPE sockbridge_connections_denied_by_reason_total counter',
+    ...DENIED_REASONS.map((k) => `sockbridge_connections_denied_by_reason_total{reason="${k}"} ${r.sessions.deniedBy[k]}`));
   metric('sockbridge_received_bytes_total', 'counter', 'Bytes received from clients (and sent to the target).', r.bytes.in);
   metric('sockbridge_sent_bytes_total', 'counter', 'Bytes sent to clients (received from the target).', r.bytes.out);
   metric('sockbridge_workers', 'gauge', 'Processes serving (always 1: the data plane uses threads).', r.workers);
