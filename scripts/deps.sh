@@ -10,8 +10,9 @@ cd "$(dirname "$0")/.."
 # a C++ compiler and python3 for node-gyp (the native relay, plain C, the same
 # compiler; gcc's AddressSanitizer and UBSan runtimes come with it). Tests: systemd-socket-activate
 # (package systemd), ss (iproute2), python3 (the sd_notify listener), openssl
-# (test certificates).
-need=(libsystemd-dev g++ make python3 pkg-config systemd iproute2 openssl)
+# (test certificates), haproxy (reads the PROXY v2 headers and TLVs sockbridge
+# writes, in test/who.test.ts).
+need=(libsystemd-dev g++ make python3 pkg-config systemd iproute2 openssl haproxy)
 if ! command -v node >/dev/null; then
   need+=(nodejs npm libnode-dev) # the release's own Node; node-gyp builds against libnode-dev's headers
 fi

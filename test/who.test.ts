@@ -7,6 +7,7 @@
 // where it cannot be enforced.
 
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
@@ -15,7 +16,7 @@ import tls from 'node:tls';
 import { IDLE_MAX } from '../src/listen/source-limits';
 import type { StatusReport } from '../src/operator/status';
 import {
-  assertOneCleanLine, BridgeProcess, closedWithin, delay, echoServer, makePki, openssl, runBridge, startBridge, tempDir, TEST_RELAY, unixServer, UnixServer, waitFor,
+  assertOneCleanLine, BridgeProcess, closedWithin, delay, echoServer, freePort, makePki, openssl, runBridge, startBridge, tempDir, TEST_RELAY, tlsConnect, unixServer, UnixServer, waitFor,
 } from './helpers';
 
 /** The relay these run with: `make unit` runs the file with both (SOCKBRIDGE_TEST_RELAY=js). */
@@ -536,3 +537,41 @@ test('--allow-uid and --allow-gid with the TypeScript relay: refused at start, o
     assertOneCleanLine(r.stderr, option, 'needs the native data plane', 'ECONFIG_PEERCRED');
   }
 });
+
+test(`HAProxy reads what --send-proxy v2 writes, TLVs included: the client's address, and its SNI as the authority (fc_pp_authority) (${RELAY} relay)`, async (t) => {
+  const dir = tempDir(t);
+  makePki(dir);
+  // The program behind HAProxy: a TCP echo.
+  const echo = net.createServer((s) => s.pipe(s));
+  await new Promise<void>((resolve) => echo.listen(0, '127.0.0.1', resolve));
+  t.after(() => echo.close());
+  const haPort = await freePort();
+  writeFileSync(join(dir, 'haproxy.cfg'), [
+    'global', '  log stdout format raw local0',
+    'defaults', '  mode tcp', '  log global', '  timeout connect 5s', '  timeout client 10s', '  timeout server 10s',
+    'frontend fe', `  bind 127.0.0.1:${haPort} accept-proxy`,
+    '  log-format "pp src=%ci:%cp authority=%[fc_pp_authority]"', '  default_backend be',
+    'backend be', `  server echo 127.0.0.1:${(echo.address() as net.AddressInfo).port}`, '',
+  ].join('\n'));
+  const ha = spawn('haproxy', ['-db', '-f', join(dir, 'haproxy.cfg')], { stdio: ['ignore', 'pipe', 'pipe'] });
+  t.after(() => { ha.kill('SIGKILL'); });
+  let haLog = '';
+  ha.stdout.on('data', (d: Buffer) => { haLog += d.toString(); });
+  ha.stderr.on('data', (d: Buffer) => { haLog += d.toString(); });
+  await waitFor(() => listeningOn(haPort), 10_000, `HAProxy listening on ${haPort} (output: ${haLog})`);
+
+  const bridge = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', `127.0.0.1:${haPort}`, '--check-interval', '0', '--send-proxy', 'v2',
+    '--tls-cert', join(dir, 'server.crt'), '--tls-key', join(dir, 'server.key'), '--tls-ca', join(dir, 'ca.crt'), '--relay', RELAY]);
+  const client = await tlsConnect(bridge.port, dir, 'client', { servername: 'localhost' });
+  t.after(() => client.destroy());
+  const clientPort = client.localPort;
+  assert.equal(await exchange(client, 'through HAProxy'), 'through HAProxy');
+  await waitFor(() => /pp src=/.test(haLog), 10_000, `HAProxy's log line (output: ${haLog})`);
+  assert.match(haLog, new RegExp(`pp src=127\\.0\\.0\\.1:${clientPort} authority=localhost`), haLog);
+});
+
+/** Whether a TCP socket listens on 127.0.0.1:port (/proc/net/tcp, state 0A). */
+function listeningOn(port: number): boolean {
+  const hex = port.toString(16).toUpperCase().padStart(4, '0');
+  return readFileSync('/proc/net/tcp', 'utf8').split('\n').some((l) => l.includes(`:${hex} `) && / 0A /.test(l));
+}

@@ -35,7 +35,8 @@ export interface StatusReport {
   /** What moves the bytes: 'native' (with its thread count and what each thread did) or 'js'; `why` says why js runs, "" otherwise. */
   relay: RelayInfo & { perThread: ThreadCounts[] };
   /** TLS as it is in force now (a reload changes it for new clients): on or off, client certificates required or not. */
-  tls: { enabled: boolean; clientCertificates: boolean; cert: string };
+  /** `crls`: each CRL in force (issuer, next update) and whether it is past its next update; `crlProblem`: what that means now ("" when none is). */
+  tls: { enabled: boolean; clientCertificates: boolean; cert: string; crls?: { crl: string; stale: boolean }[]; crlProblem?: string };
   /** Whether a TCP listener beyond loopback has neither client certificates nor an allow list (listen/exposure.ts), and why, or what closes it. */
   exposure: { openToAll: boolean; why: string };
   /** The per-source limits' table: entries, sources with a session open, and the most it may hold now; null when no limit applies (or the relay keeps none). */
@@ -140,6 +141,8 @@ export function renderStatus(r: StatusReport): string {
     ['bytes', `${r.bytes.in} in (client → target), ${r.bytes.out} out`],
     ['relay', r.relay.kind === 'native' ? `native, ${r.relay.threads} threads` : `js (${r.relay.why})`],
     ['tls', r.tls.enabled ? `on (${r.tls.cert})${r.tls.clientCertificates ? ', client certificates required' : ''}` : 'off'],
+    ...(r.tls.crls ?? []).map((c): [string, string] => ['crl', `${c.crl}${c.stale ? ' — STALE' : ''}`]),
+    ...(r.tls.crlProblem ? [['crl problem', r.tls.crlProblem] as [string, string]] : []),
     ['exposure', r.exposure.openToAll ? `OPEN TO ALL: ${r.exposure.why}` : `closed: ${r.exposure.why}`],
     ...(refusedBy(r) ? [['refused by', refusedBy(r)] as [string, string]] : []),
     ...(r.sources ? [['sources', `${r.sources.tracked} tracked (${r.sources.live} with sessions open), at most ${r.sources.bound} now`] as [string, string]] : []),
@@ -184,6 +187,7 @@ export function renderMetrics(r: StatusReport): string {
   metric('sockbridge_relay_native', 'gauge', 'Whether the native relay moves the bytes (1) or the TypeScript one (0).', r.relay.kind === 'native' ? 1 : 0);
   metric('sockbridge_relay_threads', 'gauge', 'Threads relaying sessions.', r.relay.threads);
   metric('sockbridge_tls_enabled', 'gauge', 'Whether new clients must speak TLS (1) or not (0), as now in force.', r.tls.enabled ? 1 : 0);
+  metric('sockbridge_tls_crls_stale', 'gauge', 'CRLs in force past their next update (each refuses its CA\'s clients unless --tls-crl-allow-stale).', (r.tls.crls ?? []).filter((c) => c.stale).length);
   metric('sockbridge_open_to_all', 'gauge', 'Whether a TCP listener beyond loopback has neither client certificates nor an allow list (1): anyone who can reach it can use the program.', r.exposure.openToAll ? 1 : 0);
   if (r.sources) metric('sockbridge_source_table_entries', 'gauge', 'Sources the per-source limits track now (live and idle).', r.sources.tracked);
   const perTarget = (name: string, type: 'gauge' | 'counter', help: string, value: (t: StatusReport['targets'][number]) => number): void => {

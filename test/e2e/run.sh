@@ -1012,7 +1012,7 @@ make_link_certs() {
          'authorityKeyIdentifier=keyid' 'subjectKeyIdentifier=hash' >server.ext
      printf '%s\n' 'basicConstraints=critical,CA:FALSE' 'keyUsage=critical,digitalSignature' 'extendedKeyUsage=clientAuth' \
          'authorityKeyIdentifier=keyid' 'subjectKeyIdentifier=hash' >client.ext
-     for n in server:ca:server client:ca:client rogue:other-ca:client; do
+     for n in server:ca:server client:ca:client stranger:ca:client rogue:other-ca:client; do
          IFS=: read -r name ca ext <<<"$n"
          openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $name.key -out $name.csr -subj "/CN=e2e-$name"
          openssl x509 -req -in $name.csr -CA $ca.crt -CAkey $ca.key -CAcreateserial -out $name.crt -days 2 -extfile $ext.ext
@@ -1072,7 +1072,8 @@ step_server_end() {
         'LoadCredential=clients-ca.crt:/etc/sockbridge/clients-ca.crt' |
         c sh -c 'cat >/etc/systemd/system/bridge.service.d/link.conf'
     c sed -i "s|^#\?target *=.*|target = $REDIS_SOCK|" /etc/sockbridge/bridge.conf
-    c sh -c 'printf "tls-cert = server.crt\ntls-key = server.key\ntls-ca = clients-ca.crt\n" >>/etc/sockbridge/bridge.conf'
+    # Of that CA's certificates, the client end's only (another, e2e-stranger, is refused in 14e).
+    c sh -c 'printf "tls-cert = server.crt\ntls-key = server.key\ntls-ca = clients-ca.crt\ntls-allow-cn = e2e-client\n" >>/etc/sockbridge/bridge.conf'
     c systemctl daemon-reload
     c systemctl start redis-e2e.service
     poll 20 c test -S "$REDIS_SOCK"
@@ -1161,7 +1162,14 @@ step_link_refused() {
         c sh -c "journalctl -u bridge.service -o json --no-pager EVENT=tls-refused |
             python3 $H journal-event tls-refused - CLIENT_ADDR=$LINK_CLIENT CLIENT_PORT=$port"
     done
-    # Neither reached redis.
+    # A certificate of the right CA with a name tls-allow-cn does not list:
+    # refused for its identity, and the journal says whose.
+    out=$(c2 timeout 15 python3 "$H" tls-rogue "$LINK_SERVER" "$LINK_PORT" $d/ca.crt $d/stranger.crt $d/stranger.key)
+    echo "$out"
+    port=$(echo "$out" | sed -n 's/.*(port \([0-9]*\)).*/\1/p')
+    poll 10 c sh -c "journalctl -u bridge.service -o json --no-pager EVENT=tls-refused |
+        python3 $H journal-event tls-refused - CLIENT_ADDR=$LINK_CLIENT CLIENT_PORT=$port REASON=identity CLIENT_CN=e2e-stranger"
+    # None reached redis.
     [ -z "$(c redis-cli -s "$REDIS_SOCK" GET e2e:rogue)" ]
 }
 
@@ -1367,7 +1375,7 @@ run_suite() {
     step "14b server end: bridge.socket on the link, TLS, redis behind it" step_server_end
     step "14c client end bridge-connect@redis: redis-cli PING, SET/GET" step_client_end
     step "14d journals: CLIENT_UID + TARGET, server CLIENT_ADDR" step_link_journals
-    step "14e no / foreign client certificate: tls-refused, not in redis" step_link_refused
+    step "14e no / foreign / unlisted client certificate: tls-refused (CLIENT_CN), not in redis" step_link_refused
     step "14f server end restarted under a redis-cli loop: no failure" step_link_server_restart
     step "14g server end's port closed: a new client is held, then served" step_link_port_closed
     step "14h server end stopped, started 3x under a redis-cli loop: no failure" step_link_server_stops
