@@ -235,13 +235,13 @@ test(`--rate-per-source: N new connections per period from one source, then refu
   assert.equal(report.sources?.tracked, 2, 'both sources idle, kept for their windows');
 });
 
-test(`per-source table: a flood of ${IDLE_MAX + 904} sources keeps it within live sources + ${IDLE_MAX} (${RELAY} relay)`, async (t) => {
+test(`per-source table: a flood of 10,000 sources keeps it within live sources + ${IDLE_MAX} (${RELAY} relay)`, async (t) => {
   const dir = tempDir(t);
   const { srv } = await countingEcho(t, dir);
   const ctl = join(dir, 'ctl');
   const bridge = await startBridge(t, ['--relay', RELAY, '--listen', '127.0.0.1:0', '--target', srv.path, '--check-interval', '0', '--control-socket', ctl,
     '--rate-per-source', '1000/1h', '--log-level', 'notice']);
-  const sources = IDLE_MAX + 904;
+  const sources = 10_000;
   const addressOf = (i: number): string => `127.1.${Math.floor(i / 250) + 1}.${(i % 250) + 1}`;
   let maxSeen = 0;
   for (let first = 0; first < sources; first += 200) {

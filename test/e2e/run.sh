@@ -44,6 +44,8 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 source "$repo/scripts/rootfs.sh"
 
 RUNTIME_PACKAGES=(nodejs python3 procps iproute2 redis-server)
+# Debian 13's HAProxy (3.0) reads PROXY v2 TLVs back (fc_pp_tlv, HAProxy 2.9+): step 15.
+TLV_READER_SUITE=trixie
 WATCHDOG_SEC=10       # bridge.service's WatchdogSec=
 RESTART_SEC=1         # bridge.service's RestartSec=
 RESTART_GRACE=1       # bridge.conf's restart-grace (the default, 1s)
@@ -1303,6 +1305,78 @@ step_link_undo() {
     poll 10 is_state bridge.service active
 }
 
+# --- identity to the program: PROXY v2 TLVs read by a real HAProxy ----------
+#
+# sockbridge run by hand in the container (transient units), in front of
+# HAProxy 3.0 with accept-proxy, which logs the TLVs it received: from a TLS
+# client with a certificate, PP2_TYPE_SSL (client bits, verify, version, CN,
+# cipher) and the SNI as PP2_TYPE_AUTHORITY; from a UNIX listener's client,
+# sockbridge's 0xE0 (pid, uid, gid). Only Debian 13's HAProxy has fc_pp_tlv.
+step_haproxy_tlvs() {
+    local d=/mnt/shared/link-tls out port unit
+    if [ "$SUITE" != "$TLV_READER_SUITE" ]; then
+        echo "HAProxy $(c dpkg-query -W -f '${Version}' haproxy 2>/dev/null || echo 'is not installed') here; fc_pp_tlv needs 2.9+: run in e2e-$TLV_READER_SUITE"
+        return "$SKIPPED"
+    fi
+    [ -s "$WORK/shared/link-tls/client.crt" ] || make_link_certs
+    c systemctl disable --now haproxy.service >/dev/null 2>&1 || true
+    c mkdir -p /run/sb-tlv
+    printf '%s\n' global '  log stdout format raw local0' defaults '  mode tcp' '  log global' \
+        '  timeout connect 5s' '  timeout client 10s' '  timeout server 10s' \
+        frontend\ fe '  bind 127.0.0.1:7410 accept-proxy' \
+        '  log-format "tlv src=%ci:%cp authority=%[fc_pp_authority] ssl=%[fc_pp_tlv(0x20),hex] cred=%[fc_pp_tlv(0xE0),hex]"' \
+        '  default_backend be' backend\ be '  server echo 127.0.0.1:7412' |
+        c sh -c 'cat >/run/sb-tlv/haproxy.cfg'
+    c haproxy -c -q -f /run/sb-tlv/haproxy.cfg
+    c systemd-run -q --unit sb-tlv-echo -p RuntimeMaxSec=300 python3 -c "import socketserver
+class E(socketserver.BaseRequestHandler):
+    def handle(self):
+        while (b := self.request.recv(4096)): self.request.sendall(b)
+socketserver.ThreadingTCPServer(('127.0.0.1', 7412), E).serve_forever()"
+    c systemd-run -q --unit sb-tlv-haproxy -p RuntimeMaxSec=300 haproxy -db -f /run/sb-tlv/haproxy.cfg
+    c systemd-run -q --unit sb-tlv-tls -p RuntimeMaxSec=300 sockbridge --listen 127.0.0.1:7411 --target 127.0.0.1:7410 \
+        --send-proxy v2 --check-interval 0 --tls-cert $d/server.crt --tls-key $d/server.key --tls-ca $d/ca.crt
+    c systemd-run -q --unit sb-tlv-unix -p RuntimeMaxSec=300 sockbridge --listen /run/sb-tlv/sb.sock --target 127.0.0.1:7410 \
+        --send-proxy v2 --check-interval 0 --control-socket /run/sb-tlv/unix.ctl
+    for unit in sb-tlv-echo sb-tlv-haproxy sb-tlv-tls sb-tlv-unix; do echo "$unit" >>"$WORK/tlv-units"; done
+    poll 15 listening 7410
+    poll 15 listening 7411
+    poll 15 c test -S /run/sb-tlv/sb.sock
+    # A TLS client with the link's client certificate (CN e2e-client), SNI app.example.org.
+    out=$(c timeout 30 python3 -c "import socket, ssl, sys
+ctx = ssl.create_default_context(cafile='$d/ca.crt')
+ctx.check_hostname = False  # the server certificate names the link address; the chain is still verified
+ctx.load_cert_chain('$d/client.crt', '$d/client.key')
+s = ctx.wrap_socket(socket.create_connection(('127.0.0.1', 7411), 10), server_hostname='app.example.org')
+s.settimeout(10)
+s.sendall(b'tlv')
+got = s.recv(100)
+print(s.getsockname()[1], got)
+sys.exit(got != b'tlv')")
+    port=${out%% *}
+    echo "TLS client port $port: $out"
+    # As root through the UNIX listener: 0xE0 carries pid, uid 0, gid 0.
+    c timeout 30 python3 -c "import socket, sys
+s = socket.socket(socket.AF_UNIX); s.settimeout(10); s.connect('/run/sb-tlv/sb.sock')
+s.sendall(b'cred'); got = s.recv(100); sys.exit(got != b'cred')"
+    local ssl_hex
+    # 07: SSL | CERT_CONN | CERT_SESS; verify 0; then TLSv1.3 (0x21), e2e-client (0x22), the cipher (0x23).
+    ssl_hex=0700000000210007$(hex_of TLSv1.3)
+    poll 15 sh -c "c journalctl -u sb-tlv-haproxy -o cat --no-pager | grep -q 'tlv src=127.0.0.1:$port authority=app.example.org ssl=$ssl_hex'"
+    c journalctl -u sb-tlv-haproxy -o cat --no-pager | grep 'tlv src=127.0.0.1:'"$port"
+    c journalctl -u sb-tlv-haproxy -o cat --no-pager | grep -q "ssl=$ssl_hex.*22000A$(hex_of e2e-client)23"
+    poll 15 sh -c "c journalctl -u sb-tlv-haproxy -o cat --no-pager | grep -Eq 'cred=[0-9A-F]{8}0{16}\$'"
+    c journalctl -u sb-tlv-haproxy -o cat --no-pager | grep -E 'cred=[0-9A-F]{8}0{16}$'
+    stop_tlv_units
+}
+hex_of() { printf '%s' "$1" | od -An -tx1 | tr -d ' \n' | tr a-f A-F; }
+stop_tlv_units() {
+    local unit
+    [ -e "$WORK/tlv-units" ] || return 0
+    while read -r unit; do c systemctl stop "$unit" >/dev/null 2>&1 || true; done <"$WORK/tlv-units"
+    rm -f "$WORK/tlv-units"
+}
+
 # run_suite SUITE: build, boot, run every step; prints e2e-SUITE's counts
 # and writes them to $COUNTS/SUITE for main's total. Runs as a process of
 # its own (run.sh --suite SUITE).
@@ -1310,7 +1384,9 @@ run_suite() {
     SUITE=$1
     local t0 root
     t0=$(now)
-    root=$(ensure_derived_root "$SUITE" runtime-root "${RUNTIME_PACKAGES[@]}")
+    local packages=("${RUNTIME_PACKAGES[@]}")
+    [ "$SUITE" != "$TLV_READER_SUITE" ] || packages+=(haproxy)
+    root=$(ensure_derived_root "$SUITE" runtime-root "${packages[@]}")
     echo "e2e-$SUITE: runtime root ready ($(elapsed "$t0"))"
 
     t0=$(now)
@@ -1383,6 +1459,8 @@ run_suite() {
     step "14j client end: upgrade restarts bridge-connect@, remove stops" step_link_upgrade_remove
     step "14k server end back to its defaults" step_link_undo
     stop_client_container
+    step "15 HAProxy reads the PROXY v2 TLVs: SSL (CN), AUTHORITY, 0xE0" step_haproxy_tlvs
+    stop_tlv_units
     step "12 crash loop (bad config) never wedges the socket" step_crash_loop
     step "11 upgrade (higher version) hands over bridge and bridge@ sessions" step_upgrade
     step "10 remove stops all, purge removes conffile" step_remove_purge
