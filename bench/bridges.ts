@@ -4,6 +4,7 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { WHO } from './report';
 
 export interface BridgeContext {
   /** Loopback TCP port the bridge listens on. */
@@ -192,6 +193,15 @@ function needTls(ctx: BridgeContext): TlsFiles {
  * each negotiates its default with the load client (TLS 1.3, which the client
  * pins, and the JSON records what was agreed).
  */
+/**
+ * Who-may-connect configured, for the "who" column: an allow list (the
+ * clients' loopback range, everything else denied) and per-source limits.
+ * Every load client comes from 127.0.0.1, one source, so the limits are
+ * set high enough never to refuse one of its connections: each is still
+ * counted, looked up and released per connection, which is the cost measured.
+ */
+const WHO_OPTIONS = ['--deny', 'any', '--allow', '127.0.0.0/8', '--max-conn-per-source', '1000000', '--rate-per-source', '100000000/1s'];
+
 export function tlsBridges(sockbridgeBin: string): Bridge[] {
   const hasRelay = sockbridgeHasOption(sockbridgeBin, '--relay');
   const sockbridge = (name: string, extra: string[]): Bridge => ({
@@ -213,6 +223,7 @@ export function tlsBridges(sockbridgeBin: string): Bridge[] {
   });
   return [
     sockbridge('sockbridge', []),
+    { ...sockbridge(WHO, WHO_OPTIONS), unavailable: () => (sockbridgeHasOption(sockbridgeBin, '--rate-per-source') ? missingFile(sockbridgeBin) : 'this build has no --rate-per-source') },
     { ...sockbridge('sockbridge-js', ['--relay', 'js']), unavailable: () => (hasRelay ? missingFile(sockbridgeBin) : 'this build has no --relay') },
     {
       name: 'haproxy',
@@ -254,6 +265,7 @@ export function allBridges(sockbridgeBin: string): Bridge[] {
   return [
     { name: 'direct', unavailable: () => null, command: () => null },
     sockbridge('sockbridge', []),
+    { ...sockbridge(WHO, WHO_OPTIONS), unavailable: () => (sockbridgeHasOption(sockbridgeBin, '--rate-per-source') ? missingFile(sockbridgeBin) : 'this build has no --rate-per-source') },
     // The TypeScript relay (TLS sessions, installs without the native addon): one thread.
     { ...sockbridge('sockbridge-js', ['--relay', 'js']), unavailable: () => (hasRelay ? missingFile(sockbridgeBin) : 'this build has no --relay') },
     {

@@ -77,6 +77,8 @@ const TARGET_TEXT: Record<TargetKind, string> = {
 };
 
 export const SUBJECT = 'sockbridge';
+/** sockbridge with an allow list and per-source limits configured (bridges.ts WHO_OPTIONS). */
+export const WHO = 'sockbridge-who';
 export const REFERENCE = 'haproxy';
 export const FLOOR = 'direct';
 
@@ -132,7 +134,9 @@ function ratio(def: MetricDef, a: Value, b: Value): string {
  * floor: the column of the second ratio (direct), or null for none (TLS).
  */
 export function tableRows(bridges: string[], results: Record<string, Metrics>, metrics: MetricDef[] = METRICS, floor: string | null = FLOOR): string[][] {
-  const header = ['metric', ...bridges, 'sb/haproxy', ...(floor ? ['sb/direct'] : []), 'target', 'sockbridge'];
+  // The cost of who-may-connect: the same sockbridge with an allow list and per-source limits, against itself.
+  const who = bridges.includes(WHO) ? ['who/sb'] : [];
+  const header = ['metric', ...bridges, 'sb/haproxy', ...(floor ? ['sb/direct'] : []), ...who, 'target', 'sockbridge'];
   const rows = metrics.map((def) => {
     const val = (b: string): Value => results[b]?.[def.key] ?? null;
     const sb = val(SUBJECT);
@@ -141,6 +145,7 @@ export function tableRows(bridges: string[], results: Record<string, Metrics>, m
       ...bridges.map((b) => cell(def, val(b))),
       ratio(def, sb, val(REFERENCE)),
       ...(floor ? [ratio(def, sb, val(floor))] : []),
+      ...(who.length ? [ratio(def, val(WHO), sb)] : []),
       def.target ? targetText(def) : '',
       judge(def, sb, val(REFERENCE)).replace('n/a', def.target ? 'n/a' : ''),
     ];

@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import type net from 'node:net';
+import { connect as netConnect } from 'node:net';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import tls from 'node:tls';
@@ -302,4 +303,56 @@ test('a request the target drops unanswered after a restart carried its session 
   c.end('world'); // the program now resets that connection; the next process sends both halves again
   assert.equal((await reply).toString(), 'helloworld');
   await sd.waitLog(2, /session 127\.0\.0\.1:\d+ closed \(done\), 10 bytes in, 10 bytes out/);
+});
+
+test('the per-source table is rebuilt from the carried sessions: a source at --max-conn-per-source before a restart is at it after', async (t) => {
+  const { sd } = await echoBehindFakeSystemd(t, ['--max-conn-per-source', '2']);
+  const from = (localAddress: string): Promise<net.Socket> => new Promise((resolve, reject) => {
+    const s = netConnect({ port: sd.port, host: '127.0.0.1', localAddress });
+    s.once('connect', () => { s.off('error', reject); resolve(s); });
+    s.once('error', reject);
+  });
+  const echoes = async (s: net.Socket, text: string): Promise<void> => {
+    const back: Buffer[] = [];
+    const onData = (d: Buffer): void => { back.push(d); };
+    s.on('data', onData);
+    s.write(text);
+    await waitFor(() => Buffer.concat(back).toString() === text, 5000, `the echo of ${text}`);
+    s.off('data', onData);
+  };
+  const a = await from('127.0.0.5');
+  const b = await from('127.0.0.5');
+  t.after(() => { a.destroy(); b.destroy(); });
+  await echoes(a, 'a before');
+  await echoes(b, 'b before');
+
+  sd.send('restart');
+  await sd.next((e) => e.event === 'ready' && e.gen === 2, 'READY=1 from the second bridge');
+  await sd.waitLog(2, /took over 2 sessions/);
+  await echoes(a, 'a after');
+
+  // The source's two carried sessions count: a third is refused by the second bridge.
+  const third = await from('127.0.0.5');
+  third.on('error', () => {});
+  third.on('data', () => assert.fail('a refused client got bytes'));
+  await closedWithin(third, 5000);
+  await sd.waitLog(2, /127\.0\.0\.5.*2 sessions from 127\.0\.0\.5 are open already \(--max-conn-per-source 2\)/);
+  // Another source is not affected.
+  const other = await from('127.0.0.6');
+  t.after(() => other.destroy());
+  await echoes(other, 'another source');
+  // A carried session ending gives its source room again.
+  a.end();
+  await closedWithin(a, 5000);
+  await waitFor(async () => {
+    const again = await from('127.0.0.5');
+    again.on('error', () => {});
+    const served = await new Promise<boolean>((resolve) => {
+      again.once('data', () => resolve(true));
+      again.once('close', () => resolve(false));
+      again.write('room again');
+    });
+    again.destroy();
+    return served;
+  }, 5000, 'a new session from 127.0.0.5 once a carried one ended');
 });
