@@ -11,7 +11,7 @@
 
 import { performance } from 'node:perf_hooks';
 import { addressLabel } from './listen/address';
-import { Exposure, exposure, openToAllWarning } from './listen/exposure';
+import { Exposure, exposure, openToAllWarning, procLocalAddress } from './listen/exposure';
 import { describeNames } from './listen/identity';
 import { checkDescriptorBudget, ListenerInfo, ListenSpec, listenSpecs, warnAccessListsNotApplied } from './listen/listeners';
 import { notLogged, RepeatLimiter } from './listen/refusals';
@@ -253,7 +253,13 @@ export class Bridge {
 
   /** Whether the port is open to everyone, said at every start and reload (exposure.ts). */
   private judgeExposure(cfg: Config): void {
-    this.exposed = exposure(this.specs, cfg, this.tls?.ca !== undefined);
+    // A passed socket's address by getsockname(2) through the data plane: in
+    // the packaged unit's private network namespace (PrivateNetwork=yes) the
+    // host's /proc/net/tcp is not visible, and every such socket would look
+    // open. Without the data plane, /proc is all there is.
+    const addon = this.fdStore;
+    const localAddressOf = (fd: number): string | undefined => addon?.localAddress(fd) || procLocalAddress(fd);
+    this.exposed = exposure(this.specs, cfg, this.tls?.ca !== undefined, localAddressOf);
     if (this.exposed.openToAll) this.logger.warning(openToAllWarning(this.exposed), { EVENT: 'open-to-all' });
   }
 

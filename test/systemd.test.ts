@@ -47,6 +47,28 @@ test('socket activation: the passed socket is adopted and its backlog kept', { s
 
 });
 
+test('a passed socket in a private network namespace (PrivateNetwork=yes): its address is read with getsockname, so loopback is not taken for open to all', {
+  skip: (!have('systemd-socket-activate') || !have('unshare') || process.getuid?.() !== 0) && 'needs systemd-socket-activate, unshare and root',
+}, async (t) => {
+  const dir = tempDir(t);
+  const srv = await echoServer(join(dir, 'app.sock'));
+  t.after(() => srv.close());
+  for (const host of ['127.0.0.1', '0.0.0.0']) {
+    const port = await freePort();
+    // unshare -n: the bridge runs in a network namespace of its own, as the packaged unit does, with the socket bound outside it.
+    const bridge = await startBridge(t, ['--relay', 'native', '--target', srv.path, '--check-interval', '0'], {
+      wrapper: ['systemd-socket-activate', '-l', `${host}:${port}`, '--fdname=bridge.socket', 'unshare', '-n', '--'],
+      waitListening: false,
+    });
+    await bridge.waitForLog(new RegExp(`Listening on ${host.replace(/\./g, '\\.')}:${port} as 3`));
+    assert.equal((await roundTrip(port, 'from the host')).toString(), 'from the host');
+    await bridge.waitForLog(/listening on systemd fd 3 \(bridge\.socket\)/);
+    if (host === '127.0.0.1') assert.doesNotMatch(bridge.log(), /beyond loopback|address unknown/, 'a loopback socket was taken for open to all');
+    else assert.match(bridge.log(), new RegExp(`accepting on systemd fd 3 \\(bridge\\.socket\\) \\(0\\.0\\.0\\.0 port ${port}\\) beyond loopback`));
+    await bridge.stop();
+  }
+});
+
 test('LISTEN_PID of another process: the fds are not ours, --listen is bound instead', async (t) => {
   const { bridge } = await bridgeToEcho(t, ['--listen', '127.0.0.1:0'], {
     env: { LISTEN_PID: '1', LISTEN_FDS: '1', LISTEN_FDNAMES: 'x' },
