@@ -1362,14 +1362,16 @@ s.sendall(b'cred'); got = s.recv(100); sys.exit(got != b'cred')"
     local ssl_hex
     # 07: SSL | CERT_CONN | CERT_SESS; verify 0; then TLSv1.3 (0x21), e2e-client (0x22), the cipher (0x23).
     ssl_hex=0700000000210007$(hex_of TLSv1.3)
-    poll 15 sh -c "c journalctl -u sb-tlv-haproxy -o cat --no-pager | grep -q 'tlv src=127.0.0.1:$port authority=app.example.org ssl=$ssl_hex'"
-    c journalctl -u sb-tlv-haproxy -o cat --no-pager | grep 'tlv src=127.0.0.1:'"$port"
-    c journalctl -u sb-tlv-haproxy -o cat --no-pager | grep -q "ssl=$ssl_hex.*22000A$(hex_of e2e-client)23"
-    poll 15 sh -c "c journalctl -u sb-tlv-haproxy -o cat --no-pager | grep -Eq 'cred=[0-9A-F]{8}0{16}\$'"
+    poll 15 haproxy_logged "tlv src=127\.0\.0\.1:$port authority=app\.example\.org ssl=${ssl_hex}22000A$(hex_of e2e-client)23" || { tlv_log_tail; false; }
+    c journalctl -u sb-tlv-haproxy -o cat --no-pager | grep "tlv src=127.0.0.1:$port "
+    poll 15 haproxy_logged 'cred=[0-9A-F]{8}0{16}$' || { tlv_log_tail; false; }
     c journalctl -u sb-tlv-haproxy -o cat --no-pager | grep -E 'cred=[0-9A-F]{8}0{16}$'
     stop_tlv_units
 }
 hex_of() { printf '%s' "$1" | od -An -tx1 | tr -d ' \n' | tr a-f A-F; }
+# haproxy_logged REGEX: HAProxy's log (step 15) has a line matching REGEX.
+haproxy_logged() { c journalctl -u sb-tlv-haproxy -o cat --no-pager | grep -Eq "$1"; }
+tlv_log_tail() { c journalctl -u sb-tlv-haproxy -u sb-tlv-tls -u sb-tlv-unix -o cat --no-pager | tail -n 8; }
 stop_tlv_units() {
     local unit
     [ -e "$WORK/tlv-units" ] || return 0
