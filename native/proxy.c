@@ -254,14 +254,19 @@ static int parse_v1(const uint8_t *buf, size_t len, struct proxy_info *out) {
   }
   int family = nfields >= 2 && flen[1] == 4 && memcmp(field[1], "TCP4", 4) == 0 ? 4 : nfields >= 2 && flen[1] == 4 && memcmp(field[1], "TCP6", 4) == 0 ? 6 : 0;
   if (!family) {
-    /* JSON.stringify of at most 16 characters, as the twin writes it (printable ASCII only: others are \u escapes there). */
+    /* At most 16 characters as the twin shows them: JSON.stringify of the
+       line read as latin1 (\" \\ \b \t \n \f \r, \u00xx for other controls,
+       every other byte the character of that code, in UTF-8). */
     char shown[16 * 6 + 3];
     size_t at = 0, n = nfields >= 2 ? (flen[1] < 16 ? flen[1] : 16) : 0;
     shown[at++] = '"';
     for (size_t i = 0; i < n; i++) {
       unsigned char ch = (unsigned char)field[1][i];
-      if (ch == '"' || ch == '\\') at += (size_t)snprintf(shown + at, sizeof shown - at, "\\%c", ch);
-      else if (ch < 0x20 || ch >= 0x7f) at += (size_t)snprintf(shown + at, sizeof shown - at, "\\u%04x", ch);
+      const char *shorts = "\"\"\\\\\bb\tt\nn\ff\rr"; /* a character, then the letter of its short escape */
+      const char *esc = ch ? strchr(shorts, ch) : NULL;
+      if (esc && (esc - shorts) % 2 == 0) at += (size_t)snprintf(shown + at, sizeof shown - at, "\\%c", esc[1]);
+      else if (ch < 0x20) at += (size_t)snprintf(shown + at, sizeof shown - at, "\\u%04x", ch);
+      else if (ch >= 0x80) shown[at++] = (char)(0xc0 | ch >> 6), shown[at++] = (char)(0x80 | (ch & 0x3f));
       else shown[at++] = (char)ch;
     }
     shown[at++] = '"';

@@ -338,6 +338,13 @@ test('IPv6 written as inet_ntop writes it', () => {
   assert.equal(formatIPv6(b('20010db8000000000001000000000001')), '2001:db8::1:0:0:1', 'the first of equal runs');
   assert.equal(formatIPv6(b('20010db8000000010001000100010001')), '2001:db8:0:1:1:1:1:1', 'a single zero group is written out');
   assert.equal(formatIPv6(b('00000000000000000000ffffc0000207')), '::ffff:192.0.2.7');
+  // ::/96 with a non-zero seventh group: the old IPv4-compatible form, as glibc's and libuv's inet_ntop write it.
+  assert.equal(formatIPv6(b('000000000000000000000000c0000207')), '::192.0.2.7');
+  assert.equal(formatIPv6(b('00000000000000000000000000010002')), '::0.1.0.2');
+  assert.equal(formatIPv6(b('00000000000000000000000000000100')), '::100');
+  assert.equal(formatIPv6(b('00000000000000000000000000000002')), '::2');
+  assert.equal(formatIPv6(b('0000000000000000000000010000000a')), '::1:0:a');
+  assert.equal(formatIPv6(b('00000000000000000000ffff00000000')), '::ffff:0.0.0.0');
 });
 
 // ---- rate-limited refusal lines -------------------------------------------------------------------

@@ -177,9 +177,16 @@ export function ipv6Bytes(a: string): Buffer {
   return out;
 }
 
-/** 16 bytes as inet_ntop(3) writes them: RFC 5952, an IPv4-mapped address as ::ffff:a.b.c.d. */
+/**
+ * 16 bytes as inet_ntop(3) writes them (glibc's, and libuv's, which writes
+ * Node's remoteAddress): RFC 5952, an IPv4-mapped address as
+ * ::ffff:a.b.c.d, and one in ::/96 whose seventh group is not zero (the
+ * old IPv4-compatible form) as ::a.b.c.d ("::2" and "::100" stay as they
+ * are, "::1:2" is "::0.1.0.2").
+ */
 export function formatIPv6(b: Uint8Array): string {
   if (b.subarray(0, 10).every((x) => x === 0) && b[10] === 0xff && b[11] === 0xff) return `::ffff:${b[12]}.${b[13]}.${b[14]}.${b[15]}`;
+  if (b.subarray(0, 12).every((x) => x === 0) && (b[12] !== 0 || b[13] !== 0)) return `::${b[12]}.${b[13]}.${b[14]}.${b[15]}`;
   const groups: number[] = [];
   for (let i = 0; i < 16; i += 2) groups.push((b[i]! << 8) | b[i + 1]!);
   let best = -1;
