@@ -240,12 +240,14 @@ test('wake() retries at once: with the target still refusing, the backoff starts
   };
   const c = connectVia(t, h);
   pending = c.pending;
-  await waitFor(() => h.dialer.attempts.length >= 12, 10_000, '12 attempts');
+  // Twelve attempts ended (the twelfth is recorded when it starts, its outcome when it fails).
+  await waitFor(() => h.dialer.attempts[11]?.outcome !== undefined, 10_000, '12 attempts');
   assert.equal(inWake, 1, 'wake() made an attempt at once, inside the call');
   const g = gaps(h.dialer.attempts);
   assert.ok(g[7]! < 0.8 * MAX_MS - EARLY_MS, `attempt 9 came ${g[7]!.toFixed(1)} ms after 8: not at once`);
-  // The backoff after a wake-up starts over: attempt 10 comes 5 ms ±20 % after 9, not 200 ms.
-  assert.ok(g[8]! >= 0.8 * FIRST_MS - EARLY_MS && g[8]! < 50, `after the wake-up the next wait was ${g[8]!.toFixed(1)} ms (waits: ${g.map((x) => x.toFixed(1)).join(', ')})`);
+  // The backoff after a wake-up starts over: attempt 10 comes 5 ms ±20 % after 9, not 200 ms
+  // (a loaded machine may add tens of ms; not starting over would add at least 160).
+  assert.ok(g[8]! >= 0.8 * FIRST_MS - EARLY_MS && g[8]! < 0.5 * MAX_MS, `after the wake-up the next wait was ${g[8]!.toFixed(1)} ms (waits: ${g.map((x) => x.toFixed(1)).join(', ')})`);
   assert.ok(h.dialer.attempts.slice(0, 12).every((a) => a.outcome === 'ECONNREFUSED'), JSON.stringify(h.dialer.attempts.slice(0, 12)));
 
   // Now the program listens; the next failed attempt sets a timer far enough away to see that wake() beats it.
@@ -283,7 +285,8 @@ test('wake() during an attempt in flight retries right after that attempt fails,
   assert.equal(h.dialer.attempts.length, 9, 'the next round started at once, inside the failure');
   await waitFor(() => h.dialer.attempts.length >= 10, 5000, 'attempt 10');
   const g = gaps(h.dialer.attempts);
-  assert.ok(g[8]! < 0.8 * 20, `attempt 10 came ${g[8]!.toFixed(1)} ms after 9: the backoff did not start over`);
+  // Started over: about 5 ms (plus what a loaded machine adds); not started over: the 200 ms step, at least 160.
+  assert.ok(g[8]! < 0.5 * MAX_MS, `attempt 10 came ${g[8]!.toFixed(1)} ms after 9: the backoff did not start over`);
   c.pending.cancel();
   const out = await c.done;
   assert.equal(out.failure, 'cancelled');
