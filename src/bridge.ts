@@ -24,7 +24,7 @@ import { defaultThreads, LOAD_FAILED, loadDataPlane, type DataPlaneAddon } from 
 import { NativeRelay } from './dataplane/native-relay';
 import type { Relay, RelayContext, RelayInfo, SourceTableInfo, ThreadCounts, TlsRefusalDetail } from './session/contract';
 import { JsRelay } from './session/js-relay';
-import { loadTargetTls, loadTlsMaterial, TlsMaterial, tlsInForce } from './session/tls';
+import { crlProblem, loadTargetTls, loadTlsMaterial, TlsMaterial, tlsInForce } from './session/tls';
 import type { TargetTlsMaterial } from './targets/connector';
 import { splitPassed, storeCapacity, storeNeeded } from './systemd/fd-store';
 import type { Notifier } from './systemd/notify';
@@ -179,6 +179,7 @@ export class Bridge {
     this.listeners = await this.relay.start(specs, adopted?.handover, this.tls);
     this.specs = specs;
     this.judgeExposure(this.cfg);
+    this.warnStaleCrls(this.cfg);
     if (adopted && this.relay.adopted) {
       logTakeOver(this.logger, this.relay.adopted, adopted.lost);
       if (this.relay.busy) this.hooks.onBusyChange(true);
@@ -238,6 +239,12 @@ export class Bridge {
     const p = this.identityLog.permit(`${detail.cn ?? ''}\0${detail.san ?? ''}\0${reason}`, performance.now());
     if (!p) return;
     this.logger.warning(`TLS client ${addressLabel(addr, port)} refused: certificate ${describeNames(detail.cn, detail.san)} ${reason}${notLogged(p)}`, fields);
+  }
+
+  /** A CRL past its next update, and what that means (crlProblem), said at every start and reload. */
+  private warnStaleCrls(cfg: Config): void {
+    const problem = this.tls ? crlProblem(cfg, this.tls.crls) : '';
+    if (problem !== '') this.logger.warning(`--tls-crl ${cfg.tlsCrl}: ${problem}`, { EVENT: 'crl-stale', FILE: cfg.tlsCrl });
   }
 
   /** Whether the port is open to everyone, said at every start and reload (exposure.ts). */
@@ -320,6 +327,7 @@ export class Bridge {
     else this.tls = tls;
     this.checkBudgets(next);
     this.judgeExposure(next);
+    this.warnStaleCrls(next);
     this.logger.setLevel(next.logLevel);
     this.publishStatus();
     this.notifier.ready();
