@@ -54,7 +54,7 @@ tests = $(patsubst %,dist/test/%.test.js,$(1))
 
 # What a relay does: run again with the TypeScript relay (make unit) and
 # under the sanitizer build (make test-asan).
-RELAY_TESTS := relay retries limits lifecycle socket-recreated bad-peers health soak status targets tls tls-dataplane forced-end remote-access unix-listen who
+RELAY_TESTS := relay retries limits lifecycle socket-recreated bad-peers health soak status targets tls tls-dataplane forced-end remote-access unix-listen who who-native
 # The whole suite with the data plane (forced: the tests' bridges run
 # --relay native), then RELAY_TESTS with the TypeScript relay.
 unit: build

@@ -19,7 +19,7 @@ import { describeSan, IdentityRules, identityAllowed, identityOf, noRules, unmat
 import type { Config } from '../options';
 import type { TargetTlsMaterial } from '../targets/connector';
 import type { TlsRefusalDetail } from './contract';
-import { CrlInfo, describeCrl, readCrls, staleCrls } from './crl';
+import { chainRevocation, CrlInfo, describeCrl, readCrls, staleCrls } from './crl';
 import type { ProxyExtra } from './proxy-protocol';
 
 export type TlsSettings = Pick<Config, 'tlsCert' | 'tlsKey' | 'tlsCa' | 'tlsCrl' | 'tlsCrlAllowStale' | 'clientTimeout' | 'tlsAllowCn' | 'tlsAllowDns' | 'tlsAllowUri'>;
@@ -159,15 +159,15 @@ export function crlProblem(cfg: Pick<TlsSettings, 'tlsCrlAllowStale'>, crls: rea
     : `past its next update, so every client certificate of that CA is refused until a newer CRL is in the file: ${names}`;
 }
 
-/** OpenSSL's X509_V_ERR_* numbers as Node names them (authorizationError), for the log. */
+/** OpenSSL 3's X509_V_ERR_* numbers (Node's and the data plane's OpenSSL) as Node names them (authorizationError), for the log. */
 const VERIFY_ERRORS: Record<number, string> = {
   2: 'UNABLE_TO_GET_ISSUER_CERT', 3: 'UNABLE_TO_GET_CRL', 4: 'UNABLE_TO_DECRYPT_CERT_SIGNATURE', 5: 'UNABLE_TO_DECRYPT_CRL_SIGNATURE',
   6: 'UNABLE_TO_DECODE_ISSUER_PUBLIC_KEY', 7: 'CERT_SIGNATURE_FAILURE', 8: 'CRL_SIGNATURE_FAILURE', 9: 'CERT_NOT_YET_VALID',
   10: 'CERT_HAS_EXPIRED', 11: 'CRL_NOT_YET_VALID', 12: 'CRL_HAS_EXPIRED', 13: 'ERROR_IN_CERT_NOT_BEFORE_FIELD',
   14: 'ERROR_IN_CERT_NOT_AFTER_FIELD', 15: 'ERROR_IN_CRL_LAST_UPDATE_FIELD', 16: 'ERROR_IN_CRL_NEXT_UPDATE_FIELD', 17: 'OUT_OF_MEM',
   18: 'DEPTH_ZERO_SELF_SIGNED_CERT', 19: 'SELF_SIGNED_CERT_IN_CHAIN', 20: 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
-  21: 'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 22: 'CERT_CHAIN_TOO_LONG', 23: 'CERT_REVOKED', 24: 'INVALID_CA', 25: 'PATH_LENGTH_EXCEEDED',
-  26: 'INVALID_PURPOSE', 27: 'CERT_UNTRUSTED', 28: 'CERT_REJECTED', 62: 'HOSTNAME_MISMATCH',
+  21: 'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 22: 'CERT_CHAIN_TOO_LONG', 23: 'CERT_REVOKED', 24: 'NO_ISSUER_PUBLIC_KEY', 25: 'PATH_LENGTH_EXCEEDED',
+  26: 'INVALID_PURPOSE', 27: 'CERT_UNTRUSTED', 28: 'CERT_REJECTED', 62: 'HOSTNAME_MISMATCH', 79: 'INVALID_CA', // (24 was INVALID_CA before OpenSSL 3)
 };
 
 /** Why the data plane refused a handshake, in the words the TypeScript relay uses. */
@@ -185,6 +185,19 @@ interface Pending {
 function presented(socket: tls.TLSSocket): tls.PeerCertificate | undefined {
   const cert = socket.getPeerCertificate() as tls.PeerCertificate | null;
   return cert !== null && Object.keys(cert).length > 0 ? cert : undefined;
+}
+
+/** The peer's certificate and its issuers up to the root, as Node found them (leaf first). */
+function peerChain(socket: tls.TLSSocket): tls.DetailedPeerCertificate[] {
+  const chain: tls.DetailedPeerCertificate[] = [];
+  let cert = socket.getPeerCertificate(true) as tls.DetailedPeerCertificate | null;
+  while (cert && cert.raw && chain.length < 16) {
+    chain.push(cert);
+    const next = cert.issuerCertificate;
+    if (!next || next === cert || next.fingerprint256 === cert.fingerprint256) break; // the root names itself
+    cert = next;
+  }
+  return chain;
 }
 
 /** The certificate's names for the refusal's log entry (CLIENT_CN, CLIENT_SAN). */
@@ -231,7 +244,8 @@ export class TlsTerminator {
     private readonly server: tls.Server,
     verifyClients: boolean,
     rules: IdentityRules,
-    allowStale: boolean,
+    /** The CRLs checked here rather than by OpenSSL (--tls-crl-allow-stale), or undefined. */
+    crls: readonly CrlInfo[] | undefined,
     /** What verifying a client depends on: tickets survive a reload only while it stays the same. */
     readonly verification: string,
   ) {
@@ -242,15 +256,22 @@ export class TlsTerminator {
       this.pending.delete(raw!);
       // Verified here rather than by rejectUnauthorized, which would close the
       // connection without telling us why (expired, unknown issuer, none sent).
-      // A stale CRL is the last error OpenSSL reports only when nothing else
-      // was wrong (a revocation found in it comes after): --tls-crl-allow-stale lets that one pass.
-      const staleAllowed = allowStale && String(socket.authorizationError) === 'CRL_HAS_EXPIRED';
-      if (verifyClients && !socket.authorized && !staleAllowed) {
+      if (verifyClients && !socket.authorized) {
         const cert = presented(socket);
         socket.destroy();
         const error = String(socket.authorizationError);
         const why = !cert ? 'no certificate sent' : error === 'CERT_REVOKED' ? `certificate revoked (serial ${cert.serialNumber.toUpperCase()})` : error;
         return p.onFail(`client certificate refused: ${why}`, namesOf(cert));
+      }
+      // --tls-crl-allow-stale: Node verified without the CRLs (it reports only
+      // OpenSSL's last error, and a stale CRL's would hide the others); revocation is checked here.
+      if (verifyClients && crls) {
+        const why = chainRevocation(crls, peerChain(socket));
+        if (why !== '') {
+          const cert = presented(socket);
+          socket.destroy();
+          return p.onFail(`client certificate refused: ${why}`, namesOf(cert));
+        }
       }
       // The allow-lists, once the certificate verified: a refused identity never reaches the program.
       if (!noRules(rules)) {
@@ -284,15 +305,17 @@ export class TlsTerminator {
     // A resumed session skips the certificate's verification: after a change
     // to the CAs, CRLs or allow-lists, tickets issued before are not honoured.
     const keep = previous && previous.verification === verification;
+    // With --tls-crl-allow-stale revocation is checked after the handshake (crl.ts, chainRevocation), not by OpenSSL.
+    const crlsHere = material.crl && cfg.tlsCrlAllowStale === 'on' ? material.crls : undefined;
     return new TlsTerminator(tls.createServer({
-      cert: material.cert, key: material.key, ...(material.ca ? { ca: material.ca } : {}), ...(material.crl ? { crl: material.crl } : {}),
+      cert: material.cert, key: material.key, ...(material.ca ? { ca: material.ca } : {}), ...(material.crl && !crlsHere ? { crl: material.crl } : {}),
       ciphers: tls.DEFAULT_CIPHERS, minVersion: d.minVersion as tls.SecureVersion, maxVersion: d.maxVersion as tls.SecureVersion,
       honorCipherOrder: d.honorCipherOrder,
       requestCert: material.ca !== undefined,
       rejectUnauthorized: false,
       handshakeTimeout: cfg.clientTimeout || DEFAULT_HANDSHAKE_TIMEOUT_MS,
       ...(keep ? { ticketKeys: previous.server.getTicketKeys() } : {}),
-    }), material.ca !== undefined, { cn: cfg.tlsAllowCn, dns: cfg.tlsAllowDns, uri: cfg.tlsAllowUri }, cfg.tlsCrlAllowStale === 'on', verification);
+    }), material.ca !== undefined, { cn: cfg.tlsAllowCn, dns: cfg.tlsAllowDns, uri: cfg.tlsAllowUri }, crlsHere, verification);
   }
 
   /**
