@@ -215,20 +215,21 @@ export class Bridge {
   private refused(addr: string, port: number, why: string, reason: DeniedReason = 'access'): void {
     this.stats.deny(reason);
     const fields = { EVENT: 'denied', REASON: reason, CLIENT_ADDR: addr, CLIENT_PORT: port };
-    const who = addr === '' ? 'a local client' : addressLabel(addr, port);
+    // "client 192.0.2.7:5555 refused …"; a UNIX listener's client: "local client pid 42 (uid …) refused …".
+    const who = addr === '' ? 'local client' : `client ${addressLabel(addr, port)}`;
     if (reason === 'access' || reason === 'tls' || reason === 'identity') {
-      if (this.logger.enabled('info')) this.logger.info(`client ${who} ${why}`, fields);
+      if (this.logger.enabled('info')) this.logger.info(`${who} ${why}`, fields);
       return;
     }
     const now = performance.now();
     if (reason === 'concurrent' || reason === 'rate') {
       const source = sourceKey(addr, this.cfg.sourcePrefixV6) ?? addr;
       const p = this.sourceLog.permit(source, now);
-      if (p) this.logger.warning(`client ${who} ${why}${notLogged(p, 'per-source refusals')}`, { ...fields, EVENT: 'source-limit', SOURCE: source });
+      if (p) this.logger.warning(`${who} ${why}${notLogged(p, 'per-source refusals')}`, { ...fields, EVENT: 'source-limit', SOURCE: source });
       return;
     }
     const p = this.repeatLog.permit(reason === 'proxy' ? `proxy ${addr}` : `${reason} ${why}`, now);
-    if (p) this.logger.warning(`client ${who} ${why}${notLogged(p)}`, fields);
+    if (p) this.logger.warning(`${who} ${why}${notLogged(p)}`, fields);
   }
 
   /**

@@ -8,7 +8,7 @@
 
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
-import { mkdirSync, writeFileSync, readFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { test, TestContext } from 'node:test';
@@ -152,7 +152,7 @@ test(`--allow-uid and --allow-gid: a UNIX client is let in by its uid, its prima
     const nobody = await runClient(t, script, sock, 'nobody here', { uid: 65534, gid: 65534 });
     assert.deepEqual([nobody.uid, nobody.gid, nobody.groups], [65534, 65534, [65534]], 'the client runs as nobody alone');
     assert.equal(nobody.got, '', `nobody got a reply (${nobody.error})`);
-    await bridge.waitForLog(new RegExp(`client a local client pid ${nobody.pid} \\(uid 65534, gid 65534\\) refused by --allow-uid/--allow-gid`));
+    await bridge.waitForLog(new RegExp(`local client pid ${nobody.pid} \\(uid 65534, gid 65534\\) refused by --allow-uid/--allow-gid`));
     assert.equal(program.connections(), 1, 'the refused client reached the program');
 
     // Primary group G: let in.
@@ -172,7 +172,7 @@ test(`--allow-uid and --allow-gid: a UNIX client is let in by its uid, its prima
     const other = await runClient(t, script, sock, 'other group', { setpriv: ['--reuid=65534', '--regid=65534', `--groups=${OTHER}`] });
     assert.ok(other.groups.includes(OTHER) && !other.groups.includes(G), `the client's groups: ${other.groups.join(' ')}`);
     assert.equal(other.got, '', `a client with group ${OTHER} only got a reply (${other.error})`);
-    await bridge.waitForLog(new RegExp(`client a local client pid ${other.pid} \\(uid 65534, gid 65534\\) refused by --allow-uid/--allow-gid`));
+    await bridge.waitForLog(new RegExp(`local client pid ${other.pid} \\(uid 65534, gid 65534\\) refused by --allow-uid/--allow-gid`));
 
     assert.deepEqual(program.got, ['root here', 'primary group', 'supplementary group'], 'what the program received');
     assert.equal(program.connections(), 3);
@@ -191,7 +191,7 @@ test(`--allow-uid and --allow-gid: a UNIX client is let in by its uid, its prima
       s.on('close', () => resolve(got));
     });
     assert.equal(rootNow, '', 'root is no longer on the list');
-    await bridge.waitForLog(new RegExp(`client a local client pid ${process.pid} \\(uid 0, gid 0\\) refused by --allow-uid/--allow-gid`));
+    await bridge.waitForLog(new RegExp(`local client pid ${process.pid} \\(uid 0, gid 0\\) refused by --allow-uid/--allow-gid`));
     assert.deepEqual(program.got, ['root here', 'primary group', 'supplementary group', 'nobody again']);
     assert.equal(program.connections(), 4);
   });
@@ -359,4 +359,31 @@ test(`--tls-crl past its next update fails closed (every client refused, warned,
   assert.deepEqual(program.got, ['alice allowed', 'alice resumed'], 'what the program received');
   assert.equal(program.connections(), 2);
   assert.equal((await status(ctl)).sessions.deniedBy.tls, 5);
+});
+
+test(`--tls-crl renewed in place (a CA agent writing the file): in force for new clients without a reload, and a ticket from before does not resume past it (${RELAY} relay)`, async (t) => {
+  const dir = tempDir(t);
+  const serials = makeCa(dir);
+  const program = await recordingEcho(t, join(dir, 'app.sock'));
+  gencrl(dir, 'none.pem');
+  revoke(dir, 'alice');
+  gencrl(dir, 'alice-revoked.pem');
+  const live = join(dir, 'live-crl.pem');
+  copyFileSync(join(dir, 'none.pem'), live);
+  const bridge = await startBridge(t, ['--relay', RELAY, '--listen', '127.0.0.1:0', '--target', program.srv.path, '--check-interval', '0',
+    '--tls-cert', join(dir, 'server.crt'), '--tls-key', join(dir, 'server.key'), '--tls-ca', join(dir, 'ca.crt'), '--tls-crl', live]);
+  const alice = await tlsExchange(bridge.port, dir, 'alice', 'alice before');
+  assert.equal(alice.got, 'alice before', alice.error);
+
+  // The agent writes the new CRL beside the old one and renames it over it.
+  copyFileSync(join(dir, 'alice-revoked.pem'), `${live}.new`);
+  renameSync(`${live}.new`, live);
+  await bridge.waitForLog(/TLS files re-read after a change to --tls-crl \S*live-crl\.pem: in force for new sessions/);
+  assert.doesNotMatch(bridge.log(), /configuration reloaded/, 'no reload was asked for');
+  const after = await tlsExchange(bridge.port, dir, 'alice', 'alice after');
+  assert.equal(after.got, '', 'alice got through a CRL that revokes her');
+  await bridge.waitForLog(TLS_REFUSED(`certificate revoked \\(serial ${serials.alice}\\)`));
+  const ticket = await tlsExchange(bridge.port, dir, 'alice', 'alice with a ticket', alice.session);
+  assert.equal(ticket.got, '', 'a ticket from before the new CRL let alice in');
+  assert.deepEqual(program.got, ['alice before'], 'what the program received');
 });
