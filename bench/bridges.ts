@@ -200,7 +200,7 @@ function needTls(ctx: BridgeContext): TlsFiles {
  * set high enough never to refuse one of its connections: each is still
  * counted, looked up and released per connection, which is the cost measured.
  */
-const WHO_OPTIONS = ['--deny', 'any', '--allow', '127.0.0.0/8', '--max-conn-per-source', '1000000', '--rate-per-source', '100000000/1s'];
+const WHO_OPTIONS = ['--deny', 'any', '--allow', '127.0.0.0/8', '--max-conn-per-source', '1000000', '--rate-per-source', '1000000/1s'];
 
 export function tlsBridges(sockbridgeBin: string): Bridge[] {
   const hasRelay = sockbridgeHasOption(sockbridgeBin, '--relay');
