@@ -443,6 +443,14 @@ while True:
  * purpose (SOCKBRIDGE_FAILPOINTS), for the tests of what out-of-memory or a
  * teardown would do.
  */
+/**
+ * The data plane under test is the sanitizer build (make test-asan): every
+ * allocation checked, several times slower. Tests that count in thousands
+ * scale down under it: memory errors show at any count, and RSS bounds mean
+ * nothing under ASan's quarantine.
+ */
+export const SANITIZED = /\/asan\//.test(process.env['SOCKBRIDGE_RELAY_ADDON'] ?? '');
+
 export const TEST_HOOKS: boolean = (() => {
   try {
     const path = process.env['SOCKBRIDGE_RELAY_ADDON'] ?? join(ROOT, 'native', 'build', 'Release', 'relay.node');
