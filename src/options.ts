@@ -372,7 +372,7 @@ export const OPTIONS: readonly AnyOption[] = [
   },
   {
     name: 'tls-cert', key: 'tlsCert', ...optionalPath, default: '', reloadable: true,
-    help: 'Terminate TLS with this certificate chain (PEM); needs --tls-key. Re-read on reload, which also turns TLS on or off for new clients. A relative path is looked up in $CREDENTIALS_DIRECTORY (LoadCredential=).',
+    help: 'Terminate TLS with this certificate chain (PEM); needs --tls-key. Re-read on reload, which also turns TLS on or off for new clients, and when the file changes (renewal needs no reload). A relative path is looked up in $CREDENTIALS_DIRECTORY (LoadCredential=): such a copy is not watched; systemctl restart renews it.',
   },
   {
     name: 'tls-key', key: 'tlsKey', ...optionalPath, default: '', reloadable: true,
