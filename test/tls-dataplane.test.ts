@@ -510,13 +510,16 @@ async function badInputFixture(t: { after(fn: () => void | Promise<void>): void 
     /** A raw client's refusal, by its local port: the reason, kept in `reasons` under `what`. */
     refused: async (what: string, port: number): Promise<string> => (reasons[what] = await refusal(bridge, port)),
     stop: async (): Promise<void> => {
+      // Checked while the good session still ticks: with --client-timeout 1s it
+      // would be closed for idling if `sockbridge status` (a process of its
+      // own, slow on a loaded machine) took longer than that after the last tick.
+      let last: StatusReport | undefined;
+      await waitFor(async () => (last = await status(ctl)).sessions.active === 1, 10_000, 'one session left: the good one')
+        .catch((err: Error) => { throw new Error(`${err.message} (status: ${JSON.stringify({ sessions: last?.sessions, relay: last?.relay })}; log:\n${bridge.log()})`); });
       ticking = false;
       await ticker;
       assert.ok(ticks > 0, 'the good session never echoed');
       await echoes(good, 'still here');
-      let last: StatusReport | undefined;
-      await waitFor(async () => (last = await status(ctl)).sessions.active === 1, 10_000, 'one session left: the good one')
-        .catch((err: Error) => { throw new Error(`${err.message} (status: ${JSON.stringify({ sessions: last?.sessions, relay: last?.relay })}; log:\n${bridge.log()})`); });
       await finish(good);
     },
   };
