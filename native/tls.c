@@ -96,6 +96,33 @@ static void refusal(struct conn *c, const char *text) {
   c->refusal = strdup(text);
 }
 
+/* Whether a peer's leaf certificate passes the identity allow-lists of
+   policy p (the client's, or the target's at the client end); a refusal's
+   words go to c->refusal. A client's names are kept for its log lines. */
+static bool judge_identity(struct conn *c, const struct policy *p, X509 *cert, bool towards_target) {
+  const struct identity_rules *rules = towards_target ? &p->target_identity : &p->client_identity;
+  struct identity id;
+  identity_of(cert, &id);
+  char *san = identity_san_text(&id);
+  bool allowed = identity_permits(rules, &id);
+  if (!allowed) {
+    char text[1024];
+    identity_refusal_text(text, sizeof text, towards_target ? "target certificate" : "client certificate", &id, san, rules,
+                          towards_target ? "--target-tls-allow" : "--tls-allow");
+    refusal(c, text);
+  }
+  if (!towards_target) {
+    free(c->peer_cn);
+    free(c->peer_san);
+    c->peer_cn = id.cn ? strdup(id.cn) : NULL;
+    c->peer_san = san;
+    san = NULL;
+  }
+  free(san);
+  identity_free(&id);
+  return allowed;
+}
+
 /* OpenSSL's verify callback, for clients (server contexts) and for targets
    (client contexts): called for each certificate of the chain, the leaf
    (depth 0) last, with ok saying whether it passed so far. Here: a stale CRL
@@ -125,28 +152,9 @@ static int verify_peer(int ok, X509_STORE_CTX *store) {
     return 0;
   }
   if (X509_STORE_CTX_get_error_depth(store) != 0 || !cert) return 1;
-  struct identity id;
-  identity_of(cert, &id);
-  char *san = identity_san_text(&id);
-  bool allowed = identity_permits(towards_target ? &p->target_identity : &p->client_identity, &id);
-  if (!towards_target) {
-    free(c->peer_cn);
-    free(c->peer_san);
-    c->peer_cn = id.cn ? strdup(id.cn) : NULL;
-    c->peer_san = san;
-    san = NULL;
-  }
-  if (!allowed) {
-    const char *shown = towards_target ? san : c->peer_san;
-    char text[1024];
-    if (towards_target) identity_refusal_text(text, sizeof text, "target certificate", &id, shown, &p->target_identity, "--target-tls-allow");
-    else identity_refusal_text(text, sizeof text, "client certificate", &id, shown, &p->client_identity, "--tls-allow");
-    refusal(c, text);
-    X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION);
-  }
-  free(san);
-  identity_free(&id);
-  return allowed ? 1 : 0;
+  if (judge_identity(c, p, cert, towards_target)) return 1;
+  X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION);
+  return 0;
 }
 
 /* ---- contexts --------------------------------------------------------------------------- */
@@ -448,21 +456,11 @@ static void tls_refuse(struct thread *t, struct conn *c, long verify, char *reas
    or the rules also forgets every ticket: see js_set_policy.) */
 static bool resumed_identity(struct thread *t, struct conn *c) {
   X509 *cert = SSL_get0_peer_certificate(c->client.ssl);
-  if (!cert) return true;
-  struct identity id;
-  identity_of(cert, &id);
-  free(c->peer_cn);
-  free(c->peer_san);
-  c->peer_cn = id.cn ? strdup(id.cn) : NULL;
-  c->peer_san = identity_san_text(&id);
-  bool allowed = identity_permits(&t->policy->client_identity, &id);
-  if (!allowed) {
-    char text[1024];
-    identity_refusal_text(text, sizeof text, "client certificate", &id, c->peer_san, &t->policy->client_identity, "--tls-allow");
-    tls_refuse(t, c, X509_V_ERR_APPLICATION_VERIFICATION, strdup(text));
-  }
-  identity_free(&id);
-  return allowed;
+  if (!cert || judge_identity(c, t->policy, cert, false)) return true;
+  char *why = c->refusal;
+  c->refusal = NULL;
+  tls_refuse(t, c, X509_V_ERR_APPLICATION_VERIFICATION, why);
+  return false;
 }
 
 void tls_handshake_step(struct thread *t, struct conn *c) {
