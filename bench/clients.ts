@@ -304,6 +304,17 @@ function parseRedisCsv(text: string): Map<string, Record<string, number>> {
 
 const perUnit = (cpu: Value, n: number | null): Value => (cpu === null || !n ? null : (cpu * 1e6) / n);
 
+/** redis-benchmark with `args` (n requests per test): requests/s per test and the bridge's CPU per request. */
+async function redisMetrics(lane: Lane, ep: Endpoint, ctx: ClientContext, args: string[], n: number): Promise<Metrics> {
+  const { out, cpu } = await measured(lane, ep, ctx, REDIS_BENCHMARK, args, 300_000);
+  const csv = parseRedisCsv(out);
+  const m: Metrics = {};
+  for (const t of REDIS_TESTS) m[`redis_${t}_rps`] = csv.get(t)?.rps ?? null;
+  if (REDIS_TESTS.some((t) => !csv.has(t))) throw new Error(`no result for every test in: ${lastLine(out)}`);
+  m.redis_cpu_us_per_req = perUnit(cpu, n * REDIS_TESTS.length);
+  return m;
+}
+
 const redisBenchmark: Client = {
   name: 'redis-benchmark',
   service: 'redis',
@@ -311,13 +322,7 @@ const redisBenchmark: Client = {
     const n = ctx.plan.redisRequests;
     const where = ep.port === null ? ['-s', ctx.services.get('redis')?.socket ?? ''] : ['-h', '127.0.0.1', '-p', `${ep.port}`];
     const args = [...where, '-q', '--csv', '-t', REDIS_TESTS.join(','), '-n', `${n}`, '-c', '50'];
-    const { out, cpu } = await measured(lane, ep, ctx, REDIS_BENCHMARK, args, 300_000);
-    const csv = parseRedisCsv(out);
-    const m: Metrics = {};
-    for (const t of REDIS_TESTS) m[`redis_${t}_rps`] = csv.get(t)?.rps ?? null;
-    if (REDIS_TESTS.some((t) => !csv.has(t))) throw new Error(`no result for every test in: ${lastLine(out)}`);
-    m.redis_cpu_us_per_req = perUnit(cpu, n * REDIS_TESTS.length);
-    return m;
+    return redisMetrics(lane, ep, ctx, args, n);
   },
 };
 
@@ -377,13 +382,7 @@ const redisBenchmarkTls: Client = {
       return redisBenchmark.run(lane, ep, { ...ctx, plan: { ...ctx.plan, redisRequests: n } });
     }
     const args = ['--tls', '--cacert', lane.tls.ca, '-h', '127.0.0.1', '-p', `${ep.port}`, '-q', '--csv', '-t', REDIS_TESTS.join(','), '-n', `${n}`, '-c', '50'];
-    const { out, cpu } = await measured(lane, ep, ctx, REDIS_BENCHMARK, args, 300_000);
-    const csv = parseRedisCsv(out);
-    const m: Metrics = {};
-    for (const t of REDIS_TESTS) m[`redis_${t}_rps`] = csv.get(t)?.rps ?? null;
-    if (REDIS_TESTS.some((t) => !csv.has(t))) throw new Error(`no result for every test in: ${lastLine(out)}`);
-    m.redis_cpu_us_per_req = perUnit(cpu, n * REDIS_TESTS.length);
-    return m;
+    return redisMetrics(lane, ep, ctx, args, n);
   },
 };
 

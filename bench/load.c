@@ -533,6 +533,18 @@ static int run_churn(void) {
 
 static void on_usr1(int sig) { (void)sig; g_wakeup = 1; }
 
+/* Hold until the driver closes our stdin or sends SIGUSR1, at most hold_max seconds. */
+static void hold_until_released(double hold_max) {
+    struct sigaction sa = { .sa_handler = on_usr1 };
+    sigaction(SIGUSR1, &sa, NULL);
+    long long hold_end = now_us() + (long long)(hold_max * 1e6);
+    char junk[256];
+    while (!g_wakeup && now_us() < hold_end) {
+        struct pollfd p = { .fd = 0, .events = POLLIN };
+        if (poll(&p, 1, 200) > 0 && read(0, junk, sizeof junk) <= 0) break;
+    }
+}
+
 static int run_idle(void) {
     int *fds = calloc((size_t)o.conns, sizeof *fds);
     int open_failures = 0;
@@ -552,15 +564,7 @@ static int run_idle(void) {
            o.conns, open_failures, (now_us() - t0) / 1e6);
     fflush(stdout);
 
-    /* Hold until the driver closes our stdin or sends SIGUSR1 (bounded). */
-    struct sigaction sa = { .sa_handler = on_usr1 };
-    sigaction(SIGUSR1, &sa, NULL);
-    long long hold_end = now_us() + (long long)(o.hold_max * 1e6);
-    char junk[256];
-    while (!g_wakeup && now_us() < hold_end) {
-        struct pollfd p = { .fd = 0, .events = POLLIN };
-        if (poll(&p, 1, 200) > 0 && read(0, junk, sizeof junk) <= 0) break;
-    }
+    hold_until_released(o.hold_max);
 
     /* Send on all first, then collect all replies under one shared deadline,
      * so a bridge that lost every connection costs 5 s, not 5 s each. */
@@ -1202,14 +1206,7 @@ static int run_tls_idle(void) {
            o.conns, open_failures, (now_us() - t0) / 1e6, g_tls_info);
     fflush(stdout);
 
-    struct sigaction sa = { .sa_handler = on_usr1 };
-    sigaction(SIGUSR1, &sa, NULL);
-    long long hold_end = now_us() + (long long)(o.hold_max * 1e6);
-    char junk[256];
-    while (!g_wakeup && now_us() < hold_end) {
-        struct pollfd p = { .fd = 0, .events = POLLIN };
-        if (poll(&p, 1, 200) > 0 && read(0, junk, sizeof junk) <= 0) break;
-    }
+    hold_until_released(o.hold_max);
 
     /* All requests first, then all replies under one shared deadline. */
     int failures = 0;

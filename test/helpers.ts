@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import type { TestContext } from 'node:test';
 import tls from 'node:tls';
+import type { StatusReport } from '../src/operator/status';
 
 export const ROOT = resolve(__dirname, '..', '..');
 export const BIN = join(ROOT, 'bin', 'sockbridge');
@@ -494,6 +495,24 @@ export function makePki(dir: string): void {
 }
 
 /** A TLS client of the bridge trusting makePki's CA, with client certificate `client` (a name makePki made) if given. */
+/** `sockbridge status --json` of the bridge whose control socket is `ctl`. */
+export async function status(ctl: string): Promise<StatusReport> {
+  const r = await runBridge(['status', '--json', '--control-socket', ctl]);
+  assert.equal(r.code, 0, r.stderr);
+  return JSON.parse(r.stdout) as StatusReport;
+}
+
+/** makePki's certificates and an echo program (app.sock) counting its connections, in a fresh directory. */
+export async function pkiAndEcho(t: { after(fn: () => void): void }): Promise<{ dir: string; srv: UnixServer; seen: () => number }> {
+  const dir = tempDir(t);
+  makePki(dir);
+  const srv = await echoServer(join(dir, 'app.sock'));
+  t.after(() => srv.close());
+  let seen = 0;
+  srv.server.on('connection', () => { seen++; });
+  return { dir, srv, seen: () => seen };
+}
+
 export function tlsConnect(port: number, dir: string, client?: string, extra: tls.ConnectionOptions = {}): Promise<tls.TLSSocket> {
   return new Promise((resolve, reject) => {
     const opts: tls.ConnectionOptions = { host: '127.0.0.1', port, ca: readFileSync(join(dir, 'ca.crt')), ...extra };

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { writeFileSync } from 'node:fs';
 import {
-  assertOneCleanLine, BridgeProcess, closedWithin, connect, echoServer, freePort, makePki, pythonProgram, readAll, roundTrip, runBridge, startBridge, tempDir,
+  assertOneCleanLine, BridgeProcess, closedWithin, connect, echoServer, freePort, makePki, pkiAndEcho, pythonProgram, readAll, roundTrip, runBridge, startBridge, tempDir,
   TEST_RELAY, UnixServer,
 } from './helpers';
 
@@ -25,12 +25,7 @@ interface Ends {
 
 /** A program (echo) behind a server end on serverPort, and a client end in front of it; `clientArgs` replace the client end's TLS options. */
 async function ends(t: { after(fn: () => void | Promise<void>): void }, clientArgs?: (dir: string) => string[], extraClient: string[] = []): Promise<Ends> {
-  const dir = tempDir(t);
-  makePki(dir);
-  const srv = await echoServer(join(dir, 'app.sock'));
-  t.after(() => srv.close());
-  let seen = 0;
-  srv.server.on('connection', () => { seen++; });
+  const { dir, srv, seen } = await pkiAndEcho(t);
   const serverPort = await freePort();
   const serverArgs = ['--listen', `127.0.0.1:${serverPort}`, '--target', srv.path, '--check-interval', '0',
     '--tls-cert', join(dir, 'server.crt'), '--tls-key', join(dir, 'server.key'), '--tls-ca', join(dir, 'ca.crt')];
@@ -38,7 +33,7 @@ async function ends(t: { after(fn: () => void | Promise<void>): void }, clientAr
   const tlsArgs = clientArgs ? clientArgs(dir) : ['--target-tls', 'on', '--target-tls-ca', join(dir, 'ca.crt'),
     '--target-tls-cert', join(dir, 'client.crt'), '--target-tls-key', join(dir, 'client.key')];
   const client = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', `127.0.0.1:${serverPort}`, '--check-interval', '0', ...tlsArgs, ...extraClient]);
-  return { dir, srv, seen: () => seen, server, serverArgs, client };
+  return { dir, srv, seen, server, serverArgs, client };
 }
 
 test('client end → TLS with a client certificate → server end → the program: echo verified, half-close through both', async (t) => {

@@ -8,8 +8,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import type { StatusReport } from '../src/operator/status';
-import { connect, echoServer, runBridge, SANITIZED, startBridge, tempDir, TEST_RELAY, waitFor } from './helpers';
+import { connect, echoServer, SANITIZED, startBridge, status, tempDir, TEST_RELAY, waitFor } from './helpers';
 
 /** The hard descriptor limit (Node raises its soft limit to it; the bridge inherits both). */
 function fdLimit(): number {
@@ -19,12 +18,6 @@ function fdLimit(): number {
 
 const fdsOf = (pid: number): number => readdirSync(`/proc/${pid}/fd`).length;
 const peakRssOf = (pid: number): number => Number(/VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) * 1024;
-
-async function status(ctl: string): Promise<StatusReport> {
-  const r = await runBridge(['status', '--control-socket', ctl, '--json']);
-  assert.equal(r.code, 0, r.stderr);
-  return JSON.parse(r.stdout) as StatusReport;
-}
 
 /** Send `msg` and wait until exactly it came back. */
 function echoed(s: net.Socket, msg: string): Promise<void> {

@@ -19,8 +19,8 @@ import { test } from 'node:test';
 import tls from 'node:tls';
 import type { StatusReport } from '../src/operator/status';
 import {
-  type BridgeProcess, closedWithin, connect, delay, echoServer, fakeSystemd, makePki, openssl, runBridge, startBridge, tempDir,
-  SANITIZED, TEST_RELAY, tlsConnect, type UnixServer, waitFor,
+  type BridgeProcess, closedWithin, connect, delay, fakeSystemd, openssl, pkiAndEcho, startBridge, SANITIZED, status,
+  TEST_RELAY, tlsConnect, type UnixServer, waitFor,
 } from './helpers';
 
 /** Every bridge here names its relay: the helper passes none when --tls-cert is among the arguments. */
@@ -37,19 +37,8 @@ interface Setup {
 
 /** makePki's certificates and an echo program counting its connections, in a fresh directory. */
 async function setup(t: { after(fn: () => void): void }): Promise<Setup> {
-  const dir = tempDir(t);
-  makePki(dir);
-  const srv = await echoServer(join(dir, 'app.sock'));
-  t.after(() => srv.close());
-  let seen = 0;
-  srv.server.on('connection', () => { seen++; });
-  return { dir, srv, seen: () => seen, ctl: join(dir, 'bridge.ctl') };
-}
-
-async function status(ctl: string): Promise<StatusReport> {
-  const r = await runBridge(['status', '--control-socket', ctl, '--json']);
-  assert.equal(r.code, 0, r.stderr);
-  return JSON.parse(r.stdout) as StatusReport;
+  const echo = await pkiAndEcho(t);
+  return { ...echo, ctl: join(echo.dir, 'bridge.ctl') };
 }
 
 function tlsArgs(dir: string, ...extra: string[]): string[] {

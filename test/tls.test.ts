@@ -7,7 +7,7 @@ import { copyFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import tls from 'node:tls';
-import { closedWithin, connect, echoServer, makePki, openssl, runBridge, startBridge, tempDir, tlsConnect, UnixServer } from './helpers';
+import { closedWithin, connect, makePki, openssl, pkiAndEcho, runBridge, startBridge, tempDir, tlsConnect, UnixServer } from './helpers';
 
 interface Setup {
   dir: string;
@@ -15,14 +15,8 @@ interface Setup {
   seen: () => number;
 }
 
-async function setup(t: { after(fn: () => void): void }): Promise<Setup> {
-  const dir = tempDir(t);
-  makePki(dir);
-  const srv = await echoServer(join(dir, 'app.sock'));
-  t.after(() => srv.close());
-  let seen = 0;
-  srv.server.on('connection', () => { seen++; });
-  return { dir, srv, seen: () => seen };
+function setup(t: { after(fn: () => void): void }): Promise<Setup> {
+  return pkiAndEcho(t);
 }
 
 /** Send, then read until EOF or an error; what arrived. */

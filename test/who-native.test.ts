@@ -13,8 +13,7 @@ import net from 'node:net';
 import { join } from 'node:path';
 import { test, TestContext } from 'node:test';
 import tls from 'node:tls';
-import type { StatusReport } from '../src/operator/status';
-import { BridgeProcess, cannotRunAs, openssl, runBridge, startBridge, tempDir, TEST_RELAY, unixServer, UnixServer, waitFor } from './helpers';
+import { BridgeProcess, cannotRunAs, openssl, startBridge, status, tempDir, TEST_RELAY, unixServer, UnixServer, waitFor } from './helpers';
 
 /** The relay these run with: `make unit` runs the file with both (SOCKBRIDGE_TEST_RELAY=js). */
 const RELAY = TEST_RELAY;
@@ -37,12 +36,6 @@ async function recordingEcho(t: TestContext, path: string): Promise<{ srv: UnixS
   });
   t.after(() => srv.close());
   return { srv, got, connections: () => connections };
-}
-
-async function status(ctl: string): Promise<StatusReport & { tls: { crlProblem?: string; crls?: { crl: string; stale: boolean }[] } }> {
-  const r = await runBridge(['status', '--json', '--control-socket', ctl]);
-  assert.equal(r.code, 0, r.stderr);
-  return JSON.parse(r.stdout) as StatusReport;
 }
 
 function count(bridge: BridgeProcess, re: RegExp): number {

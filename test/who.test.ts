@@ -14,19 +14,12 @@ import { join } from 'node:path';
 import { test, TestContext } from 'node:test';
 import tls from 'node:tls';
 import { IDLE_MAX } from '../src/listen/source-limits';
-import type { StatusReport } from '../src/operator/status';
 import {
-  assertOneCleanLine, BridgeProcess, closedWithin, delay, echoServer, freePort, makePki, openssl, runBridge, startBridge, tempDir, TEST_RELAY, tlsConnect, unixServer, UnixServer, waitFor,
+  assertOneCleanLine, BridgeProcess, closedWithin, delay, echoServer, freePort, makePki, openssl, runBridge, startBridge, status, tempDir, TEST_RELAY, tlsConnect, unixServer, UnixServer, waitFor,
 } from './helpers';
 
 /** The relay these run with: `make unit` runs the file with both (SOCKBRIDGE_TEST_RELAY=js). */
 const RELAY = TEST_RELAY;
-
-async function status(ctl: string): Promise<StatusReport> {
-  const r = await runBridge(['status', '--json', '--control-socket', ctl]);
-  assert.equal(r.code, 0, r.stderr);
-  return JSON.parse(r.stdout) as StatusReport;
-}
 
 /** A program that counts its connections and echoes. */
 async function countingEcho(t: TestContext, dir: string): Promise<{ srv: UnixServer; seen: () => number }> {
