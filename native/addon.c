@@ -7,6 +7,13 @@
  * fail (only at teardown or out of memory), the next event asks again, and
  * JavaScript's own timer (flushEvents) delivers whatever waits meanwhile:
  * no event is ever stranded.
+ *
+ * The end of a session is only news for its log entry and counters, unless
+ * clients are queued for its place: it waits up to LAZY_MS for others
+ * (push_event_lazy), and the relay threads ask for the batch when it is due
+ * (events_due). Asking per session cost Node's thread a wake-up per
+ * connection: under churn it spent about a quarter of its time being
+ * scheduled in and out (bench/README.md).
  */
 #include "dataplane.h"
 #include "napi.h"
@@ -27,7 +34,11 @@ static struct {
   pthread_mutex_t lock;
   struct event *head, *tail;
   atomic_bool call_pending;
+  _Atomic int64_t lazy_since; /* now_ms() of the oldest undelivered lazy event; 0: none */
 } events = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+/* How long a session's end may wait for others before Node's thread is woken for the batch. */
+#define LAZY_MS 10
 
 /* ---- test hooks ------------------------------------------------------------------------ */
 
@@ -100,20 +111,54 @@ void event_from_conn(struct event *ev, const struct conn *c) {
   if (c->peer_cn && (ev->kind == EV_END || ev->kind == EV_TLS_REFUSED)) ev->cn = strdup(c->peer_cn);
 }
 
-void push_event(struct event *ev) {
+static void enqueue_event(struct event *ev) {
   pthread_mutex_lock(&events.lock);
   if (events.tail) events.tail->next = ev;
   else events.head = ev;
   events.tail = ev;
   pthread_mutex_unlock(&events.lock);
-  /* One call per batch: deliver() takes the whole queue. */
+}
+
+/* One call per batch: deliver() takes the whole queue. */
+static void ask_for_delivery(void) {
   if (atomic_exchange(&events.call_pending, true)) return;
   if (failpoint("tsfn") || napi_call_threadsafe_function(events.tsfn, NULL, napi_tsfn_nonblocking) != napi_ok)
     atomic_store(&events.call_pending, false); /* the next event asks again; flushEvents() delivers meanwhile */
 }
 
+void push_event(struct event *ev) {
+  enqueue_event(ev);
+  ask_for_delivery();
+}
+
+/* From relay thread t: if its event is the oldest lazy one, t wakes when the batch is due (wait_timeout). */
+void push_event_lazy(struct thread *t, struct event *ev) {
+  enqueue_event(ev);
+  /* Read first: under churn it is set, and a read leaves the cache line shared. */
+  int64_t none = 0;
+  if (atomic_load_explicit(&events.lazy_since, memory_order_relaxed) == 0 &&
+      atomic_compare_exchange_strong(&events.lazy_since, &none, now_ms()))
+    t->lazy_owner = true;
+}
+
+/* Milliseconds until lazy events are due (0: now), or -1 when none wait or
+   their batch is already asked for (a relay thread would spin on a 0 timeout
+   until Node's thread takes it). */
+int events_due_in(int64_t now) {
+  int64_t since = atomic_load(&events.lazy_since);
+  if (!since || atomic_load_explicit(&events.call_pending, memory_order_relaxed)) return -1;
+  return since + LAZY_MS > now ? (int)(since + LAZY_MS - now) : 0;
+}
+
+/* A relay thread's turn ended: the lazy events that are due are asked for. */
+void events_due(int64_t now) {
+  if (events_due_in(now) == 0) ask_for_delivery();
+}
+
 static struct event *take_events(void) {
   atomic_store(&events.call_pending, false);
+  /* Before taking: a lazy event queued after this sets it again (push_event_lazy). */
+  atomic_store(&events.lazy_since, 0);
   pthread_mutex_lock(&events.lock);
   struct event *ev = events.head;
   events.head = events.tail = NULL;
@@ -174,7 +219,7 @@ static size_t event_args(napi_env env, const struct event *ev, napi_value *a) {
   a[n++] = num(env, ev->kind);
   napi_value addr, port;
   switch (ev->kind) {
-  case EV_END: /* id, reason, errno, bytesIn, bytesOut, addr, port, startedAt, slot, resets, tls, pid, uid, gid, cn */
+  case EV_END: /* id, reason, errno, bytesIn, bytesOut, addr, port, startedAt, slot, resets, tls, pid, uid, gid, cn, endedAt */
     peer_values(env, ev, &addr, &port);
     a[n++] = num(env, (double)ev->id);
     a[n++] = num(env, ev->reason);
@@ -191,6 +236,7 @@ static size_t event_args(napi_env env, const struct event *ev, napi_value *a) {
     a[n++] = num(env, ev->cred.pid ? (double)ev->cred.uid : -1);
     a[n++] = num(env, ev->cred.pid ? (double)ev->cred.gid : -1);
     a[n++] = text_value(env, ev->cn);
+    a[n++] = num(env, (double)ev->ended_at);
     break;
   case EV_PARKED: /* id, why, errno, slot, addr, port, startedAt, tls, bytesIn, reason */
     peer_values(env, ev, &addr, &port);

@@ -376,6 +376,7 @@ struct thread {
   uint32_t sweep_ms;          /* idle sweep interval, 0 while no session has a timeout */
   int64_t next_sweep;
   int64_t next_resume;        /* the earliest paused listener's resume time, 0 none */
+  bool lazy_owner;            /* it queued the oldest lazy event: it wakes when that batch is due */
   const struct policy *policy; /* the snapshot this turn reads */
   atomic_uint_fast64_t reading_gen; /* 0 while it holds no snapshot (see policy.c) */
   struct thread_listener listeners[MAX_LISTENERS];
@@ -404,6 +405,7 @@ struct event {
   bool before_tls;           /* PARKED/HANDED: a TLS listener's client whose handshake has not started */
   uint64_t bytes_in, bytes_out;
   int64_t started_at;
+  int64_t ended_at;          /* END: wall clock ms (it may wait for its batch: push_event_lazy) */
   struct sockaddr_storage peer;
   socklen_t peer_len;
   struct ucred cred;
@@ -547,6 +549,9 @@ void sources_clear(void);
 /* addon.c */
 struct event *new_event(enum event_kind kind);
 void push_event(struct event *ev);
+void push_event_lazy(struct thread *t, struct event *ev);
+int events_due_in(int64_t now);
+void events_due(int64_t now);
 void event_from_conn(struct event *ev, const struct conn *c);
 
 

@@ -199,7 +199,10 @@ void conn_end(struct thread *t, struct conn *c, enum reason reason, int err, boo
   ev->err = err;
   ev->flag = resets != 0;
   ev->directions_done = resets; /* END: which sides got a reset (1 client, 2 target) */
-  push_event(ev);
+  ev->ended_at = wall_ms();
+  /* Urgent only when clients queue for the place it freed (release_admission above). */
+  if (atomic_load(&shared.queued) > 0) push_event(ev);
+  else push_event_lazy(t, ev);
 }
 
 /* Waiting for TypeScript: not polled, its bytes wait in the kernel. */

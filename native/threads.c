@@ -316,6 +316,11 @@ static int wait_timeout(struct thread *t) {
   if (t->sweep_ms) wake = t->next_sweep;
   if (t->handing_over && (!wake || t->handover_deadline < wake)) wake = t->handover_deadline;
   if (t->next_resume && (!wake || t->next_resume < wake)) wake = t->next_resume;
+  if (t->lazy_owner) {
+    int lazy = events_due_in(t->now);
+    if (lazy < 0) t->lazy_owner = false; /* delivered or asked for: nothing to wake for */
+    else if (!wake || t->now + lazy < wake) wake = t->now + lazy;
+  }
   if (!wake) return -1;
   return wake > t->now ? (int)(wake - t->now) : 0;
 }
@@ -345,6 +350,7 @@ static void *thread_main(void *arg) {
       sweep(t);
       free_dead(t);
     }
+    events_due(t->now);
   }
   policy_leave(t);
   /* Stopped: JavaScript has drained or closed every session; whatever is left goes silently. */

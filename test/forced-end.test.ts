@@ -340,7 +340,7 @@ test('the journal fields: RESET=client, target or both when a side got a reset, 
   const backend = { pool: { describe: () => '/run/app.sock', prune: () => {} } } as unknown as Backend;
   for (const resets of [0, 1, 2, 3]) {
     recordSessionEnd({ stats: new Stats(), logger, backend }, {
-      clientAddr: '127.0.0.1', clientPort: 40000, startedAt: Date.now(), reason: 'shutdown', error: undefined, bytesIn: 0, bytesOut: 0, target: undefined, resets,
+      clientAddr: '127.0.0.1', clientPort: 40000, startedAt: Date.now(), endedAt: Date.now(), reason: 'shutdown', error: undefined, bytesIn: 0, bytesOut: 0, target: undefined, resets,
     });
   }
   assert.deepEqual(fields.map((f) => f['RESET']), [undefined, 'client', 'target', 'both']);

@@ -113,7 +113,7 @@ test('a UNIX listener\'s session end carries CLIENT_PID, CLIENT_UID and CLIENT_G
   const logger = new Logger({ write: (_level, message, fields) => entries.push({ message, fields }) }, 'info');
   const backend = { pool: { describe: () => '/run/app.sock', prune: () => undefined } } as unknown as Backend;
   recordSessionEnd({ stats: new Stats(), logger, backend }, {
-    clientAddr: '', clientPort: 0, startedAt: Date.now(), reason: 'done', error: undefined, bytesIn: 3, bytesOut: 4, target: undefined, resets: 0,
+    clientAddr: '', clientPort: 0, startedAt: Date.now(), endedAt: Date.now(), reason: 'done', error: undefined, bytesIn: 3, bytesOut: 4, target: undefined, resets: 0,
     cred: { pid: 1234, uid: 1000, gid: 100 },
   });
   assert.equal(entries.length, 1);

@@ -41,11 +41,12 @@ export const enum ParkedWhy {
 /**
  * A session ended: everything its log entry needs. resets: 1 the client got
  * a reset, 2 the target. A UNIX listener's client has no address ("", 0) but
- * credentials (pid 0 when there are none).
+ * credentials (pid 0 when there are none). endedAt: wall clock ms (an end
+ * waits up to 10 ms for others to share its batch: native/addon.c).
  */
 export type EndEvent = [kind: EventKind.End, id: number, reason: number, errno: number, bytesIn: number, bytesOut: number,
   addr: string, port: number, startedAt: number, slot: number, resets: number, tls: boolean, pid: number, uid: number, gid: number,
-  cn: string];
+  cn: string, endedAt: number];
 /** reason: why the connect failed, where errno alone does not say (a TLS handshake with the target). */
 export type ParkedEvent = [kind: EventKind.Parked, id: number, why: ParkedWhy, errno: number, slot: number, addr: string, port: number,
   startedAt: number, tls: boolean, bytesIn: number, reason: string];

@@ -299,7 +299,7 @@ export class NativeRelay implements Relay {
 
   /** A session (or a client that never reached a target) ended: its log entry and counters. */
   private ended(e: EndEvent): void {
-    const [, id, reasonNo, errno, bytesIn, bytesOut, addr, port, startedAt, slot, resets, , pid, uid, gid, cn] = e;
+    const [, id, reasonNo, errno, bytesIn, bytesOut, addr, port, startedAt, slot, resets, , pid, uid, gid, cn, endedAt] = e;
     const held = this.held.get(id);
     held?.forget();
     this.held.delete(id);
@@ -308,7 +308,7 @@ export class NativeRelay implements Relay {
     const reason = CLOSE_REASONS[reasonNo] ?? 'server-error';
     if (reason !== 'dropped') {
       const end: BridgedSessionEnd = {
-        clientAddr: addr, clientPort: port, startedAt, reason, error: errno ? getSystemErrorName(-errno) : undefined,
+        clientAddr: addr, clientPort: port, startedAt, endedAt, reason, error: errno ? getSystemErrorName(-errno) : undefined,
         bytesIn, bytesOut, target: slot >= 0 ? this.ctx.backend.pool.bySlot(slot) : undefined, resets,
         ...(pid > 0 ? { cred: { pid, uid, gid } } : {}),
         ...(cn !== '' ? { cn } : {}),

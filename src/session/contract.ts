@@ -175,6 +175,8 @@ export interface BridgedSessionEnd {
   clientAddr: string;
   clientPort: number;
   startedAt: number;
+  /** When it ended (ms since the epoch): the data plane reports ends in batches, so this is not when they arrive. */
+  endedAt: number;
   reason: CloseReason;
   error: string | undefined;
   bytesIn: number;
@@ -215,7 +217,7 @@ export function recordSessionEnd(ctx: { readonly stats: Stats; readonly logger: 
     ...(end.cn !== undefined ? { CLIENT_CN: end.cn } : {}),
     BYTES_IN: bytesIn,
     BYTES_OUT: bytesOut,
-    DURATION_MS: Date.now() - end.startedAt,
+    DURATION_MS: end.endedAt - end.startedAt,
     REASON: reason,
     TARGET: end.target?.path ?? ctx.backend.pool.describe(),
   };

@@ -376,7 +376,7 @@ export class Session implements BridgedSession {
     this.phase = Phase.Closed;
     if (wasOpen) this.target?.released();
     recordSessionEnd(this.ctx, {
-      clientAddr: this.clientAddr, clientPort: this.clientPort, startedAt: this.startedAt, reason: this.reason ?? 'done',
+      clientAddr: this.clientAddr, clientPort: this.clientPort, startedAt: this.startedAt, endedAt: Date.now(), reason: this.reason ?? 'done',
       error: this.error, bytesIn: this.finalBytes.bytesIn, bytesOut: this.finalBytes.bytesOut, target: wasOpen ? this.target : undefined,
       resets: this.resets,
     });
