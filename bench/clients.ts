@@ -226,7 +226,7 @@ async function startEndpoint(bridge: Bridge, service: Service, plan: Plan, tmp: 
   const label = `${tls ? 'tls-' : ''}${bridge.name}-${service.name}`;
   const stderrFile = join(OUT, `clients-${label}.stderr.log`);
   const dir = join(tmp, label);
-  const cmd = bridge.command({ port, target: service.socket, dir, threads: plan.threads, stderrFile, tls: tls ?? undefined });
+  const cmd = bridge.command({ listen: `127.0.0.1:${port}`, target: service.socket, dir, threads: plan.threads, stderrFile, tls: tls ?? undefined });
   if (!cmd) return { child: null, pid: null, port: null };
   mkdirSync(dir, { recursive: true });
   const child = startLogged(cmd, stderrFile, { cwd: dir });
