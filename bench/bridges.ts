@@ -63,6 +63,7 @@ const NGINX_STREAM = '/usr/lib/nginx/modules/ngx_stream_module.so';
 const SOCAT = '/usr/bin/socat';
 const PROXYD = '/lib/systemd/systemd-socket-proxyd';
 const ACTIVATE = '/usr/bin/systemd-socket-activate';
+const ENV = '/usr/bin/env';
 const STUNNEL = '/usr/bin/stunnel4';
 export const OPENSSL = '/usr/bin/openssl';
 
@@ -352,10 +353,16 @@ export function allBridges(sockbridgeBin: string): Bridge[] {
       // a path, -l makes a UNIX socket, as a unit's ListenStream=/path would).
       // Its default cap of 256 connections would fail the 2,000-connection idle
       // test on a limit rather than on memory, so it is raised like HAProxy's maxconn.
-      command: (ctx) => ({
-        cmd: ACTIVATE,
-        args: ['-l', ctx.listen, PROXYD, '--connections-max=8192', ctx.target],
-      }),
+      command: (ctx) => {
+        const args = ['-l', ctx.listen, PROXYD, '--connections-max=8192', ctx.target];
+        if (!isUnixPath(ctx.listen)) return { cmd: ACTIVATE, args };
+        // It does not ignore SIGPIPE itself: a unit gets that from systemd
+        // (IgnoreSIGPIPE=yes, the default), but Node starts children with
+        // default dispositions. Splicing into a UNIX client that has gone
+        // raises SIGPIPE (a TCP client's reset does not), which killed it in
+        // the first bulk-down. env execs, so the PID is still the proxy's.
+        return { cmd: ENV, args: ['--ignore-signal=PIPE', ACTIVATE, ...args] };
+      },
     },
   ];
 }
