@@ -28,7 +28,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { join, resolve } from 'node:path';
 import { allBridges, Bridge, installPeers, isUnixPath, tlsBridges, TlsFiles } from './bridges';
-import { basePlan, BasePlan, canConnect, combine, freePort, machine, replies, runAsMain, runTool, startLogged, stop, track } from './common';
+import { basePlan, BasePlan, canConnect, combine, freeFixedPort, freePort, machine, replies, runAsMain, runTool, startLogged, stop, track } from './common';
 import { delay, stopTree, treeCpuSeconds, treePssKiB, waitUntil } from './proc';
 import { MetricDef, METRICS, Metrics, MIRROR_METRICS, renderMarkdown, renderText, tableRows, TLS_METRICS, Value, verdicts } from './report';
 import { makeCertificates, perThreadHandshakes, tlsReplies } from './tls';
@@ -119,8 +119,11 @@ class TestServer {
     if (this.mode === mode) return;
     await this.stop();
     this.child = track(spawn(SERVER, [mode, this.address], { stdio: ['ignore', 'ignore', 'inherit'] }));
+    if (!(await waitUntil(() => canConnect(this.address), 5000))) {
+      await this.stop(); // the next lane tries again instead of taking it for running
+      throw new Error(`test server (${mode}) did not start`);
+    }
     this.mode = mode;
-    if (!(await waitUntil(() => canConnect(this.address), 5000))) throw new Error(`test server (${mode}) did not start`);
   }
 
   async stop(): Promise<void> {
@@ -542,14 +545,14 @@ function buildHelpers(): void {
 /**
  * The test server a section's bridges connect to: plain and TLS share one on
  * a UNIX socket (as before the mirror section existed); mirror gets one on a
- * loopback port picked as it starts (one picked earlier might since be taken).
- * The one no longer needed is stopped.
+ * loopback port picked as it starts (one picked earlier might since be taken),
+ * outside the ephemeral range (see freeFixedPort). The one no longer needed is stopped.
  */
 async function serverFor(section: Section, current: TestServer | null, tmp: string): Promise<TestServer> {
   const onUnix = section.clients === 'tcp';
   if (current && isUnixPath(current.address) === onUnix) return current;
   await current?.stop();
-  return new TestServer(onUnix ? join(tmp, 'target.sock') : `127.0.0.1:${await freePort()}`);
+  return new TestServer(onUnix ? join(tmp, 'target.sock') : `127.0.0.1:${await freeFixedPort()}`);
 }
 
 /** The run's temporary directory, removed on an interrupt too. */
