@@ -18,7 +18,7 @@
 // socat UNIX-LISTEN, socket-proxyd behind a UNIX socket; direct = the client
 // on the TCP server).
 //
-// QUICK=1 shortens every workload (about 3 minutes in all instead of < 20).
+// QUICK=1 shortens every workload (about 2 minutes per section instead of about 6).
 // BRIDGES=a,b,c runs only those columns (for development).
 // SECTIONS=plain, tls or mirror (or a list: SECTIONS=plain,mirror) runs only
 // those sections (default all three).
