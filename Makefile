@@ -122,7 +122,8 @@ docs: build
 	rm -f build-table.md.tmp
 
 # sockbridge side by side with HAProxy, nginx, socat, socket-proxyd and a direct
-# connection, as ratios (QUICK=1: about 2 minutes), then bench-clients.
+# connection, as ratios: TCP → UNIX, over TLS, and the mirror direction UNIX → TCP
+# (about 18 minutes; QUICK=1: about 6; SECTIONS=mirror: that one only), then bench-clients.
 # Results in bench/out/.
 bench: build
 	node dist/bench/run.js && node dist/bench/clients.js

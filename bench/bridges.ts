@@ -1,15 +1,17 @@
 // The bridges the benchmark compares, how to install the peers, and how to
-// start each one on a loopback port in front of the test server's socket.
+// start each one between a listen address and the test server: a loopback
+// port in front of the server's UNIX socket (plain, TLS), or the mirror
+// direction, a UNIX socket in front of the server's loopback port.
 
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { WHO } from './report';
 
 export interface BridgeContext {
-  /** Loopback TCP port the bridge listens on. */
-  port: number;
-  /** The UNIX socket of the test server. */
+  /** Where the bridge accepts clients: 127.0.0.1:PORT, or a UNIX path (the mirror section). */
+  listen: string;
+  /** The test server: its UNIX path, or 127.0.0.1:PORT (the mirror section). */
   target: string;
   /** A private directory for the bridge's config, pid and logs. */
   dir: string;
@@ -31,6 +33,17 @@ export interface TlsFiles {
   ca: string;
 }
 
+/** The benchmark's one rule for its addresses: a UNIX path starts with '/', anything else is 127.0.0.1:PORT. */
+export function isUnixPath(address: string): boolean {
+  return address.startsWith('/');
+}
+
+/** The port of a 127.0.0.1:PORT address; a bridge that can only listen on TCP (the TLS ones) refuses a path. */
+function tcpPort(address: string): string {
+  if (isUnixPath(address)) throw new Error(`needs a TCP address, got the path ${address}`);
+  return address.slice(address.lastIndexOf(':') + 1);
+}
+
 export interface Command {
   cmd: string;
   args: string[];
@@ -40,7 +53,7 @@ export interface Bridge {
   name: string;
   /** Why it cannot run on this machine, or null when it can. */
   unavailable(): string | null;
-  /** The process to start; null for "direct" (the client talks to the UNIX socket itself). */
+  /** The process to start; null for "direct" (the client talks to the test server itself). */
   command(ctx: BridgeContext): Command | null;
 }
 
@@ -50,6 +63,7 @@ const NGINX_STREAM = '/usr/lib/nginx/modules/ngx_stream_module.so';
 const SOCAT = '/usr/bin/socat';
 const PROXYD = '/lib/systemd/systemd-socket-proxyd';
 const ACTIVATE = '/usr/bin/systemd-socket-activate';
+const ENV = '/usr/bin/env';
 const STUNNEL = '/usr/bin/stunnel4';
 export const OPENSSL = '/usr/bin/openssl';
 
@@ -116,11 +130,11 @@ defaults
     timeout server 50s
 
 frontend bench_in
-    bind 127.0.0.1:${ctx.port}${bindOptions}
-    default_backend bench_unix
+    # An address starting with "/" is a UNIX stream socket, for bind and server alike.
+    bind ${ctx.listen}${bindOptions}
+    default_backend bench_target
 
-backend bench_unix
-    # A server address starting with "/" is a UNIX stream socket.
+backend bench_target
     server s1 ${ctx.target} maxconn 8192
 `;
 }
@@ -137,12 +151,15 @@ syslog = no
 pid =
 
 [svc]
-accept = 127.0.0.1:${ctx.port}
+accept = 127.0.0.1:${tcpPort(ctx.listen)}
 connect = ${ctx.target}
 cert = ${tls.cert}
 key = ${tls.key}
 `;
 }
+
+/** nginx spells a UNIX socket "unix:/path", in listen and proxy_pass alike. */
+const nginxAddress = (address: string): string => (isUnixPath(address) ? `unix:${address}` : address);
 
 function nginxConfig(ctx: BridgeContext): string {
   // Runs as root: the workers must reach the test socket, and the benchmark
@@ -160,8 +177,8 @@ events {
 
 stream {
     server {
-        listen 127.0.0.1:${ctx.port};
-        proxy_pass unix:${ctx.target};
+        listen ${nginxAddress(ctx.listen)};
+        proxy_pass ${nginxAddress(ctx.target)};
         proxy_connect_timeout 5s;
         proxy_timeout 50s;
     }
@@ -202,6 +219,18 @@ function needTls(ctx: BridgeContext): TlsFiles {
  */
 const WHO_OPTIONS = ['--deny', 'any', '--allow', '127.0.0.0/8', '--max-conn-per-source', '1000000', '--rate-per-source', '1000000/1s'];
 
+/**
+ * On a UNIX listener (the mirror section) the address lists and per-source
+ * limits do not apply (sockbridge warns and ignores them): its access list
+ * is the clients' uid (SO_PEERCRED), so the who column lets in the uid the
+ * benchmark's clients run as, which every connection is checked against.
+ */
+function whoOptions(sockbridgeBin: string, ctx: BridgeContext): string[] {
+  if (!isUnixPath(ctx.listen)) return WHO_OPTIONS;
+  if (!sockbridgeHasOption(sockbridgeBin, '--allow-uid')) throw new Error('this build has no --allow-uid');
+  return ['--allow-uid', `${process.getuid?.() ?? 0}`];
+}
+
 export function tlsBridges(sockbridgeBin: string): Bridge[] {
   const hasRelay = sockbridgeHasOption(sockbridgeBin, '--relay');
   const sockbridge = (name: string, extra: string[]): Bridge => ({
@@ -212,7 +241,7 @@ export function tlsBridges(sockbridgeBin: string): Bridge[] {
       return {
         cmd: sockbridgeBin,
         args: [
-          '--listen', `127.0.0.1:${ctx.port}`, '--target', ctx.target, '--log-target', 'stderr',
+          '--listen', ctx.listen, '--target', ctx.target, '--log-target', 'stderr',
           '--tls-cert', tls.cert, '--tls-key', tls.key,
           // Only for `sockbridge status` afterwards (per-thread handshakes); nothing else changes.
           '--control-socket', join(ctx.dir, 'bridge.ctl'),
@@ -243,31 +272,52 @@ export function tlsBridges(sockbridgeBin: string): Bridge[] {
         const tls = needTls(ctx);
         return {
           cmd: SOCAT,
-          args: [`OPENSSL-LISTEN:${ctx.port},bind=127.0.0.1,cert=${tls.cert},key=${tls.key},verify=0,fork,reuseaddr,nodelay`, `UNIX-CONNECT:${ctx.target}`],
+          args: [`OPENSSL-LISTEN:${tcpPort(ctx.listen)},bind=127.0.0.1,cert=${tls.cert},key=${tls.key},verify=0,fork,reuseaddr,nodelay`, `UNIX-CONNECT:${ctx.target}`],
         };
       },
     },
   ];
 }
 
+/** socat's listening address: a process per connection (fork) on TCP or on a UNIX socket. */
+function socatListen(listen: string): string {
+  // unlink-early: socat refuses to bind over an existing socket file.
+  if (isUnixPath(listen)) return `UNIX-LISTEN:${listen},fork,unlink-early`;
+  // nodelay: every other peer sets TCP_NODELAY on its TCP side; without it
+  // socat would be measured on Nagle delays rather than on its design.
+  return `TCP-LISTEN:${tcpPort(listen)},bind=127.0.0.1,fork,reuseaddr,nodelay`;
+}
+
+/** socat's address of the test server; nodelay on TCP for the same reason as above. */
+const socatConnect = (target: string): string => (isUnixPath(target) ? `UNIX-CONNECT:${target}` : `TCP:${target},nodelay`);
+
+/**
+ * The plain and mirror sections' bridges: each listens on ctx.listen and
+ * connects to ctx.target, a loopback port or a UNIX path either way, in its
+ * own syntax.
+ */
 export function allBridges(sockbridgeBin: string): Bridge[] {
   // Builds from before the native relay had no --relay: their second column is then n/a.
   const hasRelay = sockbridgeHasOption(sockbridgeBin, '--relay');
   // Logging at sockbridge's default level (info: one line per session), on stderr.
-  const sockbridge = (name: string, extra: string[]): Bridge => ({
+  const sockbridge = (name: string, extra: (ctx: BridgeContext) => string[]): Bridge => ({
     name,
     unavailable: () => missingFile(sockbridgeBin),
     command: (ctx) => ({
       cmd: sockbridgeBin,
-      args: ['--listen', `127.0.0.1:${ctx.port}`, '--target', ctx.target, '--log-target', 'stderr', ...extra],
+      // A path for --listen: sockbridge makes the socket file itself (--listen-mode 0660; the benchmark runs as root).
+      args: ['--listen', ctx.listen, '--target', ctx.target, '--log-target', 'stderr', ...extra(ctx)],
     }),
   });
   return [
     { name: 'direct', unavailable: () => null, command: () => null },
-    sockbridge('sockbridge', []),
-    { ...sockbridge(WHO, WHO_OPTIONS), unavailable: () => (sockbridgeHasOption(sockbridgeBin, '--rate-per-source') ? missingFile(sockbridgeBin) : 'this build has no --rate-per-source') },
+    sockbridge('sockbridge', () => []),
+    {
+      ...sockbridge(WHO, (ctx) => whoOptions(sockbridgeBin, ctx)),
+      unavailable: () => (sockbridgeHasOption(sockbridgeBin, '--rate-per-source') ? missingFile(sockbridgeBin) : 'this build has no --rate-per-source'),
+    },
     // The TypeScript relay (TLS sessions, installs without the native addon): one thread.
-    { ...sockbridge('sockbridge-js', ['--relay', 'js']), unavailable: () => (hasRelay ? missingFile(sockbridgeBin) : 'this build has no --relay') },
+    { ...sockbridge('sockbridge-js', () => ['--relay', 'js']), unavailable: () => (hasRelay ? missingFile(sockbridgeBin) : 'this build has no --relay') },
     {
       name: 'haproxy',
       unavailable: () => missingFile(HAPROXY),
@@ -277,36 +327,42 @@ export function allBridges(sockbridgeBin: string): Bridge[] {
     {
       name: 'nginx',
       unavailable: () => missingFile(NGINX, NGINX_STREAM),
-      command: (ctx) => ({
-        cmd: NGINX,
-        args: [
-          '-p', ctx.dir,
-          '-e', join(ctx.dir, 'error.log'),
-          '-c', writeConfig(ctx, 'nginx.conf', nginxConfig(ctx)),
-          '-g', 'daemon off;',
-        ],
-      }),
+      command: (ctx) => {
+        // nginx does not replace a socket file left by an earlier run: bind fails with EADDRINUSE.
+        if (isUnixPath(ctx.listen)) rmSync(ctx.listen, { force: true });
+        return {
+          cmd: NGINX,
+          args: [
+            '-p', ctx.dir,
+            '-e', join(ctx.dir, 'error.log'),
+            '-c', writeConfig(ctx, 'nginx.conf', nginxConfig(ctx)),
+            '-g', 'daemon off;',
+          ],
+        };
+      },
     },
     {
       name: 'socat',
       unavailable: () => missingFile(SOCAT),
-      // nodelay: every other peer sets TCP_NODELAY on its client side; without it
-      // socat would be measured on Nagle delays rather than on its design.
-      command: (ctx) => ({
-        cmd: SOCAT,
-        args: [`TCP-LISTEN:${ctx.port},bind=127.0.0.1,fork,reuseaddr,nodelay`, `UNIX-CONNECT:${ctx.target}`],
-      }),
+      command: (ctx) => ({ cmd: SOCAT, args: [socatListen(ctx.listen), socatConnect(ctx.target)] }),
     },
     {
       name: 'socket-proxyd',
       unavailable: () => missingFile(PROXYD, ACTIVATE),
-      // socket-proxyd starts at the first connection (socket activation). Its
-      // default cap of 256 connections would fail the 2,000-connection idle
+      // socket-proxyd starts at the first connection (socket activation; with
+      // a path, -l makes a UNIX socket, as a unit's ListenStream=/path would).
+      // Its default cap of 256 connections would fail the 2,000-connection idle
       // test on a limit rather than on memory, so it is raised like HAProxy's maxconn.
-      command: (ctx) => ({
-        cmd: ACTIVATE,
-        args: ['-l', `127.0.0.1:${ctx.port}`, PROXYD, '--connections-max=8192', ctx.target],
-      }),
+      command: (ctx) => {
+        const args = ['-l', ctx.listen, PROXYD, '--connections-max=8192', ctx.target];
+        if (!isUnixPath(ctx.listen)) return { cmd: ACTIVATE, args };
+        // It does not ignore SIGPIPE itself: a unit gets that from systemd
+        // (IgnoreSIGPIPE=yes, the default), but Node starts children with
+        // default dispositions. Splicing into a UNIX client that has gone
+        // raises SIGPIPE (a TCP client's reset does not), which killed it in
+        // the first bulk-down. env execs, so the PID is still the proxy's.
+        return { cmd: ENV, args: ['--ignore-signal=PIPE', ACTIVATE, ...args] };
+      },
     },
   ];
 }

@@ -226,7 +226,7 @@ async function startEndpoint(bridge: Bridge, service: Service, plan: Plan, tmp: 
   const label = `${tls ? 'tls-' : ''}${bridge.name}-${service.name}`;
   const stderrFile = join(OUT, `clients-${label}.stderr.log`);
   const dir = join(tmp, label);
-  const cmd = bridge.command({ port, target: service.socket, dir, threads: plan.threads, stderrFile, tls: tls ?? undefined });
+  const cmd = bridge.command({ listen: `127.0.0.1:${port}`, target: service.socket, dir, threads: plan.threads, stderrFile, tls: tls ?? undefined });
   if (!cmd) return { child: null, pid: null, port: null };
   mkdirSync(dir, { recursive: true });
   const child = startLogged(cmd, stderrFile, { cwd: dir });
@@ -612,9 +612,15 @@ async function runTls(plan: Plan, redis: Service | undefined, tmp: string, out: 
 async function main(): Promise<number> {
   const started = new Date();
   const plan = makePlan();
+  const which = (process.env.SECTIONS ?? 'plain,tls').split(',').filter(Boolean);
+  // `SECTIONS=mirror make bench` reaches here too: run.ts's mirror section has
+  // no real-client twin, and an empty run would overwrite clients.md.
+  if (!which.includes('plain') && !which.includes('tls')) {
+    console.log(`bench-clients: nothing to run for SECTIONS=${which.join(',')} (its parts are plain and tls)`);
+    return 0;
+  }
   installClients();
   mkdirSync(OUT, { recursive: true });
-  const which = (process.env.SECTIONS ?? 'plain,tls').split(',').filter(Boolean);
   const tmp = mkdtempSync(join(os.tmpdir(), 'sockbridge-clients-'));
   tmpDir = tmp;
   chmodSync(tmp, 0o755); // PostgreSQL runs as its own user and must reach its directories

@@ -159,6 +159,31 @@ export function freePort(): Promise<number> {
   });
 }
 
+function canListen(port: number): Promise<boolean> {
+  return new Promise((r) => {
+    const srv = net.createServer();
+    srv.once('error', () => r(false));
+    srv.listen(port, '127.0.0.1', () => srv.close(() => r(true)));
+  });
+}
+
+/**
+ * A free loopback port below the kernel's ephemeral range, for a server that
+ * is restarted on the same port: between its stop and its start, any
+ * outgoing connection on the machine may take a port from that range as its
+ * local port, and the restart's bind then fails.
+ */
+export async function freeFixedPort(): Promise<number> {
+  const first = 10000; // above the ports services are usually configured on
+  const ephemeralLow = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]);
+  // A range that starts lower than that leaves no such port: any free one, then.
+  for (let tries = 0; ephemeralLow > first && tries < 100; tries++) {
+    const port = first + Math.floor(Math.random() * (ephemeralLow - first));
+    if (await canListen(port)) return port;
+  }
+  return freePort();
+}
+
 // ---- the machine -------------------------------------------------------------------
 
 /** CPUs this process may use (what `nproc` says), the default worker count of sockbridge. */

@@ -69,6 +69,19 @@ export const TLS_METRICS: MetricDef[] = [
   { key: 'verify_bad_bytes', label: 'verified TLS echo: mismatched bytes', digits: 0, target: 'zero' },
 ];
 
+/** What the bulk rows are called in the mirror direction, where the client is on the UNIX side. */
+const MIRROR_LABELS: Record<string, string> = {
+  bulk_up_mbps: 'bulk UNIX→TCP MB/s',
+  bulk_down_mbps: 'bulk TCP→UNIX MB/s',
+};
+
+/**
+ * The mirror section (run.ts, SECTIONS=mirror: a client on a UNIX socket,
+ * the bridge, a TCP server): the plain workloads and targets, with the bulk
+ * rows named for the way the bytes go here (up = client → program).
+ */
+export const MIRROR_METRICS: MetricDef[] = METRICS.map((d) => ({ ...d, label: MIRROR_LABELS[d.key] ?? d.label }));
+
 const TARGET_TEXT: Record<TargetKind, string> = {
   'ge-haproxy': '≥ 1.0× haproxy',
   'le-haproxy': '≤ 1.0× haproxy',

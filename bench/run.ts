@@ -8,24 +8,29 @@
 // sockbridge / direct), measured seconds apart and, in a full run, the median
 // of three passes in alternating bridge order. Every process is stopped by PID.
 //
-// Two sections, each with its own bridges and table: plain TCP → UNIX, and
+// Three sections, each with its own bridges and table: plain TCP → UNIX;
 // TLS (the bridge terminates TLS in front of the same UNIX servers: full and
 // resumed handshakes, bulk, ping-pong, idle memory, half-close, a verified
 // echo; sockbridge --tls-cert against HAProxy `bind ... ssl crt`, stunnel4
-// and socat OPENSSL-LISTEN).
+// and socat OPENSSL-LISTEN); and mirror, UNIX → TCP (the plain workloads with
+// the client on each bridge's UNIX socket and the test server on a loopback
+// port: sockbridge --listen PATH, HAProxy `bind /path`, nginx `listen unix:`,
+// socat UNIX-LISTEN, socket-proxyd behind a UNIX socket; direct = the client
+// on the TCP server).
 //
-// QUICK=1 shortens every workload (about 2 minutes in all instead of < 10).
+// QUICK=1 shortens every workload (about 2 minutes per section instead of about 6).
 // BRIDGES=a,b,c runs only those columns (for development).
-// SECTIONS=plain or SECTIONS=tls runs only that section (default both).
+// SECTIONS=plain, tls or mirror (or a list: SECTIONS=plain,mirror) runs only
+// those sections (default all three).
 
 import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { join, resolve } from 'node:path';
-import { allBridges, Bridge, installPeers, tlsBridges, TlsFiles } from './bridges';
-import { basePlan, BasePlan, canConnect, combine, freePort, machine, replies, runAsMain, runTool, startLogged, stop, track } from './common';
+import { allBridges, Bridge, installPeers, isUnixPath, tlsBridges, TlsFiles } from './bridges';
+import { basePlan, BasePlan, canConnect, combine, freeFixedPort, freePort, machine, replies, runAsMain, runTool, startLogged, stop, track } from './common';
 import { delay, stopTree, treeCpuSeconds, treePssKiB, waitUntil } from './proc';
-import { MetricDef, METRICS, Metrics, renderMarkdown, renderText, tableRows, TLS_METRICS, Value, verdicts } from './report';
+import { MetricDef, METRICS, Metrics, MIRROR_METRICS, renderMarkdown, renderText, tableRows, TLS_METRICS, Value, verdicts } from './report';
 import { makeCertificates, perThreadHandshakes, tlsReplies } from './tls';
 
 const ROOT = resolve(__dirname, '..', '..');
@@ -101,18 +106,24 @@ async function runLoad(args: string[], timeoutMs: number): Promise<Json> {
 
 type ServerMode = 'echo' | 'sink' | 'source';
 
-/** bench/bin/server on one fixed path; restarted in another mode when a workload needs it. */
+/**
+ * bench/bin/server on one fixed address, a UNIX path or 127.0.0.1:PORT (the
+ * mirror section); restarted in another mode when a workload needs it.
+ */
 class TestServer {
   private child: ChildProcess | null = null;
   private mode: ServerMode | null = null;
-  constructor(readonly path: string) {}
+  constructor(readonly address: string) {}
 
   async use(mode: ServerMode): Promise<void> {
     if (this.mode === mode) return;
     await this.stop();
-    this.child = track(spawn(SERVER, [mode, this.path], { stdio: ['ignore', 'ignore', 'inherit'] }));
+    this.child = track(spawn(SERVER, [mode, this.address], { stdio: ['ignore', 'ignore', 'inherit'] }));
+    if (!(await waitUntil(() => canConnect(this.address), 5000))) {
+      await this.stop(); // the next lane tries again instead of taking it for running
+      throw new Error(`test server (${mode}) did not start`);
+    }
     this.mode = mode;
-    if (!(await waitUntil(() => canConnect(this.path), 5000))) throw new Error(`test server (${mode}) did not start`);
   }
 
   async stop(): Promise<void> {
@@ -142,7 +153,7 @@ interface Lane {
   plan: Plan;
   server: TestServer;
   child: ChildProcess | null;
-  /** What the load client connects to: 127.0.0.1:PORT, or the UNIX path for "direct". */
+  /** What the load client connects to: the bridge's listen address, or for "direct" the test server's. */
   address: string;
   /** The TLS section: the certificate the client verifies; null for plain TCP. */
   tls: TlsFiles | null;
@@ -320,7 +331,13 @@ async function resumedHandshakes(lane: Lane, m: Metrics): Promise<void> {
 
 /** One table: its bridges and workloads, run side by side. */
 interface Section {
-  name: 'plain' | 'tls';
+  name: 'plain' | 'tls' | 'mirror';
+  /**
+   * Which way it crosses: clients on a loopback port, the test server on a
+   * UNIX socket (plain, TLS), or clients on a UNIX socket in the lane's
+   * directory, the test server on a loopback port (mirror).
+   */
+  clients: 'tcp' | 'unix';
   bridges: Bridge[];
   /** Run once, before anything else: the bridges are fresh, so idle's baseline is the idle process. */
   first: Workload[];
@@ -336,30 +353,39 @@ function sections(only: string[] | undefined, which: string[]): Section[] {
   const pick = (bs: Bridge[]): Bridge[] => bs.filter((b) => !only || only.includes(b.name));
   const all: Section[] = [
     {
-      name: 'plain', bridges: pick(allBridges(SOCKBRIDGE)), metrics: METRICS, floor: 'direct',
+      name: 'plain', clients: 'tcp', bridges: pick(allBridges(SOCKBRIDGE)), metrics: METRICS, floor: 'direct',
       first: [idle, halfClose], repeated: [pingPong1, pingPong32, bulkUp, bulkDown, reqResp, churn], last: [verify],
     },
     {
-      name: 'tls', bridges: pick(tlsBridges(SOCKBRIDGE)), metrics: TLS_METRICS, floor: null,
+      name: 'tls', clients: 'tcp', bridges: pick(tlsBridges(SOCKBRIDGE)), metrics: TLS_METRICS, floor: null,
       first: [idle, halfClose], repeated: [fullHandshakes, resumedHandshakes, pingPong1, pingPong32, bulkUp, bulkDown], last: [verify],
+    },
+    // The same bridges and workloads as plain, the other way round.
+    {
+      name: 'mirror', clients: 'unix', bridges: pick(allBridges(SOCKBRIDGE)), metrics: MIRROR_METRICS, floor: 'direct',
+      first: [idle, halfClose], repeated: [pingPong1, pingPong32, bulkUp, bulkDown, reqResp, churn], last: [verify],
     },
   ];
   return all.filter((s) => which.includes(s.name));
 }
 
-async function startLane(bridge: Bridge, plan: Plan, server: TestServer, tmp: string, tls: TlsFiles | null): Promise<Lane> {
+/** The section's prefix for a bridge's files ("tls-haproxy"); none for plain, as before there were sections. */
+const laneLabel = (section: Section, bridge: Bridge): string => (section.name === 'plain' ? bridge.name : `${section.name}-${bridge.name}`);
+
+async function startLane(section: Section, bridge: Bridge, plan: Plan, server: TestServer, tmp: string, tls: TlsFiles | null): Promise<Lane> {
   await server.use('echo');
-  const port = await freePort();
-  const label = tls ? `tls-${bridge.name}` : bridge.name;
+  const label = laneLabel(section, bridge);
+  const dir = join(tmp, label);
+  const listen = section.clients === 'unix' ? join(dir, 'bridge.sock') : `127.0.0.1:${await freePort()}`;
   const stderrFile = join(OUT, `${label}.stderr.log`);
-  const ctx = { port, target: server.path, dir: join(tmp, label), threads: plan.threads, stderrFile, tls: tls ?? undefined };
+  const ctx = { listen, target: server.address, dir, threads: plan.threads, stderrFile, tls: tls ?? undefined };
   const cmd = bridge.command(ctx);
   let child: ChildProcess | null = null;
   if (cmd) {
     mkdirSync(ctx.dir, { recursive: true });
     child = startLogged(cmd, stderrFile, { cwd: ctx.dir });
   }
-  const lane: Lane = { bridge, plan, server, child, address: cmd ? `127.0.0.1:${port}` : server.path, tls, pid: child?.pid ?? null, raw: [], seconds: 0 };
+  const lane: Lane = { bridge, plan, server, child, address: cmd ? listen : server.address, tls, pid: child?.pid ?? null, raw: [], seconds: 0 };
   // Ready = it accepts and relays one echo (socket-proxyd only starts then).
   const ready = (): Promise<boolean> => (tls ? tlsEchoesOnce(lane.address, tls.ca, 1000) : echoesOnce(lane.address, 1000));
   if (!(await waitUntil(ready, 15_000, 50))) {
@@ -422,7 +448,7 @@ function judgedSummary(r: SectionResult): { rows: string[][]; summary: string; r
   const rows = tableRows(r.names, results, r.section.metrics, r.section.floor);
   const judged = verdicts(results, r.section.metrics).filter((v) => v.result !== 'n/a');
   const failed = judged.filter((v) => v.result === 'FAIL').map((v) => v.metric);
-  const what = r.section.name === 'tls' ? 'TLS targets' : 'targets';
+  const what = { plain: 'targets', tls: 'TLS targets', mirror: 'targets in the mirror direction' }[r.section.name];
   const summary =
     `sockbridge meets ${judged.length - failed.length} of ${judged.length} judged ${what}` + (failed.length > 0 ? `; FAIL: ${failed.join(', ')}` : '');
   return { rows, summary, results };
@@ -453,11 +479,15 @@ function tlsNotes(r: SectionResult, plan: Plan): string[] {
 }
 
 function sectionPlanText(s: Section, plan: Plan): string {
-  if (s.name === 'plain') {
+  const plain =
+    `${plan.passes} pass(es) of ${plan.seconds} s per ping-pong/bulk/churn workload and ${plan.reqSeconds} s per request/response size, ` +
+    `${plan.pingSize} B ping-pong messages, ${plan.idleConns} idle connections, ` +
+    `${plan.verifyBytes / 2 ** 20} MiB verified; HAProxy nbthread and nginx worker_processes = ${plan.threads}`;
+  if (s.name === 'plain') return plain;
+  if (s.name === 'mirror') {
     return (
-      `${plan.passes} pass(es) of ${plan.seconds} s per ping-pong/bulk/churn workload and ${plan.reqSeconds} s per request/response size, ` +
-      `${plan.pingSize} B ping-pong messages, ${plan.idleConns} idle connections, ` +
-      `${plan.verifyBytes / 2 ** 20} MiB verified; HAProxy nbthread and nginx worker_processes = ${plan.threads}`
+      `the plain workloads the other way: the load client on each bridge's UNIX socket (bridge.sock in its directory, made by the bridge), ` +
+      `the bridge connecting to the test server on a loopback port (which sets TCP_NODELAY on its side); direct = the client on that TCP port itself; ${plain}`
     );
   }
   return (
@@ -468,6 +498,9 @@ function sectionPlanText(s: Section, plan: Plan): string {
   );
 }
 
+/** The headings of the sections after the plain one (which comes first, under the report's title). */
+const SECTION_TITLES: Record<Exclude<Section['name'], 'plain'>, string> = { tls: 'TLS', mirror: 'Mirror: UNIX → TCP' };
+
 function writeReports(plan: Plan, done: SectionResult[], started: Date, seconds: number): string {
   const stamp = started.toISOString().replace(/[:.]/g, '-');
   const md = [
@@ -476,7 +509,7 @@ function writeReports(plan: Plan, done: SectionResult[], started: Date, seconds:
     `- date: ${started.toISOString()} (${seconds.toFixed(0)} s)`,
     `- machine: ${machine()}`,
     `- command: \`${commandLine()}\``,
-    `- method: every bridge started fresh, each workload run on all of them back to back; CPU (user+sys) and memory (PSS) are the bridge's whole process tree; direct = the client on the UNIX socket itself (no bridge: CPU and memory n/a)`,
+    `- method: every bridge started fresh, each workload run on all of them back to back; CPU (user+sys) and memory (PSS) are the bridge's whole process tree; direct = the client on the test server itself (its UNIX socket; in the mirror section its TCP port), no bridge: CPU and memory n/a`,
     `- PASS/FAIL: sockbridge (default options) against HAProxy in the same run`,
   ];
   const text: string[] = [];
@@ -484,15 +517,16 @@ function writeReports(plan: Plan, done: SectionResult[], started: Date, seconds:
   for (const r of done) {
     const { rows, summary, results } = judgedSummary(r);
     const notes = [...naNotes(r), ...(r.section.name === 'tls' ? tlsNotes(r, plan) : r.notes)];
-    if (r.section.name === 'plain') {
+    const name = r.section.name;
+    if (name === 'plain') {
       md.push(`- plan: ${sectionPlanText(r.section, plan)}`, ...notes, '', renderMarkdown(rows), '', summary, '');
       json.bridges = r.cols;
       json.verdicts = verdicts(results, r.section.metrics);
     } else {
-      md.push('', '## TLS', '', `- plan: ${sectionPlanText(r.section, plan)}`, ...notes, '', renderMarkdown(rows), '', summary, '');
-      json.tls = { bridges: r.cols, verdicts: verdicts(results, r.section.metrics), notes };
+      md.push('', `## ${SECTION_TITLES[name]}`, '', `- plan: ${sectionPlanText(r.section, plan)}`, ...notes, '', renderMarkdown(rows), '', summary, '');
+      json[name] = { bridges: r.cols, verdicts: verdicts(results, r.section.metrics), notes };
     }
-    text.push(...(r.section.name === 'tls' ? ['', 'TLS:'] : []), renderText(rows), ...notes, '', summary);
+    text.push(...(name === 'plain' ? [] : ['', `${SECTION_TITLES[name]}:`]), renderText(rows), ...notes, '', summary);
   }
   mkdirSync(OUT, { recursive: true });
   writeFileSync(join(OUT, 'latest.md'), `${md.join('\n')}\n`);
@@ -506,6 +540,19 @@ function writeReports(plan: Plan, done: SectionResult[], started: Date, seconds:
 function buildHelpers(): void {
   const r = spawnSync('make', ['-s', '-C', BENCH], { stdio: 'inherit', timeout: 120_000 });
   if (r.status !== 0) throw new Error('building bench/bin/server and bench/bin/load failed');
+}
+
+/**
+ * The test server a section's bridges connect to: plain and TLS share one on
+ * a UNIX socket (as before the mirror section existed); mirror gets one on a
+ * loopback port picked as it starts (one picked earlier might since be taken),
+ * outside the ephemeral range (see freeFixedPort). The one no longer needed is stopped.
+ */
+async function serverFor(section: Section, current: TestServer | null, tmp: string): Promise<TestServer> {
+  const onUnix = section.clients === 'tcp';
+  if (current && isUnixPath(current.address) === onUnix) return current;
+  await current?.stop();
+  return new TestServer(onUnix ? join(tmp, 'target.sock') : `127.0.0.1:${await freeFixedPort()}`);
 }
 
 /** The run's temporary directory, removed on an interrupt too. */
@@ -531,13 +578,13 @@ async function runSection(section: Section, plan: Plan, server: TestServer, tmp:
       return { section, names, cols, notes };
     }
   }
-  const tag = section.name === 'tls' ? 'tls: ' : '';
+  const tag = section.name === 'plain' ? '' : `${section.name}: `;
   try {
     for (const b of section.bridges) {
       const why = b.unavailable();
       try {
         if (why) throw new Error(why);
-        lanes.push(await startLane(b, plan, server, tmp, tls));
+        lanes.push(await startLane(section, b, plan, server, tmp, tls));
       } catch (e) {
         const reason = (e as Error).message;
         console.log(`bench: ${tag}${b.name}: n/a (${reason})`);
@@ -587,16 +634,19 @@ async function main(): Promise<number> {
   installPeers();
   mkdirSync(OUT, { recursive: true });
   const only = process.env.BRIDGES?.split(',').filter(Boolean);
-  const which = (process.env.SECTIONS ?? 'plain,tls').split(',').filter(Boolean);
+  const which = (process.env.SECTIONS ?? 'plain,tls,mirror').split(',').filter(Boolean);
   const tmp = mkdtempSync(join(os.tmpdir(), 'sockbridge-bench-'));
   tmpDir = tmp;
-  const server = new TestServer(join(tmp, 'target.sock'));
+  let server: TestServer | null = null;
   const done: SectionResult[] = [];
   console.log(`bench: ${plan.quick ? 'QUICK ' : ''}run, ${plan.passes} pass(es), sections ${which.join(', ')}, output in ${OUT}`);
   try {
-    for (const section of sections(only, which)) done.push(await runSection(section, plan, server, tmp));
+    for (const section of sections(only, which)) {
+      server = await serverFor(section, server, tmp);
+      done.push(await runSection(section, plan, server, tmp));
+    }
   } finally {
-    await server.stop();
+    await server?.stop();
     rmSync(tmp, { recursive: true, force: true });
   }
   const seconds = (Date.now() - started.getTime()) / 1000;

@@ -1,9 +1,11 @@
 /*
- * bench/server.c - the UNIX-socket test server behind every bridge in the
- * benchmark.  One thread, epoll, non-blocking sockets: it must never be the
- * bottleneck, so it does no allocation per byte and no logging.
+ * bench/server.c - the test server behind every bridge in the benchmark.
+ * One thread, epoll, non-blocking sockets: it must never be the bottleneck,
+ * so it does no allocation per byte and no logging.
  *
- *   server MODE PATH      MODE = echo | sink | source
+ *   server MODE PATH         MODE = echo | sink | source, on a UNIX socket
+ *   server MODE HOST:PORT    the same on TCP (the mirror section: UNIX
+ *                            clients -> bridge -> this), e.g. 127.0.0.1:4000
  *
  * echo:   echo every byte back.  On EOF from the peer it flushes what is
  *         pending, then shuts down its write side (half-close aware), then
@@ -12,11 +14,17 @@
  * source: write an endless stream until the peer closes or resets.
  *
  * A stale socket file at PATH is removed first.  SIGTERM/SIGINT exit cleanly
- * and unlink PATH.
+ * and unlink PATH.  On TCP the listener has SO_REUSEADDR (restarted in another
+ * mode on the same port while old connections sit in TIME_WAIT) and accepted
+ * sockets get TCP_NODELAY, as the bridges set it on theirs: small echoes must
+ * not wait for Nagle.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +54,7 @@ struct conn {
 static enum mode g_mode;
 static int g_epfd;
 static volatile sig_atomic_t g_stop;
+/* The UNIX socket's path, removed at exit; NULL when listening on TCP. */
 static const char *g_path;
 /* Shared scratch buffers: sink reads into one, source writes from the other. */
 static unsigned char g_scratch[BUF_SIZE];
@@ -149,6 +158,10 @@ static void accept_all(int lfd) {
         struct conn *c = calloc(1, sizeof *c);
         if (!c) { close(fd); return; }
         c->fd = fd;
+        if (!g_path) {
+            int one = 1;
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        }
         unsigned events = EPOLLIN;
         if (g_mode == MODE_ECHO) {
             c->buf = malloc(BUF_SIZE);
@@ -175,16 +188,38 @@ static int listen_unix(const char *path) {
     return fd;
 }
 
+/* HOST:PORT (the last colon splits; an IPv6 host without brackets works). */
+static int listen_tcp(const char *addr) {
+    char host[256];
+    snprintf(host, sizeof host, "%s", addr);
+    char *colon = strrchr(host, ':');
+    if (!colon) { fprintf(stderr, "not HOST:PORT: %s\n", addr); exit(64); }
+    *colon = 0;
+    struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICSERV }, *res;
+    int e = getaddrinfo(host, colon + 1, &hints, &res);
+    if (e != 0) { fprintf(stderr, "cannot resolve %s: %s\n", addr, gai_strerror(e)); exit(1); }
+    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) die("socket");
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, res->ai_addr, res->ai_addrlen) < 0) die("bind");
+    freeaddrinfo(res);
+    /* The same backlog as the UNIX listener (the kernel caps it at somaxconn). */
+    if (listen(fd, 4096) < 0) die("listen");
+    return fd;
+}
+
 int main(int argc, char **argv) {
     if (argc != 3) {
-        fprintf(stderr, "usage: %s echo|sink|source PATH\n", argv[0]);
+        fprintf(stderr, "usage: %s echo|sink|source PATH|HOST:PORT\n", argv[0]);
         return 64;
     }
     if (!strcmp(argv[1], "echo")) g_mode = MODE_ECHO;
     else if (!strcmp(argv[1], "sink")) g_mode = MODE_SINK;
     else if (!strcmp(argv[1], "source")) g_mode = MODE_SOURCE;
     else { fprintf(stderr, "unknown mode %s\n", argv[1]); return 64; }
-    g_path = argv[2];
+    /* The benchmark's rule for addresses: a path starts with '/'. */
+    g_path = argv[2][0] == '/' ? argv[2] : NULL;
 
     raise_fd_limit();
     for (size_t i = 0; i < BUF_SIZE; i++) g_pattern[i] = (unsigned char)(i * 131u + 7u);
@@ -193,7 +228,7 @@ int main(int argc, char **argv) {
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    int lfd = listen_unix(g_path);
+    int lfd = g_path ? listen_unix(g_path) : listen_tcp(argv[2]);
     g_epfd = epoll_create1(EPOLL_CLOEXEC);
     if (g_epfd < 0) die("epoll_create1");
     struct epoll_event lev = { .events = EPOLLIN, .data.ptr = NULL };
@@ -212,6 +247,6 @@ int main(int argc, char **argv) {
             }
         }
     }
-    unlink(g_path);
+    if (g_path) unlink(g_path);
     return 0;
 }
