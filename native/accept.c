@@ -92,10 +92,15 @@ static void dial_done(struct thread *t, struct conn *c, int err, char *why) {
   conn_park(t, c, PK_HELD, err, slot, why);
 }
 
+/* Whether sessions to this target speak TLS to it (--target-tls, TCP targets only). */
+static bool speaks_tls(const struct thread *t, const struct target_ref *target) {
+  return target && target->tls_name[0] && t->policy->target_tls;
+}
+
 /* Connected at the socket level: over TLS its handshake comes next. */
 static void connected(struct thread *t, struct conn *c) {
   const struct target_ref *target = policy_target(t->policy, c->dial_slot);
-  if (target && target->tls_name[0] && t->policy->target_tls) {
+  if (speaks_tls(t, target)) {
     if (!tls_target_begin(t, c, target)) return dial_done(t, c, ENOMEM, NULL);
     return dial_step(t, c, EPOLLOUT);
   }
@@ -106,7 +111,9 @@ static void connected(struct thread *t, struct conn *c) {
    the time connect(2) returns EINPROGRESS: the handshake's packets are
    processed before the call returns. One poll(2) then saves the round
    through epoll (two epoll_ctl, a wake-up, a getsockopt). Anything but a
-   clean POLLOUT (still in SYN_SENT: none; refused: POLLERR) takes the usual way. */
+   clean POLLOUT (still in SYN_SENT: none; refused: POLLERR) takes the usual
+   way. Only for plain targets: a TLS handshake goes through epoll anyway,
+   under the attempt's deadline that the usual way sets. */
 static bool connect_finished(int fd) {
   struct pollfd p = { .fd = fd, .events = POLLOUT };
   return poll(&p, 1, 0) == 1 && p.revents == POLLOUT;
@@ -143,7 +150,7 @@ int dial_start(struct thread *t, struct conn *c, int slot, bool for_js, int *err
     close(fd);
     return -1;
   }
-  if (rc < 0 && connect_finished(fd)) rc = 0;
+  if (rc < 0 && !speaks_tls(t, target) && connect_finished(fd)) rc = 0;
   c->server.fd = fd;
   c->server.hup = false;
   c->dial_slot = slot;

@@ -95,6 +95,33 @@ time.sleep(120)
   assert.ok(took < 3000, `failover took ${took} ms (connect-timeout 5 s, one attempt 500 ms)`);
 });
 
+test('a far end that accepts but never answers the TLS handshake fails over to the backup within connect-timeout', async (t) => {
+  const e = await ends(t);
+  // Accepts every connection and reads the ClientHello, never answers: the connect succeeds at once, the handshake never does.
+  const { lines } = await pythonProgram(t, `
+import socket, threading, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(16)
+print(s.getsockname()[1], flush=True)
+held = []
+def serve():
+    while True:
+        c, _ = s.accept(); held.append(c); c.recv(4096)
+threading.Thread(target=serve, daemon=True).start()
+print("ready", flush=True)
+time.sleep(120)
+`, []);
+  const silent = Number(lines[0]);
+  const serverPort = e.serverArgs[e.serverArgs.indexOf('--listen') + 1]!;
+  const client = await startBridge(t, ['--listen', '127.0.0.1:0', '--target', `127.0.0.1:${silent}`, '--backup-target', serverPort,
+    '--check-interval', '0', '--connect-timeout', '5s', '--connect-attempt-timeout', '500ms',
+    '--target-tls', 'on', '--target-tls-ca', join(e.dir, 'ca.crt'),
+    '--target-tls-cert', join(e.dir, 'client.crt'), '--target-tls-key', join(e.dir, 'client.key')]);
+  const started = Date.now();
+  assert.equal((await roundTrip(client.port, 'via the backup', 10_000)).toString(), 'via the backup');
+  const took = Date.now() - started;
+  assert.ok(took < 3000, `failover took ${took} ms (connect-timeout 5 s, one attempt 500 ms)`);
+});
+
 test('a client end without a certificate, or with one from another CA, never reaches the program', async (t) => {
   for (const variant of ['none', 'stranger'] as const) {
     const e = await ends(t, (dir) => ['--target-tls', 'on', '--target-tls-ca', join(dir, 'ca.crt'),
