@@ -351,20 +351,15 @@ interface Section {
 
 function sections(only: string[] | undefined, which: string[]): Section[] {
   const pick = (bs: Bridge[]): Bridge[] => bs.filter((b) => !only || only.includes(b.name));
+  const plainWorkloads = { first: [idle, halfClose], repeated: [pingPong1, pingPong32, bulkUp, bulkDown, reqResp, churn], last: [verify] };
   const all: Section[] = [
-    {
-      name: 'plain', clients: 'tcp', bridges: pick(allBridges(SOCKBRIDGE)), metrics: METRICS, floor: 'direct',
-      first: [idle, halfClose], repeated: [pingPong1, pingPong32, bulkUp, bulkDown, reqResp, churn], last: [verify],
-    },
+    { name: 'plain', clients: 'tcp', bridges: pick(allBridges(SOCKBRIDGE)), metrics: METRICS, floor: 'direct', ...plainWorkloads },
     {
       name: 'tls', clients: 'tcp', bridges: pick(tlsBridges(SOCKBRIDGE)), metrics: TLS_METRICS, floor: null,
       first: [idle, halfClose], repeated: [fullHandshakes, resumedHandshakes, pingPong1, pingPong32, bulkUp, bulkDown], last: [verify],
     },
     // The same bridges and workloads as plain, the other way round.
-    {
-      name: 'mirror', clients: 'unix', bridges: pick(allBridges(SOCKBRIDGE)), metrics: MIRROR_METRICS, floor: 'direct',
-      first: [idle, halfClose], repeated: [pingPong1, pingPong32, bulkUp, bulkDown, reqResp, churn], last: [verify],
-    },
+    { name: 'mirror', clients: 'unix', bridges: pick(allBridges(SOCKBRIDGE)), metrics: MIRROR_METRICS, floor: 'direct', ...plainWorkloads },
   ];
   return all.filter((s) => which.includes(s.name));
 }

@@ -439,12 +439,6 @@ while True:
 
 
 /**
- * Whether the data plane under test is a test build (make test-asan builds
- * one with -DSOCKBRIDGE_TEST_HOOKS): only it can make named steps fail on
- * purpose (SOCKBRIDGE_FAILPOINTS), for the tests of what out-of-memory or a
- * teardown would do.
- */
-/**
  * The data plane under test is the sanitizer build (make test-asan): every
  * allocation checked, several times slower. Tests that count in thousands
  * scale down under it: memory errors show at any count, and RSS bounds mean
@@ -452,6 +446,12 @@ while True:
  */
 export const SANITIZED = /\/asan\//.test(process.env['SOCKBRIDGE_RELAY_ADDON'] ?? '');
 
+/**
+ * Whether the data plane under test is a test build (make test-asan builds
+ * one with -DSOCKBRIDGE_TEST_HOOKS): only it can make named steps fail on
+ * purpose (SOCKBRIDGE_FAILPOINTS), for the tests of what out-of-memory or a
+ * teardown would do.
+ */
 export const TEST_HOOKS: boolean = (() => {
   try {
     const path = process.env['SOCKBRIDGE_RELAY_ADDON'] ?? join(ROOT, 'native', 'build', 'Release', 'relay.node');
@@ -494,7 +494,6 @@ export function makePki(dir: string): void {
   openssl(dir, 'ca', '-batch', '-config', 'ca.cnf', '-cert', 'ca.crt', '-keyfile', 'ca.key', '-in', 'expired.csr', '-out', 'expired.crt', '-startdate', '20200101000000Z', '-enddate', '20200102000000Z', '-notext');
 }
 
-/** A TLS client of the bridge trusting makePki's CA, with client certificate `client` (a name makePki made) if given. */
 /** `sockbridge status --json` of the bridge whose control socket is `ctl`. */
 export async function status(ctl: string): Promise<StatusReport> {
   const r = await runBridge(['status', '--json', '--control-socket', ctl]);
@@ -513,6 +512,7 @@ export async function pkiAndEcho(t: { after(fn: () => void): void }): Promise<{ 
   return { dir, srv, seen: () => seen };
 }
 
+/** A TLS client of the bridge trusting makePki's CA, with client certificate `client` (a name makePki made) if given. */
 export function tlsConnect(port: number, dir: string, client?: string, extra: tls.ConnectionOptions = {}): Promise<tls.TLSSocket> {
   return new Promise((resolve, reject) => {
     const opts: tls.ConnectionOptions = { host: '127.0.0.1', port, ca: readFileSync(join(dir, 'ca.crt')), ...extra };
